@@ -1,0 +1,49 @@
+# RDS Valet. `make demo` runs the sidecar in front of local databases; `make test` runs every test.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
+
+# Component makefiles add their tools to TEST_TOOLS (e.g. a pinned helm) and targets of their own.
+TEST_TOOLS :=
+-include mk/*.mk
+
+.PHONY: all build test test-unit deps demo bench bench-quick lint fmt vet clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+deps:
+	@bash hack/install-deps.sh
+
+# Everything: unit tests and the e2e suites against real servers, with the race detector.
+test: deps build $(TEST_TOOLS)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+test-unit:
+	$(GO) test -race -count=1 -short ./...
+
+demo: deps build
+	$(GO) run ./test/cmd/demo
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./proxy/... ./wire/...
+
+bench-quick:
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./proxy/... ./wire/...
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,3 @@
+module github.com/rdsvalet/rds-valet
+
+go 1.26.8
