@@ -1,0 +1,331 @@
+// Package config holds the sidecar's typed configuration, its defaults and its validation, and
+// loads it from a YAML file, RDSVALET_* environment variables and flags (in that order of
+// precedence, lowest first). It is the only package below cmd/ that knows about viper.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// Engines the sidecar speaks.
+const (
+	EnginePostgres = "postgres"
+	EngineMySQL    = "mysql"
+)
+
+// Upstream authentication modes.
+const (
+	AuthIAM      = "iam"
+	AuthPassword = "password"
+)
+
+// Upstream TLS verification modes.
+const (
+	TLSVerifyFull = "verify-full"
+	TLSVerifyCA   = "verify-ca"
+	TLSInsecure   = "insecure"
+)
+
+// Readiness policies.
+const (
+	ReadyWhenUp      = "process"
+	ReadyWhenHealthy = "healthy-path"
+)
+
+// Config is the whole sidecar configuration.
+type Config struct {
+	Log       Log        `mapstructure:"log"`
+	Admin     Admin      `mapstructure:"admin"`
+	AWS       AWS        `mapstructure:"aws"`
+	Shutdown  Shutdown   `mapstructure:"shutdown"`
+	Listeners []Listener `mapstructure:"listeners"`
+}
+
+// Log configures the zap logger.
+type Log struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+// Admin configures the HTTP server for metrics, probes and /quitquitquit.
+type Admin struct {
+	Listen string `mapstructure:"listen"`
+	// Readiness is "process" (ready once listening) or "healthy-path" (ready only while at
+	// least one upstream path of every listener is healthy).
+	Readiness string `mapstructure:"readiness"`
+}
+
+// AWS holds what the IAM token signer needs beyond the SDK's own credential chain.
+type AWS struct {
+	Region string `mapstructure:"region"`
+	// CredentialsRefreshWindow is how long before expiry session credentials are renewed.
+	CredentialsRefreshWindow time.Duration `mapstructure:"credentials_refresh_window"`
+}
+
+// Shutdown configures the drain after SIGTERM or /quitquitquit.
+type Shutdown struct {
+	MinDelay      time.Duration `mapstructure:"min_delay"`
+	MaxDelay      time.Duration `mapstructure:"max_delay"`
+	KillGrace     time.Duration `mapstructure:"kill_grace"`
+	ExitCodeOnCut int           `mapstructure:"exit_code_on_cut"`
+}
+
+// Listener is one local endpoint that apps connect to and the upstream paths behind it.
+type Listener struct {
+	Name              string        `mapstructure:"name"`
+	Engine            string        `mapstructure:"engine"`
+	Listen            string        `mapstructure:"listen"`
+	AllowNonLoopback  bool          `mapstructure:"allow_non_loopback"`
+	MaxConnections    int           `mapstructure:"max_connections"`
+	HandshakeTimeout  time.Duration `mapstructure:"handshake_timeout"`
+	ConnectTimeout    time.Duration `mapstructure:"connect_timeout"`
+	LocalPasswordFile string        `mapstructure:"local_password_file"`
+	Auth              Auth          `mapstructure:"auth"`
+	TLS               TLS           `mapstructure:"tls"`
+	Paths             []Path        `mapstructure:"paths"`
+}
+
+// Auth says how the sidecar logs in upstream.
+type Auth struct {
+	Mode         string `mapstructure:"mode"`
+	PasswordFile string `mapstructure:"password_file"`
+	// User, when set, is the database user for every session, whatever the app asked for.
+	User string `mapstructure:"user"`
+}
+
+// TLS says how the upstream's certificate is verified.
+type TLS struct {
+	Mode   string `mapstructure:"mode"`
+	CAFile string `mapstructure:"ca_file"`
+}
+
+// Path is one network route to the database: what to dial, what name the certificate must
+// carry, and which host:port the IAM token is signed for (see DESIGN.md, "A path is three
+// names").
+type Path struct {
+	Name          string `mapstructure:"name"`
+	Address       string `mapstructure:"address"`
+	TLSServerName string `mapstructure:"tls_server_name"`
+	TokenHost     string `mapstructure:"token_host"`
+}
+
+// Default listener settings.
+const (
+	DefaultMaxConnections   = 1000
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultConnectTimeout   = 10 * time.Second
+)
+
+// Defaults returns the configuration a file is laid over.
+func Defaults() Config {
+	return Config{
+		Log:      Log{Level: "info", Format: "json"},
+		Admin:    Admin{Listen: ":9090", Readiness: ReadyWhenUp},
+		AWS:      AWS{CredentialsRefreshWindow: 5 * time.Minute},
+		Shutdown: Shutdown{MinDelay: 0, MaxDelay: 30 * time.Second, KillGrace: 5 * time.Second, ExitCodeOnCut: 1},
+	}
+}
+
+// applyListenerDefaults fills what a listener left unset; it runs before Validate so that
+// validation sees the values the sidecar will use.
+func (c *Config) applyListenerDefaults() {
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.Engine == "" {
+			l.Engine = EnginePostgres
+		}
+		if l.Name == "" {
+			l.Name = l.Engine
+		}
+		if l.Listen == "" {
+			switch l.Engine {
+			case EngineMySQL:
+				l.Listen = "127.0.0.1:3306"
+			default:
+				l.Listen = "127.0.0.1:5432"
+			}
+		}
+		if l.MaxConnections == 0 {
+			l.MaxConnections = DefaultMaxConnections
+		}
+		if l.HandshakeTimeout == 0 {
+			l.HandshakeTimeout = DefaultHandshakeTimeout
+		}
+		if l.ConnectTimeout == 0 {
+			l.ConnectTimeout = DefaultConnectTimeout
+		}
+		if l.Auth.Mode == "" {
+			l.Auth.Mode = AuthIAM
+		}
+		if l.TLS.Mode == "" {
+			l.TLS.Mode = TLSVerifyFull
+		}
+		for j := range l.Paths {
+			p := &l.Paths[j]
+			if p.Name == "" {
+				p.Name = fmt.Sprintf("path%d", j+1)
+			}
+			if host, _, err := net.SplitHostPort(p.Address); err == nil {
+				if p.TLSServerName == "" {
+					p.TLSServerName = host
+				}
+				if p.TokenHost == "" {
+					p.TokenHost = p.Address
+				}
+			}
+		}
+	}
+}
+
+// Validate reports every problem at once, each prefixed with the key that is wrong.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		bad("log.format", "%q is not one of json, console", c.Log.Format)
+	}
+	if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+		bad("admin.listen", "%q is not host:port: %v", c.Admin.Listen, err)
+	}
+	switch c.Admin.Readiness {
+	case ReadyWhenUp, ReadyWhenHealthy:
+	default:
+		bad("admin.readiness", "%q is not one of %s, %s", c.Admin.Readiness, ReadyWhenUp, ReadyWhenHealthy)
+	}
+	if c.AWS.CredentialsRefreshWindow <= 0 {
+		bad("aws.credentials_refresh_window", "must be positive")
+	}
+	if c.Shutdown.MinDelay < 0 {
+		bad("shutdown.min_delay", "must not be negative")
+	}
+	if c.Shutdown.MaxDelay < 0 {
+		bad("shutdown.max_delay", "must not be negative")
+	}
+	if c.Shutdown.KillGrace < 0 {
+		bad("shutdown.kill_grace", "must not be negative")
+	}
+	if c.Shutdown.ExitCodeOnCut < 0 || c.Shutdown.ExitCodeOnCut > 125 {
+		bad("shutdown.exit_code_on_cut", "%d is not an exit code (0-125)", c.Shutdown.ExitCodeOnCut)
+	}
+	if len(c.Listeners) == 0 {
+		bad("listeners", "at least one listener is required")
+	}
+	needRegion := false
+	names := map[string]int{}
+	addrs := map[string]int{}
+	for i, l := range c.Listeners {
+		key := fmt.Sprintf("listeners[%d]", i)
+		if j, dup := names[l.Name]; dup {
+			bad(key+".name", "%q is already the name of listeners[%d]", l.Name, j)
+		}
+		names[l.Name] = i
+		switch l.Engine {
+		case EnginePostgres, EngineMySQL:
+		default:
+			bad(key+".engine", "%q is not one of postgres, mysql", l.Engine)
+		}
+		if err := checkListen(l.Listen, l.AllowNonLoopback); err != nil {
+			bad(key+".listen", "%v", err)
+		} else if j, dup := addrs[l.Listen]; dup {
+			bad(key+".listen", "%q is already used by listeners[%d]", l.Listen, j)
+		}
+		addrs[l.Listen] = i
+		if l.MaxConnections < 0 {
+			bad(key+".max_connections", "must not be negative")
+		}
+		if l.HandshakeTimeout < 0 {
+			bad(key+".handshake_timeout", "must not be negative")
+		}
+		if l.ConnectTimeout < 0 {
+			bad(key+".connect_timeout", "must not be negative")
+		}
+		switch l.Auth.Mode {
+		case AuthIAM:
+			needRegion = true
+			if l.Auth.PasswordFile != "" {
+				bad(key+".auth.password_file", "is only used with auth.mode %q", AuthPassword)
+			}
+		case AuthPassword:
+			if l.Auth.PasswordFile == "" {
+				bad(key+".auth.password_file", "is required with auth.mode %q", AuthPassword)
+			}
+		default:
+			bad(key+".auth.mode", "%q is not one of iam, password", l.Auth.Mode)
+		}
+		switch l.TLS.Mode {
+		case TLSVerifyFull, TLSVerifyCA, TLSInsecure:
+		default:
+			bad(key+".tls.mode", "%q is not one of verify-full, verify-ca, insecure", l.TLS.Mode)
+		}
+		if len(l.Paths) == 0 {
+			bad(key+".paths", "at least one upstream path is required")
+		}
+		pathNames := map[string]int{}
+		for j, p := range l.Paths {
+			pk := fmt.Sprintf("%s.paths[%d]", key, j)
+			if k, dup := pathNames[p.Name]; dup {
+				bad(pk+".name", "%q is already the name of paths[%d]", p.Name, k)
+			}
+			pathNames[p.Name] = j
+			if err := checkHostPort(p.Address); err != nil {
+				bad(pk+".address", "%v", err)
+			}
+			if p.TokenHost != "" {
+				if err := checkHostPort(p.TokenHost); err != nil {
+					bad(pk+".token_host", "%v", err)
+				}
+			}
+		}
+	}
+	if needRegion && c.AWS.Region == "" {
+		bad("aws.region", "is required for IAM authentication (or set AWS_REGION)")
+	}
+	return errors.Join(errs...)
+}
+
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %v", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", addr)
+	}
+	if port == "" || strings.Trim(port, "0123456789") != "" {
+		return fmt.Errorf("%q has no numeric port", addr)
+	}
+	return nil
+}
+
+// checkListen keeps listeners on loopback: the sidecar speaks plain text to apps and trusts
+// them, which is only safe when nothing outside the pod can reach it.
+func checkListen(addr string, allowNonLoopback bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %v", addr, err)
+	}
+	if allowNonLoopback {
+		return nil
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address; set allow_non_loopback to listen beyond the pod", addr)
+	}
+	return nil
+}

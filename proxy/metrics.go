@@ -1,0 +1,91 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Connection results, the "result" label of rdsvalet_proxy_connections_total.
+const (
+	ResultOK              = "ok"
+	ResultCancel          = "cancel"
+	ResultRefusedLimit    = "refused_limit"
+	ResultRefusedDraining = "refused_draining"
+	ResultClientError     = "client_error"
+	ResultUpstreamRefused = "upstream_refused"
+	ResultNoPath          = "no_path"
+)
+
+// Reasons a session ended, the "reason" label of rdsvalet_proxy_sessions_closed_total.
+const (
+	CloseClient   = "client"    // the app closed or the connection to it failed
+	CloseUpstream = "upstream"  // the database closed or the connection to it failed
+	CloseDrain    = "drain"     // closed while idle because the sidecar is draining
+	CloseCut      = "cut"       // cut busy at the drain's deadline
+	CloseBothDone = "completed" // both sides finished together
+)
+
+// Metrics are the proxy's Prometheus metrics, shared by every listener.
+type Metrics struct {
+	active      *prometheus.GaugeVec
+	total       *prometheus.CounterVec
+	handshake   *prometheus.HistogramVec
+	upstreamDur *prometheus.HistogramVec
+	bytes       *prometheus.CounterVec
+	closed      *prometheus.CounterVec
+}
+
+// NewMetrics registers the proxy metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rdsvalet_proxy_connections_active",
+			Help: "App connections currently open, handshaking or relaying.",
+		}, []string{"listener", "engine"}),
+		total: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rdsvalet_proxy_connections_total",
+			Help: "App connections accepted, by how their handshake ended.",
+		}, []string{"listener", "engine", "result"}),
+		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "rdsvalet_proxy_handshake_duration_seconds",
+			Help:    "Time from accepting an app connection to relaying its session (startup, upstream TLS, login).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"listener", "engine", "result"}),
+		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "rdsvalet_proxy_upstream_login_duration_seconds",
+			Help:    "Time to dial, TLS-handshake and log in upstream on one path, by outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"listener", "path", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rdsvalet_proxy_bytes_total",
+			Help: "Bytes relayed, by direction (upstream: app to database; downstream: database to app).",
+		}, []string{"listener", "direction"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rdsvalet_proxy_sessions_closed_total",
+			Help: "Relayed sessions that ended, by reason.",
+		}, []string{"listener", "reason"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.active, m.total, m.handshake, m.upstreamDur, m.bytes, m.closed)
+	}
+	return m
+}
+
+// ObserveLogin records one upstream login attempt; engines call it through Server.
+func (m *Metrics) ObserveLogin(listener, path string, ok bool, seconds float64) {
+	r := "ok"
+	if !ok {
+		r = "error"
+	}
+	m.upstreamDur.WithLabelValues(listener, path, r).Observe(seconds)
+}
+
+func (m *Metrics) init(listener, engine string) {
+	m.active.WithLabelValues(listener, engine)
+	for _, r := range []string{ResultOK, ResultCancel, ResultRefusedLimit, ResultRefusedDraining, ResultClientError, ResultUpstreamRefused, ResultNoPath} {
+		m.total.WithLabelValues(listener, engine, r)
+	}
+	for _, d := range []string{"upstream", "downstream"} {
+		m.bytes.WithLabelValues(listener, d)
+	}
+	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, CloseBothDone} {
+		m.closed.WithLabelValues(listener, r)
+	}
+}

@@ -1,0 +1,112 @@
+// Package proxy accepts app connections on a listener, enforces limits, hands each connection to
+// its engine's Protocol for the handshakes, then relays bytes both ways while tracking whether
+// the session is idle, so that draining and path failover close sessions between transactions.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/rdsvalet/rds-valet/health"
+)
+
+// Protocol is one engine's side of a connection: the handshakes, and errors in the app's own
+// protocol. wire/pg and wire/mysql implement it.
+type Protocol interface {
+	// Handshake runs the app-facing startup, logs in upstream through paths, and greets the
+	// app. On failure it has already told the app why, in its protocol. A nil Upstream with a
+	// nil error means the connection was served out of band (a Postgres cancel request).
+	Handshake(ctx context.Context, client net.Conn, paths Paths) (*Upstream, error)
+	// Refuse tells a client that will not be served why (too many connections, shutting
+	// down), reading as much of its startup as the protocol needs first.
+	Refuse(ctx context.Context, client net.Conn, reason error)
+}
+
+// Upstream is a logged-in upstream session, ready for the relay.
+type Upstream struct {
+	Conn net.Conn
+	// Reader reads Conn, starting with any bytes the login already buffered.
+	Reader  io.Reader
+	Path    string
+	Tracker Tracker
+	// OnClose runs once the session is over (e.g. to forget its cancel key).
+	OnClose func()
+	// User and Database name the session in logs.
+	User, Database string
+}
+
+// Tracker follows a session's framing to tell when it is idle: no request outstanding and no
+// transaction open. The relay calls it, under the session's lock, with every chunk it copies.
+type Tracker interface {
+	FromClient(p []byte)
+	FromServer(p []byte)
+	Idle() bool
+}
+
+// Paths lets an engine reach the upstream: Try calls login with each candidate path, best
+// first, until one succeeds, reporting the outcome of each attempt to the health set.
+type Paths interface {
+	Try(ctx context.Context, login func(ctx context.Context, p health.Path) error) (health.Path, error)
+	Lookup(name string) (health.Path, bool)
+}
+
+// Reasons a client is refused before its handshake.
+var (
+	ErrTooManyConnections = errors.New("too many connections to the sidecar")
+	ErrShuttingDown       = errors.New("the sidecar is shutting down")
+)
+
+// ClientError marks a failure caused by what the app sent (bad startup, wrong password).
+type ClientError struct{ Err error }
+
+func (e *ClientError) Error() string { return e.Err.Error() }
+func (e *ClientError) Unwrap() error { return e.Err }
+
+// FinalError marks an upstream answer that another path would not change (the database said
+// the user has no access, the database does not exist): Try stops at it.
+type FinalError struct{ Err error }
+
+func (e *FinalError) Error() string { return e.Err.Error() }
+func (e *FinalError) Unwrap() error { return e.Err }
+
+// PathError is one failed attempt on one path.
+type PathError struct {
+	Path string
+	Err  error
+}
+
+func (e *PathError) Error() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
+func (e *PathError) Unwrap() error { return e.Err }
+
+// NoPathError says that every path was tried and failed; its message lists each one.
+type NoPathError struct {
+	Attempts []*PathError
+}
+
+func (e *NoPathError) Error() string {
+	if len(e.Attempts) == 0 {
+		return "no upstream path is configured"
+	}
+	parts := make([]string, len(e.Attempts))
+	for i, a := range e.Attempts {
+		parts[i] = a.Error()
+	}
+	return "no upstream path worked: " + strings.Join(parts, "; ")
+}
+
+// All reports whether every attempt failed with an error matching target.
+func (e *NoPathError) All(match func(error) bool) bool {
+	if len(e.Attempts) == 0 {
+		return false
+	}
+	for _, a := range e.Attempts {
+		if !match(a.Err) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// relayBufSize is the copy buffer per direction: large enough for a full TLS record (16 KiB)
+// so that one read from the upstream is one write to the app.
+const relayBufSize = 16 << 10
+
+// flushBytes is how many relayed bytes a session accumulates before adding them to the shared
+// counter, so that busy sessions do not contend on it per chunk.
+const flushBytes = 1 << 20
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// session is one app connection from accept to close.
+type session struct {
+	srv      *Server
+	client   net.Conn
+	draining atomic.Bool
+
+	mu      sync.Mutex // orders tracker updates against closing, see closeIfIdle
+	up      *Upstream
+	closed  bool
+	busy    bool // closed while not idle
+	reason  string
+	closeFn sync.Once
+}
+
+// attach hands the logged-in upstream to the session; false if the session was cut meanwhile.
+func (ss *session) attach(up *Upstream) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
+		return false
+	}
+	ss.up = up
+	return true
+}
+
+// closeIfIdle closes the session if it is between transactions with nothing outstanding.
+// It holds the lock that the client pump takes before forwarding a request, so a request is
+// either forwarded before the check (and the session is busy) or dropped with the session.
+func (ss *session) closeIfIdle(reason string) bool {
+	ss.mu.Lock()
+	if ss.closed || ss.up == nil || !ss.up.Tracker.Idle() {
+		ss.mu.Unlock()
+		return false
+	}
+	ss.closed = true
+	ss.reason = reason
+	ss.mu.Unlock()
+	ss.closeConns()
+	return true
+}
+
+// shut closes the session whatever its state; it reports whether the session was busy (an
+// upstream session not idle, or a handshake in flight).
+func (ss *session) shut(reason string) bool {
+	ss.mu.Lock()
+	if ss.closed {
+		ss.mu.Unlock()
+		return false
+	}
+	ss.closed = true
+	ss.reason = reason
+	ss.busy = ss.up == nil || !ss.up.Tracker.Idle()
+	busy := ss.busy
+	ss.mu.Unlock()
+	ss.closeConns()
+	return busy
+}
+
+func (ss *session) closeConns() {
+	ss.closeFn.Do(func() {
+		_ = ss.client.Close()
+		if ss.up != nil {
+			_ = ss.up.Conn.Close()
+		}
+	})
+}
+
+// relay copies both ways until either side ends; it returns why the session ended and the
+// bytes relayed in each direction.
+func (ss *session) relay() (reason string, fromApp, toApp int64) {
+	type result struct {
+		reason string
+		n      int64
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, n := ss.pumpFromApp()
+		done <- result{r, n}
+	}()
+	r, out := ss.pumpToApp()
+	ss.mu.Lock()
+	if !ss.closed {
+		ss.closed, ss.reason = true, r
+	}
+	ss.mu.Unlock()
+	ss.closeConns()
+	other := <-done
+	ss.mu.Lock()
+	reason = ss.reason
+	ss.mu.Unlock()
+	return reason, other.n, out
+}
+
+func (ss *session) pumpFromApp() (string, int64) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")
+	var total, pending int64
+	defer func() { counter.Add(float64(pending)) }()
+	for {
+		n, err := ss.client.Read(buf)
+		if n > 0 {
+			ss.mu.Lock()
+			if ss.closed {
+				ss.mu.Unlock()
+				return CloseClient, total
+			}
+			ss.up.Tracker.FromClient(buf[:n])
+			ss.mu.Unlock()
+			if _, werr := ss.up.Conn.Write(buf[:n]); werr != nil {
+				ss.markClosed(CloseUpstream)
+				return CloseUpstream, total
+			}
+			total += int64(n)
+			if pending += int64(n); pending >= flushBytes {
+				counter.Add(float64(pending))
+				pending = 0
+			}
+		}
+		if err != nil {
+			ss.markClosed(CloseClient)
+			return CloseClient, total
+		}
+	}
+}
+
+func (ss *session) pumpToApp() (string, int64) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "downstream")
+	var total, pending int64
+	defer func() { counter.Add(float64(pending)) }()
+	for {
+		n, err := ss.up.Reader.Read(buf)
+		if n > 0 {
+			ss.mu.Lock()
+			ss.up.Tracker.FromServer(buf[:n])
+			ss.mu.Unlock()
+			if _, werr := ss.client.Write(buf[:n]); werr != nil {
+				return CloseClient, total
+			}
+			total += int64(n)
+			if pending += int64(n); pending >= flushBytes {
+				counter.Add(float64(pending))
+				pending = 0
+			}
+			if ss.draining.Load() && ss.closeIfIdle(CloseDrain) {
+				return CloseDrain, total
+			}
+		}
+		if err != nil {
+			return CloseUpstream, total
+		}
+	}
+}
+
+// markClosed records the first reason the session ended and unblocks the other pump.
+func (ss *session) markClosed(reason string) {
+	ss.mu.Lock()
+	if !ss.closed {
+		ss.closed, ss.reason = true, reason
+	}
+	ss.mu.Unlock()
+	ss.closeConns()
+}
