@@ -86,7 +86,24 @@ type Listener struct {
 	LocalPasswordFile string        `mapstructure:"local_password_file"`
 	Auth              Auth          `mapstructure:"auth"`
 	TLS               TLS           `mapstructure:"tls"`
+	Health            Health        `mapstructure:"health"`
 	Paths             []Path        `mapstructure:"paths"`
+}
+
+// Health configures the active probes of a listener's paths.
+type Health struct {
+	// Interval between TCP and TLS probes of each path; 0 disables active probing.
+	Interval time.Duration `mapstructure:"interval"`
+	Timeout  time.Duration `mapstructure:"timeout"`
+	// TLSInterval is how often the probe goes as far as a TLS handshake; 0 disables.
+	TLSInterval time.Duration `mapstructure:"tls_interval"`
+	Rise        int           `mapstructure:"rise"`
+	Fall        int           `mapstructure:"fall"`
+	// LoginInterval is how often a full login with a trivial query probes each path; it needs
+	// LoginUser. 0 disables login probes.
+	LoginInterval time.Duration `mapstructure:"login_interval"`
+	LoginUser     string        `mapstructure:"login_user"`
+	LoginDatabase string        `mapstructure:"login_database"`
 }
 
 // Auth says how the sidecar logs in upstream.
@@ -118,6 +135,14 @@ const (
 	DefaultMaxConnections   = 1000
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultConnectTimeout   = 10 * time.Second
+)
+
+// Default probe settings (DESIGN.md, "Failure semantics").
+const (
+	DefaultProbeInterval      = 2 * time.Second
+	DefaultProbeTimeout       = 1500 * time.Millisecond
+	DefaultLoginProbeInterval = 30 * time.Second
+	DefaultTLSProbeInterval   = 10 * time.Second
 )
 
 // Defaults returns the configuration a file is laid over.
@@ -163,6 +188,25 @@ func (c *Config) applyListenerDefaults() {
 		}
 		if l.TLS.Mode == "" {
 			l.TLS.Mode = TLSVerifyFull
+		}
+		h := &l.Health
+		if h.Interval == 0 {
+			h.Interval = DefaultProbeInterval
+		}
+		if h.Timeout == 0 {
+			h.Timeout = min(DefaultProbeTimeout, h.Interval)
+		}
+		if h.TLSInterval == 0 {
+			h.TLSInterval = DefaultTLSProbeInterval
+		}
+		if h.Rise == 0 {
+			h.Rise = 2
+		}
+		if h.Fall == 0 {
+			h.Fall = 2
+		}
+		if h.LoginInterval == 0 && h.LoginUser != "" {
+			h.LoginInterval = DefaultLoginProbeInterval
 		}
 		for j := range l.Paths {
 			p := &l.Paths[j]
@@ -269,6 +313,27 @@ func (c *Config) Validate() error {
 		case TLSVerifyFull, TLSVerifyCA, TLSInsecure:
 		default:
 			bad(key+".tls.mode", "%q is not one of verify-full, verify-ca, insecure", l.TLS.Mode)
+		}
+		if l.Health.Interval < 0 {
+			bad(key+".health.interval", "must not be negative")
+		}
+		if l.Health.Timeout < 0 || (l.Health.Interval > 0 && l.Health.Timeout > l.Health.Interval) {
+			bad(key+".health.timeout", "must be between 0 and health.interval")
+		}
+		if l.Health.Rise < 1 || l.Health.Rise > 100 {
+			bad(key+".health.rise", "%d is outside 1..100", l.Health.Rise)
+		}
+		if l.Health.Fall < 1 || l.Health.Fall > 100 {
+			bad(key+".health.fall", "%d is outside 1..100", l.Health.Fall)
+		}
+		if l.Health.TLSInterval < 0 {
+			bad(key+".health.tls_interval", "must not be negative")
+		}
+		if l.Health.LoginInterval < 0 {
+			bad(key+".health.login_interval", "must not be negative")
+		}
+		if l.Health.LoginInterval > 0 && l.Health.LoginUser == "" && l.Auth.User == "" {
+			bad(key+".health.login_user", "is required for login probes (or set auth.user)")
 		}
 		if len(l.Paths) == 0 {
 			bad(key+".paths", "at least one upstream path is required")

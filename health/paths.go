@@ -1,13 +1,12 @@
-// Package health knows which upstream paths of a listener are usable: it keeps each path's
-// state from the outcome of real dials (passive health) and answers which paths new
-// connections should try, best first.
+// Package health knows which upstream paths of a listener are usable. It probes each path
+// (TCP connect, TLS handshake, and a full login at a slower pace), takes reports from real
+// connections (passive health), applies rise/fall thresholds, answers which paths new
+// connections should try, best first, and tells watchers when a path goes down or comes back.
 package health
 
 import (
 	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Path is one network route to the database. Address is dialed; the TLS certificate must name
@@ -35,67 +34,67 @@ func (s State) String() string {
 	return "down"
 }
 
+// Thresholds say how many consecutive results flip a path's state.
+type Thresholds struct {
+	Rise int // successes to come back up
+	Fall int // failures to go down
+}
+
 // Set is one listener's paths in priority order with their health.
 type Set struct {
 	listener string
+	th       Thresholds
 	now      func() time.Time
 	metrics  *Metrics
 
-	mu    sync.Mutex
-	paths []*pathState
+	mu       sync.Mutex
+	paths    []*pathState
+	best     string // the path new connections go to first, for the switch metric
+	watchers []func(path string, s State)
 }
 
 type pathState struct {
 	Path
-	state        State
-	lastErr      string
-	lastErrAt    time.Time
-	lastOK       time.Time
-	failures     uint64
-	successes    uint64
-	consecutiveF int
+	state     State
+	succRun   int
+	failRun   int
+	lastErr   string
+	lastErrAt time.Time
+	lastOK    time.Time // last successful login, real or probe
+	lastProbe time.Time
+	changedAt time.Time
+	failures  uint64
+	successes uint64
 }
 
-// Metrics are the health package's Prometheus metrics, shared by every listener's Set.
-type Metrics struct {
-	up       *prometheus.GaugeVec
-	failures *prometheus.CounterVec
-	lastOK   *prometheus.GaugeVec
-}
-
-// NewMetrics registers the health metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "rdsvalet_health_path_up",
-			Help: "1 when the path is considered healthy, 0 when not.",
-		}, []string{"listener", "path"}),
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rdsvalet_health_path_failures_total",
-			Help: "Failed attempts to use a path, from real connections.",
-		}, []string{"listener", "path"}),
-		lastOK: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "rdsvalet_health_path_last_success_timestamp_seconds",
-			Help: "Unix time of the last successful upstream login on the path.",
-		}, []string{"listener", "path"}),
+// NewSet returns the paths of one listener, all assumed up until told otherwise.
+func NewSet(listener string, paths []Path, th Thresholds, m *Metrics) *Set {
+	if th.Rise < 1 {
+		th.Rise = 1
 	}
-	if reg != nil {
-		reg.MustRegister(m.up, m.failures, m.lastOK)
+	if th.Fall < 1 {
+		th.Fall = 1
 	}
-	return m
-}
-
-// NewSet returns the paths of one listener, all assumed up until a dial says otherwise.
-func NewSet(listener string, paths []Path, m *Metrics) *Set {
-	s := &Set{listener: listener, now: time.Now, metrics: m}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	s := &Set{listener: listener, th: th, now: time.Now, metrics: m}
 	for _, p := range paths {
-		s.paths = append(s.paths, &pathState{Path: p})
-		if m != nil {
-			m.up.WithLabelValues(listener, p.Name).Set(1)
-			m.failures.WithLabelValues(listener, p.Name)
-		}
+		s.paths = append(s.paths, &pathState{Path: p, state: Up, succRun: th.Rise})
+		m.initPath(listener, p.Name)
+	}
+	if len(paths) > 0 {
+		s.best = paths[0].Name
 	}
 	return s
+}
+
+// Watch registers fn to be told of every state change; fn runs on the reporting goroutine
+// and must not block.
+func (s *Set) Watch(fn func(path string, st State)) {
+	s.mu.Lock()
+	s.watchers = append(s.watchers, fn)
+	s.mu.Unlock()
 }
 
 // Candidates returns the paths new connections should try, in order: healthy paths by
@@ -121,64 +120,94 @@ func (s *Set) Candidates() []Path {
 func (s *Set) Lookup(name string) (Path, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, p := range s.paths {
-		if p.Name == name {
-			return p.Path, true
-		}
+	if p := s.find(name); p != nil {
+		return p.Path, true
 	}
 	return Path{}, false
 }
 
-// ReportSuccess records a successful login on the path.
+// ReportSuccess records a successful login on the path (a real one or a probe's).
 func (s *Set) ReportSuccess(name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p := s.find(name)
-	if p == nil {
-		return
-	}
-	p.successes++
-	p.consecutiveF = 0
-	p.lastOK = s.now()
-	p.state = Up
-	if s.metrics != nil {
-		s.metrics.up.WithLabelValues(s.listener, name).Set(1)
-		s.metrics.lastOK.WithLabelValues(s.listener, name).Set(float64(p.lastOK.UnixNano()) / 1e9)
-	}
+	s.record(name, "", nil, true)
 }
 
 // ReportFailure records a failed attempt to reach the upstream over the path. A failed real
-// dial counts at once: the path is marked down so that the next connection skips it.
+// dial counts at once, like a failed probe, without waiting for the next probe.
 func (s *Set) ReportFailure(name string, err error) {
+	s.record(name, "", err, false)
+}
+
+// record applies one result to the path's state machine and notifies watchers of a change.
+// kind is the probe kind, or "" for a real connection.
+func (s *Set) record(name, kind string, err error, ok bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p := s.find(name)
 	if p == nil {
+		s.mu.Unlock()
 		return
 	}
-	p.failures++
-	p.consecutiveF++
-	p.lastErrAt = s.now()
-	if err != nil {
-		p.lastErr = err.Error()
+	now := s.now()
+	changed := false
+	if ok {
+		p.successes++
+		p.succRun++
+		p.failRun = 0
+		if kind == "" || kind == KindLogin {
+			p.lastOK = now
+			s.metrics.lastLogin.WithLabelValues(s.listener, name).Set(float64(now.UnixNano()) / 1e9)
+		}
+		if p.state == Down && p.succRun >= s.th.Rise {
+			p.state, p.changedAt, changed = Up, now, true
+		}
+	} else {
+		p.failures++
+		p.failRun++
+		p.succRun = 0
+		p.lastErrAt = now
+		if err != nil {
+			p.lastErr = err.Error()
+		}
+		if kind == "" {
+			s.metrics.passiveFailures.WithLabelValues(s.listener, name).Inc()
+		}
+		if p.state == Up && p.failRun >= s.th.Fall {
+			p.state, p.changedAt, changed = Down, now, true
+		}
 	}
-	p.state = Down
-	if s.metrics != nil {
-		s.metrics.up.WithLabelValues(s.listener, name).Set(0)
-		s.metrics.failures.WithLabelValues(s.listener, name).Inc()
+	var watchers []func(string, State)
+	st := p.state
+	if changed {
+		v := 0.0
+		if st == Up {
+			v = 1
+		}
+		s.metrics.up.WithLabelValues(s.listener, name).Set(v)
+		watchers = append(watchers, s.watchers...)
+		if best := s.bestLocked(); best != s.best {
+			s.metrics.switches.WithLabelValues(s.listener, best).Inc()
+			s.best = best
+		}
 	}
+	s.mu.Unlock()
+	for _, w := range watchers {
+		w(name, st)
+	}
+}
+
+func (s *Set) bestLocked() string {
+	for _, p := range s.paths {
+		if p.state == Up {
+			return p.Name
+		}
+	}
+	return ""
 }
 
 // AnyUp reports whether at least one path is healthy.
 func (s *Set) AnyUp() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, p := range s.paths {
-		if p.state == Up {
-			return true
-		}
-	}
-	return false
+	return s.bestLocked() != ""
 }
 
 // PathStatus is a path's state for /paths.
@@ -188,9 +217,12 @@ type PathStatus struct {
 	TLSServerName string    `json:"tls_server_name"`
 	TokenHost     string    `json:"token_host"`
 	State         string    `json:"state"`
+	Preferred     bool      `json:"preferred"`
+	Since         time.Time `json:"since,omitzero"`
 	LastError     string    `json:"last_error,omitempty"`
 	LastErrorAt   time.Time `json:"last_error_at,omitzero"`
-	LastSuccessAt time.Time `json:"last_success_at,omitzero"`
+	LastLoginAt   time.Time `json:"last_login_at,omitzero"`
+	LastProbeAt   time.Time `json:"last_probe_at,omitzero"`
 	Successes     uint64    `json:"successes"`
 	Failures      uint64    `json:"failures"`
 }
@@ -199,11 +231,13 @@ type PathStatus struct {
 func (s *Set) Snapshot() []PathStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	best := s.bestLocked()
 	out := make([]PathStatus, 0, len(s.paths))
 	for _, p := range s.paths {
 		out = append(out, PathStatus{
 			Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost,
-			State: p.state.String(), LastError: p.lastErr, LastErrorAt: p.lastErrAt, LastSuccessAt: p.lastOK,
+			State: p.state.String(), Preferred: p.Name == best, Since: p.changedAt,
+			LastError: p.lastErr, LastErrorAt: p.lastErrAt, LastLoginAt: p.lastOK, LastProbeAt: p.lastProbe,
 			Successes: p.successes, Failures: p.failures,
 		})
 	}

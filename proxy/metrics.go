@@ -19,6 +19,7 @@ const (
 	CloseUpstream = "upstream"  // the database closed or the connection to it failed
 	CloseDrain    = "drain"     // closed while idle because the sidecar is draining
 	CloseCut      = "cut"       // cut busy at the drain's deadline
+	ClosePathDown = "path_down" // its path went down: closed when idle, or cut after kill_grace
 	CloseBothDone = "completed" // both sides finished together
 )
 
@@ -85,7 +86,7 @@ func (m *Metrics) init(listener, engine string) {
 	for _, d := range []string{"upstream", "downstream"} {
 		m.bytes.WithLabelValues(listener, d)
 	}
-	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, CloseBothDone} {
+	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseBothDone} {
 		m.closed.WithLabelValues(listener, r)
 	}
 }

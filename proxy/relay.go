@@ -20,7 +20,8 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBufSize); retur
 type session struct {
 	srv      *Server
 	client   net.Conn
-	draining atomic.Bool
+	draining atomic.Bool // close at the next idle point: the sidecar is shutting down
+	evicted  atomic.Bool // close at the next idle point: the session's path went down
 
 	mu      sync.Mutex // orders tracker updates against closing, see closeIfIdle
 	up      *Upstream
@@ -28,6 +29,16 @@ type session struct {
 	busy    bool // closed while not idle
 	reason  string
 	closeFn sync.Once
+}
+
+// path is the upstream path the session runs on, "" while it is handshaking.
+func (ss *session) path() string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.up == nil {
+		return ""
+	}
+	return ss.up.Path
 }
 
 // attach hands the logged-in upstream to the session; false if the session was cut meanwhile.
@@ -85,7 +96,8 @@ func (ss *session) closeConns() {
 
 // relay copies both ways until either side ends; it returns why the session ended and the
 // bytes relayed in each direction.
-func (ss *session) relay() (reason string, fromApp, toApp int64) {
+// upErr is the upstream read error that ended the session, if any, for passive health.
+func (ss *session) relay() (reason string, fromApp, toApp int64, upErr error) {
 	type result struct {
 		reason string
 		n      int64
@@ -95,7 +107,7 @@ func (ss *session) relay() (reason string, fromApp, toApp int64) {
 		r, n := ss.pumpFromApp()
 		done <- result{r, n}
 	}()
-	r, out := ss.pumpToApp()
+	r, out, upErr := ss.pumpToApp()
 	ss.mu.Lock()
 	if !ss.closed {
 		ss.closed, ss.reason = true, r
@@ -106,7 +118,7 @@ func (ss *session) relay() (reason string, fromApp, toApp int64) {
 	ss.mu.Lock()
 	reason = ss.reason
 	ss.mu.Unlock()
-	return reason, other.n, out
+	return reason, other.n, out, upErr
 }
 
 func (ss *session) pumpFromApp() (string, int64) {
@@ -143,7 +155,7 @@ func (ss *session) pumpFromApp() (string, int64) {
 	}
 }
 
-func (ss *session) pumpToApp() (string, int64) {
+func (ss *session) pumpToApp() (string, int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -157,7 +169,7 @@ func (ss *session) pumpToApp() (string, int64) {
 			ss.up.Tracker.FromServer(buf[:n])
 			ss.mu.Unlock()
 			if _, werr := ss.client.Write(buf[:n]); werr != nil {
-				return CloseClient, total
+				return CloseClient, total, nil
 			}
 			total += int64(n)
 			if pending += int64(n); pending >= flushBytes {
@@ -165,11 +177,14 @@ func (ss *session) pumpToApp() (string, int64) {
 				pending = 0
 			}
 			if ss.draining.Load() && ss.closeIfIdle(CloseDrain) {
-				return CloseDrain, total
+				return CloseDrain, total, nil
+			}
+			if ss.evicted.Load() && ss.closeIfIdle(ClosePathDown) {
+				return ClosePathDown, total, nil
 			}
 		}
 		if err != nil {
-			return CloseUpstream, total
+			return CloseUpstream, total, err
 		}
 	}
 }

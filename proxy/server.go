@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -22,6 +24,9 @@ type Config struct {
 	MaxConnections   int
 	HandshakeTimeout time.Duration // the app must finish its startup within this
 	ConnectTimeout   time.Duration // upstream dial, TLS and login over all paths
+	// KillGrace is how long busy sessions on a path that went down may run before they are
+	// cut; idle ones are closed at once.
+	KillGrace time.Duration
 }
 
 // refuseTimeout bounds how long a refused client may take to send the startup we answer.
@@ -52,11 +57,56 @@ type Server struct {
 func NewServer(cfg Config, proto Protocol, paths *health.Set, log *zap.Logger, m *Metrics) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	m.init(cfg.Name, cfg.Engine)
-	return &Server{
+	s := &Server{
 		cfg: cfg, proto: proto, paths: paths, m: m, ctx: ctx, cancel: cancel,
 		log:      log.With(zap.String("listener", cfg.Name), zap.String("engine", cfg.Engine)),
 		sessions: map[*session]struct{}{},
 	}
+	paths.Watch(func(path string, st health.State) {
+		if st == health.Down {
+			s.EvictPath(path)
+		}
+	})
+	return s
+}
+
+// EvictPath moves the sessions pinned to a path that went down off it, so that their apps
+// reconnect (to a healthy path) in seconds instead of hanging on TCP timeouts: idle sessions
+// are closed at once, busy ones at the end of their transaction, the rest after KillGrace.
+func (s *Server) EvictPath(path string) {
+	s.mu.Lock()
+	var list []*session
+	for ss := range s.sessions {
+		if ss.path() == path {
+			list = append(list, ss)
+		}
+	}
+	s.mu.Unlock()
+	var busy []*session
+	for _, ss := range list {
+		ss.evicted.Store(true)
+		if !ss.closeIfIdle(ClosePathDown) {
+			busy = append(busy, ss)
+		}
+	}
+	s.log.Warn("path down: moving sessions off it", zap.String("path", path),
+		zap.Int("closed_idle", len(list)-len(busy)), zap.Int("busy", len(busy)), zap.Duration("kill_grace", s.cfg.KillGrace))
+	if len(busy) == 0 {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTimer(s.cfg.KillGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+		}
+		for _, ss := range busy {
+			ss.shut(ClosePathDown)
+		}
+	}()
 }
 
 // Listen binds the listener's address.
@@ -261,9 +311,13 @@ func (s *Server) handle(c net.Conn) {
 		// Drain began during the handshake: the fresh session is idle, so it ends here.
 		ss.closeIfIdle(CloseDrain)
 	}
-	reason, in, out := ss.relay()
+	reason, in, out, upErr := ss.relay()
 	if up.OnClose != nil {
 		up.OnClose()
+	}
+	if reason == CloseUpstream && isNetworkFailure(upErr) {
+		// A session dying on a network error says as much about the path as a failed dial.
+		s.paths.ReportFailure(up.Path, upErr)
 	}
 	s.m.closed.WithLabelValues(s.cfg.Name, reason).Inc()
 	log.Debug("session ended", zap.String("reason", reason), zap.Int64("bytes_from_app", in), zap.Int64("bytes_to_app", out))
@@ -277,6 +331,14 @@ func (s *Server) refuse(c net.Conn, reason error, result string, log *zap.Logger
 	cancel()
 	s.m.total.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Inc()
 	log.Warn("connection refused", zap.String("result", result), zap.Error(reason))
+}
+
+func isNetworkFailure(err error) bool {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func classify(err error) string {

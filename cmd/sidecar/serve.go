@@ -26,8 +26,10 @@ import (
 )
 
 type listener struct {
-	srv   *proxy.Server
-	paths *health.Set
+	srv    *proxy.Server
+	paths  *health.Set
+	prober health.Prober
+	probe  health.ProbeConfig
 }
 
 // serve wires the configured listeners, runs them, and drains on SIGTERM, SIGINT or
@@ -49,7 +51,7 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 	pm, hm, pgm := proxy.NewMetrics(reg), health.NewMetrics(reg), pg.NewMetrics(reg)
 	var ls []listener
 	for _, lc := range cfg.Listeners {
-		l, err := newListener(lc, secrets, log, pm, hm, pgm)
+		l, err := newListener(lc, cfg.Shutdown.KillGrace, secrets, log, pm, hm, pgm)
 		if err != nil {
 			log.Error("cannot start listener", zap.String("listener", lc.Name), zap.Error(err))
 			for _, o := range ls {
@@ -85,11 +87,17 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 			log.Error("admin server failed", zap.Error(err))
 		}
 	}()
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	defer stopProbes()
 	for _, l := range ls {
-		wg.Add(1)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			_ = l.srv.Serve()
+		}()
+		go func() {
+			defer wg.Done()
+			l.paths.Run(probeCtx, l.prober, l.probe)
 		}()
 		log.Info("listening", zap.String("listener", l.srv.Name()), zap.String("addr", l.srv.Addr().String()))
 	}
@@ -104,6 +112,7 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 	stop() // a second signal now kills the process the default way
 
 	code := drain(cfg.Shutdown, &draining, ls, log)
+	stopProbes()
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = adm.Shutdown(sctx)
 	cancel()
@@ -179,7 +188,7 @@ func pathsReport(cfg *config.Config, ls []listener) any {
 
 const insecureWarning = "upstream TLS certificates are NOT verified (tls.mode insecure): anyone on the network path can impersonate the database"
 
-func newListener(lc config.Listener, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics) (listener, error) {
+func newListener(lc config.Listener, killGrace time.Duration, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics) (listener, error) {
 	tlsCfgs, err := wire.NewTLSConfigs(lc.TLS.Mode, lc.TLS.CAFile)
 	if err != nil {
 		return listener{}, err
@@ -191,26 +200,33 @@ func newListener(lc config.Listener, secrets *secrets, log *zap.Logger, pm *prox
 	for i, p := range lc.Paths {
 		paths[i] = health.Path{Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost}
 	}
-	set := health.NewSet(lc.Name, paths, hm)
+	set := health.NewSet(lc.Name, paths, health.Thresholds{Rise: lc.Health.Rise, Fall: lc.Health.Fall}, hm)
+	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 	var proto proxy.Protocol
+	var prober health.Prober
 	switch lc.Engine {
 	case config.EnginePostgres:
-		proto = pg.New(pg.Config{
-			Listener: lc.Name, TLS: tlsCfgs, Dialer: &net.Dialer{KeepAlive: 30 * time.Second},
+		p := pg.New(pg.Config{
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer,
 			Secret: secrets.forListener(lc), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
+			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
 			Log: log.With(zap.String("listener", lc.Name)), Metrics: pgm,
 		})
+		proto, prober = p, p
 	default:
 		return listener{}, fmt.Errorf("engine %q is not supported by this build", lc.Engine)
 	}
 	srv := proxy.NewServer(proxy.Config{
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
-		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout,
+		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: killGrace,
 	}, proto, set, log, pm)
 	if err := srv.Listen(); err != nil {
 		return listener{}, err
 	}
-	return listener{srv: srv, paths: set}, nil
+	return listener{srv: srv, paths: set, prober: prober, probe: health.ProbeConfig{
+		Interval: lc.Health.Interval, TLSInterval: lc.Health.TLSInterval, LoginInterval: lc.Health.LoginInterval,
+		Timeout: lc.Health.Timeout, Dialer: dialer, Log: log,
+	}}, nil
 }
 
 // secrets hands each listener its way to answer the upstream's password request.

@@ -42,8 +42,10 @@ type Config struct {
 	ForceUser string
 	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
 	LocalPasswordFile string
-	Log               *zap.Logger
-	Metrics           *Metrics
+	// ProbeUser and ProbeDatabase are what login probes log in as.
+	ProbeUser, ProbeDatabase string
+	Log                      *zap.Logger
+	Metrics                  *Metrics
 }
 
 // Metrics are the Postgres protocol's own metrics, shared by every Postgres listener.

@@ -1,0 +1,177 @@
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Probe kinds.
+const (
+	KindTCP   = "tcp"
+	KindTLS   = "tls"
+	KindLogin = "login"
+)
+
+// Prober runs the engine-specific probes: TLS needs the protocol's own negotiation first
+// (Postgres SSLRequest, MySQL greeting), and a login speaks the protocol.
+type Prober interface {
+	ProbeTLS(ctx context.Context, p Path) error
+	ProbeLogin(ctx context.Context, p Path) error
+}
+
+// ProbeConfig paces the active probes of a Set.
+type ProbeConfig struct {
+	Interval      time.Duration // TCP connect; 0 disables active probing
+	TLSInterval   time.Duration // TLS handshake; 0 disables
+	LoginInterval time.Duration // full login; 0 disables
+	Timeout       time.Duration
+	Dialer        interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	}
+	Log *zap.Logger
+}
+
+// Run probes every path until ctx ends. Each path has its own loop, started at a random
+// offset and jittered by ±10 % each round, so that a fleet of pods does not probe in lockstep.
+func (s *Set) Run(ctx context.Context, pr Prober, cfg ProbeConfig) {
+	if cfg.Interval <= 0 {
+		return
+	}
+	if cfg.Timeout <= 0 || cfg.Timeout > cfg.Interval {
+		cfg.Timeout = cfg.Interval
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	var wg sync.WaitGroup
+	s.mu.Lock()
+	paths := make([]Path, len(s.paths))
+	for i, p := range s.paths {
+		paths[i] = p.Path
+	}
+	s.mu.Unlock()
+	for _, p := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.probeLoop(ctx, p, pr, cfg)
+		}()
+	}
+	wg.Wait()
+}
+
+func (s *Set) probeLoop(ctx context.Context, p Path, pr Prober, cfg ProbeConfig) {
+	wait := time.Duration(rand.Int64N(int64(cfg.Interval)))
+	var lastTLS, lastLogin time.Time
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		now := time.Now()
+		kind := KindTCP
+		switch {
+		case cfg.LoginInterval > 0 && pr != nil && now.Sub(lastLogin) >= cfg.LoginInterval:
+			kind, lastLogin, lastTLS = KindLogin, now, now
+		case cfg.TLSInterval > 0 && pr != nil && now.Sub(lastTLS) >= cfg.TLSInterval:
+			kind, lastTLS = KindTLS, now
+		}
+		s.probeOnce(ctx, p, kind, pr, cfg)
+		timer.Reset(jitter(cfg.Interval))
+	}
+}
+
+// ProbeNow runs one probe of kind on the path at once (for tests and /paths refreshes).
+func (s *Set) ProbeNow(ctx context.Context, name, kind string, pr Prober, cfg ProbeConfig) error {
+	p, ok := s.Lookup(name)
+	if !ok {
+		return errors.New("no such path")
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	return s.probeOnce(ctx, p, kind, pr, cfg)
+}
+
+func (s *Set) probeOnce(ctx context.Context, p Path, kind string, pr Prober, cfg ProbeConfig) error {
+	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	start := time.Now()
+	var err error
+	switch kind {
+	case KindLogin:
+		err = pr.ProbeLogin(pctx, p)
+	case KindTLS:
+		err = pr.ProbeTLS(pctx, p)
+	default:
+		var c net.Conn
+		c, err = cfg.Dialer.DialContext(pctx, "tcp", p.Address)
+		if err == nil {
+			_ = c.Close()
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err() // shutting down: not the path's fault
+	}
+	s.metrics.probeSeconds.WithLabelValues(s.listener, p.Name, kind).Observe(time.Since(start).Seconds())
+	s.mu.Lock()
+	if ps := s.find(p.Name); ps != nil {
+		ps.lastProbe = start
+	}
+	s.mu.Unlock()
+	if err != nil {
+		reason := Reason(err)
+		s.metrics.probeFailures.WithLabelValues(s.listener, p.Name, kind, reason).Inc()
+		cfg.Log.Debug("probe failed", zap.String("listener", s.listener), zap.String("path", p.Name),
+			zap.String("kind", kind), zap.String("reason", reason), zap.Error(err))
+	}
+	s.record(p.Name, kind, err, err == nil)
+	return err
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
+}
+
+// Reason classifies a failure for metrics: timeout, refused, reset, dns, tls, auth or other.
+func Reason(err error) string {
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var ne net.Error
+	switch {
+	case errors.As(err, &dnsErr):
+		return "dns"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.As(err, &certErr), strings.Contains(err.Error(), "tls:"), strings.Contains(err.Error(), "x509:"):
+		return "tls"
+	case strings.Contains(err.Error(), "authentication"), strings.Contains(err.Error(), "IAM token"), strings.Contains(err.Error(), "Access denied"):
+		return "auth"
+	}
+	return "other"
+}
