@@ -42,7 +42,15 @@ type Config struct {
 	Admin     Admin      `mapstructure:"admin"`
 	AWS       AWS        `mapstructure:"aws"`
 	Shutdown  Shutdown   `mapstructure:"shutdown"`
+	DNS       DNS        `mapstructure:"dns"`
 	Listeners []Listener `mapstructure:"listeners"`
+}
+
+// DNS configures how upstream names are resolved. Names are resolved on every dial (no
+// caching in the sidecar), so a changed record is followed at the next connection.
+type DNS struct {
+	// Server, when set (host:port), is asked instead of the servers in /etc/resolv.conf.
+	Server string `mapstructure:"server"`
 }
 
 // Log configures the zap logger.
@@ -248,6 +256,11 @@ func (c *Config) Validate() error {
 	case ReadyWhenUp, ReadyWhenHealthy:
 	default:
 		bad("admin.readiness", "%q is not one of %s, %s", c.Admin.Readiness, ReadyWhenUp, ReadyWhenHealthy)
+	}
+	if c.DNS.Server != "" {
+		if err := checkHostPort(c.DNS.Server); err != nil {
+			bad("dns.server", "%v", err)
+		}
 	}
 	if c.AWS.CredentialsRefreshWindow <= 0 {
 		bad("aws.credentials_refresh_window", "must be positive")

@@ -51,7 +51,7 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 	pm, hm, pgm := proxy.NewMetrics(reg), health.NewMetrics(reg), pg.NewMetrics(reg)
 	var ls []listener
 	for _, lc := range cfg.Listeners {
-		l, err := newListener(lc, cfg.Shutdown.KillGrace, secrets, log, pm, hm, pgm)
+		l, err := newListener(lc, cfg.DNS.Server, cfg.Shutdown.KillGrace, secrets, log, pm, hm, pgm)
 		if err != nil {
 			log.Error("cannot start listener", zap.String("listener", lc.Name), zap.Error(err))
 			for _, o := range ls {
@@ -188,7 +188,20 @@ func pathsReport(cfg *config.Config, ls []listener) any {
 
 const insecureWarning = "upstream TLS certificates are NOT verified (tls.mode insecure): anyone on the network path can impersonate the database"
 
-func newListener(lc config.Listener, killGrace time.Duration, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics) (listener, error) {
+// newDialer resolves on every dial (net.Dialer keeps no cache) and tries each address of a
+// name in turn, giving each a share of the time left.
+func newDialer(dnsServer string) *net.Dialer {
+	d := &net.Dialer{KeepAlive: 30 * time.Second}
+	if dnsServer != "" {
+		d.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var rd net.Dialer
+			return rd.DialContext(ctx, network, dnsServer)
+		}}
+	}
+	return d
+}
+
+func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics) (listener, error) {
 	tlsCfgs, err := wire.NewTLSConfigs(lc.TLS.Mode, lc.TLS.CAFile)
 	if err != nil {
 		return listener{}, err
@@ -201,7 +214,7 @@ func newListener(lc config.Listener, killGrace time.Duration, secrets *secrets, 
 		paths[i] = health.Path{Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost}
 	}
 	set := health.NewSet(lc.Name, paths, health.Thresholds{Rise: lc.Health.Rise, Fall: lc.Health.Fall}, hm)
-	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
+	dialer := newDialer(dnsServer)
 	var proto proxy.Protocol
 	var prober health.Prober
 	switch lc.Engine {
