@@ -321,6 +321,16 @@ func readErrorResponse(c net.Conn) (code, msg string, err error) {
 	return code, msg, nil
 }
 
+// startupPacket encodes a protocol 3.0 StartupMessage with key, value pairs.
+func startupPacket(params ...string) []byte {
+	body := binary.BigEndian.AppendUint32(nil, 196608)
+	for _, p := range params {
+		body = append(append(body, p...), 0)
+	}
+	body = append(body, 0)
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
+}
+
 func TestBadInputFromApp(t *testing.T) {
 	w := startWorld(t)
 	s := startSidecar(t, iamConfig(w, ""), w.SidecarEnv)
@@ -347,14 +357,7 @@ func TestBadInputFromApp(t *testing.T) {
 		}
 	}()
 
-	startup := func(params ...string) []byte {
-		body := binary.BigEndian.AppendUint32(nil, 196608)
-		for _, p := range params {
-			body = append(append(body, p...), 0)
-		}
-		body = append(body, 0)
-		return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
-	}
+	startup := startupPacket
 	cases := []struct {
 		name     string
 		send     []byte
