@@ -10,7 +10,6 @@ import (
 	"mime"
 	"net/http"
 
-	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -113,12 +112,9 @@ func (h *Handler) fail(w http.ResponseWriter, code int, format string, args ...a
 
 func decodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
 	var review admissionv1.AdmissionReview
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&review); err != nil {
+	// Unmarshal, not a Decoder: it also rejects trailing data after the object.
+	if err := json.Unmarshal(body, &review); err != nil {
 		return nil, fmt.Errorf("decoding AdmissionReview: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("decoding AdmissionReview: trailing data after the JSON object")
 	}
 	if review.APIVersion != admissionv1.SchemeGroupVersion.String() || review.Kind != "AdmissionReview" {
 		return nil, fmt.Errorf("got apiVersion %q kind %q: want admission.k8s.io/v1 AdmissionReview", review.APIVersion, review.Kind)
@@ -143,6 +139,9 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 		log.Debug("not a pod create; allowed untouched", "kind", req.Kind, "operation", req.Operation)
 		h.metrics.observe("ignored")
 		return resp
+	}
+	if raw := bytes.TrimSpace(req.Object.Raw); len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return h.refuse(resp, log, http.StatusBadRequest, "the pod create request has no object")
 	}
 	var pod corev1.Pod
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
@@ -188,25 +187,6 @@ func (h *Handler) refuse(resp *admissionv1.AdmissionResponse, log *slog.Logger, 
 		resp.Result.Reason = metav1.StatusReasonBadRequest
 	}
 	return resp
-}
-
-// podPatch diffs the two pods as this package's API types see them. Diffing the re-encoded
-// original (rather than the raw request) keeps the patch to what Mutate changed: fields this
-// build's types do not know are neither in the diff nor touched by it.
-func podPatch(before, after *corev1.Pod) ([]byte, error) {
-	a, err := json.Marshal(before)
-	if err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(after)
-	if err != nil {
-		return nil, err
-	}
-	ops, err := jsonpatch.CreatePatch(a, b)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(ops)
 }
 
 func podName(req *admissionv1.AdmissionRequest) string {
