@@ -221,6 +221,7 @@ func Mutate(pod *corev1.Pod, namespace string, cfg Config) (*corev1.Pod, Outcome
 	}
 
 	sidecar := sidecarContainer(req, cfg)
+	copyAWSIdentity(&sidecar, pod)
 	if cfg.NativeSidecar {
 		always := corev1.ContainerRestartPolicyAlways
 		sidecar.RestartPolicy = &always
@@ -596,5 +597,45 @@ func addEnv(c *corev1.Container, env []corev1.EnvVar) {
 		if !slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
 			c.Env = append(c.Env, e)
 		}
+	}
+}
+
+// awsEnv are the variables EKS's pod-identity webhook (IRSA) and the EKS Pod Identity agent
+// webhook write into containers. Whether that webhook runs before or after this one depends on
+// configuration names and reinvocation; when it ran first, the app containers already carry its
+// env and token mount and the sidecar would have none. Copying them (never overwriting, never
+// inventing) makes the sidecar's credentials the app's in both orders; when it runs after us it
+// leaves containers that already have these variables alone.
+var awsEnv = []string{
+	"AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_STS_REGIONAL_ENDPOINTS",
+	"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+}
+
+func copyAWSIdentity(sidecar *corev1.Container, pod *corev1.Pod) {
+	for _, c := range pod.Spec.Containers {
+		hasIdentity := slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+			return e.Name == "AWS_WEB_IDENTITY_TOKEN_FILE" || e.Name == "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+		})
+		if !hasIdentity {
+			continue
+		}
+		for _, e := range c.Env {
+			if slices.Contains(awsEnv, e.Name) {
+				addEnv(sidecar, []corev1.EnvVar{e})
+			}
+		}
+		tokenFile := ""
+		for _, e := range c.Env {
+			if e.Name == "AWS_WEB_IDENTITY_TOKEN_FILE" || e.Name == "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" {
+				tokenFile = e.Value
+			}
+		}
+		for _, m := range c.VolumeMounts {
+			if tokenFile != "" && strings.HasPrefix(tokenFile, strings.TrimSuffix(m.MountPath, "/")+"/") {
+				m.ReadOnly = true
+				sidecar.VolumeMounts = append(sidecar.VolumeMounts, m)
+			}
+		}
+		return
 	}
 }

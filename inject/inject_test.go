@@ -221,6 +221,52 @@ func TestMutate(t *testing.T) {
 			},
 		},
 		{
+			name: "IRSA env and token mount already on the app (pod-identity webhook ran first) are copied to the sidecar",
+			pod: appPod(nil, func(p *corev1.Pod) {
+				c := &p.Spec.Containers[0]
+				c.Env = append(c.Env,
+					corev1.EnvVar{Name: "AWS_ROLE_ARN", Value: "arn:aws:iam::111122223333:role/orders"},
+					corev1.EnvVar{Name: "AWS_WEB_IDENTITY_TOKEN_FILE", Value: "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"},
+					corev1.EnvVar{Name: "AWS_REGION", Value: "eu-west-1"})
+				c.VolumeMounts = append(c.VolumeMounts,
+					corev1.VolumeMount{Name: "aws-iam-token", MountPath: "/var/run/secrets/eks.amazonaws.com/serviceaccount", ReadOnly: true},
+					corev1.VolumeMount{Name: "data", MountPath: "/data"})
+			}),
+			cfg:     baseConfig(true),
+			outcome: inject.OutcomeInjected,
+			check: func(t *testing.T, in, out *corev1.Pod) {
+				sc := out.Spec.InitContainers[0]
+				wantEnv(t, sc, map[string]string{
+					"AWS_ROLE_ARN":                "arn:aws:iam::111122223333:role/orders",
+					"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+					"AWS_REGION":                  "eu-west-1",
+				})
+				var mounts []string
+				for _, m := range sc.VolumeMounts {
+					mounts = append(mounts, m.Name)
+				}
+				if !slices.Equal(mounts, []string{inject.VolumeName, "aws-iam-token"}) {
+					t.Errorf("sidecar mounts = %v, want the config and the token only", mounts)
+				}
+				if _, ok := env(sc, "MODE"); ok {
+					t.Error("app env other than AWS identity copied to the sidecar")
+				}
+			},
+		},
+		{
+			name:    "no IRSA yet: the sidecar gets no AWS env of ours (the pod-identity webhook adds it later)",
+			pod:     appPod(nil),
+			cfg:     baseConfig(true),
+			outcome: inject.OutcomeInjected,
+			check: func(t *testing.T, in, out *corev1.Pod) {
+				for _, e := range out.Spec.InitContainers[0].Env {
+					if strings.HasPrefix(e.Name, "AWS_") {
+						t.Errorf("sidecar got %s", e.Name)
+					}
+				}
+			},
+		},
+		{
 			name:    "missing ConfigMap annotation: clear denial",
 			pod:     appPod(map[string]string{inject.AnnotationConfig: "-"}),
 			cfg:     baseConfig(true),
