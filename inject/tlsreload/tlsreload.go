@@ -30,7 +30,7 @@ func New(certFile, keyFile string, log *slog.Logger) (*Reloader, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Reloader{certFile: certFile, keyFile: keyFile, log: log}
-	if _, err := r.reload(); err != nil {
+	if _, err := r.Reload(); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -55,7 +55,7 @@ func (r *Reloader) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			changed, err := r.reload()
+			changed, err := r.Reload()
 			if err != nil {
 				r.log.Warn("certificate reload failed; still serving the previous one", "error", err)
 			} else if changed {
@@ -74,7 +74,9 @@ func (r *Reloader) notAfter() time.Time {
 	return r.cert.Leaf.NotAfter
 }
 
-func (r *Reloader) reload() (bool, error) {
+// Reload re-reads the files now; it reports whether the served pair changed. On error the
+// previous pair keeps serving.
+func (r *Reloader) Reload() (bool, error) {
 	certPEM, err := os.ReadFile(r.certFile)
 	if err != nil {
 		return false, fmt.Errorf("reading certificate: %w", err)
