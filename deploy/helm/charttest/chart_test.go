@@ -454,7 +454,7 @@ func TestTemplate(t *testing.T) {
 					t.Errorf("cronjob schedule %q args %v sa %s", cron.Spec.Schedule, cs.Containers[0].Args, cs.ServiceAccountName)
 				}
 				cm := find[*corev1.ConfigMap](t, objs, "ConfigMap", "")
-				if !strings.Contains(cm.Data["database.yaml"], "engine: postgres") || job.Spec.Template.Spec.Volumes[0].ConfigMap.Name != cm.Name {
+				if !strings.Contains(cm.Data["database.yaml"], "engine: postgres") || job.Spec.Template.Spec.Volumes[1].ConfigMap.Name != cm.Name {
 					t.Errorf("spec ConfigMap %v not mounted by the job", cm.Data)
 				}
 				var roleNS []string
@@ -506,8 +506,8 @@ func TestTemplate(t *testing.T) {
 					}
 				}
 				job := find[*batchv1.Job](t, objs, "Job", "")
-				if job.Spec.Template.Spec.ServiceAccountName != "existing-provisioner" || job.Spec.Template.Spec.Volumes[0].ConfigMap.Name != "orders-spec" {
-					t.Errorf("job sa %s spec %s", job.Spec.Template.Spec.ServiceAccountName, job.Spec.Template.Spec.Volumes[0].ConfigMap.Name)
+				if job.Spec.Template.Spec.ServiceAccountName != "existing-provisioner" || job.Spec.Template.Spec.Volumes[1].ConfigMap.Name != "orders-spec" {
+					t.Errorf("job sa %s spec %s", job.Spec.Template.Spec.ServiceAccountName, job.Spec.Template.Spec.Volumes[1].ConfigMap.Name)
 				}
 			},
 		},

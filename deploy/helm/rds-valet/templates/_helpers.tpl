@@ -115,7 +115,13 @@ containers:
       - name: spec
         mountPath: /etc/rds-valet/spec
         readOnly: true
+      # Writable scratch for --config-out / --configmap-out; the root filesystem is read-only.
+      - name: out
+        mountPath: /var/run/rds-valet
 volumes:
+  - name: out
+    emptyDir:
+      sizeLimit: 16Mi
   - name: spec
     configMap:
       name: {{ .specCM }}
