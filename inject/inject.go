@@ -158,9 +158,9 @@ type Outcome string
 
 const (
 	OutcomeInjected        Outcome = "injected"
-	OutcomeNotRequested    Outcome = "not requested"
-	OutcomeSkipNamespace   Outcome = "namespace skipped"
-	OutcomeAlreadyInjected Outcome = "already injected"
+	OutcomeNotRequested    Outcome = "not-requested"
+	OutcomeSkipNamespace   Outcome = "namespace-skipped"
+	OutcomeAlreadyInjected Outcome = "already-injected"
 )
 
 // SupportsNativeSidecar reports whether a Kubernetes version ("1.29", "v1.30.2-eks-1234") runs

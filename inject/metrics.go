@@ -12,7 +12,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rdsvalet_inject_admissions_total",
-		Help: "Admission reviews answered, by result (injected, not requested, namespace skipped, already injected, ignored, denied, failed-open, malformed).",
+		Help: "Admission reviews answered, by result (injected, not-requested, namespace-skipped, already-injected, ignored, denied, failed-open, malformed).",
 	}, []string{"result"})}
 	if err := reg.Register(m.admissions); err != nil {
 		return nil, err
