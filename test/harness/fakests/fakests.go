@@ -434,4 +434,3 @@ func WriteTokenFile(dir, token string) (string, error) {
 func NewToken() string {
 	return "eyJhbGciOiJSUzI1NiJ9." + randString(64, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789") + "." + randString(43, "abcdefghijklmnopqrstuvwxyz0123456789")
 }
-
