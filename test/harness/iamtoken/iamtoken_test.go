@@ -141,3 +141,15 @@ func mustQuery(t *testing.T, tok string) url.Values {
 	}
 	return q
 }
+
+func TestForge(t *testing.T) {
+	now := time.Now()
+	tok := Forge(host, region, "app", akid, secret, sess, now.Add(-time.Minute), 15*time.Minute)
+	if _, err := Verify(tok, opts()); err != nil {
+		t.Fatalf("forged-but-valid token refused: %v", err)
+	}
+	old := Forge(host, region, "app", akid, secret, sess, now.Add(-20*time.Minute), 15*time.Minute)
+	if _, err := Verify(old, opts()); !errors.Is(err, ErrExpired) {
+		t.Fatalf("old token: %v, want ErrExpired", err)
+	}
+}
