@@ -67,10 +67,13 @@ type Server struct {
 	// URL is the endpoint to give the SDK as AWS_ENDPOINT_URL_STS.
 	URL string
 
-	opts Options
-	ln   net.Listener
-	srv  *http.Server
-	done chan struct{}
+	opts     Options
+	ln       net.Listener
+	srv      *http.Server
+	done     chan struct{}
+	closing  chan struct{} // closed by Close: ends delayed handlers
+	handlers sync.WaitGroup
+	once     sync.Once
 
 	mu       sync.Mutex
 	accepted map[string]bool
@@ -101,13 +104,28 @@ func Start(o Options) (*Server, error) {
 		opts:     o,
 		ln:       ln,
 		done:     make(chan struct{}),
+		closing:  make(chan struct{}),
 		accepted: map[string]bool{},
 		issued:   map[string]Credential{},
 	}
 	for _, t := range o.Tokens {
 		s.accepted[t] = true
 	}
-	s.srv = &http.Server{Handler: http.HandlerFunc(s.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
+	// http.Server.Close does not wait for running handlers; the WaitGroup does, so no handler
+	// outlives Close (and logs into a finished test).
+	s.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		select {
+		case <-s.closing:
+			s.mu.Unlock()
+			return
+		default:
+		}
+		s.handlers.Add(1) // under mu, so never concurrent with Close's Wait at zero
+		s.mu.Unlock()
+		defer s.handlers.Done()
+		s.serveHTTP(w, r)
+	})}
 	go func() {
 		defer close(s.done)
 		_ = s.srv.Serve(ln)
@@ -115,10 +133,18 @@ func Start(o Options) (*Server, error) {
 	return s, nil
 }
 
-// Close stops the server and waits for its serving goroutine.
+// Close stops the server and waits for its serving goroutine and every handler. Calling it
+// again is a no-op.
 func (s *Server) Close() error {
-	err := s.srv.Close()
-	<-s.done
+	var err error
+	s.once.Do(func() {
+		s.mu.Lock()
+		close(s.closing)
+		s.mu.Unlock()
+		err = s.srv.Close()
+		<-s.done
+		s.handlers.Wait()
+	})
 	return err
 }
 
@@ -214,6 +240,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			t.Stop()
 			s.fail()
+			return
+		case <-s.closing:
+			t.Stop()
 			return
 		}
 	}
