@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rdsvalet/rds-valet/test/harness/internal/osuser"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
 )
 
@@ -92,9 +92,9 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := runAs()
+	cred, err := osuser.For("postgres")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pgserver: %w", err)
 	}
 	dir, ownDir := o.Dir, ""
 	if dir == "" {
@@ -107,8 +107,8 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("pgserver: %w", err)
 	}
 	if cred != nil {
-		if err := makeTraversable(dir); err != nil {
-			return nil, err
+		if err := osuser.MakeTraversable(dir); err != nil {
+			return nil, fmt.Errorf("pgserver: %w", err)
 		}
 	}
 	base, err := os.MkdirTemp(dir, "pg-")
@@ -444,21 +444,6 @@ func findBinDir(dir string) (string, error) {
 	return dir, nil
 }
 
-// runAs returns the credential to run the server with: nil when not root, else the postgres
-// OS user (created by the Debian postgresql package).
-func runAs() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("pgserver: running as root needs the postgres OS user: %w", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true}, nil
-}
-
 func setCred(c *exec.Cmd, cred *syscall.Credential) {
 	if cred != nil {
 		c.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
@@ -466,33 +451,10 @@ func setCred(c *exec.Cmd, cred *syscall.Credential) {
 }
 
 func chown(p string, cred *syscall.Credential) error {
-	if cred == nil {
-		return nil
-	}
-	if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
-		return fmt.Errorf("pgserver: chown %s: %w", p, err)
+	if err := osuser.Chown(p, cred); err != nil {
+		return fmt.Errorf("pgserver: %w", err)
 	}
 	return nil
-}
-
-// makeTraversable adds the search bit for others on dir and its ancestors, so that the
-// postgres user can reach a data directory below a root-owned 0700 test temp dir. It grants
-// no read or write access.
-func makeTraversable(dir string) error {
-	for d := dir; ; d = filepath.Dir(d) {
-		fi, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("pgserver: %w", err)
-		}
-		if fi.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
-				return fmt.Errorf("pgserver: make %s traversable: %w", d, err)
-			}
-		}
-		if d == filepath.Dir(d) {
-			return nil
-		}
-	}
 }
 
 func freePort() (int, error) {
