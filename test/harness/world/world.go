@@ -1,0 +1,251 @@
+// Package world starts the whole local stand-in for AWS and RDS in one call, for tests and
+// for `make demo`: a test CA, a real PostgreSQL (role and database "app", TLS on), a fake STS
+// with a projected web-identity token file, and the RDS stand-in in front of PostgreSQL that
+// verifies IAM tokens against the credentials the fake STS issued. It returns what a sidecar
+// needs to be pointed at it: the IRSA environment, the CA bundle and the path's three names.
+package world
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rdsvalet/rds-valet/test/harness/fakests"
+	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
+	"github.com/rdsvalet/rds-valet/test/harness/pgserver"
+	"github.com/rdsvalet/rds-valet/test/harness/pki"
+	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
+)
+
+// Defaults for Options.
+const (
+	DefaultRegion  = "us-east-1"
+	DefaultRDSHost = "orders.proxy-test.us-east-1.rds.amazonaws.com"
+	DefaultDB      = "app"
+	// rdsPort is the port the token is signed for, RDS's PostgreSQL port, deliberately not
+	// the stand-in's random port: the dial address and the token host differ, as they do
+	// behind PrivateLink.
+	rdsPort = "5432"
+)
+
+// Options configure Start. Zero values give the standard world.
+type Options struct {
+	// Dir holds every file of the world; empty means a temporary dir that Close removes.
+	Dir string
+	// Region, RDSHost and DB (used as both user and database name) default to the
+	// constants above.
+	Region, RDSHost, DB string
+	// CredentialDuration is the lifetime of STS credentials; 0 means one hour.
+	CredentialDuration time.Duration
+	// Logf receives every component's log lines.
+	Logf func(format string, args ...any)
+}
+
+// World is a running local world.
+type World struct {
+	Dir    string
+	CA     *pki.CA
+	CAFile string // PEM bundle the sidecar must trust
+
+	PG      *pgserver.Server
+	STS     *fakests.Server
+	Standin *rdsstandin.Server
+
+	Region           string
+	DBUser, DBName   string
+	WebIdentityToken string // the token currently in TokenFile
+	TokenFile        string // AWS_WEB_IDENTITY_TOKEN_FILE
+
+	// The path's three names (docs/configuration.md): what to dial, what to verify, what to
+	// sign the IAM token for.
+	Address       string
+	TLSServerName string
+	TokenHost     string
+
+	// Env is the sidecar's AWS environment as KEY=VALUE, IRSA-style, with every other
+	// credential source neutralised (empty values count as unset for the SDK).
+	Env []string
+
+	ownDir string
+}
+
+// Start brings the world up; on error everything started so far is torn down.
+func Start(ctx context.Context, o Options) (w *World, err error) {
+	if o.Region == "" {
+		o.Region = DefaultRegion
+	}
+	if o.RDSHost == "" {
+		o.RDSHost = DefaultRDSHost
+	}
+	if o.DB == "" {
+		o.DB = DefaultDB
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	w = &World{Region: o.Region, DBUser: o.DB, DBName: o.DB, TLSServerName: o.RDSHost,
+		TokenHost: net.JoinHostPort(o.RDSHost, rdsPort)}
+	defer func() {
+		if err != nil {
+			_ = w.Close(context.Background())
+			w = nil
+		}
+	}()
+	w.Dir = o.Dir
+	if w.Dir == "" {
+		if w.Dir, err = os.MkdirTemp("", "rdsvalet-world-"); err != nil {
+			return w, fmt.Errorf("world: %w", err)
+		}
+		w.ownDir = w.Dir
+	}
+	if w.CA, err = pki.NewCA("rds-valet test CA"); err != nil {
+		return w, err
+	}
+	if w.CAFile, err = w.CA.WriteCAFile(w.Dir); err != nil {
+		return w, err
+	}
+
+	if w.PG, err = pgserver.Start(ctx, pgserver.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf}); err != nil {
+		return w, err
+	}
+	if err = w.PG.CreateRole(ctx, o.DB); err != nil {
+		return w, err
+	}
+	if err = w.PG.CreateDatabase(ctx, o.DB, o.DB); err != nil {
+		return w, err
+	}
+
+	w.WebIdentityToken = fakests.NewToken()
+	if w.STS, err = fakests.Start(fakests.Options{Tokens: []string{w.WebIdentityToken}, Duration: o.CredentialDuration, Logf: o.Logf}); err != nil {
+		return w, err
+	}
+	tokDir := filepath.Join(w.Dir, "serviceaccount")
+	if err = os.MkdirAll(tokDir, 0o755); err != nil {
+		return w, fmt.Errorf("world: %w", err)
+	}
+	if w.TokenFile, err = fakests.WriteTokenFile(tokDir, w.WebIdentityToken); err != nil {
+		return w, err
+	}
+
+	srvTLS, err := w.CA.ServerTLSConfig(o.RDSHost)
+	if err != nil {
+		return w, err
+	}
+	w.Standin, err = rdsstandin.Start(rdsstandin.Options{
+		Backend: w.PG.Addr(),
+		TLS:     srvTLS,
+		Verify: rdsstandin.IAMVerifier(iamtoken.Options{
+			ExpectHost: w.TokenHost,
+			Region:     o.Region,
+			Lookup:     w.STS.Lookup,
+		}),
+		Logf: o.Logf,
+	})
+	if err != nil {
+		return w, err
+	}
+	w.Address = w.Standin.Addr()
+
+	empty := filepath.Join(w.Dir, "aws-empty")
+	if err = os.WriteFile(empty, nil, 0o644); err != nil {
+		return w, fmt.Errorf("world: %w", err)
+	}
+	w.Env = []string{
+		"AWS_REGION=" + o.Region,
+		"AWS_DEFAULT_REGION=" + o.Region,
+		"AWS_ROLE_ARN=" + w.STS.RoleARN(),
+		"AWS_WEB_IDENTITY_TOKEN_FILE=" + w.TokenFile,
+		"AWS_ENDPOINT_URL_STS=" + w.STS.URL,
+		"AWS_STS_REGIONAL_ENDPOINTS=regional",
+		"AWS_CONFIG_FILE=" + empty,
+		"AWS_SHARED_CREDENTIALS_FILE=" + empty,
+		"AWS_EC2_METADATA_DISABLED=true",
+		"AWS_ACCESS_KEY_ID=",
+		"AWS_SECRET_ACCESS_KEY=",
+		"AWS_SESSION_TOKEN=",
+		"AWS_PROFILE=",
+		"AWS_DEFAULT_PROFILE=",
+		"AWS_ENDPOINT_URL=",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI=",
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=",
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=",
+		"AWS_ROLE_SESSION_NAME=",
+	}
+	o.Logf("world: up: stand-in %s (tls %s, token host %s), postgres %s, sts %s",
+		w.Address, w.TLSServerName, w.TokenHost, w.PG.Addr(), w.STS.URL)
+	return w, nil
+}
+
+// Environ returns base (typically os.Environ()) with every AWS_* variable removed and the
+// world's Env added: the environment for a sidecar subprocess.
+func (w *World) Environ(base []string) []string {
+	out := make([]string, 0, len(base)+len(w.Env))
+	for _, kv := range base {
+		if !strings.HasPrefix(kv, "AWS_") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, w.Env...)
+}
+
+// SetEnv applies Env through setenv, for in-process SDK use in a test: pass t.Setenv so that
+// the values are restored afterwards.
+func (w *World) SetEnv(setenv func(key, value string)) {
+	for _, kv := range w.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		setenv(k, v)
+	}
+}
+
+// RotateWebIdentityToken does what the kubelet and the token's expiry do together: a new
+// token is written to TokenFile and accepted by STS, and the old one is rejected from now on.
+func (w *World) RotateWebIdentityToken() error {
+	tok := fakests.NewToken()
+	w.STS.AcceptToken(tok)
+	if _, err := fakests.WriteTokenFile(filepath.Dir(w.TokenFile), tok); err != nil {
+		return err
+	}
+	w.STS.RejectToken(w.WebIdentityToken)
+	w.WebIdentityToken = tok
+	return nil
+}
+
+// Close stops everything, the stand-in first so that no session outlives the database.
+func (w *World) Close(ctx context.Context) error {
+	var errs []error
+	if w.Standin != nil {
+		errs = append(errs, w.Standin.Close())
+	}
+	if w.STS != nil {
+		errs = append(errs, w.STS.Close())
+	}
+	if w.PG != nil {
+		errs = append(errs, w.PG.Stop(ctx))
+	}
+	if w.ownDir != "" {
+		errs = append(errs, os.RemoveAll(w.ownDir))
+	}
+	return errors.Join(errs...)
+}
+
+// Cleaner is the part of testing.TB that CloseOnCleanup needs.
+type Cleaner interface {
+	Cleanup(func())
+	Errorf(format string, args ...any)
+}
+
+// CloseOnCleanup registers Close with a test's cleanup.
+func (w *World) CloseOnCleanup(t Cleaner) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := w.Close(ctx); err != nil {
+			t.Errorf("world: close: %v", err)
+		}
+	})
+}
