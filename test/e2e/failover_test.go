@@ -143,11 +143,18 @@ func TestFailoverAndFailback(t *testing.T) {
 			if _, err := tx.Exec(context.Background(), "INSERT INTO t VALUES (1)"); err != nil {
 				t.Fatal(err)
 			}
-			closedBefore := max(m.s.metric("rdsvalet_proxy_sessions_closed_total", `reason="path_down"`), 0)
+			// An idle session ends either because the sidecar evicts it (path_down) or, when the
+			// fault drops connections itself, because the upstream went away.
+			closedOffPath := func() float64 {
+				return max(m.s.metric("rdsvalet_proxy_sessions_closed_total", `reason="path_down"`), 0) +
+					max(m.s.metric("rdsvalet_proxy_sessions_closed_total", `reason="upstream"`), 0)
+			}
+			closedBefore := closedOffPath()
 
 			if err := f.apply(); err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { _ = m.net.Restore("privatelink") })
 			cut := time.Now()
 			// Detection: probe interval x fall, plus a second of slack for the probe timeout.
 			bound := probeInterval*probeFall + time.Second + 400*time.Millisecond
@@ -155,8 +162,8 @@ func TestFailoverAndFailback(t *testing.T) {
 			detected := time.Since(cut)
 			// Idle sessions on the dead path are closed at once.
 			waitFor(t, 15*time.Second, "idle session closed", func() error {
-				if v := m.s.metric("rdsvalet_proxy_sessions_closed_total", `reason="path_down"`); v < closedBefore+1 {
-					return fmt.Errorf("path_down closes %v", v)
+				if v := closedOffPath(); v < closedBefore+1 {
+					return fmt.Errorf("sessions closed off the path: %v", v)
 				}
 				return nil
 			})

@@ -196,13 +196,14 @@ func retryableOnAnotherPath(code string) bool {
 func (p *Protocol) failStartup(client net.Conn, err error) error {
 	var ve *unsupportedVersionError
 	var ne net.Error
+	// The handshake deadline may have passed: give the error itself a moment to be written.
+	_ = client.SetWriteDeadline(time.Now().Add(time.Second))
 	switch {
 	case errors.As(err, &ve):
 		_ = writeError(client, newError(codeFeatureNotSupported, "%v", ve))
 	case errors.Is(err, errStartup):
 		_ = writeError(client, newError(codeProtocolViolation, "%v", err))
 	case errors.As(err, &ne) && ne.Timeout():
-		_ = client.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = writeError(client, newError(codeProtocolViolation, "timeout waiting for the startup packet"))
 		err = fmt.Errorf("timeout waiting for the startup packet: %w", err)
 	case errors.Is(err, io.EOF):
