@@ -92,7 +92,6 @@ func TestAllDownStillOffersEveryPath(t *testing.T) {
 	}
 }
 
-
 func TestActiveProbesMarkDownAndUp(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
