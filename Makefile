@@ -27,8 +27,10 @@ test: deps build $(TEST_TOOLS)
 test-unit:
 	$(GO) test -race -count=1 -short ./...
 
+# The sidecar in front of local databases (see README); runs until Ctrl-C.
 demo: deps build
-	$(GO) run ./test/cmd/demo
+	$(GO) build -o $(BIN)/demo ./test/cmd/demo
+	$(BIN)/demo --sidecar $(BIN)/sidecar
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./proxy/... ./wire/...

@@ -1,0 +1,168 @@
+// Command demo runs the sidecar in front of a local stand-in for AWS and RDS, for people to
+// try with psql: a real PostgreSQL with TLS, the RDS stand-in that verifies IAM tokens, a fake
+// STS reached through the web-identity chain IRSA uses, and three toxiproxy paths to the
+// stand-in (privatelink, rds-proxy, instance) whose faults toxiproxy's API controls.
+// `make demo` runs it; Ctrl-C stops everything and removes what it created.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rdsvalet/rds-valet/test/harness/faultnet"
+	"github.com/rdsvalet/rds-valet/test/harness/world"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	sidecarBin := flag.String("sidecar", "bin/sidecar", "the sidecar binary (make build)")
+	pgListen := flag.String("postgres", "127.0.0.1:5432", "where the sidecar serves PostgreSQL")
+	adminListen := flag.String("admin", "127.0.0.1:9090", "the sidecar's admin server")
+	toxiAPI := flag.String("toxiproxy", "127.0.0.1:8474", "toxiproxy's HTTP API")
+	flag.Parse()
+
+	for _, a := range []string{*pgListen, *adminListen, *toxiAPI} {
+		if err := checkFree(a); err != nil {
+			return err
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Println("starting PostgreSQL, the RDS stand-in and the fake STS ...")
+	logFile, err := os.CreateTemp("", "rdsvalet-demo-*.log")
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	w, err := world.Start(ctx, world.Options{Logf: func(f string, a ...any) {
+		fmt.Fprintf(logFile, time.Now().Format("15:04:05.000 ")+f+"\n", a...)
+	}})
+	if err != nil {
+		return err
+	}
+	defer w.Close(context.Background())
+
+	tn, err := faultnet.Start(*toxiAPI)
+	if err != nil {
+		return err
+	}
+	defer tn.Close()
+	var paths strings.Builder
+	for _, name := range []string{"privatelink", "rds-proxy", "instance"} {
+		addr, err := tn.AddPath(name, "", w.Address)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", name, addr, w.TLSServerName, w.TokenHost)
+	}
+	cfgFile := filepath.Join(w.Dir, "sidecar.yaml")
+	cfg := fmt.Sprintf(`# written by the demo; see docs/configuration.md
+log: {level: info}
+admin: {listen: %q}
+aws: {region: %s}
+shutdown: {max_delay: 5s}
+listeners:
+  - name: postgres
+    engine: postgres
+    listen: %q
+    tls: {mode: verify-full, ca_file: %q}
+    health: {interval: 1s, tls_interval: 2s}
+    paths:
+%s`, *adminListen, w.Region, *pgListen, w.CAFile, paths.String())
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+
+	cmd := exec.Command(*sidecarBin, "--config", cfgFile)
+	cmd.Env = w.Environ(os.Environ())
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the sidecar (run make build first): %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	}()
+	if err := waitReady(ctx, "http://"+*adminListen+"/startupz", exited); err != nil {
+		return fmt.Errorf("%w (logs: %s)", err, logFile.Name())
+	}
+
+	host, port, _ := net.SplitHostPort(*pgListen)
+	fmt.Printf(`
+RDS Valet demo is up. The sidecar listens on %[1]s and logs in to the RDS stand-in over
+verified TLS with IAM tokens minted from web-identity credentials (as in an IRSA pod).
+
+  psql "host=%[2]s port=%[3]s user=app dbname=app"    (no password)
+  curl -s %[4]s/paths    (each path's health)
+  curl -s %[4]s/metrics | grep rdsvalet_
+
+Three network paths lead to the database, through toxiproxy (API on %[5]s).
+Cut the preferred one and watch new connections move to the next:
+
+  curl -s -X POST %[5]s/proxies/privatelink -d '{"enabled": false}'
+  curl -s -X POST %[5]s/proxies/privatelink -d '{"enabled": true}'
+
+Sidecar config: %[6]s
+Logs:           %[7]s
+Ctrl-C stops everything.
+`, *pgListen, host, port, "http://"+*adminListen, "http://"+*toxiAPI, cfgFile, logFile.Name())
+
+	select {
+	case <-ctx.Done():
+		fmt.Println("\nstopping ...")
+	case err := <-exited:
+		exited <- err
+		return fmt.Errorf("the sidecar exited: %v (logs: %s)", err, logFile.Name())
+	}
+	return nil
+}
+
+func checkFree(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s is taken (%v); stop what listens there (a local PostgreSQL: `pg_ctlcluster 15 main stop`) or pick another address with a flag", addr, err)
+	}
+	return l.Close()
+}
+
+func waitReady(ctx context.Context, url string, exited chan error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			exited <- err
+			return fmt.Errorf("the sidecar exited at startup: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return errors.New("the sidecar did not start within 30 s")
+}
