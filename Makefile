@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 TEST_TOOLS :=
 -include mk/*.mk
 
-.PHONY: all build test test-unit deps demo bench bench-quick lint fmt vet clean
+.PHONY: all build test test-unit deps demo bench bench-quick bench-failover lint fmt vet clean
 
 all: build
 
@@ -32,11 +32,15 @@ demo: deps build
 	$(GO) build -o $(BIN)/demo ./test/cmd/demo
 	$(BIN)/demo --sidecar $(BIN)/sidecar
 
-bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./proxy/... ./wire/...
+# Benchmarks: the Go micro-benchmarks, then the failover timing (writes docs/failover.md).
+bench: deps build bench-quick bench-failover
 
 bench-quick:
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./proxy/... ./wire/...
+
+bench-failover: deps build
+	$(GO) build -o $(BIN)/failoverbench ./test/cmd/failoverbench
+	$(BIN)/failoverbench --sidecar $(BIN)/sidecar --runs $(or $(RUNS),20) --out docs/failover.md
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi

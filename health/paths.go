@@ -63,6 +63,10 @@ type pathState struct {
 	lastOK    time.Time // last successful login, real or probe
 	lastProbe time.Time
 	changedAt time.Time
+	// escalated: a failure was seen (probe or real connection), so probes go at least as far
+	// as TLS until one that deep succeeds; a bare TCP connect must not vouch for a path whose
+	// TLS or login fails (a reset or blackholed path accepts TCP connections).
+	escalated bool
 	failures  uint64
 	successes uint64
 }
@@ -148,7 +152,15 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 	}
 	now := s.now()
 	changed := false
+	if ok && p.escalated && (kind == KindTCP) {
+		// A shallow success says nothing about the failure being chased: it is not counted.
+		s.mu.Unlock()
+		return
+	}
 	if ok {
+		if kind == KindTLS || kind == KindLogin || kind == "" {
+			p.escalated = false
+		}
 		p.successes++
 		p.succRun++
 		p.failRun = 0
@@ -164,6 +176,7 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 		p.failRun++
 		p.succRun = 0
 		p.lastErrAt = now
+		p.escalated = true
 		if err != nil {
 			p.lastErr = err.Error()
 		}
@@ -192,6 +205,14 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 	for _, w := range watchers {
 		w(name, st)
 	}
+}
+
+// escalated reports whether the path's next probe must go at least as far as TLS.
+func (s *Set) isEscalated(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.find(name)
+	return p != nil && p.escalated
 }
 
 func (s *Set) bestLocked() string {

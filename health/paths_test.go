@@ -193,3 +193,53 @@ func TestReason(t *testing.T) {
 		t.Errorf("dns: %q (%v)", got, err)
 	}
 }
+
+// tlsFails is a prober whose TLS probe always fails, as on a path that accepts TCP connections
+// but resets or blackholes everything after.
+type tlsFails struct{}
+
+func (tlsFails) ProbeTLS(context.Context, Path) error   { return errors.New("tls: connection reset") }
+func (tlsFails) ProbeLogin(context.Context, Path) error { return errors.New("login failed") }
+
+func TestTCPSuccessDoesNotHideTLSFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	s := NewSet("pg", []Path{{Name: "a", Address: ln.Addr().String()}}, Thresholds{Rise: 2, Fall: 2}, nil)
+	down := make(chan struct{}, 1)
+	s.Watch(func(_ string, st State) {
+		if st == Down {
+			down <- struct{}{}
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	// TLS probes are rare; TCP probes, which succeed, run every 10 ms in between.
+	go func() {
+		s.Run(ctx, tlsFails{}, ProbeConfig{Interval: 10 * time.Millisecond, TLSInterval: time.Hour, Timeout: time.Second})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a path failing TLS stayed up because TCP connects succeeded")
+	}
+	for _, kind := range []string{KindTCP} {
+		s.record("a", kind, nil, true)
+	}
+	if s.AnyUp() {
+		t.Fatal("TCP successes brought back a path whose TLS fails")
+	}
+}

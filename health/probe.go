@@ -88,7 +88,7 @@ func (s *Set) probeLoop(ctx context.Context, p Path, pr Prober, cfg ProbeConfig)
 		switch {
 		case cfg.LoginInterval > 0 && pr != nil && now.Sub(lastLogin) >= cfg.LoginInterval:
 			kind, lastLogin, lastTLS = KindLogin, now, now
-		case cfg.TLSInterval > 0 && pr != nil && now.Sub(lastTLS) >= cfg.TLSInterval:
+		case pr != nil && (s.isEscalated(p.Name) || (cfg.TLSInterval > 0 && now.Sub(lastTLS) >= cfg.TLSInterval)):
 			kind, lastTLS = KindTLS, now
 		}
 		s.probeOnce(ctx, p, kind, pr, cfg)

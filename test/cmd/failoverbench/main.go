@@ -1,0 +1,250 @@
+// Command failoverbench measures how fast the sidecar moves off a failed path, with its
+// default probe settings: over N runs it cuts the preferred path (down, reset_peer, blackhole in
+// turn) and records the time until the sidecar marks it down and the time until the first new
+// connection succeeds, then writes the distributions as a Markdown report.
+// `make bench-failover` runs it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	toxiclient "github.com/Shopify/toxiproxy/v2/client"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rdsvalet/rds-valet/test/harness/faultnet"
+	"github.com/rdsvalet/rds-valet/test/harness/world"
+)
+
+type fault struct {
+	name  string
+	apply func(n *faultnet.Net) error
+}
+
+var faults = []fault{
+	{"down (listener closed, connections dropped)", func(n *faultnet.Net) error { return n.Cut("privatelink") }},
+	{"reset_peer (every connection reset)", func(n *faultnet.Net) error {
+		return n.Toxic("privatelink", "reset_peer", toxiclient.Attributes{"timeout": 0})
+	}},
+	{"blackhole (packets vanish, no error)", func(n *faultnet.Net) error {
+		return n.Toxic("privatelink", "timeout", toxiclient.Attributes{"timeout": 0})
+	}},
+}
+
+func main() {
+	runs := flag.Int("runs", 20, "cuts per fault kind")
+	sidecarBin := flag.String("sidecar", "bin/sidecar", "the sidecar binary")
+	out := flag.String("out", "docs/failover.md", "report to write")
+	flag.Parse()
+	if err := run(*runs, *sidecarBin, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "failoverbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(runs int, sidecarBin, out string) error {
+	ctx := context.Background()
+	w, err := world.Start(ctx, world.Options{})
+	if err != nil {
+		return err
+	}
+	defer w.Close(ctx)
+	n, err := faultnet.Start("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	var paths strings.Builder
+	for _, name := range []string{"privatelink", "rds-proxy", "instance"} {
+		addr, err := n.AddPath(name, "", w.Address)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", name, addr, w.TLSServerName, w.TokenHost)
+	}
+	pgAddr, admin := freeAddr(), freeAddr()
+	// Default health settings: what a user gets without tuning.
+	cfg := fmt.Sprintf(`
+log: {level: warn}
+admin: {listen: %q}
+aws: {region: %s}
+listeners:
+  - name: pg
+    listen: %q
+    tls: {ca_file: %q}
+    paths:
+%s`, admin, w.Region, pgAddr, w.CAFile, paths.String())
+	cfgFile := filepath.Join(w.Dir, "bench.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command(sidecarBin, "--config", cfgFile)
+	cmd.Env = w.Environ(os.Environ())
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	if err := until(30*time.Second, func() bool { return state(admin, "privatelink") == "up" }); err != nil {
+		return fmt.Errorf("sidecar not up: %w", err)
+	}
+
+	host, port, _ := net.SplitHostPort(pgAddr)
+	dsn := fmt.Sprintf("host=%s port=%s user=app dbname=app sslmode=disable", host, port)
+	type result struct{ detect, first []time.Duration }
+	results := make([]result, len(faults))
+	for i := range runs {
+		for fi, f := range faults {
+			if err := until(30*time.Second, func() bool { return preferred(admin) == "privatelink" }); err != nil {
+				return fmt.Errorf("privatelink never came back: %w", err)
+			}
+			cut := time.Now()
+			if err := f.apply(n); err != nil {
+				return err
+			}
+			// One reconnecting client, like an app's pool after its connection broke.
+			firstOK := make(chan time.Duration, 1)
+			go func() {
+				for time.Since(cut) < time.Minute {
+					cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+					c, err := pgx.Connect(cctx, dsn)
+					if err == nil {
+						_, err = c.Exec(cctx, "SELECT 1")
+						c.Close(cctx)
+					}
+					cancel()
+					if err == nil {
+						firstOK <- time.Since(cut)
+						return
+					}
+				}
+				firstOK <- -1
+			}()
+			if err := until(time.Minute, func() bool { return state(admin, "privatelink") == "down" }); err != nil {
+				return fmt.Errorf("run %d %s: not detected: %w", i, f.name, err)
+			}
+			results[fi].detect = append(results[fi].detect, time.Since(cut))
+			results[fi].first = append(results[fi].first, <-firstOK)
+			if err := n.Restore("privatelink"); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "run %d/%d %-45s detected %6.2fs, first connection %6.2fs\n", i+1, runs, f.name,
+				results[fi].detect[i].Seconds(), results[fi].first[i].Seconds())
+		}
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, `# Failover timing
+
+Measured by `+"`make bench-failover`"+` (test/cmd/failoverbench) on %s, %d CPUs, %s, on %s.
+The sidecar (default health settings: TCP probe every 2 s, TLS probe every 10 s, fall 2, rise 2,
+connect timeout 10 s) reaches the RDS stand-in over three toxiproxy paths. Each run cuts the
+preferred path one way and measures, from the cut:
+
+- **detected**: until the sidecar marks the path down (`+"`/paths`"+`); from then on idle sessions on it
+  are closed and new connections skip it;
+- **first connection**: until the first new connection (one client reconnecting in a loop, as
+  an app's pool does) has logged in and run SELECT 1. It can precede detection: a dial that
+  fails on the dead path falls through to the next path within the same client connection.
+
+%d runs per fault. Times in seconds.
+
+| fault | detected p50 | p90 | max | first connection p50 | p90 | max |
+|---|---|---|---|---|---|---|
+`, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), runtime.Version(), time.Now().UTC().Format("2006-01-02"), runs)
+	for fi, f := range faults {
+		d, c := results[fi].detect, results[fi].first
+		fmt.Fprintf(&b, "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", f.name,
+			pct(d, 50), pct(d, 90), pct(d, 100), pct(c, 50), pct(c, 90), pct(c, 100))
+	}
+	b.WriteString(`
+Reading it: "down" and "reset_peer" fail fast, so both probes and real dials see them at once;
+a blackhole gives no error, so detection waits for the probe timeouts and the first connection
+waits for its per-path attempt timeout (the connect timeout shared among the paths left) unless
+the probes mark the path down first. Lower ` + "`health.interval`" + ` and ` + "`health.timeout`" + ` for faster
+detection at the cost of more probe traffic.
+`)
+	return os.WriteFile(out, []byte(b.String()), 0o644)
+}
+
+func pct(ds []time.Duration, p int) float64 {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	i := (len(s)*p + 99) / 100
+	i = min(max(i-1, 0), len(s)-1)
+	return s[i].Seconds()
+}
+
+type pathReport struct {
+	Paths []struct {
+		Name      string `json:"name"`
+		State     string `json:"state"`
+		Preferred bool   `json:"preferred"`
+	} `json:"paths"`
+}
+
+func report(admin string) pathReport {
+	var r []pathReport
+	resp, err := http.Get("http://" + admin + "/paths")
+	if err != nil {
+		return pathReport{}
+	}
+	defer resp.Body.Close()
+	if json.NewDecoder(resp.Body).Decode(&r) != nil || len(r) == 0 {
+		return pathReport{}
+	}
+	return r[0]
+}
+
+func state(admin, path string) string {
+	for _, p := range report(admin).Paths {
+		if p.Name == path {
+			return p.State
+		}
+	}
+	return ""
+}
+
+func preferred(admin string) string {
+	for _, p := range report(admin).Paths {
+		if p.Preferred {
+			return p.Name
+		}
+	}
+	return ""
+}
+
+func until(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v", timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
