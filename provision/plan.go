@@ -31,6 +31,8 @@ type State struct {
 	Tags  map[string]string `json:"tags,omitempty"`
 	// Status is the lifecycle state AWS reports (available, creating, ...); never diffed.
 	Status string `json:"status,omitempty"`
+	// Out holds values later resources reference (ARNs, endpoints); never diffed.
+	Out map[string]string `json:"-"`
 }
 
 // Owned reports whether the observed resource carries our ownership tags for database db.

@@ -152,6 +152,8 @@ func (st *state) secretsAPI(c *reqCtx, action string) (any, *apiError) {
 			out["KmsKeyId"] = s.kms
 		}
 		return out, nil
+	case "GetSecretValue":
+		return map[string]any{"ARN": s.arn, "Name": s.name, "SecretString": s.value, "VersionId": "v1"}, nil
 	case "DeleteSecret":
 		// Real AWS keeps it for the recovery window; the fake drops it at once.
 		delete(st.secrets, s.name)
