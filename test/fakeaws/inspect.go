@@ -220,11 +220,15 @@ func (s *Server) SeedRole(name, path, trust string, tags map[string]string) {
 		id: "AROASEEDED" + name, trust: trust, policies: map[string]string{}, tags: copyTags(tags)}
 }
 
-// SeedSecurityGroup places a security group the provisioner did not create; returns its id.
-func (s *Server) SeedSecurityGroup(name, vpc string, tags map[string]string) string {
+// SeedSecurityGroup places a security group the provisioner did not create (id "" = generate
+// one); returns its id.
+func (s *Server) SeedSecurityGroup(id, name, vpc string, tags map[string]string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g := &secGroup{id: s.st.id("sg-", 17), name: name, vpc: vpc, desc: "seeded", rules: map[string]bool{}, tags: copyTags(tags)}
+	if id == "" {
+		id = s.st.id("sg-", 17)
+	}
+	g := &secGroup{id: id, name: name, vpc: vpc, desc: "seeded", rules: map[string]bool{}, tags: copyTags(tags)}
 	s.st.sgs[g.id] = g
 	return g.id
 }
