@@ -349,6 +349,21 @@ func (p *Provisioner) converge(ctx context.Context, apply bool, hs []handler) (*
 		}
 		for _, s := range steps {
 			plan.Changes = append(plan.Changes, s.c)
+			if apply && s.o != nil && s.c.Action != ActionDelete && s.o.Owned(e.spec.Name) {
+				// Still settling (e.g. created by a run that was interrupted): wait before
+				// anything depends on it or modifies it.
+				ok, err := h.ready(s.o)
+				if err != nil {
+					return plan, e, err
+				}
+				if !ok {
+					now, err := p.waitReady(ctx, h, e, s.o.Name)
+					if err != nil {
+						return plan, e, err
+					}
+					s.o = now
+				}
+			}
 			if !apply || s.c.Action == ActionNoop {
 				if s.o != nil && s.c.Action != ActionDelete && s.o.Owned(e.spec.Name) {
 					h.export(e, s.o)

@@ -44,6 +44,7 @@ type Call struct {
 	Service string
 	Action  string
 	Status  int
+	Code    string // error code when the call failed
 	Mutates bool
 }
 
@@ -197,7 +198,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	caller := s.creds[akid]
 	if in := s.takeInject(service, action); in != nil {
-		s.calls = append(s.calls, Call{Service: service, Action: action, Status: in.status})
+		s.calls = append(s.calls, Call{Service: service, Action: action, Status: in.status, Code: in.code})
 		s.mu.Unlock()
 		if in.code == "Throttling" && proto == "json" {
 			in.code = "ThrottlingException"
@@ -224,11 +225,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		aerr2 = errf(400, "UnknownService", "fakeaws does not speak %q", service)
 	}
-	status := 200
+	status, code := 200, ""
 	if aerr2 != nil {
-		status = aerr2.status
+		status, code = aerr2.status, aerr2.code
 	}
-	s.calls = append(s.calls, Call{Service: service, Action: action, Status: status, Mutates: mut && aerr2 == nil})
+	s.calls = append(s.calls, Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && aerr2 == nil})
 	hooks := s.hooks[action]
 	s.mu.Unlock()
 	for _, h := range hooks {

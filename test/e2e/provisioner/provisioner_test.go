@@ -520,7 +520,7 @@ func TestThrottlingBurstsAreSurvived(t *testing.T) {
 	h.apply()
 	throttled := 0
 	for _, c := range h.fake.Calls() {
-		if c.Status == 400 || c.Status == 429 {
+		if c.Code == "Throttling" {
 			throttled++
 		}
 	}
