@@ -65,9 +65,9 @@ func (p *Provisioner) handlers() []handler {
 		&serviceHandler{}, &endpointHandler{}, irsaRoleHandler()}
 }
 
-func baseName(s *Spec) string    { return "rdsvalet-" + s.Name }
-func tgName(s *Spec) string      { return baseName(s) }
-func secretName(s *Spec) string  { return "rdsvalet/" + s.Name + "/master" }
+func baseName(s *Spec) string   { return "rdsvalet-" + s.Name }
+func tgName(s *Spec) string     { return baseName(s) }
+func secretName(s *Spec) string { return "rdsvalet/" + s.Name + "/master" }
 func engineFamily(s *Spec) string {
 	if s.Engine.Type == "mysql" {
 		return "MYSQL"
@@ -205,7 +205,7 @@ func (h sgHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 
 func (h sgHandler) create(ctx context.Context, e *env, d *State) error {
 	out, err := e.c.EC2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(d.Name), VpcId: aws.String(e.spec.Network.VPCID),
-		Description: aws.String("rds-valet: database " + e.spec.Name + " (instance, RDS Proxy, NLB)"),
+		Description:       aws.String("rds-valet: database " + e.spec.Name + " (instance, RDS Proxy, NLB)"),
 		TagSpecifications: []ec2t.TagSpecification{{ResourceType: ec2t.ResourceTypeSecurityGroup, Tags: ec2Tags(d.Tags)}}})
 	if err != nil {
 		return awsErr(kindSG, d.Name, "ec2:CreateSecurityGroup", err)
@@ -264,7 +264,7 @@ func (h sgHandler) delete(ctx context.Context, e *env, o *State) error {
 }
 
 func (sgHandler) ready(*State) (bool, error) { return true, nil }
-func (sgHandler) export(e *env, o *State)   { e.out["sg.id"] = o.ID }
+func (sgHandler) export(e *env, o *State)    { e.out["sg.id"] = o.ID }
 
 func ec2Tags(m map[string]string) []ec2t.Tag {
 	var out []ec2t.Tag
@@ -285,7 +285,6 @@ func ec2Retag(ctx context.Context, c tagger, kind, name, id string, tags map[str
 	_, err := c.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{id}, Tags: ec2Tags(tags)})
 	return awsErr(kind, name, "ec2:CreateTags", err)
 }
-
 
 // ---- DB subnet group ----------------------------------------------------------------------
 
@@ -378,7 +377,7 @@ func (subnetGroupHandler) delete(ctx context.Context, e *env, o *State) error {
 }
 
 func (subnetGroupHandler) ready(*State) (bool, error) { return true, nil }
-func (subnetGroupHandler) export(e *env, o *State)   { e.out["subnet_group.name"] = o.Name }
+func (subnetGroupHandler) export(e *env, o *State)    { e.out["subnet_group.name"] = o.Name }
 
 // ---- master secret ------------------------------------------------------------------------
 
@@ -466,7 +465,7 @@ func (secretHandler) delete(ctx context.Context, e *env, o *State) error {
 }
 
 func (secretHandler) ready(*State) (bool, error) { return true, nil }
-func (secretHandler) export(e *env, o *State)   { e.out["secret.arn"] = o.ID }
+func (secretHandler) export(e *env, o *State)    { e.out["secret.arn"] = o.ID }
 
 // ---- DB instance --------------------------------------------------------------------------
 
@@ -1294,7 +1293,7 @@ func (targetGroupHandler) delete(ctx context.Context, e *env, o *State) error {
 }
 
 func (targetGroupHandler) ready(*State) (bool, error) { return true, nil }
-func (targetGroupHandler) export(e *env, o *State)   { e.out["tg.arn"] = o.ID }
+func (targetGroupHandler) export(e *env, o *State)    { e.out["tg.arn"] = o.ID }
 
 type listenerHandler struct{}
 

@@ -46,10 +46,10 @@ flags:
 
 type options struct {
 	file, output, configOut, configMapOut, configMapName, configMapNS string
-	proxyIPs, logLevel, logFormat                                      string
-	force, dryRun, skipFinalSnapshot, detailedExit                     bool
-	poll, maxPoll, waitTimeout, awsMaxBackoff                          time.Duration
-	awsMaxAttempts                                                     int
+	proxyIPs, logLevel, logFormat                                     string
+	force, dryRun, skipFinalSnapshot, detailedExit                    bool
+	poll, maxPoll, waitTimeout, awsMaxBackoff                         time.Duration
+	awsMaxAttempts                                                    int
 }
 
 func main() {

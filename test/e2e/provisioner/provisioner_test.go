@@ -581,3 +581,98 @@ func TestInvalidSpecReportsEveryField(t *testing.T) {
 		t.Error("an invalid spec reached AWS")
 	}
 }
+
+func TestMySQLWithRDSManagedPasswordAndNoConsumer(t *testing.T) {
+	h := newHarness(t, func(s string) string {
+		s = strings.Replace(s, "type: postgres            # postgres | mysql", "type: mysql", 1)
+		s = strings.Replace(s, `version: "16.4"`, `version: "8.0.39"`, 1)
+		s = strings.Replace(s, "master_password: secret   # secret (our Secrets Manager secret) | rds-managed", "master_password: rds-managed", 1)
+		s = strings.Replace(s, "deletion_protection: true", "deletion_protection: false", 1)
+		// PrivateLink off entirely: no endpoint service, no consumer endpoint.
+		i := strings.Index(s, "privatelink:")
+		return s[:i] + "privatelink:\n  enabled: false\n"
+	})
+	h.apply()
+	in, _ := h.fake.Instance("orders")
+	px, _ := h.fake.Proxy("orders")
+	if in.Engine != "mysql" || in.SecretARN == "" || px.EngineFamily != "MYSQL" || px.Auth[0]["SecretArn"] != in.SecretARN {
+		t.Fatalf("instance %+v proxy %+v", in, px)
+	}
+	if _, ok := h.fake.Secrets()["rdsvalet/orders/master"]; ok {
+		t.Error("our own secret was created in rds-managed mode")
+	}
+	if role, _ := h.fake.Role("rdsvalet-orders-proxy"); !strings.Contains(role.Policies["rds-valet"], in.SecretARN) {
+		t.Errorf("proxy role does not read the RDS-managed secret: %s", role.Policies["rds-valet"])
+	}
+	if c := h.fake.Counts(); c["endpoint-service"] != 0 || c["vpc-endpoint"] != 0 {
+		t.Errorf("counts %v", c)
+	}
+	if got := h.fake.TargetIPs(lbName); len(got) != 2 {
+		t.Errorf("targets %v", got)
+	}
+	raw, _ := os.ReadFile(filepath.Join(h.dir, "sidecar.yaml"))
+	if strings.Contains(string(raw), "privatelink") || !strings.Contains(string(raw), "engine: mysql") || !strings.Contains(string(raw), ":3306") {
+		t.Errorf("config:\n%s", raw)
+	}
+	if got := h.plan(); len(got) != 0 {
+		t.Errorf("second plan: %+v", got)
+	}
+	// Without deletion protection, destroy goes straight through.
+	h.mustRun("destroy")
+	if c := h.fake.Counts(); c["db-instance"] != 0 || c["iam-role"] != 0 || c["security-group"] != 1 {
+		t.Errorf("after destroy: %v", c)
+	}
+}
+
+func TestProxyWaitsForIAMRolePropagation(t *testing.T) {
+	h := newHarness(t, nil)
+	// What RDS answers while a fresh role has not reached it yet.
+	h.fake.InjectError("rds", "CreateDBProxy", "InvalidParameterValue",
+		"IAM role ARN value is invalid or does not include the required permissions for: SECRETS", 400, 2)
+	h.apply()
+	n := 0
+	for _, c := range h.fake.Calls() {
+		if c.Action == "CreateDBProxy" {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Errorf("CreateDBProxy called %d times, want 3 (2 refused, 1 accepted)", n)
+	}
+	if c := h.fake.Counts(); c["db-proxy"] != 1 {
+		t.Errorf("counts %v", c)
+	}
+}
+
+func TestStatusAndDetailedExitCode(t *testing.T) {
+	h := newHarness(t, nil)
+	if r := h.run("plan", "--detailed-exitcode"); r.code != 2 {
+		t.Errorf("plan with changes: exit %d, want 2", r.code)
+	}
+	h.apply()
+	if r := h.run("plan", "--detailed-exitcode"); r.code != 0 {
+		t.Errorf("plan without changes: exit %d, want 0\n%s", r.code, r.stdout)
+	}
+	r := h.mustRun("status", "--output", "json")
+	var st struct {
+		Resources []struct {
+			Kind, Name, Status string
+			Owned              bool
+		}
+		Paths []struct{ Name, Address string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if len(st.Resources) != 14 || len(st.Paths) != 3 {
+		t.Errorf("status: %d resources, %d paths\n%s", len(st.Resources), len(st.Paths), r.stdout)
+	}
+	for _, res := range st.Resources {
+		if !res.Owned {
+			t.Errorf("not owned: %+v", res)
+		}
+	}
+	if r := h.mustRun("status"); !strings.Contains(r.stdout, "privatelink") || !strings.Contains(r.stdout, "db-proxy") {
+		t.Errorf("status table:\n%s", r.stdout)
+	}
+}
