@@ -154,8 +154,8 @@ func (p *Provisioner) SyncTargets(ctx context.Context) (*Plan, error) {
 		return nil, err
 	}
 	plan := &Plan{Database: p.cfg.Spec.Name}
-	// Read-only pass over what the target group depends on.
-	for _, h := range []handler{&sgHandler{}, &instanceHandler{}, &proxyHandler{}} {
+	// Read-only look at the proxy: its name and endpoint are all the IP lookup needs.
+	for _, h := range []handler{&proxyHandler{}} {
 		obs, err := h.observe(ctx, e)
 		if err != nil {
 			return plan, err
@@ -272,18 +272,18 @@ func (p *Provisioner) Destroy(ctx context.Context, opts DestroyOptions) (*Plan, 
 	return plan, nil
 }
 
-// Status observes everything and returns the plan (what drifted) plus the outputs known now.
-func (p *Provisioner) Status(ctx context.Context) (*Plan, []*State, *Outputs, error) {
+// Status observes every resource (ours or squatting one of our names) and returns them with
+// the sidecar paths known now. It only reads.
+func (p *Provisioner) Status(ctx context.Context) ([]*State, *Outputs, error) {
 	e, err := p.newEnv(ctx)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	plan := &Plan{Database: p.cfg.Spec.Name}
 	var all []*State
 	for _, h := range p.handlers() {
 		obs, err := h.observe(ctx, e)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
 		for _, o := range obs {
 			if o.Owned(e.spec.Name) {
@@ -291,13 +291,8 @@ func (p *Provisioner) Status(ctx context.Context) (*Plan, []*State, *Outputs, er
 			}
 			all = append(all, o)
 		}
-		if h.kind() == kindTargetGroup {
-			if err := p.resolveProxyIPs(ctx, e); err != nil {
-				return nil, nil, nil, err
-			}
-		}
 	}
-	return plan, all, e.outputs(), nil
+	return all, e.outputs(), nil
 }
 
 // converge runs the handlers in order: observe, diff, and when apply is set, act and wait.

@@ -232,7 +232,7 @@ func execute(ctx context.Context, cmd string, o options, log *zap.Logger, stdout
 		}
 		return err
 	case "status":
-		_, states, out, err := p.Status(ctx)
+		states, out, err := p.Status(ctx)
 		if err != nil {
 			return err
 		}
