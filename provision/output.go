@@ -94,8 +94,10 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 	cfg := sidecarConfig{AWS: sidecarAWS{Region: o.Region}, Listeners: []sidecarListener{{
 		Name: o.Database, Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.Port),
 		Auth: sidecarAuth{Mode: "iam"}, TLS: sidecarTLS{Mode: "verify-full"}, Paths: o.Paths}}}
-	body, err := yaml.Marshal(cfg)
-	if err != nil {
+	var body bytes.Buffer
+	enc := yaml.NewEncoder(&body)
+	enc.SetIndent(2)
+	if err := enc.Encode(cfg); err != nil {
 		return nil, fmt.Errorf("render sidecar config: %w", err)
 	}
 	var b bytes.Buffer
@@ -104,7 +106,7 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 	for _, u := range o.Users {
 		fmt.Fprintf(&b, "#   %s/%s -> %s (%s)\n", u.Namespace, u.ServiceAccount, u.DBUser, u.RoleARN)
 	}
-	b.Write(body)
+	b.Write(body.Bytes())
 	return b.Bytes(), nil
 }
 

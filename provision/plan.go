@@ -104,8 +104,13 @@ func Diff(db string, desired, observed *State, immutable []string) (Change, erro
 		for _, k := range sortedKeys(desired.Attrs) {
 			c.Fields = append(c.Fields, FieldDiff{Field: k, To: desired.Attrs[k]})
 		}
+		// On create the tags are one line: there is nothing to compare them with.
+		var tags []string
 		for _, k := range sortedKeys(desired.Tags) {
-			c.Fields = append(c.Fields, FieldDiff{Field: "tags." + k, To: desired.Tags[k]})
+			tags = append(tags, k+"="+desired.Tags[k])
+		}
+		if len(tags) > 0 {
+			c.Fields = append(c.Fields, FieldDiff{Field: "tags", To: strings.Join(tags, ",")})
 		}
 		return c, nil
 	}
@@ -212,8 +217,8 @@ func show(s string) string {
 	if s == "" {
 		return "-"
 	}
-	if len(s) > 80 {
-		return s[:77] + "..."
+	if len(s) > 100 {
+		return s[:97] + "..."
 	}
 	return strings.ReplaceAll(s, "\n", " ")
 }

@@ -33,7 +33,7 @@ func TestDiff(t *testing.T) {
 		{name: "absent -> create with all fields", desired: inst("db.t4g.medium", owned(nil)),
 			wantAction: ActionCreate, wantFields: []FieldDiff{
 				{Field: "class", To: "db.t4g.medium"}, {Field: "engine", To: "postgres"},
-				{Field: "tags." + TagDatabase, To: "orders"}, {Field: "tags." + TagManagedBy, To: ManagedByValue}}},
+				{Field: "tags", To: TagDatabase + "=orders," + TagManagedBy + "=" + ManagedByValue}}},
 		{name: "equal -> no-op", desired: inst("db.t4g.medium", owned(nil)), observed: inst("db.t4g.medium", owned(nil)),
 			wantAction: ActionNoop},
 		{name: "extra foreign tag ignored", desired: inst("db.t4g.medium", owned(nil)),

@@ -236,6 +236,7 @@ func (p *Provisioner) Destroy(ctx context.Context, opts DestroyOptions) (*Plan, 
 		}
 	}
 	plan := &Plan{Database: p.cfg.Spec.Name}
+	protected := ""
 	for i := len(hs) - 1; i >= 0; i-- {
 		for _, o := range observed[i] {
 			c, _ := Diff(e.spec.Name, nil, o, nil)
@@ -245,9 +246,12 @@ func (p *Provisioner) Destroy(ctx context.Context, opts DestroyOptions) (*Plan, 
 				p.log.Info("leaving resource that is not ours", zap.String("kind", o.Kind), zap.String("name", o.Name), zap.String("id", o.ID))
 			}
 			if o.Kind == kindInstance && c.Action == ActionDelete && o.Attrs["deletion_protection"] == "true" && !opts.ForceDeletionProtection {
-				return plan, fmt.Errorf("destroy %s: db-instance %q has %w; nothing was deleted. Run again with --force-deletion-protection to turn it off and delete", p.cfg.Spec.Name, o.Name, ErrDeletionProtected)
+				protected = o.Name
 			}
 		}
+	}
+	if protected != "" {
+		return plan, fmt.Errorf("destroy %s: db-instance %q: %w; nothing was deleted. Run again with --force-deletion-protection to turn it off and delete", p.cfg.Spec.Name, protected, ErrDeletionProtected)
 	}
 	if opts.DryRun {
 		return plan, nil

@@ -390,7 +390,9 @@ func (secretHandler) desired(e *env) []*State {
 	if e.spec.Instance.MasterPassword != "secret" {
 		return nil
 	}
-	return []*State{{Kind: kindSecret, Name: secretName(e.spec), Attrs: map[string]string{"description": "rds-valet: master user of " + e.spec.Name}, Tags: ownTags(e.spec)}}
+	// Only the tags are managed: the value belongs to whoever rotates it, and the description
+	// is cosmetic.
+	return []*State{{Kind: kindSecret, Name: secretName(e.spec), Attrs: map[string]string{}, Tags: ownTags(e.spec)}}
 }
 
 func (secretHandler) observe(ctx context.Context, e *env) ([]*State, error) {
@@ -409,8 +411,7 @@ func (secretHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 	for _, t := range out.Tags {
 		tags[deref(t.Key)] = deref(t.Value)
 	}
-	return []*State{{Kind: kindSecret, Name: deref(out.Name), ID: deref(out.ARN), Status: "available",
-		Attrs: map[string]string{"description": deref(out.Description)}, Tags: tags}}, nil
+	return []*State{{Kind: kindSecret, Name: deref(out.Name), ID: deref(out.ARN), Status: "available", Attrs: map[string]string{}, Tags: tags}}, nil
 }
 
 func randomPassword() (string, error) {
@@ -437,7 +438,7 @@ func (secretHandler) create(ctx context.Context, e *env, d *State) error {
 	for _, k := range sortedKeys(d.Tags) {
 		tags = append(tags, smt.Tag{Key: aws.String(k), Value: aws.String(d.Tags[k])})
 	}
-	_, err = e.c.Secrets.CreateSecret(ctx, &secretsmanager.CreateSecretInput{Name: aws.String(d.Name), Description: aws.String(d.Attrs["description"]),
+	_, err = e.c.Secrets.CreateSecret(ctx, &secretsmanager.CreateSecretInput{Name: aws.String(d.Name), Description: aws.String("rds-valet: master user of " + e.spec.Name),
 		SecretString: aws.String(string(val)), Tags: tags})
 	return awsErr(kindSecret, d.Name, "secretsmanager:CreateSecret", err)
 }
@@ -445,7 +446,7 @@ func (secretHandler) create(ctx context.Context, e *env, d *State) error {
 func (secretHandler) update(ctx context.Context, e *env, d, o *State, fields []FieldDiff) error {
 	tags := tagChanges(fields, d)
 	if len(tags) == 0 {
-		return nil // description drift is cosmetic; not worth a write
+		return nil
 	}
 	var st []smt.Tag
 	for _, k := range sortedKeys(tags) {
@@ -760,7 +761,7 @@ func irsaRoleHandler() *roleHandler {
 }
 
 func (h *roleHandler) kind() string        { return kindRole }
-func (h *roleHandler) immutable() []string { return nil }
+func (h *roleHandler) immutable() []string { return []string{"path"} }
 
 func (h *roleHandler) desired(e *env) []*State {
 	var out []*State
