@@ -201,9 +201,6 @@ func (endpointHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		for _, g := range v.Groups {
 			sgs = append(sgs, deref(g.GroupId))
 		}
-		if len(sgs) == 0 {
-			sgs = cs.SecurityGroupIDs // the fake and older API versions omit groupSet
-		}
 		tags := map[string]string{}
 		for _, t := range v.Tags {
 			tags[deref(t.Key)] = deref(t.Value)

@@ -348,7 +348,15 @@ func (st *state) serviceX(s *endpointService, name string) X {
 
 func (st *state) endpointX(e *vpcEndpoint, name string) X {
 	return E(name, T("vpcEndpointId", e.id), T("vpcEndpointType", "Interface"), T("vpcId", e.vpc), T("serviceName", e.serviceName),
-		T("state", e.status), Strs("subnetIdSet", "item", e.subnets),
+		T("state", e.status), Strs("subnetIdSet", "item", e.subnets), groupSet(e.sgs),
 		E("dnsEntrySet", E("item", T("dnsName", e.dns), T("hostedZoneId", "Z7HUB22UULQXV"))),
 		E("tagSet", tagItems(e.tags, "key", "value")...))
+}
+
+func groupSet(ids []string) X {
+	x := E("groupSet")
+	for _, id := range ids {
+		x.kids = append(x.kids, E("item", T("groupId", id)))
+	}
+	return x
 }
