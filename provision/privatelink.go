@@ -347,11 +347,11 @@ type errRetry struct{ err error }
 
 func (e errRetry) Error() string { return e.err.Error() }
 
-// retryEventual retries f while it returns errRetry, with the provisioner's backoff, for at most
+// retryEventual retries f while it returns errRetry, with the provisioner's backoff, up to
 // a few minutes (IAM propagation is usually seconds).
-func (p *Provisioner) retryEventual(ctx context.Context, kind, name string, f func() error) error {
+func (p *Provisioner) retryEventual(ctx context.Context, kind, name string, limit time.Duration, f func() error) error {
 	delay := p.cfg.PollInterval
-	deadline := p.deps.Clock.Now().Add(3 * time.Minute)
+	deadline := p.deps.Clock.Now().Add(limit)
 	for {
 		err := f()
 		var r errRetry
@@ -359,7 +359,7 @@ func (p *Provisioner) retryEventual(ctx context.Context, kind, name string, f fu
 			return err
 		}
 		if p.deps.Clock.Now().After(deadline) {
-			return awsErr(kind, name, "retry", r.err)
+			return r.err
 		}
 		p.log.Info("AWS not consistent yet, retrying", zap.String("kind", kind), zap.String("name", name), zap.Error(r.err))
 		select {

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -256,11 +257,18 @@ func (h sgHandler) update(ctx context.Context, e *env, d, o *State, fields []Fie
 }
 
 func (h sgHandler) delete(ctx context.Context, e *env, o *State) error {
-	_, err := e.c.EC2.DeleteSecurityGroup(ctx, &ec2.DeleteSecurityGroupInput{GroupId: aws.String(o.ID)})
-	if err != nil && !isCode(err, "InvalidGroup.NotFound") {
+	// The NLB's and proxy's network interfaces outlive them by minutes: until they are
+	// released, AWS answers DependencyViolation.
+	return e.p.retryEventual(ctx, kindSG, o.Name, 20*time.Minute, func() error {
+		_, err := e.c.EC2.DeleteSecurityGroup(ctx, &ec2.DeleteSecurityGroupInput{GroupId: aws.String(o.ID)})
+		switch {
+		case err == nil, isCode(err, "InvalidGroup.NotFound"):
+			return nil
+		case isCode(err, "DependencyViolation"):
+			return errRetry{awsErr(kindSG, o.Name, "ec2:DeleteSecurityGroup", err)}
+		}
 		return awsErr(kindSG, o.Name, "ec2:DeleteSecurityGroup", err)
-	}
-	return nil
+	})
 }
 
 func (sgHandler) ready(*State) (bool, error) { return true, nil }
@@ -967,10 +975,10 @@ func (h proxyHandler) create(ctx context.Context, e *env, d *State) error {
 		VpcSecurityGroupIds: []string{e.get("sg.id")}, Tags: rdsTagList(d.Tags)}
 	// A role created seconds ago is often not yet assumable by RDS (IAM is eventually
 	// consistent): RDS says the role ARN is invalid. Retry that one error for a while.
-	return e.p.retryEventual(ctx, kindProxy, d.Name, func() error {
+	return e.p.retryEventual(ctx, kindProxy, d.Name, 5*time.Minute, func() error {
 		_, err := e.c.RDS.CreateDBProxy(ctx, in)
 		if err != nil && isCode(err, "InvalidParameterValue") && strings.Contains(strings.ToLower(err.Error()), "role") {
-			return errRetry{err}
+			return errRetry{awsErr(kindProxy, d.Name, "rds:CreateDBProxy", err)}
 		}
 		return awsErr(kindProxy, d.Name, "rds:CreateDBProxy", err)
 	})

@@ -124,6 +124,10 @@ func (st *state) ec2(c *reqCtx, action string) (any, *apiError) {
 		for _, lb := range st.lbs {
 			inUse = inUse || contains(lb.sgs, id)
 		}
+		if st.lingering[id] > 0 {
+			st.lingering[id]--
+			inUse = true
+		}
 		if inUse {
 			return nil, errf(400, "DependencyViolation", "resource %s has a dependent object", id)
 		}

@@ -56,6 +56,9 @@ func (st *state) elb(c *reqCtx, action string) (any, *apiError) {
 				delete(st.listeners, k)
 			}
 		}
+		for _, g := range st.lbs[arn].sgs {
+			st.lingering[g] = st.readyAfter
+		}
 		delete(st.lbs, arn)
 		return nil, nil
 	case "CreateTargetGroup":

@@ -221,6 +221,9 @@ type state struct {
 	listeners    map[string]*listener
 	services     map[string]*endpointService
 	endpoints    map[string]*vpcEndpoint
+	// lingering counts the DeleteSecurityGroup attempts still refused for a group whose NLB was
+	// just deleted: AWS releases the NLB's network interfaces minutes later.
+	lingering map[string]int
 }
 
 func newState() *state {
@@ -228,7 +231,7 @@ func newState() *state {
 		subnetGroups: map[string]*subnetGroup{}, instances: map[string]*dbInstance{}, proxies: map[string]*dbProxy{},
 		secrets: map[string]*secret{}, roles: map[string]*role{}, sgs: map[string]*secGroup{}, lbs: map[string]*loadBalancer{},
 		tgs: map[string]*targetGroup{}, listeners: map[string]*listener{}, services: map[string]*endpointService{},
-		endpoints: map[string]*vpcEndpoint{}}
+		endpoints: map[string]*vpcEndpoint{}, lingering: map[string]int{}}
 }
 
 // id returns a fresh hex id of n digits, unique within the fake.

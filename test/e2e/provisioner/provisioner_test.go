@@ -489,7 +489,17 @@ func TestDestroyRespectsProtectionAndOwnership(t *testing.T) {
 		t.Fatalf("refused destroy still changed things: %v -> %v", before, got)
 	}
 
+	h.fake.ResetCalls()
 	h.mustRun("destroy", "--force-deletion-protection")
+	sgDeletes := 0
+	for _, c := range h.fake.Calls() {
+		if c.Action == "DeleteSecurityGroup" {
+			sgDeletes++
+		}
+	}
+	if sgDeletes != 3 {
+		t.Errorf("DeleteSecurityGroup called %d times, want 3 (2 refused while the NLB's ENIs linger)", sgDeletes)
+	}
 	got := h.fake.Counts()
 	want := map[string]int{"subnet-group": 0, "db-instance": 0, "db-proxy": 0, "secret": 0, "iam-role": 1, "security-group": 2,
 		"load-balancer": 0, "target-group": 0, "listener": 0, "endpoint-service": 0, "vpc-endpoint": 0}
