@@ -3,6 +3,7 @@ package provision
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -14,6 +15,18 @@ func TestExampleSpecIsValid(t *testing.T) {
 	}
 	if s.Name != "orders" || s.Port() != 5432 || len(s.Access.ServiceAccounts) != 2 || s.PrivateLink.Consumer == nil {
 		t.Fatalf("unexpected spec: %+v", s)
+	}
+}
+
+func TestEveryExampleIsValid(t *testing.T) {
+	files, err := filepath.Glob("../docs/examples/*.yaml")
+	if err != nil || len(files) < 2 {
+		t.Fatalf("examples: %v %v", files, err)
+	}
+	for _, f := range files {
+		if _, err := LoadSpec(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 }
 
