@@ -180,6 +180,13 @@ func (s *Spec) Validate() error {
 	if !regionRE.MatchString(s.Region) {
 		add("region", "must be an AWS region such as us-east-1 (got %q)", s.Region)
 	}
+	// Every resource carries the owning team and a contact, so whoever finds it in the
+	// account knows whom to ask.
+	for _, k := range []string{"team", "owner"} {
+		if s.Tags[k] == "" {
+			add("tags."+k, "required (who owns this database)")
+		}
+	}
 	keys := make([]string, 0, len(s.Tags))
 	for k := range s.Tags {
 		keys = append(keys, k)

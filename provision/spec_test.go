@@ -67,7 +67,7 @@ privatelink: {enabled: false, allowed_principals: ["bob"]}
 		got[fe.Path] = true
 	}
 	for _, p := range []string{
-		"name", "region", "tags.rdsvalet.io/x", "engine.type", "engine.version", "instance.class",
+		"name", "region", "tags.rdsvalet.io/x", "tags.team", "tags.owner", "engine.type", "engine.version", "instance.class",
 		"instance.storage_gb", "instance.max_storage_gb", "instance.backup_retention_days",
 		"instance.master_password", "network.vpc_id", "network.subnet_ids[1]", "network.allowed_cidrs[0]",
 		"access.oidc_provider_arn", "access.service_accounts[0].namespace", "access.service_accounts[0].db_user",
