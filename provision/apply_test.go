@@ -138,3 +138,86 @@ func TestAccessDeniedIsAnOpError(t *testing.T) {
 		t.Fatalf("got %#v", err)
 	}
 }
+
+func TestEveryKindRepairsTagDriftAndFollowsSpecChanges(t *testing.T) {
+	fake := startFake(t, 2)
+	spec := exampleSpec(t)
+	p := newProvisioner(t, fake, spec)
+	ctx := context.Background()
+	if _, _, err := p.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fake.TamperTag("team", "someone-else")
+	plan, err := p.Plan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, c := range plan.Changes {
+		if c.Action == provision.ActionUpdate {
+			if len(c.Fields) != 1 || c.Fields[0].Field != "tags.team" {
+				t.Errorf("%s %s: %+v", c.Kind, c.Name, c.Fields)
+			}
+			kinds[c.Kind] = true
+		}
+	}
+	// Every taggable kind: all but the proxy target.
+	if len(kinds) != 11 {
+		t.Errorf("tag drift planned on %d kinds: %v", len(kinds), kinds)
+	}
+	if _, _, err := p.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if plan, err := p.Plan(ctx); err != nil || !plan.Empty() {
+		t.Fatalf("after repair: %v %+v", err, plan)
+	}
+
+	// Spec changes on several kinds at once plan exactly those fields.
+	spec.Network.AllowedCIDRs = []string{"10.30.0.0/16"}
+	spec.PrivateLink.AllowedPrincipals = append(spec.PrivateLink.AllowedPrincipals, "arn:aws:iam::444455556666:root")
+	spec.Instance.BackupRetentionDays = 14
+	spec.Instance.MultiAZ = false
+	spec.Access.ServiceAccounts = spec.Access.ServiceAccounts[:1]
+	plan, err = p.Plan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range plan.Changes {
+		if c.Action == provision.ActionNoop {
+			continue
+		}
+		var fs []string
+		for _, f := range c.Fields {
+			fs = append(fs, f.Field)
+		}
+		got = append(got, string(c.Action)+" "+c.Kind+" "+strings.Join(fs, "+"))
+	}
+	want := "update security-group ingress|update db-instance backup_retention_days+multi_az|update endpoint-service allowed_principals|delete iam-role "
+	if strings.Join(got, "|") != want {
+		t.Errorf("plan:\n got %s\nwant %s", strings.Join(got, "|"), want)
+	}
+	if _, _, err := p.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if plan, err := p.Plan(ctx); err != nil || !plan.Empty() {
+		t.Fatalf("after spec change: %v %+v", err, plan)
+	}
+	if len(fake.RoleNames()) != 2 {
+		t.Errorf("roles %v", fake.RoleNames())
+	}
+
+	// sync-targets and status, in process.
+	fake.SetProxyIPs("orders", []string{"10.0.9.9"})
+	sp, err := p.SyncTargets(ctx)
+	if err != nil || sp.Empty() {
+		t.Fatalf("sync-targets: %v %+v", err, sp)
+	}
+	if got := fake.TargetIPs("rdsvalet-orders"); len(got) != 1 || got[0] != "10.0.9.9" {
+		t.Errorf("targets %v", got)
+	}
+	states, out, err := p.Status(ctx)
+	if err != nil || len(states) != 13 || len(out.Paths) != 3 {
+		t.Errorf("status: %v %d %+v", err, len(states), out)
+	}
+}

@@ -232,3 +232,49 @@ func (s *Server) SeedSecurityGroup(id, name, vpc string, tags map[string]string)
 	s.st.sgs[g.id] = g
 	return g.id
 }
+
+// TamperTag sets key=val on every resource that carries tags, as a careless console user might.
+func (s *Server) TamperTag(key, val string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.st
+	var all []map[string]string
+	for _, x := range st.subnetGroups {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.instances {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.proxies {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.secrets {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.roles {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.sgs {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.lbs {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.tgs {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.listeners {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.services {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.endpoints {
+		all = append(all, x.tags)
+	}
+	for _, t := range all {
+		if t != nil && t[key] != "" {
+			t[key] = val
+		}
+	}
+}
