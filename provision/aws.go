@@ -156,6 +156,8 @@ func awsErr(kind, name, call string, err error) error {
 		e.Code, e.Message = ae.ErrorCode(), ae.ErrorMessage()
 	}
 	switch {
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		e.Hint = "interrupted; run the same command again: it resumes from what exists"
 	case e.Code == "AccessDenied" || e.Code == "AccessDeniedException" || e.Code == "UnauthorizedOperation" || e.Code == "AuthFailure":
 		e.Hint = fmt.Sprintf("the provisioner's IAM identity is not allowed to call %s (see docs/provisioner.md, \"IAM permissions\"), and any SCP or permissions boundary on the account", call)
 	case e.Code == "InvalidClientTokenId" || e.Code == "ExpiredToken" || e.Code == "SignatureDoesNotMatch" || e.Code == "UnrecognizedClientException":

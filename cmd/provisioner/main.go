@@ -88,12 +88,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := execute(ctx, cmd, o, log, stdout); err != nil {
-		log.Error(cmd+" failed", zap.Error(err))
-		fmt.Fprintf(stderr, "error: %v\n", err)
 		var ex exitCode
 		if errors.As(err, &ex) {
-			return int(ex)
+			return int(ex) // not a failure: plan --detailed-exitcode found changes
 		}
+		log.Error(cmd+" failed", zap.Error(err))
+		fmt.Fprintf(stderr, "error: %v\n", err)
 		return 1
 	}
 	return 0
