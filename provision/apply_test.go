@@ -45,20 +45,25 @@ func (c *stepClock) After(d time.Duration) <-chan time.Time {
 	return ch
 }
 
-func newProvisioner(t *testing.T, fake *fakeaws.Server, spec *provision.Spec) *provision.Provisioner {
+func clientsOf(t *testing.T, fake *fakeaws.Server) provision.Clients {
 	t.Helper()
-	cfg := aws.Config{Region: spec.Region, BaseEndpoint: aws.String(fake.URL),
+	cfg := aws.Config{Region: "us-east-1", BaseEndpoint: aws.String(fake.URL),
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDUNIT", "unit-secret", ""),
 		Retryer: func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = 5; o.MaxBackoff = time.Millisecond })
 		}}
 	ec2c := ec2.NewFromConfig(cfg)
+	return provision.Clients{
+		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
+		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg),
+		ConsumerEC2: func(context.Context, string) (provision.ConsumerEC2API, error) { return ec2c, nil },
+	}
+}
+
+func newProvisioner(t *testing.T, fake *fakeaws.Server, spec *provision.Spec) *provision.Provisioner {
+	t.Helper()
 	p, err := provision.New(provision.Config{Spec: spec, PollInterval: time.Second, MaxPollInterval: 10 * time.Second, WaitTimeout: time.Hour},
-		provision.Deps{Logger: zaptest.NewLogger(t), Clock: &stepClock{now: time.Unix(1_800_000_000, 0)}, Clients: provision.Clients{
-			RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
-			Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg),
-			ConsumerEC2: func(context.Context, string) (provision.ConsumerEC2API, error) { return ec2c, nil },
-		}})
+		provision.Deps{Logger: zaptest.NewLogger(t), Clock: &stepClock{now: time.Unix(1_800_000_000, 0)}, Clients: clientsOf(t, fake)})
 	if err != nil {
 		t.Fatal(err)
 	}

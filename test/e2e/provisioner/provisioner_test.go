@@ -663,8 +663,8 @@ func TestProxyWaitsForIAMRolePropagation(t *testing.T) {
 
 func TestStatusAndDetailedExitCode(t *testing.T) {
 	h := newHarness(t, nil)
-	if r := h.run("plan", "--detailed-exitcode"); r.code != 2 {
-		t.Errorf("plan with changes: exit %d, want 2", r.code)
+	if r := h.run("plan", "--detailed-exitcode"); r.code != 2 || strings.Contains(r.stderr, "error") {
+		t.Errorf("plan with changes: exit %d, want 2 and no error\n%s", r.code, r.stderr)
 	}
 	h.apply()
 	if r := h.run("plan", "--detailed-exitcode"); r.code != 0 {
