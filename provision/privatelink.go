@@ -281,6 +281,10 @@ func (endpointHandler) ready(o *State) (bool, error) {
 	switch strings.ToLower(o.Status) {
 	case "available":
 		return true, nil
+	case "pendingacceptance":
+		// Settled as far as AWS goes: it waits for us, and the "connection" field's diff
+		// accepts it (this is where a run interrupted between create and accept resumes).
+		return true, nil
 	case "rejected", "failed", "expired":
 		return false, fmt.Errorf("vpc-endpoint %q is %s", o.Name, o.Status)
 	}

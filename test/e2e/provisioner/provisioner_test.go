@@ -100,7 +100,7 @@ func (h *harness) writeSpec(edit func(string) string) {
 
 func (h *harness) command(args ...string) *exec.Cmd {
 	full := append([]string{args[0], "-f", h.spec, "--poll-interval", "2ms", "--max-poll-interval", "10ms",
-		"--aws-max-backoff", "20ms", "--log-format", "json", "--skip-final-snapshot"}, args[1:]...)
+		"--aws-max-backoff", "20ms", "--wait-timeout", "20s", "--log-format", "json", "--skip-final-snapshot"}, args[1:]...)
 	cmd := exec.Command(binary(h.t), full...)
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + h.dir,
@@ -399,52 +399,66 @@ func TestDriftIsRepaired(t *testing.T) {
 }
 
 func TestInterruptedApplyResumesWithoutDuplicates(t *testing.T) {
-	h := newHarness(t, nil)
-	hit := make(chan struct{})
-	release := make(chan struct{})
-	var once sync.Once
-	// Kill the process right after AWS accepted CreateDBProxy, before it sees the answer.
-	h.fake.OnCall("CreateDBProxy", func() {
-		once.Do(func() {
-			close(hit)
-			<-release
+	// Kill the process right after AWS accepted a create, before the answer reaches it: for
+	// resources found by name (instance, proxy), by tag (endpoint service, consumer endpoint)
+	// and mid-way through a two-call create (endpoint service, then its permissions).
+	for _, tc := range []struct{ killAt, mustExist string }{
+		{"CreateDBInstance", "db-instance"},
+		{"CreateDBProxy", "db-proxy"},
+		{"CreateVpcEndpointServiceConfiguration", "endpoint-service"},
+		{"CreateVpcEndpoint", "vpc-endpoint"},
+	} {
+		t.Run(tc.killAt, func(t *testing.T) {
+			h := newHarness(t, nil)
+			hit := make(chan struct{})
+			release := make(chan struct{})
+			var once sync.Once
+			h.fake.OnCall(tc.killAt, func() {
+				once.Do(func() {
+					close(hit)
+					<-release
+				})
+			})
+			cmd := h.command("apply")
+			var se bytes.Buffer
+			cmd.Stderr = &se
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-hit:
+			case err := <-done:
+				t.Fatalf("apply ended before %s: %v\n%s", tc.killAt, err, tail(se.String(), 3000))
+			}
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			err := <-done
+			close(release)
+			if err == nil {
+				t.Fatal("killed apply exited 0")
+			}
+			if n := h.fake.Counts()[tc.mustExist]; n != 1 {
+				t.Fatalf("%s count %d after the interrupted create", tc.mustExist, n)
+			}
+			if n := h.fake.Counts()["iam-role"]; n == 3 {
+				t.Fatal("IRSA roles exist: the kill came too late to test resumption")
+			}
+			h.apply()
+			want := map[string]int{"subnet-group": 1, "db-instance": 1, "db-proxy": 1, "secret": 1, "iam-role": 3, "security-group": 2,
+				"load-balancer": 1, "target-group": 1, "listener": 1, "endpoint-service": 1, "vpc-endpoint": 1}
+			if got := h.fake.Counts(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("counts after resume: %v, want %v", got, want)
+			}
+			if got := h.plan(); len(got) != 0 {
+				t.Errorf("plan after resume: %+v", got)
+			}
+			if svcs := h.fake.Services(); len(svcs[0].Principals) != 1 {
+				t.Errorf("endpoint service permissions not completed: %+v", svcs)
+			}
 		})
-	})
-	cmd := h.command("apply")
-	var se bytes.Buffer
-	cmd.Stderr = &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-hit:
-	case err := <-done:
-		t.Fatalf("apply ended before CreateDBProxy: %v\n%s", err, tail(se.String(), 3000))
-	}
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	err := <-done
-	close(release)
-	if err == nil {
-		t.Fatal("killed apply exited 0")
-	}
-	if _, ok := h.fake.Proxy("orders"); !ok {
-		t.Fatal("proxy should exist after the interrupted CreateDBProxy")
-	}
-	if _, _, _, ok := h.fake.LoadBalancer(lbName); ok {
-		t.Fatal("NLB exists: the kill came too late to test resumption")
-	}
-	h.apply()
-	want := map[string]int{"subnet-group": 1, "db-instance": 1, "db-proxy": 1, "secret": 1, "iam-role": 3, "security-group": 2,
-		"load-balancer": 1, "target-group": 1, "listener": 1, "endpoint-service": 1, "vpc-endpoint": 1}
-	if got := h.fake.Counts(); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("counts after resume: %v, want %v", got, want)
-	}
-	if got := h.plan(); len(got) != 0 {
-		t.Errorf("plan after resume: %+v", got)
 	}
 }
 
