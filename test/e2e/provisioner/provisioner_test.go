@@ -33,6 +33,14 @@ var (
 	buildErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		_ = os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // binary builds cmd/provisioner once per test run into a temp dir.
 func binary(t *testing.T) string {
 	t.Helper()
