@@ -217,8 +217,9 @@ func (s *Spec) Validate() error {
 	if in.StorageGB < 20 || in.StorageGB > 65536 {
 		add("instance.storage_gb", "must be between 20 and 65536 (got %d)", in.StorageGB)
 	}
-	if in.MaxStorageGB != 0 && in.MaxStorageGB <= in.StorageGB {
-		add("instance.max_storage_gb", "must be 0 (no autoscaling) or greater than storage_gb (got %d)", in.MaxStorageGB)
+	// RDS requires the autoscaling limit to be at least 10% above the allocated storage.
+	if in.MaxStorageGB != 0 && int64(in.MaxStorageGB)*10 < int64(in.StorageGB)*11 {
+		add("instance.max_storage_gb", "must be 0 (no autoscaling) or at least 10%% above storage_gb (got %d)", in.MaxStorageGB)
 	}
 	if in.BackupRetentionDays < 0 || in.BackupRetentionDays > 35 {
 		add("instance.backup_retention_days", "must be between 0 and 35 (got %d)", in.BackupRetentionDays)
