@@ -5,6 +5,7 @@ package provisioner_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -713,5 +714,22 @@ func TestStatusAndDetailedExitCode(t *testing.T) {
 	}
 	if r := h.mustRun("status"); !strings.Contains(r.stdout, "privatelink") || !strings.Contains(r.stdout, "db-proxy") {
 		t.Errorf("status table:\n%s", r.stdout)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	h := newHarness(t, nil)
+	for _, args := range [][]string{{}, {"frobnicate", "-f", h.spec}, {"plan"}, {"plan", "-f", h.spec, "--no-such-flag"}} {
+		cmd := exec.Command(binary(t), args...)
+		var se bytes.Buffer
+		cmd.Stderr = &se
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || se.Len() == 0 {
+			t.Errorf("%v: %v, stderr %q", args, err, se.String())
+		}
+	}
+	if len(h.fake.Calls()) != 0 {
+		t.Error("a usage error reached AWS")
 	}
 }
