@@ -1,0 +1,157 @@
+package provision
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Outputs is what the sidecar needs to reach this database.
+type Outputs struct {
+	Database string
+	Region   string
+	Engine   string
+	Port     int32
+	Paths    []PathOut
+	Users    []UserOut
+}
+
+// PathOut is one path with its three names (DESIGN.md, "A path is three names").
+type PathOut struct {
+	Name          string `yaml:"name"`
+	Address       string `yaml:"address"`
+	TLSServerName string `yaml:"tls_server_name,omitempty"`
+	TokenHost     string `yaml:"token_host,omitempty"`
+}
+
+// UserOut is one ServiceAccount allowed in, its db user and IRSA role.
+type UserOut struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"service_account"`
+	DBUser         string `json:"db_user"`
+	RoleARN        string `json:"role_arn"`
+}
+
+func (e *env) outputs() *Outputs {
+	port := strconv.Itoa(int(e.spec.Port()))
+	o := &Outputs{Database: e.spec.Name, Region: e.region, Engine: e.spec.Engine.Type, Port: e.spec.Port()}
+	proxy := e.get("proxy.endpoint")
+	if e.known("vpce.dns", "proxy.endpoint") {
+		// Dial the VPC endpoint, but verify TLS and sign the token for the proxy's own name.
+		o.Paths = append(o.Paths, PathOut{Name: "privatelink", Address: e.get("vpce.dns") + ":" + port, TLSServerName: proxy, TokenHost: proxy + ":" + port})
+	}
+	if e.known("proxy.endpoint") {
+		o.Paths = append(o.Paths, PathOut{Name: "rds-proxy", Address: proxy + ":" + port, TLSServerName: proxy, TokenHost: proxy + ":" + port})
+	}
+	if e.known("instance.address") {
+		inst := e.get("instance.address")
+		o.Paths = append(o.Paths, PathOut{Name: "instance", Address: inst + ":" + port, TLSServerName: inst, TokenHost: inst + ":" + port})
+	}
+	for _, sa := range e.spec.Access.ServiceAccounts {
+		arn := e.out["role."+irsaRoleName(e.spec, sa)+".arn"]
+		o.Users = append(o.Users, UserOut{Namespace: sa.Namespace, ServiceAccount: sa.Name, DBUser: sa.DBUser, RoleARN: arn})
+	}
+	return o
+}
+
+type sidecarConfig struct {
+	AWS       sidecarAWS        `yaml:"aws"`
+	Listeners []sidecarListener `yaml:"listeners"`
+}
+
+type sidecarAWS struct {
+	Region string `yaml:"region"`
+}
+
+type sidecarListener struct {
+	Name   string      `yaml:"name"`
+	Engine string      `yaml:"engine"`
+	Listen string      `yaml:"listen"`
+	Auth   sidecarAuth `yaml:"auth"`
+	TLS    sidecarTLS  `yaml:"tls"`
+	Paths  []PathOut   `yaml:"paths"`
+}
+
+type sidecarAuth struct {
+	Mode string `yaml:"mode"`
+}
+
+type sidecarTLS struct {
+	Mode string `yaml:"mode"`
+}
+
+// SidecarConfig renders the sidecar's config file for this database (docs/configuration.md).
+// The db user is the app's choice at login; the comment lists which users each ServiceAccount's
+// IRSA role may connect as.
+func (o *Outputs) SidecarConfig() ([]byte, error) {
+	if len(o.Paths) == 0 {
+		return nil, fmt.Errorf("database %s: no path is known yet (nothing created?); run apply first", o.Database)
+	}
+	cfg := sidecarConfig{AWS: sidecarAWS{Region: o.Region}, Listeners: []sidecarListener{{
+		Name: o.Database, Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.Port),
+		Auth: sidecarAuth{Mode: "iam"}, TLS: sidecarTLS{Mode: "verify-full"}, Paths: o.Paths}}}
+	var body bytes.Buffer
+	enc := yaml.NewEncoder(&body)
+	enc.SetIndent(2)
+	if err := enc.Encode(cfg); err != nil {
+		return nil, fmt.Errorf("render sidecar config: %w", err)
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# Sidecar config for database %s, written by the rds-valet provisioner; re-run apply instead of editing.\n", o.Database)
+	fmt.Fprintf(&b, "# DB users (ServiceAccount -> db user, IRSA role to annotate the ServiceAccount with):\n")
+	for _, u := range o.Users {
+		fmt.Fprintf(&b, "#   %s/%s -> %s (%s)\n", u.Namespace, u.ServiceAccount, u.DBUser, u.RoleARN)
+	}
+	b.Write(body.Bytes())
+	return b.Bytes(), nil
+}
+
+// ConfigMaps renders one ConfigMap (data key config.yaml) per namespace: the given one, or
+// else every namespace a ServiceAccount of the spec lives in.
+func (o *Outputs) ConfigMaps(name, namespace string) ([]byte, error) {
+	cfg, err := o.SidecarConfig()
+	if err != nil {
+		return nil, err
+	}
+	if name == "" {
+		name = "rdsvalet-" + o.Database
+	}
+	nss := map[string]bool{}
+	if namespace != "" {
+		nss[namespace] = true
+	} else {
+		for _, u := range o.Users {
+			nss[u.Namespace] = true
+		}
+	}
+	if len(nss) == 0 {
+		nss["default"] = true
+	}
+	var docs []string
+	for _, ns := range sortedKeys(nss) {
+		var users []string
+		for _, u := range o.Users {
+			if u.Namespace == ns || namespace != "" {
+				users = append(users, fmt.Sprintf("%s/%s=%s", u.Namespace, u.ServiceAccount, u.DBUser))
+			}
+		}
+		sort.Strings(users)
+		cm := map[string]any{
+			"apiVersion": "v1", "kind": "ConfigMap",
+			"metadata": map[string]any{"name": name, "namespace": ns,
+				"labels":      map[string]string{"app.kubernetes.io/managed-by": "rds-valet", "rdsvalet.io/database": o.Database},
+				"annotations": map[string]string{"rdsvalet.io/db-users": strings.Join(users, ",")}},
+			"data": map[string]string{"config.yaml": string(cfg)},
+		}
+		b, err := yaml.Marshal(cm)
+		if err != nil {
+			return nil, fmt.Errorf("render ConfigMap: %w", err)
+		}
+		docs = append(docs, string(b))
+	}
+	return []byte(strings.Join(docs, "---\n")), nil
+}

@@ -1,0 +1,181 @@
+package fakeaws
+
+import (
+	"net/url"
+	"strings"
+	"time"
+)
+
+func (st *state) iam(c *reqCtx, action string) (any, *apiError) {
+	name := c.get("RoleName")
+	r := st.roles[name]
+	if r == nil && action != "CreateRole" && action != "ListRoles" {
+		return nil, errf(404, "NoSuchEntity", "The role with name %s cannot be found.", name)
+	}
+	switch action {
+	case "CreateRole":
+		if r != nil {
+			return nil, errf(409, "EntityAlreadyExists", "Role with name %s already exists.", name)
+		}
+		path := c.get("Path")
+		if path == "" {
+			path = "/"
+		}
+		doc := c.get("AssumeRolePolicyDocument")
+		if jsonCanon(doc) == doc && !strings.HasPrefix(strings.TrimSpace(doc), "{") {
+			return nil, errf(400, "MalformedPolicyDocument", "This policy contains invalid Json")
+		}
+		r = &role{name: name, path: path, arn: "arn:aws:iam::" + c.account + ":role" + path + name, id: "AROA" + strings.ToUpper(st.id("", 17)),
+			trust: doc, policies: map[string]string{}, tags: c.tagsFrom("Tags")}
+		st.roles[name] = r
+		return []X{roleX(r, "Role")}, nil
+	case "GetRole":
+		return []X{roleX(r, "Role")}, nil
+	case "ListRoles":
+		prefix := c.get("PathPrefix")
+		var items []X
+		for _, k := range sortedKeys(st.roles) {
+			if rr := st.roles[k]; strings.HasPrefix(rr.path, prefix) {
+				x := roleX(rr, "member")
+				x.kids = x.kids[:len(x.kids)-1] // ListRoles does not return tags
+				items = append(items, x)
+			}
+		}
+		return []X{E("Roles", items...), T("IsTruncated", "false")}, nil
+	case "UpdateAssumeRolePolicy":
+		r.trust = c.get("PolicyDocument")
+		return nil, nil
+	case "PutRolePolicy":
+		r.policies[c.get("PolicyName")] = c.get("PolicyDocument")
+		return nil, nil
+	case "GetRolePolicy":
+		p, ok := r.policies[c.get("PolicyName")]
+		if !ok {
+			return nil, errf(404, "NoSuchEntity", "The role policy with name %s cannot be found.", c.get("PolicyName"))
+		}
+		return []X{T("RoleName", name), T("PolicyName", c.get("PolicyName")), T("PolicyDocument", url.QueryEscape(p))}, nil
+	case "ListRolePolicies":
+		return []X{Strs("PolicyNames", "member", sortedKeys(r.policies)), T("IsTruncated", "false")}, nil
+	case "DeleteRolePolicy":
+		if _, ok := r.policies[c.get("PolicyName")]; !ok {
+			return nil, errf(404, "NoSuchEntity", "The role policy with name %s cannot be found.", c.get("PolicyName"))
+		}
+		delete(r.policies, c.get("PolicyName"))
+		return nil, nil
+	case "DeleteRole":
+		if len(r.policies) > 0 {
+			return nil, errf(409, "DeleteConflict", "Cannot delete entity, must delete policies first.")
+		}
+		delete(st.roles, name)
+		return nil, nil
+	case "TagRole":
+		for k, v := range c.tagsFrom("Tags") {
+			r.tags[k] = v
+		}
+		return nil, nil
+	case "UntagRole":
+		for _, k := range c.strs("TagKeys") {
+			delete(r.tags, k)
+		}
+		return nil, nil
+	}
+	return nil, errf(400, "InvalidAction", "fakeaws: IAM action %s not implemented", action)
+}
+
+func roleX(r *role, name string) X {
+	var tags []X
+	for _, k := range sortedKeys(r.tags) {
+		tags = append(tags, E("member", T("Key", k), T("Value", r.tags[k])))
+	}
+	// Real IAM returns policy documents URL-encoded.
+	return E(name, T("Path", r.path), T("RoleName", r.name), T("RoleId", r.id), T("Arn", r.arn),
+		T("CreateDate", "2026-01-01T00:00:00Z"), T("AssumeRolePolicyDocument", url.QueryEscape(r.trust)), E("Tags", tags...))
+}
+
+func (st *state) sts(c *reqCtx, action string) (any, *apiError) {
+	switch action {
+	case "GetCallerIdentity":
+		return []X{T("UserId", "AIDAFAKE"), T("Account", c.account), T("Arn", "arn:aws:iam::"+c.account+":user/provisioner")}, nil
+	case "AssumeRole":
+		arn := c.get("RoleArn")
+		parts := strings.Split(arn, ":")
+		if len(parts) < 6 {
+			return nil, errf(400, "ValidationError", "invalid role ARN %s", arn)
+		}
+		akid := "ASIA" + strings.ToUpper(st.id("", 16))
+		secret := randHex(20)
+		c.s.creds[akid] = creds{secret: secret, account: parts[4]}
+		exp := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+		return []X{E("Credentials", T("AccessKeyId", akid), T("SecretAccessKey", secret), T("SessionToken", "token-"+randHex(8)), T("Expiration", exp)),
+			E("AssumedRoleUser", T("Arn", arn+"/"+c.get("RoleSessionName")), T("AssumedRoleId", "AROA:"+c.get("RoleSessionName")))}, nil
+	}
+	return nil, errf(400, "InvalidAction", "fakeaws: STS action %s not implemented", action)
+}
+
+func (st *state) secretsAPI(c *reqCtx, action string) (any, *apiError) {
+	id := c.jstr("SecretId")
+	var s *secret
+	for _, x := range st.secrets {
+		if x.name == id || x.arn == id {
+			s = x
+		}
+	}
+	if s == nil && action != "CreateSecret" {
+		return nil, errf(400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.")
+	}
+	switch action {
+	case "CreateSecret":
+		name := c.jstr("Name")
+		if st.secrets[name] != nil {
+			return nil, errf(400, "ResourceExistsException", "The operation failed because the secret %s already exists.", name)
+		}
+		tags := map[string]string{}
+		if ts, ok := c.json["Tags"].([]any); ok {
+			for _, t := range ts {
+				m, _ := t.(map[string]any)
+				k, _ := m["Key"].(string)
+				v, _ := m["Value"].(string)
+				tags[k] = v
+			}
+		}
+		s = &secret{name: name, arn: c.arn("secretsmanager", "secret:"+name+"-"+randHex(3)), desc: c.jstr("Description"),
+			kms: c.jstr("KmsKeyId"), value: c.jstr("SecretString"), tags: tags}
+		st.secrets[name] = s
+		return map[string]any{"ARN": s.arn, "Name": s.name, "VersionId": randHex(8)}, nil
+	case "DescribeSecret":
+		var tags []map[string]string
+		for _, k := range sortedKeys(s.tags) {
+			tags = append(tags, map[string]string{"Key": k, "Value": s.tags[k]})
+		}
+		out := map[string]any{"ARN": s.arn, "Name": s.name, "Description": s.desc, "Tags": tags}
+		if s.kms != "" {
+			out["KmsKeyId"] = s.kms
+		}
+		return out, nil
+	case "GetSecretValue":
+		return map[string]any{"ARN": s.arn, "Name": s.name, "SecretString": s.value, "VersionId": "v1"}, nil
+	case "DeleteSecret":
+		// Real AWS keeps it for the recovery window; the fake drops it at once.
+		delete(st.secrets, s.name)
+		return map[string]any{"ARN": s.arn, "Name": s.name, "DeletionDate": float64(time.Now().Unix())}, nil
+	case "TagResource":
+		if ts, ok := c.json["Tags"].([]any); ok {
+			for _, t := range ts {
+				m, _ := t.(map[string]any)
+				k, _ := m["Key"].(string)
+				v, _ := m["Value"].(string)
+				s.tags[k] = v
+			}
+		}
+		return map[string]any{}, nil
+	case "UntagResource":
+		if ks, ok := c.json["TagKeys"].([]any); ok {
+			for _, k := range ks {
+				ks, _ := k.(string)
+				delete(s.tags, ks)
+			}
+		}
+		return map[string]any{}, nil
+	}
+	return nil, errf(400, "InvalidAction", "fakeaws: Secrets Manager action %s not implemented", action)
+}
