@@ -268,3 +268,71 @@ func TestAllPathsDown(t *testing.T) {
 		return nil
 	})
 }
+
+// TestLoginProbesAndHealthyPathReadiness runs login probes (a full IAM login and SELECT 1) and
+// the readiness policy that follows path health: /readyz turns 503 when no path is healthy and
+// 200 again when one recovers.
+func TestLoginProbesAndHealthyPathReadiness(t *testing.T) {
+	w := startWorld(t)
+	n, err := faultnet.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	addr, err := n.AddPath("only", "", w.StandinAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`
+admin: {listen: "{{ADMIN}}", readiness: healthy-path}
+aws: {region: %s}
+listeners:
+  - name: pg
+    listen: "{{PG}}"
+    tls: {ca_file: %q}
+    health: {interval: 500ms, timeout: 500ms, rise: 1, fall: 2, login_interval: 500ms, login_user: app}
+    paths:
+      - {name: only, address: %q, tls_server_name: %q, token_host: %q}
+`, w.Region, w.CAFile, addr, w.ServerName, w.TokenHost)
+	s := startSidecar(t, cfg, w.SidecarEnv)
+	ready := func() int {
+		code, _, err := s.get("/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code
+	}
+	waitFor(t, 10*time.Second, "login probes", func() error {
+		if v := s.metric("rdsvalet_health_probe_duration_seconds_count", `kind="login"`); v < 2 {
+			return fmt.Errorf("%v login probes", v)
+		}
+		return nil
+	})
+	if got := w.StandinLoginsOK(); got < 2 {
+		t.Fatalf("the stand-in saw %d logins from probes", got)
+	}
+	if v := s.metric("rdsvalet_health_last_login_timestamp_seconds", `path="only"`); v <= 0 {
+		t.Errorf("last login timestamp %v", v)
+	}
+	if c := ready(); c != 200 {
+		t.Fatalf("/readyz %d with a healthy path", c)
+	}
+	if err := n.Cut("only"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "not ready", func() error {
+		if c := ready(); c != 503 {
+			return fmt.Errorf("/readyz %d", c)
+		}
+		return nil
+	})
+	if err := n.Restore("only"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "ready again", func() error {
+		if c := ready(); c != 200 {
+			return fmt.Errorf("/readyz %d", c)
+		}
+		return nil
+	})
+}
