@@ -163,3 +163,37 @@ func TestPlaintextBeforeTLSIsRefused(t *testing.T) {
 	c := connect(t, s, "app")
 	mustExec(t, c, "SELECT 1")
 }
+
+// TestLocalPassword requires apps to present a local password to the sidecar (defence in
+// depth), independent of the upstream IAM login.
+func TestLocalPassword(t *testing.T) {
+	w := startWorld(t)
+	pwFile := filepath.Join(t.TempDir(), "local-password")
+	if err := os.WriteFile(pwFile, []byte("pod-local-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startSidecar(t, iamConfig(w, fmt.Sprintf("    local_password_file: %q", pwFile)), w.SidecarEnv)
+	host, port, _ := net.SplitHostPort(s.pgAddr)
+	ctx := ctxTimeout(t, 30*time.Second)
+	for _, tc := range []struct {
+		password string
+		wantCode string
+	}{{"pod-local-secret", ""}, {"wrong", "28P01"}, {"", "28P01"}} {
+		c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=app dbname=app sslmode=disable password='%s'", host, port, tc.password))
+		if tc.wantCode == "" {
+			if err != nil {
+				t.Fatalf("right local password refused: %v", err)
+			}
+			mustExec(t, c, "SELECT 1")
+			c.Close(ctx)
+			continue
+		}
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != tc.wantCode {
+			t.Fatalf("password %q: want %s, got %v", tc.password, tc.wantCode, err)
+		}
+	}
+	if strings.Contains(s.logs.String(), "pod-local-secret") {
+		t.Fatal("the local password reached the logs")
+	}
+}
