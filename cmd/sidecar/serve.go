@@ -22,6 +22,7 @@ import (
 	"github.com/rdsvalet/rds-valet/health"
 	"github.com/rdsvalet/rds-valet/proxy"
 	"github.com/rdsvalet/rds-valet/wire"
+	"github.com/rdsvalet/rds-valet/wire/mysql"
 	"github.com/rdsvalet/rds-valet/wire/pg"
 )
 
@@ -46,10 +47,10 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 		log.Error("cannot set up upstream authentication", zap.Error(err))
 		return exitFailure
 	}
-	pm, hm, pgm := proxy.NewMetrics(reg), health.NewMetrics(reg), pg.NewMetrics(reg)
+	pm, hm, pgm, mym := proxy.NewMetrics(reg), health.NewMetrics(reg), pg.NewMetrics(reg), mysql.NewMetrics(reg)
 	var ls []listener
 	for _, lc := range cfg.Listeners {
-		l, err := newListener(lc, secrets, log, pm, hm, pgm)
+		l, err := newListener(lc, secrets, log, pm, hm, pgm, mym)
 		if err != nil {
 			log.Error("cannot start listener", zap.String("listener", lc.Name), zap.Error(err))
 			for _, o := range ls {
@@ -179,7 +180,7 @@ func pathsReport(cfg *config.Config, ls []listener) any {
 
 const insecureWarning = "upstream TLS certificates are NOT verified (tls.mode insecure): anyone on the network path can impersonate the database"
 
-func newListener(lc config.Listener, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics) (listener, error) {
+func newListener(lc config.Listener, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics, mym *mysql.Metrics) (listener, error) {
 	tlsCfgs, err := wire.NewTLSConfigs(lc.TLS.Mode, lc.TLS.CAFile)
 	if err != nil {
 		return listener{}, err
@@ -199,6 +200,13 @@ func newListener(lc config.Listener, secrets *secrets, log *zap.Logger, pm *prox
 			Listener: lc.Name, TLS: tlsCfgs, Dialer: &net.Dialer{KeepAlive: 30 * time.Second},
 			Secret: secrets.forListener(lc), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			Log: log.With(zap.String("listener", lc.Name)), Metrics: pgm,
+		})
+	case config.EngineMySQL:
+		proto = mysql.New(mysql.Config{
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: &net.Dialer{KeepAlive: 30 * time.Second},
+			Secret: mysql.SecretFunc(secrets.forListener(lc)), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
+			HandshakeTimeout: lc.HandshakeTimeout,
+			Log:              log.With(zap.String("listener", lc.Name)), Metrics: mym,
 		})
 	default:
 		return listener{}, fmt.Errorf("engine %q is not supported by this build", lc.Engine)
