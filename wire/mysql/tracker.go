@@ -248,7 +248,10 @@ func (t *tracker) serverPacket(_ byte, head []byte, length int, cont bool) {
 		return
 	}
 	if len(head) > 0 && head[0] == gm.ERR_HEADER && t.state != stOneAny {
-		t.finish() // an ERR ends the command, even in the middle of a resultset
+		// An ERR ends the command, even in the middle of a resultset or of multiple results;
+		// it leaves the transaction state as it was.
+		t.status &^= gm.SERVER_MORE_RESULTS_EXISTS
+		t.finish()
 		return
 	}
 	switch t.state {
