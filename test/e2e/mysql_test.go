@@ -378,7 +378,7 @@ func TestSysbenchThroughSidecar(t *testing.T) {
 	s := startSidecar(t, w.config(""), w.env)
 	host, port, _ := net.SplitHostPort(s.myAddr)
 	common := []string{"oltp_read_write", "--db-driver=mysql", "--mysql-host=" + host, "--mysql-port=" + port,
-		"--mysql-user=app", "--mysql-password=", "--mysql-db=app", "--tables=4", "--table-size=2000"}
+		"--mysql-user=app", "--mysql-password=", "--mysql-db=app", "--tables=8", "--table-size=10000"}
 	run := func(args ...string) string {
 		t.Helper()
 		out, err := exec.CommandContext(ctxTimeout(t, 3*time.Minute), bin, append(common, args...)...).CombinedOutput()
@@ -396,7 +396,7 @@ func TestSysbenchThroughSidecar(t *testing.T) {
 	if m == nil || m[1] == "0" || e == nil || e[1] != "0" {
 		t.Fatalf("want transactions and no errors:\n%s", out)
 	}
-	t.Logf("sysbench: %s transactions in 10 s, %s errors", m[1], e[1])
+	t.Logf("sysbench: %s transactions in 10 s, %s errors\n%s", m[1], e[1], out)
 }
 
 // rawMy connects to the MySQL listener and reads the greeting.
@@ -460,7 +460,7 @@ func TestMySQLBadInputFromApp(t *testing.T) {
 		send                  []byte
 	}{
 		{name: "garbage", reason: "bad_packet", wantMsg: "Bad handshake", send: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")},
-		{name: "truncated handshake response", reason: "bad_packet", wantMsg: "truncated",
+		{name: "truncated handshake response", reason: "bad_packet", wantMsg: "Bad handshake",
 			send: append(hdr(12, 1), 0x0d, 0xa2, 0x0a, 0x00, 0, 0, 0, 1, 0x21, 0, 0, 0)},
 		{name: "TLS requested", reason: "tls_requested", wantMsg: "TLS is not offered",
 			send: append(hdr(32, 1), append([]byte{0x00, 0xaa, 0x0a, 0x00, 0, 0, 0, 1, 0x21}, make([]byte, 23)...)...)},
@@ -554,9 +554,9 @@ func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ln.Close()
 		var wg sync.WaitGroup
 		defer wg.Wait()
+		defer ln.Close()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
