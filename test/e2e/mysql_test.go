@@ -609,6 +609,7 @@ func TestMySQLPasswordModeAndLocalPassword(t *testing.T) {
 	cfg := fmt.Sprintf(`
 log: {level: debug}
 admin: {listen: "{{ADMIN}}"}
+shutdown: {max_delay: 10s}
 listeners:
   - name: mysql
     engine: mysql
@@ -636,6 +637,12 @@ listeners:
 	if !errors.As(err, &me) || me.Number != 1045 || !strings.Contains(me.Message, "local password") {
 		t.Fatalf("wrong local password: %v, want 1045", err)
 	}
+	waitFor(t, 5*time.Second, "a log line about the wrong local password", func() error {
+		if !strings.Contains(s.logs.String(), "wrong local password") {
+			return errors.New("not logged")
+		}
+		return nil
+	})
 }
 
 func TestMySQLSIGTERMWaitsForTransactions(t *testing.T) {

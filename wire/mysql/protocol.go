@@ -288,7 +288,9 @@ func (p *Protocol) readFail(app *appConn, seq byte, err error) error {
 func (p *Protocol) clientFail(app *appConn, reason string, err error, e *Error) error {
 	p.cfg.Metrics.handshakeErrors.WithLabelValues(p.cfg.Listener, reason).Inc()
 	if e != nil {
-		e.Cause = err
+		if err != error(e) { // never a cycle: errors.As would loop on it
+			e.Cause = err
+		}
 		_ = writeErr(app.conn, app.seq+1, &e.Err)
 		err = e
 	}
