@@ -39,11 +39,15 @@ func eof(seq byte, status uint16) []byte {
 	return pkt(seq, binary.LittleEndian.AppendUint16(p, status)...)
 }
 
-func errp(seq byte) []byte { return pkt(seq, (&Err{Code: 1064, State: "42000", Message: "syntax"}).Encode()...) }
+func errp(seq byte) []byte {
+	return pkt(seq, (&Err{Code: 1064, State: "42000", Message: "syntax"}).Encode()...)
+}
 
 func query(sql string) []byte { return pkt(0, append([]byte{comQuery}, sql...)...) }
 
-func coldef(seq byte) []byte { return pkt(seq, append([]byte{3}, "def\x00\x00\x00\x01a\x00\x0c\x3f\x00"...)...) }
+func coldef(seq byte) []byte {
+	return pkt(seq, append([]byte{3}, "def\x00\x00\x00\x01a\x00\x0c\x3f\x00"...)...)
+}
 
 func row(seq byte, v string) []byte { return pkt(seq, append([]byte{byte(len(v))}, v...)...) }
 
