@@ -335,6 +335,33 @@ func TestMySQLDriverThroughSidecar(t *testing.T) {
 			t.Fatalf("victim after KILL QUERY: %d, %v", n, err)
 		}
 	})
+	// Every session left open is idle now, whatever it ran (prepared statements, multi-results,
+	// 16 MiB rows, LOCAL INFILE, a killed query): the drain must close them all at once
+	// rather than cut them at max_delay.
+	db.SetMaxIdleConns(8)
+	conns := make([]*sql.Conn, 0, 3)
+	for range 3 {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	myExec(t, conns[0], "SELECT 1; SELECT 2")
+	stmt, err := conns[1].PrepareContext(ctx, "SELECT ?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stmt.ExecContext(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	myExec(t, conns[2], "BEGIN")
+	myExec(t, conns[2], "COMMIT")
+	start := time.Now()
+	s.signal(syscall.SIGTERM)
+	if code := s.wait(15 * time.Second); code != 0 || time.Since(start) > 5*time.Second {
+		t.Fatalf("exit code %d after %v; want 0 at once (idle sessions closed, none cut)", code, time.Since(start))
+	}
 	if t.Failed() {
 		t.Logf("stand-in log:\n%s", w.logs.String())
 	}
@@ -577,6 +604,39 @@ func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
 		}()
 		cfg := strings.Replace(w.config(""), fmt.Sprintf("address: %q", w.standin.Addr()), fmt.Sprintf("address: %q", ln.Addr().String()), 1)
 		try(t, cfg, 2003, "does not offer TLS")
+	})
+	t.Run("no AWS credentials", func(t *testing.T) {
+		var env []string
+		for _, kv := range w.env {
+			if !strings.HasPrefix(kv, "AWS_ACCESS_KEY_ID=") && !strings.HasPrefix(kv, "AWS_SECRET_ACCESS_KEY=") && !strings.HasPrefix(kv, "AWS_SESSION_TOKEN=") {
+				env = append(env, kv)
+			}
+		}
+		s := startSidecar(t, w.config(""), env)
+		err := openMy(t, s, nil).PingContext(ctxTimeout(t, time.Minute))
+		var me *mysql.MySQLError
+		if !errors.As(err, &me) || me.Number != 1045 || !strings.Contains(me.Message, "cannot get an IAM auth token") {
+			t.Fatalf("want 1045 naming the IAM token, got %v", err)
+		}
+	})
+	t.Run("a failing first path after the app was greeted", func(t *testing.T) {
+		// Path one greets (so the app is greeted from it) but its certificate does not match;
+		// path two is good: the app must not notice.
+		cfg := w.config("") + fmt.Sprintf(`      - name: good
+        address: %q
+        tls_server_name: %q
+        token_host: %q
+`, w.standin.Addr(), myServerName, myTokenHost)
+		cfg = strings.Replace(cfg, fmt.Sprintf("tls_server_name: %q", myServerName), `tls_server_name: "impostor.example.com"`, 1)
+		s := startSidecar(t, cfg, w.env)
+		db := openMy(t, s, nil)
+		var user string
+		if err := db.QueryRowContext(ctxTimeout(t, time.Minute), "SELECT CURRENT_USER()").Scan(&user); err != nil || user != "app@%" {
+			t.Fatalf("through the second path: %q, %v", user, err)
+		}
+		if got := s.metric("rdsvalet_health_path_failures_total", `path="standin"`); got < 1 {
+			t.Fatalf("failures on the first path %v, want >= 1", got)
+		}
 	})
 	t.Run("too many connections", func(t *testing.T) {
 		s := startSidecar(t, w.config("    max_connections: 1"), w.env)
