@@ -1,14 +1,18 @@
 package mysql
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/rdsvalet/rds-valet/health"
+	"github.com/rdsvalet/rds-valet/proxy"
 	"github.com/rdsvalet/rds-valet/wire"
 )
 
@@ -102,5 +106,81 @@ func TestHandshakeAgreesCapabilities(t *testing.T) {
 	}
 	if n := len(upstreamSaw.Attrs); n != 2 || upstreamSaw.Attrs[1] != (Attr{"_proxy", "rds-valet"}) {
 		t.Errorf("upstream attrs %v", upstreamSaw.Attrs)
+	}
+}
+
+func TestLocalPasswordSwitchesOtherPluginsToNative(t *testing.T) {
+	srvTLS, _ := testTLS(t)
+	tlsCfgs, _ := wire.NewTLSConfigs(wire.Insecure, "")
+	pwFile := t.TempDir() + "/local"
+	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		answer string
+		wantOK bool
+	}{
+		{"right password", "local-pw", true},
+		{"wrong password", "nope", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, _ := fakeServer(t, srvTLS, allCaps, gm.AUTH_NATIVE_PASSWORD, func(c net.Conn, g *Greeting, r *HandshakeResponse) error {
+				return WritePacket(c, 3, AppendOK(nil, gm.SERVER_STATUS_AUTOCOMMIT))
+			})
+			p := New(Config{Listener: "t", TLS: tlsCfgs, LocalPasswordFile: pwFile,
+				Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
+			app, side := net.Pipe()
+			defer app.Close()
+			errc := make(chan error, 1)
+			go func() {
+				up, err := p.Handshake(context.Background(), side, onePath{health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}})
+				if up != nil {
+					_ = up.Conn.Close()
+				}
+				_ = side.Close()
+				errc <- err
+			}()
+			_ = app.SetDeadline(time.Now().Add(10 * time.Second))
+			_, pkt, err := ReadPacket(app, MaxHandshakePacket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, _ := ParseGreeting(pkt)
+			resp := HandshakeResponse{Capabilities: g.Capabilities, MaxPacketSize: 1 << 24, Charset: 33, User: "app",
+				AuthPlugin: gm.AUTH_CACHING_SHA2_PASSWORD, AuthData: gm.CalcCachingSha2Password(g.Scramble, tc.answer)}
+			if err := WritePacket(app, 1, resp.Encode()); err != nil {
+				t.Fatal(err)
+			}
+			seq, sw, err := ReadPacket(app, MaxHandshakePacket)
+			if err != nil || seq != 2 || len(sw) < 2 || sw[0] != gm.EOF_HEADER {
+				t.Fatalf("want an AuthSwitchRequest with seq 2, got seq %d %q, %v", seq, sw, err)
+			}
+			name, rest, _ := bytes.Cut(sw[1:], []byte{0})
+			if string(name) != gm.AUTH_NATIVE_PASSWORD || len(rest) < 20 {
+				t.Fatalf("switch to %q with %d bytes of scramble", name, len(rest))
+			}
+			if err := WritePacket(app, 3, gm.CalcPassword(rest[:20], []byte(tc.answer))); err != nil {
+				t.Fatal(err)
+			}
+			seq, last, err := ReadPacket(app, MaxHandshakePacket)
+			if err != nil || seq != 4 {
+				t.Fatalf("final packet seq %d, %v; want seq 4", seq, err)
+			}
+			herr := <-errc
+			if tc.wantOK {
+				if last[0] != gm.OK_HEADER || herr != nil {
+					t.Fatalf("want OK, got %q, %v", last, herr)
+				}
+				return
+			}
+			if e := ParseErr(last); e.Code != 1045 || e.State != "28000" || herr == nil {
+				t.Fatalf("want ERR 1045 (28000) and a handshake error, got %v, %v", e, herr)
+			}
+			var ce *proxy.ClientError
+			if !errors.As(herr, &ce) {
+				t.Fatalf("handshake error %v is not a ClientError", herr)
+			}
+		})
 	}
 }
