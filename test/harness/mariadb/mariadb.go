@@ -130,6 +130,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	}
 	dataDir := filepath.Join(dir, "data")
 	osUser := ""
+	var cred *syscall.Credential
 	if os.Geteuid() == 0 {
 		// mariadbd refuses to run as root unless told; run it as Debian's mysql user instead.
 		osUser = "mysql"
@@ -142,6 +143,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		if err := chownR(dir, uid, gid); err != nil {
 			return s, err
 		}
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 
 	install, _ := lookPath("mariadb-install-db")
@@ -167,11 +169,11 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		"--max-allowed-packet=" + strconv.Itoa(cfg.MaxAllowedPacket), "--local-infile=1",
 		"--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M", "--innodb-flush-log-at-trx-commit=2",
 		"--max-connections=500", "--skip-log-bin", "--performance-schema=OFF"}
-	if osUser != "" {
-		args = append(args, "--user="+osUser)
-	}
 	s.cmd = exec.Command(mariadbd, args...)
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// The server runs as the mysql user from the start (not mariadbd --user, whose setuid
+	// would clear the parent-death signal), so that it stops with the test process even
+	// when a test binary panics or times out before Close.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGTERM}
 	if err := s.cmd.Start(); err != nil {
 		return s, fmt.Errorf("start mariadbd: %w", err)
 	}
