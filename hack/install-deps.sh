@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in postgresql postgresql-client postgresql-contrib ${EXTRA_DEBS:-}; do
+for p in postgresql postgresql-client postgresql-contrib mariadb-server mariadb-client sysbench ${EXTRA_DEBS:-}; do
   have "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -15,6 +15,10 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian's mariadb-server starts a server of its own where it can; the harness runs private ones.
+if command -v mariadb-admin >/dev/null 2>&1 && [ -S /run/mysqld/mysqld.sock ]; then
+  (service mariadb stop || mariadb-admin --socket=/run/mysqld/mysqld.sock shutdown) >/dev/null 2>&1 || true
 fi
 # Debian's postgresql package starts a cluster of its own; the harness runs private servers and
 # needs none, so stop it if an install just started one (it would hold port 5432).

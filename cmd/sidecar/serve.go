@@ -22,6 +22,7 @@ import (
 	"github.com/rdsvalet/rds-valet/health"
 	"github.com/rdsvalet/rds-valet/proxy"
 	"github.com/rdsvalet/rds-valet/wire"
+	"github.com/rdsvalet/rds-valet/wire/mysql"
 	"github.com/rdsvalet/rds-valet/wire/pg"
 )
 
@@ -48,10 +49,10 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 		log.Error("cannot set up upstream authentication", zap.Error(err))
 		return exitFailure
 	}
-	pm, hm, pgm := proxy.NewMetrics(reg), health.NewMetrics(reg), pg.NewMetrics(reg)
+	pm, hm, pgm, mym := proxy.NewMetrics(reg), health.NewMetrics(reg), pg.NewMetrics(reg), mysql.NewMetrics(reg)
 	var ls []listener
 	for _, lc := range cfg.Listeners {
-		l, err := newListener(lc, cfg.DNS.Server, cfg.Shutdown.KillGrace, secrets, log, pm, hm, pgm)
+		l, err := newListener(lc, cfg.DNS.Server, cfg.Shutdown.KillGrace, secrets, log, pm, hm, pgm, mym)
 		if err != nil {
 			log.Error("cannot start listener", zap.String("listener", lc.Name), zap.Error(err))
 			for _, o := range ls {
@@ -201,7 +202,7 @@ func newDialer(dnsServer string) *net.Dialer {
 	return d
 }
 
-func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics) (listener, error) {
+func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics, mym *mysql.Metrics) (listener, error) {
 	tlsCfgs, err := wire.NewTLSConfigs(lc.TLS.Mode, lc.TLS.CAFile)
 	if err != nil {
 		return listener{}, err
@@ -226,6 +227,13 @@ func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, 
 			Log: log.With(zap.String("listener", lc.Name)), Metrics: pgm,
 		})
 		proto, prober = p, p
+	case config.EngineMySQL:
+		proto = mysql.New(mysql.Config{
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer,
+			Secret: mysql.SecretFunc(secrets.forListener(lc)), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
+			HandshakeTimeout: lc.HandshakeTimeout,
+			Log:              log.With(zap.String("listener", lc.Name)), Metrics: mym,
+		})
 	default:
 		return listener{}, fmt.Errorf("engine %q is not supported by this build", lc.Engine)
 	}

@@ -37,9 +37,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	for i := len(suiteCleanups) - 1; i >= 0; i-- {
+		suiteCleanups[i]()
+	}
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// suiteCleanups run after every test, in reverse order: servers shared by a whole suite.
+var suiteCleanups []func()
 
 // syncBuffer collects a process's output for assertions while it runs.
 type syncBuffer struct {
@@ -65,6 +71,7 @@ type sidecar struct {
 	logs   *syncBuffer
 	admin  string // host:port of the admin server
 	pgAddr string // host:port of the Postgres listener
+	myAddr string // host:port of the MySQL listener
 	done   chan struct{}
 	err    error
 }
@@ -80,14 +87,16 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startSidecar writes cfg (YAML with {{PG}} and {{ADMIN}} placeholders for the listener and
-// admin addresses) and runs the binary with env, waiting until /startupz answers 200.
+// startSidecar writes cfg (YAML with {{PG}}, {{MYSQL}} and {{ADMIN}} placeholders for the
+// listener and admin addresses) and runs the binary with env, waiting until /startupz answers 200.
 func startSidecar(t *testing.T, cfg string, env []string) *sidecar {
 	t.Helper()
 	s := &sidecar{t: t, logs: &syncBuffer{}, done: make(chan struct{})}
 	s.pgAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s.myAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg = strings.ReplaceAll(cfg, "{{PG}}", s.pgAddr)
+	cfg = strings.ReplaceAll(cfg, "{{MYSQL}}", s.myAddr)
 	cfg = strings.ReplaceAll(cfg, "{{ADMIN}}", s.admin)
 	file := filepath.Join(t.TempDir(), "sidecar.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
