@@ -634,7 +634,7 @@ func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
 		if err := db.QueryRowContext(ctxTimeout(t, time.Minute), "SELECT CURRENT_USER()").Scan(&user); err != nil || user != "app@%" {
 			t.Fatalf("through the second path: %q, %v", user, err)
 		}
-		if got := s.metric("rdsvalet_health_path_failures_total", `path="standin"`); got < 1 {
+		if got := s.metric("rdsvalet_health_passive_failures_total", `path="standin"`); got < 1 {
 			t.Fatalf("failures on the first path %v, want >= 1", got)
 		}
 	})
