@@ -228,12 +228,14 @@ func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, 
 		})
 		proto, prober = p, p
 	case config.EngineMySQL:
-		proto = mysql.New(mysql.Config{
+		p := mysql.New(mysql.Config{
 			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer,
 			Secret: mysql.SecretFunc(secrets.forListener(lc)), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			HandshakeTimeout: lc.HandshakeTimeout,
-			Log:              log.With(zap.String("listener", lc.Name)), Metrics: mym,
+			ProbeUser:        lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
+			Log: log.With(zap.String("listener", lc.Name)), Metrics: mym,
 		})
+		proto, prober = p, p
 	default:
 		return listener{}, fmt.Errorf("engine %q is not supported by this build", lc.Engine)
 	}

@@ -39,8 +39,10 @@ type Config struct {
 	// HandshakeTimeout bounds the app's answer to the sidecar's greeting (0: no bound here;
 	// the proxy's own deadline still applies).
 	HandshakeTimeout time.Duration
-	Log              *zap.Logger
-	Metrics          *Metrics
+	// ProbeUser and ProbeDatabase are what login probes log in as.
+	ProbeUser, ProbeDatabase string
+	Log                      *zap.Logger
+	Metrics                  *Metrics
 }
 
 // Metrics are the MySQL protocol's own metrics, shared by every MySQL listener.

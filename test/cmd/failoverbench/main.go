@@ -169,15 +169,20 @@ preferred path one way and measures, from the cut:
 		fmt.Fprintf(&b, "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", f.name,
 			pct(d, 50), pct(d, 90), pct(d, 100), pct(c, 50), pct(c, 90), pct(c, 100))
 	}
-	b.WriteString(`
-Reading it: "down" and "reset_peer" fail fast, so both probes and real dials see them at once;
-a blackhole gives no error, so detection waits for the probe timeouts and the first connection
-waits for its per-path attempt timeout (the connect timeout shared among the paths left) unless
-the probes mark the path down first. Lower ` + "`health.interval`" + ` and ` + "`health.timeout`" + ` for faster
-detection at the cost of more probe traffic.
-`)
+	b.WriteString("\n" + reading)
 	return os.WriteFile(out, []byte(b.String()), 0o644)
 }
+
+const reading = `Reading it: "down" and "reset_peer" fail fast, so probes and real dials see them at once.
+toxiproxy's blackhole still accepts TCP connections and then swallows every byte, so the TCP
+probe passes; the path is caught by the first real connection that times out on it (which
+escalates the probes to TLS until one succeeds) or by the next TLS probe (every
+` + "`health.tls_interval`" + `, 10 s by default). The first new connection waits for its per-path attempt
+timeout (the connect timeout shared among the paths left), then lands on the next path. A
+network blackhole that also stops TCP connects (a route or security group gone) is caught by the
+TCP probe like "down". For faster detection of accept-then-stall faults, set ` + "`tls_interval`" + `
+equal to ` + "`interval`" + `, at the cost of a TLS handshake per probe (resumed sessions keep it cheap).
+`
 
 func pct(ds []time.Duration, p int) float64 {
 	s := slices.Clone(ds)
