@@ -30,7 +30,7 @@ var errStartup = errors.New("invalid startup packet")
 // *pgproto3.StartupMessage or a *pgproto3.CancelRequest. It reads exactly the bytes of each
 // packet, so nothing the app sends after its startup is consumed here.
 func readStartup(r io.Reader, w io.Writer) (pgproto3.FrontendMessage, error) {
-	for range maxNegotiations + 1 {
+	for i := range maxNegotiations + 1 {
 		body, err := readStartupPacket(r)
 		if err != nil {
 			return nil, err
@@ -40,6 +40,10 @@ func readStartup(r io.Reader, w io.Writer) (pgproto3.FrontendMessage, error) {
 		case code == sslRequestCode || code == gssEncRequestCode:
 			if len(body) != 4 {
 				return nil, fmt.Errorf("%w: encryption request of %d bytes", errStartup, len(body)+4)
+			}
+			if i == maxNegotiations {
+				// Refused before answering: the app gets no third 'N' (found by FuzzReadStartup).
+				return nil, fmt.Errorf("%w: more than %d encryption requests", errStartup, maxNegotiations)
 			}
 			if _, err := w.Write([]byte{'N'}); err != nil {
 				return nil, err

@@ -1,0 +1,277 @@
+package pg
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"io"
+	"math/big"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// These fuzzers cover every parser that reads bytes from the network on the Postgres side.
+// `make fuzz` runs each for a bounded time; without -fuzz they run their seeds as unit tests.
+
+func FuzzReadStartup(f *testing.F) {
+	startup := startupBytes(map[string]string{"user": "app", "database": "db", "application_name": "x"})
+	f.Add(startup)
+	f.Add(append(packet(sslRequestCode), startup...))
+	f.Add(append(append(packet(gssEncRequestCode), packet(sslRequestCode)...), startup...))
+	f.Add(packet(cancelRequestCode, 0, 0, 0, 1, 0, 0, 0, 2))
+	f.Add(packet(1234<<16 | 5678))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 3, 0, 0}) // the 4 GB length trick
+	f.Add([]byte{0, 0, 0, 8, 0, 3, 0, 0})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out bytes.Buffer
+		r := &countingReader{r: bytes.NewReader(in)}
+		m, err := readStartup(r, &out)
+		if r.n > len(in) {
+			t.Fatalf("read %d bytes of %d", r.n, len(in))
+		}
+		if out.Len() > maxNegotiations {
+			t.Fatalf("answered %d encryption requests, at most %d allowed", out.Len(), maxNegotiations)
+		}
+		if err != nil {
+			if m != nil {
+				t.Fatalf("message %T with error %v", m, err)
+			}
+			return
+		}
+		switch m := m.(type) {
+		case *pgproto3.StartupMessage:
+			if m.ProtocolVersion != protocolVersion3 {
+				t.Fatalf("accepted protocol %x", m.ProtocolVersion)
+			}
+		case *pgproto3.CancelRequest:
+		default:
+			t.Fatalf("unexpected message %T", m)
+		}
+	})
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+func FuzzReadMessage(f *testing.F) {
+	f.Add([]byte("R\x00\x00\x00\x08\x00\x00\x00\x00"), 64)
+	f.Add([]byte("Z\x00\x00\x00\x05I"), 64)
+	f.Add([]byte("E\xff\xff\xff\xff"), maxUpstreamLoginMsgLength)
+	f.Add([]byte("E\x00\x00\x00\x03"), 64)
+	f.Fuzz(func(t *testing.T, in []byte, max int) {
+		if max < 0 || max > 1<<20 {
+			return
+		}
+		typ, body, err := readMessage(bufio.NewReader(bytes.NewReader(in)), max)
+		if err != nil {
+			return
+		}
+		if len(body)+4 > max {
+			t.Fatalf("body of %d bytes exceeds max %d", len(body), max)
+		}
+		if !bytes.Equal(appendMessage(nil, typ, body), in[:5+len(body)]) {
+			t.Fatal("message does not re-encode to its bytes")
+		}
+	})
+}
+
+// FuzzLogin plays a fuzzed server byte stream after a real TLS handshake, against the client
+// side of the upstream login: every response the sidecar could get from a hostile or broken
+// upstream must end in a result or an error, never a panic, a hang, or the secret in an error.
+func FuzzLogin(f *testing.F) {
+	auth := func(sub uint32, data ...byte) []byte {
+		b := binary.BigEndian.AppendUint32(nil, sub)
+		return appendMessage(nil, 'R', append(b, data...))
+	}
+	ok := auth(authOK)
+	rfq := appendMessage(nil, 'Z', []byte{'I'})
+	ps := appendMessage(nil, 'S', []byte("server_version\x0016\x00"))
+	key := appendMessage(nil, 'K', []byte{0, 0, 0, 1, 0, 0, 0, 2})
+	errResp, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", Code: "28P01", Message: "password authentication failed"}).Encode(nil)
+	cat := func(p ...[]byte) []byte { return bytes.Join(p, nil) }
+	f.Add(cat(ok, ps, key, rfq))
+	f.Add(cat(auth(authCleartextPassword), ok, ps, key, rfq))
+	f.Add(cat(auth(authMD5Password, 1, 2, 3, 4), ok, rfq))
+	f.Add(cat(auth(authSASL, []byte("SCRAM-SHA-256\x00\x00")...), auth(authSASLContinue, []byte("r=x,s=AAAA,i=1")...)))
+	f.Add(cat(auth(authSASLFinal, []byte("v=AAAA")...)))
+	f.Add(cat(auth(authCleartextPassword), errResp))
+	f.Add(cat(ok, []byte("Z\xff\xff\xff\xff")))
+	f.Add(cat(auth(99)))
+	f.Add(cat(rfq))
+
+	srvTLS, cliTLS := pgTestTLS(f)
+	const secret = "s3cr3t-token-value"
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		cc, sc := net.Pipe()
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer sc.Close()
+			_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
+			var req [8]byte
+			if _, err := io.ReadFull(sc, req[:]); err != nil {
+				return
+			}
+			if _, err := sc.Write([]byte{'S'}); err != nil {
+				return
+			}
+			ts := tls.Server(sc, srvTLS)
+			if err := ts.Handshake(); err != nil {
+				return
+			}
+			// Drain what the client sends (startup, passwords) while the stream goes out.
+			done := make(chan struct{})
+			go func() { defer close(done); _, _ = io.Copy(io.Discard, ts) }()
+			_, _ = ts.Write(stream)
+			_ = ts.CloseWrite()
+			<-done
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		defer wg.Wait()
+		defer cc.Close()
+		tc, err := dialTLS(ctx, pipeDialer{cc}, "db.test:5432", cliTLS)
+		if err != nil {
+			t.Fatalf("TLS setup: %v", err)
+		}
+		up, err := login(ctx, tc, map[string]string{"user": "app", "database": "db"},
+			func(context.Context) (string, error) { return secret, nil })
+		if ctx.Err() != nil {
+			t.Fatal("login did not end before its deadline")
+		}
+		if err != nil {
+			if bytes.Contains([]byte(err.Error()), []byte(secret)) {
+				t.Fatalf("the secret appears in the error: %v", err)
+			}
+			return
+		}
+		if up.status == 0 || len(up.greet) == 0 {
+			t.Fatalf("login succeeded without a ReadyForQuery: %+v", up)
+		}
+	})
+}
+
+type pipeDialer struct{ c net.Conn }
+
+func (p pipeDialer) DialContext(context.Context, string, string) (net.Conn, error) { return p.c, nil }
+
+func pgTestTLS(tb testing.TB) (server, client *tls.Config) {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "db.test"}, DNSNames: []string{"db.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS13},
+		&tls.Config{RootCAs: pool, ServerName: "db.test", MinVersion: tls.VersionTLS13}
+}
+
+// FuzzSCRAM feeds server-first and server-final messages to the SCRAM client. The client nonce
+// is fixed so that the fuzzer can reach the code past the nonce check.
+func FuzzSCRAM(f *testing.F) {
+	const nonce = "fyko+d2lbbFgONRv9qkxdawL"
+	f.Add([]byte("r="+nonce+"3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"), []byte("v=6rriTRBi23WpRR/wcWx8KuiFE6ah2iK5JBS4kmvfrjo="))
+	f.Add([]byte("r="+nonce+"x,s=,i=1"), []byte("v="))
+	f.Add([]byte("r="+nonce+"x,s=QSXCR+Q6sek8bf92,i=99999999"), []byte("e=invalid-proof"))
+	f.Add([]byte(",,,"), []byte("v=!!"))
+	f.Fuzz(func(t *testing.T, first, final []byte) {
+		c := &scramClient{password: "pencil", clientNonce: nonce, firstBare: "n=,r=" + nonce}
+		out, err := c.clientFinal(first)
+		if err != nil {
+			return
+		}
+		if !bytes.HasPrefix(out, []byte("c=biws,r="+nonce)) {
+			t.Fatalf("client-final %q", out)
+		}
+		_ = c.verifyServerFinal(final)
+	})
+}
+
+// FuzzTracker checks the transaction tracker on arbitrary streams cut at arbitrary points:
+// it never panics, and it never calls a session idle while either direction is inside a
+// message (by an independent count of the framing).
+func FuzzTracker(f *testing.F) {
+	q := appendMessage(nil, 'Q', []byte("select 1\x00"))
+	srv := bytes.Join([][]byte{
+		appendMessage(nil, 'T', []byte{0, 0}), appendMessage(nil, 'C', []byte("SELECT 1\x00")),
+		appendMessage(nil, 'Z', []byte{'I'}),
+	}, nil)
+	f.Add(q, srv, uint8(3), uint8(7))
+	f.Add(q, appendMessage(nil, 'Z', []byte{'T'}), uint8(1), uint8(1))
+	f.Add([]byte("Q\x00\x00\x00\x02"), []byte("Z\x00\x00\x00\x05"), uint8(0), uint8(0))
+	f.Add([]byte("Q\xff\xff\xff\xffxx"), []byte("Z\x00\x00\x00\x05I"), uint8(2), uint8(2))
+	f.Fuzz(func(t *testing.T, cli, srv []byte, cstep, sstep uint8) {
+		tr := newTracker('I')
+		cliMid := midMessage(cli)
+		srvMid := midMessage(srv)
+		ci, si := 0, 0
+		for ci < len(cli) || si < len(srv) {
+			if ci < len(cli) {
+				n := min(len(cli)-ci, int(cstep)+1)
+				tr.FromClient(cli[ci : ci+n])
+				ci += n
+			}
+			if si < len(srv) {
+				n := min(len(srv)-si, int(sstep)+1)
+				tr.FromServer(srv[si : si+n])
+				si += n
+			}
+			if tr.Idle() && (cliMid(ci) || srvMid(si)) {
+				t.Fatalf("idle mid-message: client at %d of %d, server at %d of %d", ci, len(cli), si, len(srv))
+			}
+		}
+	})
+}
+
+// midMessage returns whether the first n bytes of stream end inside a message (or after a
+// malformed length, after which the stream has no boundaries at all).
+func midMessage(stream []byte) func(n int) bool {
+	bounds := map[int]bool{0: true}
+	end := len(stream) + 1 // past a malformed header nothing is a boundary
+	for off := 0; off+5 <= len(stream); {
+		l := binary.BigEndian.Uint32(stream[off+1:])
+		if l < 4 {
+			end = off
+			break
+		}
+		next := int64(off) + 1 + int64(l)
+		if next > int64(len(stream)) {
+			break
+		}
+		off = int(next)
+		bounds[off] = true
+	}
+	return func(n int) bool { return n > end || !bounds[n] }
+}
