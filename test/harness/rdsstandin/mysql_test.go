@@ -1,0 +1,146 @@
+package rdsstandin_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/feature/rds/auth"
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
+	"github.com/rdsvalet/rds-valet/test/harness/world"
+)
+
+func mysqlDB(t *testing.T, w *world.World, user, password string, tlsOn, cleartext bool) *sql.DB {
+	t.Helper()
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr, c.DBName = user, password, "tcp", w.MySQLAddress, w.DBName
+	if tlsOn {
+		c.TLS = w.CA.ClientTLSConfig(w.MySQLTLSServerName)
+	}
+	c.AllowCleartextPasswords = cleartext
+	c.MultiStatements = true
+	c.Timeout = 10 * time.Second
+	conn, err := mysql.NewConnector(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(conn)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func mysqlErr(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+func TestMySQLStandin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w, err := world.Start(ctx, world.Options{Dir: t.TempDir(), Logf: t.Logf, MySQL: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.CloseOnCleanup(t)
+	w.SetEnv(t.Setenv)
+	creds := sdkCredentials(ctx, t)
+	token, err := auth.BuildAuthToken(ctx, w.MySQLTokenHost, w.Region, w.DBUser, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := creds.Retrieve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("login with an SDK token", func(t *testing.T) {
+		db := mysqlDB(t, w, w.DBUser, token, true, true)
+		var user, name string
+		if err := db.QueryRowContext(ctx, "SELECT current_user(), database()").Scan(&user, &name); err != nil {
+			t.Fatalf("login/query: %v", err)
+		}
+		if user != w.DBUser+"@%" || name != w.DBName {
+			t.Fatalf("session %s/%s", user, name)
+		}
+		if _, err := db.ExecContext(ctx, "CREATE TABLE kv (k INT PRIMARY KEY, v LONGTEXT); INSERT INTO kv VALUES (1, 'one')"); err != nil {
+			t.Fatalf("multi-statement: %v", err)
+		}
+		var v string
+		if err := db.QueryRowContext(ctx, "SELECT v FROM kv WHERE k = ?", 1).Scan(&v); err != nil || v != "one" {
+			t.Fatalf("prepared: %q %v", v, err)
+		}
+		// A row over 16 MiB crosses the packet-splitting boundary in the relay.
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT length(v) FROM (SELECT repeat('x', 17*1024*1024) AS v) t").Scan(&n); err != nil || n != 17<<20 {
+			t.Fatalf("large value: %d %v", n, err)
+		}
+		big := strings.Repeat("y", 17<<20)
+		if _, err := db.ExecContext(ctx, "INSERT INTO kv VALUES (2, ?)", big); err != nil {
+			t.Fatalf("large insert: %v", err)
+		}
+		if err := db.QueryRowContext(ctx, "SELECT v FROM kv WHERE k = 2").Scan(&v); err != nil || v != big {
+			t.Fatalf("large round trip: len %d %v", len(v), err)
+		}
+		if w.MySQLStandin.Stats().LoginsOK < 1 {
+			t.Fatalf("stats %+v", w.MySQLStandin.Stats())
+		}
+	})
+
+	now := time.Now()
+	refused := []struct {
+		name, user, token, reason string
+	}{
+		{"forged", w.DBUser, iamtoken.Forge(w.MySQLTokenHost, w.Region, w.DBUser, c.AccessKeyID, "guessed", c.SessionToken, now, 15*time.Minute), "token_bad_signature"},
+		{"expired", w.DBUser, iamtoken.Forge(w.MySQLTokenHost, w.Region, w.DBUser, c.AccessKeyID, c.SecretAccessKey, c.SessionToken, now.Add(-16*time.Minute), 15*time.Minute), "token_expired"},
+		{"wrong user", "root", token, "token_wrong_user"},
+		{"postgres token host", w.DBUser, mustToken(ctx, t, w.TokenHost, w.Region, w.DBUser, creds), "token_wrong_host"},
+	}
+	for _, tc := range refused {
+		t.Run("refuses "+tc.name, func(t *testing.T) {
+			before := w.MySQLStandin.Stats().LoginsFailed[tc.reason]
+			err := mysqlDB(t, w, tc.user, tc.token, true, true).PingContext(ctx)
+			if mysqlErr(err) != 1045 {
+				t.Fatalf("got %v, want error 1045", err)
+			}
+			if got := w.MySQLStandin.Stats().LoginsFailed[tc.reason]; got != before+1 {
+				t.Fatalf("LoginsFailed[%s] = %d, want %d (%v)", tc.reason, got, before+1, w.MySQLStandin.Stats().LoginsFailed)
+			}
+		})
+	}
+	t.Run("refuses plaintext", func(t *testing.T) {
+		if err := mysqlDB(t, w, w.DBUser, token, false, true).PingContext(ctx); mysqlErr(err) != 3159 {
+			t.Fatalf("got %v, want error 3159", err)
+		}
+	})
+	t.Run("switches to mysql_clear_password", func(t *testing.T) {
+		// A driver that refuses cleartext proves the stand-in asked for it.
+		err := mysqlDB(t, w, w.DBUser, token, true, false).PingContext(ctx)
+		if err == nil || !strings.Contains(err.Error(), "clear") {
+			t.Fatalf("got %v, want the driver's cleartext refusal", err)
+		}
+	})
+	t.Run("drop sessions", func(t *testing.T) {
+		conn, err := mysqlDB(t, w, w.DBUser, token, true, true).Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if err := conn.PingContext(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := w.MySQLStandin.DropSessions(); n < 1 {
+			t.Fatalf("dropped %d", n)
+		}
+		if err := conn.PingContext(ctx); err == nil {
+			t.Fatal("ping on a dropped session succeeded")
+		}
+	})
+}
