@@ -86,6 +86,10 @@ type World struct {
 	// Env is the sidecar's AWS environment as KEY=VALUE, IRSA-style, with every other
 	// credential source neutralised (empty values count as unset for the SDK).
 	Env []string
+	// PodIdentityEnv is the alternative: EKS Pod Identity (AWS_CONTAINER_CREDENTIALS_FULL_URI
+	// at the fake STS, the same token file as AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE), with
+	// the IRSA variables emptied.
+	PodIdentityEnv []string
 
 	ownDir string
 }
@@ -177,13 +181,9 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 	if err = os.WriteFile(empty, nil, 0o644); err != nil {
 		return w, fmt.Errorf("world: %w", err)
 	}
-	w.Env = []string{
+	neutral := []string{
 		"AWS_REGION=" + o.Region,
 		"AWS_DEFAULT_REGION=" + o.Region,
-		"AWS_ROLE_ARN=" + w.STS.RoleARN(),
-		"AWS_WEB_IDENTITY_TOKEN_FILE=" + w.TokenFile,
-		"AWS_ENDPOINT_URL_STS=" + w.STS.URL,
-		"AWS_STS_REGIONAL_ENDPOINTS=regional",
 		"AWS_CONFIG_FILE=" + empty,
 		"AWS_SHARED_CREDENTIALS_FILE=" + empty,
 		"AWS_EC2_METADATA_DISABLED=true",
@@ -193,11 +193,25 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 		"AWS_PROFILE=",
 		"AWS_DEFAULT_PROFILE=",
 		"AWS_ENDPOINT_URL=",
+		"AWS_ROLE_SESSION_NAME=",
+	}
+	w.Env = append(append([]string(nil), neutral...),
+		"AWS_ROLE_ARN="+w.STS.RoleARN(),
+		"AWS_WEB_IDENTITY_TOKEN_FILE="+w.TokenFile,
+		"AWS_ENDPOINT_URL_STS="+w.STS.URL,
+		"AWS_STS_REGIONAL_ENDPOINTS=regional",
 		"AWS_CONTAINER_CREDENTIALS_FULL_URI=",
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=",
 		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=",
-		"AWS_ROLE_SESSION_NAME=",
-	}
+	)
+	w.PodIdentityEnv = append(append([]string(nil), neutral...),
+		"AWS_ROLE_ARN=",
+		"AWS_WEB_IDENTITY_TOKEN_FILE=",
+		"AWS_ENDPOINT_URL_STS=",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI="+w.STS.URL+fakests.PodIdentityPath,
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=",
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE="+w.TokenFile,
+	)
 	o.Logf("world: up: stand-in %s (tls %s, token host %s), postgres %s, sts %s",
 		w.Address, w.TLSServerName, w.TokenHost, w.PG.Addr(), w.STS.URL)
 	return w, nil
@@ -244,20 +258,30 @@ func (w *World) startMySQL(ctx context.Context, o Options) error {
 
 // Environ returns base (typically os.Environ()) with every AWS_* variable removed and the
 // world's Env added: the environment for a sidecar subprocess.
-func (w *World) Environ(base []string) []string {
-	out := make([]string, 0, len(base)+len(w.Env))
+func (w *World) Environ(base []string) []string { return replaceAWS(base, w.Env) }
+
+// PodIdentityEnviron is Environ with PodIdentityEnv instead of the IRSA variables.
+func (w *World) PodIdentityEnviron(base []string) []string { return replaceAWS(base, w.PodIdentityEnv) }
+
+func replaceAWS(base, env []string) []string {
+	out := make([]string, 0, len(base)+len(env))
 	for _, kv := range base {
 		if !strings.HasPrefix(kv, "AWS_") {
 			out = append(out, kv)
 		}
 	}
-	return append(out, w.Env...)
+	return append(out, env...)
 }
 
 // SetEnv applies Env through setenv, for in-process SDK use in a test: pass t.Setenv so that
 // the values are restored afterwards.
-func (w *World) SetEnv(setenv func(key, value string)) {
-	for _, kv := range w.Env {
+func (w *World) SetEnv(setenv func(key, value string)) { setAll(w.Env, setenv) }
+
+// SetPodIdentityEnv applies PodIdentityEnv through setenv.
+func (w *World) SetPodIdentityEnv(setenv func(key, value string)) { setAll(w.PodIdentityEnv, setenv) }
+
+func setAll(env []string, setenv func(key, value string)) {
+	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
 		setenv(k, v)
 	}
