@@ -4,6 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +129,30 @@ func TestMySQLStandin(t *testing.T) {
 		err := mysqlDB(t, w, w.DBUser, token, true, false).PingContext(ctx)
 		if err == nil || !strings.Contains(err.Error(), "clear") {
 			t.Fatalf("got %v, want the driver's cleartext refusal", err)
+		}
+	})
+	// Real command-line clients (libpq, libmariadb) must accept the stand-ins too, so that
+	// the harness is not shaped around one driver.
+	t.Run("psql", func(t *testing.T) {
+		pgToken := mustToken(ctx, t, w.TokenHost, w.Region, w.DBUser, creds)
+		host, port, _ := net.SplitHostPort(w.Address)
+		cmd := exec.CommandContext(ctx, "psql", "-Atc", "SELECT current_user || '/' || current_database()",
+			fmt.Sprintf("host=%s hostaddr=%s port=%s user=%s dbname=%s sslmode=verify-full sslrootcert=%s",
+				w.TLSServerName, host, port, w.DBUser, w.DBName, w.CAFile))
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+pgToken, "PGCONNECT_TIMEOUT=10")
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "app/app" {
+			t.Fatalf("psql (Debian postgresql-client): %v\n%s", err, out)
+		}
+	})
+	t.Run("mariadb CLI", func(t *testing.T) {
+		host, port, _ := net.SplitHostPort(w.MySQLAddress)
+		cmd := exec.CommandContext(ctx, "mariadb", "-h", host, "-P", port, "-u", w.DBUser, "--ssl", "--ssl-ca="+w.CAFile,
+			"--connect-timeout=10", "-BN", "-e", "SELECT current_user()", w.DBName)
+		cmd.Env = append(os.Environ(), "MYSQL_PWD="+token)
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "app@%" {
+			t.Fatalf("mariadb (Debian mariadb-client): %v\n%s", err, out)
 		}
 	})
 	t.Run("drop sessions", func(t *testing.T) {
