@@ -125,8 +125,14 @@ func (s *Server) serveMySQL(raw net.Conn) {
 
 	var conn net.Conn = raw
 	seq, p, err := readPacket(conn, maxMySQLHandshakePacket)
-	if err != nil {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		s.failed(ReasonClientGone)
+		return
+	}
+	if err != nil {
+		log("rdsstandin: mysql %s: handshake response: %v", remote, err)
+		s.failed(ReasonProtocol)
+		_ = writePacket(conn, seq+1, errPacket(erHandshake, stateHandshake, "Bad handshake"))
 		return
 	}
 	if len(p) >= 4 && binary.LittleEndian.Uint32(p)&clientSSL != 0 {

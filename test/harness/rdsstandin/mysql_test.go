@@ -3,8 +3,10 @@ package rdsstandin_test
 import (
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
+	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
 	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
 
@@ -169,6 +172,79 @@ func TestMySQLStandin(t *testing.T) {
 		}
 		if err := conn.PingContext(ctx); err == nil {
 			t.Fatal("ping on a dropped session succeeded")
+		}
+	})
+}
+
+// TestMySQLRaw checks the greeting and malformed logins byte by byte.
+func TestMySQLRaw(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w, err := world.Start(ctx, world.Options{Dir: t.TempDir(), Logf: t.Logf, MySQL: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.CloseOnCleanup(t)
+	readPacket := func(t *testing.T, c net.Conn) (byte, []byte) {
+		t.Helper()
+		h := make([]byte, 4)
+		if _, err := io.ReadFull(c, h); err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, int(h[0])|int(h[1])<<8|int(h[2])<<16)
+		if _, err := io.ReadFull(c, p); err != nil {
+			t.Fatal(err)
+		}
+		return h[3], p
+	}
+	dial := func(t *testing.T) (net.Conn, []byte) {
+		c, err := net.Dial("tcp", w.MySQLAddress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, g := readPacket(t, c)
+		return c, g
+	}
+	t.Run("greeting", func(t *testing.T) {
+		_, g := dial(t)
+		if g[0] != 10 || !strings.Contains(string(g), "mysql_native_password") {
+			t.Fatalf("greeting %q", g)
+		}
+		v := strings.IndexByte(string(g[1:]), 0) + 2
+		caps := uint32(binary.LittleEndian.Uint16(g[v+13:])) | uint32(binary.LittleEndian.Uint16(g[v+18:]))<<16
+		if caps&(1<<11) == 0 || caps&(1<<5) != 0 || caps&(1<<9) == 0 {
+			t.Fatalf("caps %#x: want SSL and PROTOCOL_41, no COMPRESS", caps)
+		}
+	})
+	t.Run("truncated SSL request", func(t *testing.T) {
+		c, _ := dial(t)
+		p := binary.LittleEndian.AppendUint32(nil, 1<<11|1<<9)
+		if _, err := c.Write(append([]byte{byte(len(p)), 0, 0, 1}, p...)); err != nil {
+			t.Fatal(err)
+		}
+		seq, e := readPacket(t, c)
+		if seq != 2 || e[0] != 0xff || binary.LittleEndian.Uint16(e[1:]) != 1043 {
+			t.Fatalf("got seq %d %q, want ERR 1043 with seq 2", seq, e)
+		}
+	})
+	t.Run("oversized packet", func(t *testing.T) {
+		c, _ := dial(t)
+		if _, err := c.Write([]byte{0xff, 0xff, 0x0f, 1}); err != nil {
+			t.Fatal(err)
+		}
+		// The stand-in refuses at once rather than wait for a megabyte of login packet.
+		before := w.MySQLStandin.Stats().LoginsFailed[rdsstandin.ReasonProtocol]
+		seq, e := readPacket(t, c)
+		if seq != 2 || e[0] != 0xff || binary.LittleEndian.Uint16(e[1:]) != 1043 {
+			t.Fatalf("got seq %d %q, want ERR 1043 with seq 2", seq, e)
+		}
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatal(err)
+		}
+		if got := w.MySQLStandin.Stats().LoginsFailed[rdsstandin.ReasonProtocol]; got != before+1 {
+			t.Fatalf("protocol failures %d, want %d", got, before+1)
 		}
 	})
 }

@@ -345,3 +345,34 @@ func TestCloseWaits(t *testing.T) {
 		t.Fatal("stand-in still accepts after Close")
 	}
 }
+
+// TestCancelAfterTLS: libpq may send its CancelRequest inside TLS; the stand-in must forward
+// it just the same.
+func TestCancelAfterTLS(t *testing.T) {
+	w := startWorld(t)
+	c, err := net.Dial("tcp", w.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), 80877103)); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 'S' {
+		t.Fatalf("got %q %v", b, err)
+	}
+	tc := tls.Client(c, w.CA.ClientTLSConfig(w.TLSServerName))
+	cancelReq, _ := (&pgproto3.CancelRequest{ProcessID: 1, SecretKey: []byte{0, 0, 0, 1}}).Encode(nil)
+	if _, err := tc.Write(cancelReq); err != nil {
+		t.Fatal(err)
+	}
+	// The stand-in closes once the backend has taken the cancel.
+	if _, err := io.Copy(io.Discard, tc); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Standin.Stats().CancelsForwarded; got != 1 {
+		t.Fatalf("CancelsForwarded = %d, want 1", got)
+	}
+}
