@@ -405,7 +405,7 @@ func (s *Server) forwardCancel(body []byte) {
 	s.mu.Lock()
 	s.stats.CancelsForwarded++
 	s.mu.Unlock()
-	s.opts.Logf("rdsstandin: cancel forwarded")
+	s.opts.Logf("rdsstandin: cancel for backend pid %d forwarded", binary.BigEndian.Uint32(body[4:]))
 }
 
 // readStartup reads an untyped first-phase message (bounded like PostgreSQL's) and returns
