@@ -91,6 +91,7 @@ type Server struct {
 	failures int
 	fault    Fault
 	delay    time.Duration
+	duration time.Duration
 }
 
 // Start listens on a random loopback port and serves until Close.
@@ -116,6 +117,7 @@ func Start(o Options) (*Server, error) {
 		accepted: map[string]bool{},
 		issued:   map[string]Credential{},
 	}
+	s.duration = o.Duration
 	for _, t := range o.Tokens {
 		s.accepted[t] = true
 	}
@@ -220,6 +222,14 @@ func (s *Server) SetFault(f Fault) error {
 		s.serve(ln)
 	}
 	return nil
+}
+
+// SetCredentialDuration changes the lifetime of credentials issued from now on, so that a
+// test can make the client refresh soon.
+func (s *Server) SetCredentialDuration(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.duration = d
 }
 
 // SetDelay makes every call wait d (or until the client gives up) before answering.
@@ -332,7 +342,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusForbidden, "Sender", "AccessDenied", fmt.Sprintf("Not authorized to perform sts:AssumeRoleWithWebIdentity on %s", role))
 		return
 	}
-	dur := s.opts.Duration
+	s.mu.Lock()
+	dur := s.duration
+	s.mu.Unlock()
 	if ds := r.PostForm.Get("DurationSeconds"); ds != "" {
 		var secs int
 		if _, err := fmt.Sscanf(ds, "%d", &secs); err != nil || secs <= 0 {
@@ -445,7 +457,12 @@ func (s *Server) reset(w http.ResponseWriter) {
 }
 
 // issue mints, records and returns a new temporary credential.
-func (s *Server) issue(session string) Credential { return s.issueFor(session, s.opts.Duration) }
+func (s *Server) issue(session string) Credential {
+	s.mu.Lock()
+	dur := s.duration
+	s.mu.Unlock()
+	return s.issueFor(session, dur)
+}
 
 func (s *Server) issueFor(session string, dur time.Duration) Credential {
 	cred := Credential{

@@ -95,6 +95,14 @@ func TestSDKChainGetsCredentials(t *testing.T) {
 	if s.Calls() != 1 || len(s.Issued()) != 1 {
 		t.Fatalf("calls=%d issued=%d, want 1/1", s.Calls(), len(s.Issued()))
 	}
+	s.SetCredentialDuration(5 * time.Minute)
+	c, err = retrieve(ctx, t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Until(c.Expires); d < 4*time.Minute || d > 6*time.Minute {
+		t.Fatalf("after SetCredentialDuration: expires in %v, want ~5m", d)
+	}
 }
 
 func TestRotatedTokenFile(t *testing.T) {
