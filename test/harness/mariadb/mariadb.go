@@ -119,10 +119,15 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		s.cleanupFiles()
 		return nil, err
 	}
-	if err := os.Mkdir(s.DataDir, 0o750); err != nil {
-		return fail(fmt.Errorf("mariadb: %w", err))
+	// A private tmpdir: with the shared /tmp, concurrent bootstraps were seen failing when
+	// their temporary tables vanished ("Unknown table 'mysql.tmp_user_sys'").
+	tmpDir := filepath.Join(base, "tmp")
+	for _, d := range []string{s.DataDir, tmpDir} {
+		if err := os.Mkdir(d, 0o750); err != nil {
+			return fail(fmt.Errorf("mariadb: %w", err))
+		}
 	}
-	for _, d := range []string{base, s.DataDir, s.sockDir} {
+	for _, d := range []string{base, s.DataDir, tmpDir, s.sockDir} {
 		if d == "" {
 			continue
 		}
@@ -131,7 +136,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		}
 	}
 
-	install := exec.CommandContext(ctx, installDB, "--no-defaults", "--datadir="+s.DataDir,
+	install := exec.CommandContext(ctx, installDB, "--no-defaults", "--datadir="+s.DataDir, "--tmpdir="+tmpDir,
 		"--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve")
 	install.Dir = base
 	install.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
@@ -144,6 +149,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	args := []string{
 		"--no-defaults",
 		"--datadir=" + s.DataDir,
+		"--tmpdir=" + tmpDir,
 		"--socket=" + s.Socket,
 		"--bind-address=" + s.Host,
 		"--skip-name-resolve",
