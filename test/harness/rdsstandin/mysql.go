@@ -35,7 +35,6 @@ const (
 	erHandshake         = 1043
 	erNotSupportedAuth  = 1251
 	erSecureTransport   = 3159
-	erUnknownCommError  = 2013
 	stateAccessDenied   = "28000"
 	stateHandshake      = "08S01"
 	stateNotSupported   = "08004"
@@ -89,7 +88,7 @@ func (s *Server) serveMySQL(raw net.Conn) {
 	if err != nil {
 		log("rdsstandin: mysql %s: backend: %v", remote, err)
 		s.failed(ReasonBackend)
-		_ = writePacket(raw, 0, errPacket(erUnknownCommError, stateHandshake, "Lost connection to the database instance"))
+		_ = writePacket(raw, 0, errPacket(erHandshake, stateHandshake, "could not connect to the database instance"))
 		return
 	}
 	backendOK := false
@@ -218,7 +217,7 @@ func (s *Server) serveMySQL(raw net.Conn) {
 		if errors.As(err, &be) {
 			_ = writePacket(conn, seq+1, be.payload)
 		} else {
-			_ = writePacket(conn, seq+1, errPacket(erUnknownCommError, stateHandshake, "Lost connection to the database instance"))
+			_ = writePacket(conn, seq+1, errPacket(erHandshake, stateHandshake, "could not connect to the database instance"))
 		}
 		return
 	}
