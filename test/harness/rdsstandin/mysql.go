@@ -180,14 +180,18 @@ func (s *Server) serveMySQL(raw net.Conn) {
 	// RDS makes IAM users authenticate with mysql_clear_password: a client that did not
 	// start with it is switched to it.
 	password := hr.auth
-	if hr.plugin != clearPasswordPlugin {
+	plugin := clearPasswordPlugin
+	if s.opts.MySQLSwitchPlugin != "" {
+		plugin = s.opts.MySQLSwitchPlugin
+	}
+	if hr.plugin != plugin {
 		if hr.caps&clientPluginAuth == 0 {
 			s.failed(ReasonProtocol)
 			_ = writePacket(conn, seq+1, errPacket(erNotSupportedAuth, stateNotSupported,
 				"Client does not support authentication protocol requested by server; consider upgrading MySQL client"))
 			return
 		}
-		sw := append([]byte{0xfe}, clearPasswordPlugin+"\x00"...)
+		sw := append([]byte{0xfe}, plugin+"\x00"...)
 		if err := writePacket(conn, seq+1, sw); err != nil {
 			return
 		}

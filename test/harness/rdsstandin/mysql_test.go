@@ -115,6 +115,8 @@ func testMySQLClients(ctx context.Context, t *testing.T, w *world.World) {
 		{"expired", w.DBUser, iamtoken.Forge(w.MySQLTokenHost, w.Region, w.DBUser, c.AccessKeyID, c.SecretAccessKey, c.SessionToken, now.Add(-16*time.Minute), 15*time.Minute), "token_expired"},
 		{"wrong user", "root", token, "token_wrong_user"},
 		{"postgres token host", w.DBUser, mustToken(ctx, t, w.TokenHost, w.Region, w.DBUser, creds), "token_wrong_host"},
+		{"garbage", w.DBUser, "not-a-token", "token_malformed"},
+		{"tampered user", "root", strings.Replace(token, "DBUser="+w.DBUser, "DBUser=root", 1), "token_bad_signature"},
 	}
 	for _, tc := range refused {
 		t.Run("refuses "+tc.name, func(t *testing.T) {
@@ -129,8 +131,94 @@ func testMySQLClients(ctx context.Context, t *testing.T, w *world.World) {
 		})
 	}
 	t.Run("refuses plaintext", func(t *testing.T) {
+		before := w.MySQLStandin.Stats().LoginsFailed[rdsstandin.ReasonNoTLS]
 		if err := mysqlDB(t, w, w.DBUser, token, false, true).PingContext(ctx); mysqlErr(err) != 3159 {
 			t.Fatalf("got %v, want error 3159", err)
+		}
+		if got := w.MySQLStandin.Stats().LoginsFailed[rdsstandin.ReasonNoTLS]; got != before+1 {
+			t.Fatalf("no_tls refusals %d, want %d", got, before+1)
+		}
+	})
+	t.Run("KILL QUERY from another session", func(t *testing.T) {
+		// Connection ids in the greeting are the backend's, so KILL through the relay
+		// reaches the right session.
+		db := mysqlDB(t, w, w.DBUser, token, true, true)
+		victim, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer victim.Close()
+		var id int64
+		if err := victim.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			var v int
+			err := victim.QueryRowContext(ctx, "SELECT SLEEP(60)").Scan(&v)
+			if err == nil && v != 1 {
+				err = fmt.Errorf("SLEEP returned %d, want 1 (interrupted)", v)
+			}
+			done <- err
+		}()
+		killer := mysqlDB(t, w, w.DBUser, token, true, true)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var n int
+			if err := killer.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? AND INFO LIKE 'SELECT SLEEP%'", id).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the SLEEP never showed in the process list")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := killer.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", id)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err != nil && mysqlErr(err) != 1317 {
+				t.Fatalf("killed query: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the killed query did not return")
+		}
+		var n int
+		if err := victim.QueryRowContext(ctx, "SELECT 7").Scan(&n); err != nil || n != 7 {
+			t.Fatalf("victim after KILL QUERY: %d, %v", n, err)
+		}
+	})
+	t.Run("switch plugin option", func(t *testing.T) {
+		srvTLS, err := w.CA.ServerTLSConfig(w.MySQLTLSServerName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := rdsstandin.StartMySQL(rdsstandin.Options{
+			Backend: w.MariaDB.Addr(), TLS: srvTLS, MySQLSwitchPlugin: "auth_gssapi_client",
+			Verify: rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: w.MySQLTokenHost, Region: w.Region, Lookup: w.STS.Lookup}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		c := mysql.NewConfig()
+		c.User, c.Passwd, c.Net, c.Addr = w.DBUser, token, "tcp", s.Addr()
+		c.TLS, c.AllowCleartextPasswords, c.Timeout = w.CA.ClientTLSConfig(w.MySQLTLSServerName), true, 10*time.Second
+		conn, err := mysql.NewConnector(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db := sql.OpenDB(conn)
+		defer db.Close()
+		if err := db.PingContext(ctx); err == nil || !strings.Contains(err.Error(), "plugin") {
+			t.Fatalf("got %v, want the driver's unknown-plugin error", err)
+		}
+		if s.Stats().LoginsOK != 0 {
+			t.Fatalf("stats %+v", s.Stats())
 		}
 	})
 	t.Run("switches to mysql_clear_password", func(t *testing.T) {

@@ -51,6 +51,10 @@ type Options struct {
 	// Verify checks the password a client sent as an IAM token for user. IAMVerifier builds
 	// one from iamtoken options.
 	Verify func(token, user string) error
+	// MySQLSwitchPlugin is the auth plugin MySQL clients are switched to; empty means
+	// mysql_clear_password, as RDS does. Tests set another one to see how a client copes
+	// with a plugin it does not speak.
+	MySQLSwitchPlugin string
 	// HandshakeTimeout bounds everything before the session is relayed; 0 means 10s.
 	HandshakeTimeout time.Duration
 	// Logf receives one line per event; tokens are never logged.

@@ -375,7 +375,7 @@ func testCancelAfterTLS(t *testing.T, w *world.World) {
 		t.Fatalf("got %q %v", b, err)
 	}
 	tc := tls.Client(c, w.CA.ClientTLSConfig(w.TLSServerName))
-	cancelReq, _ := (&pgproto3.CancelRequest{ProcessID: 1, SecretKey: []byte{0, 0, 0, 1}}).Encode(nil)
+	cancelReq, _ := (&pgproto3.CancelRequest{ProcessID: 1, SecretKey: 1}).Encode(nil)
 	if _, err := tc.Write(cancelReq); err != nil {
 		t.Fatal(err)
 	}
