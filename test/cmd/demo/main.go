@@ -129,17 +129,17 @@ listeners:
 	host, port, _ := net.SplitHostPort(*pgListen)
 	myHost, myPort, _ := net.SplitHostPort(*myListen)
 	fmt.Printf(`
-RDS Valet demo is up. The sidecar listens on %[1]s (PostgreSQL) and %[8]s (MySQL) and logs
-in to the RDS stand-ins over verified TLS with IAM tokens minted from web-identity credentials
-(as in an IRSA pod).
+RDS Valet demo is up. The sidecar listens on %[1]s (PostgreSQL) and %[8]s (MySQL)
+and logs in to the RDS stand-ins over verified TLS with IAM tokens minted from web-identity
+credentials (as in an IRSA pod).
 
   psql "host=%[2]s port=%[3]s user=app dbname=app"    (no password)
-  mysql -h %[9]s -P %[10]s -u app app                      (no password)
+  mysql -h %[9]s -P %[10]s -u app app                  (no password)
   curl -s %[4]s/paths    (each path's health)
   curl -s %[4]s/metrics | grep rdsvalet_
 
-Three network paths lead to each database, through toxiproxy (API on %[5]s; the MySQL
-ones are mysql-privatelink, mysql-rds-proxy, mysql-instance).
+Three network paths lead to each database, through toxiproxy (API on %[5]s;
+the MySQL ones are mysql-privatelink, mysql-rds-proxy, mysql-instance).
 Cut the preferred one and watch new connections move to the next:
 
   curl -s -X POST %[5]s/proxies/privatelink -d '{"enabled": false}'
