@@ -203,7 +203,9 @@ func (s *Server) startDaemon(ctx context.Context, daemon, base string, cred *sys
 	cmd.Dir = base
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
 	cmd.Stdout, cmd.Stderr = s.log, s.log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	// The parent-death signal ends the server when the test binary dies without Stop (a
+	// panic, a -timeout kill), so a suite-wide server does not outlive its suite.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGTERM}
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("mariadb: start mariadbd: %w", err)
