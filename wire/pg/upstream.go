@@ -26,6 +26,11 @@ const (
 	authSASLFinal         = 12
 )
 
+// maxUpstreamGreeting bounds what the login buffers for the app before ReadyForQuery
+// (ParameterStatus, notices): a real server sends about a kilobyte; each message alone is
+// already bounded by maxUpstreamLoginMsgLength.
+const maxUpstreamGreeting = 4 << 20
+
 // upstreamConn is a logged-in upstream session and what the server said after login.
 type upstreamConn struct {
 	conn   *tls.Conn
@@ -229,6 +234,9 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 			// ParameterStatus, NoticeResponse, NegotiateProtocolVersion: the app needs them.
 			if !authenticated && typ == 'S' {
 				return nil, errors.New("upstream sent ParameterStatus before authentication")
+			}
+			if len(up.greet)+5+len(body) > maxUpstreamGreeting {
+				return nil, fmt.Errorf("upstream sent more than %d bytes of messages before ReadyForQuery", maxUpstreamGreeting)
 			}
 			up.greet = appendMessage(up.greet, typ, body)
 		default:

@@ -1,0 +1,173 @@
+package pg
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// endless serves head, then zero bytes forever: a peer that backs a forged length with as many
+// bytes as the reader asks for, so only a limit checked before allocating stops it.
+type endless struct{ head []byte }
+
+func (e *endless) Read(p []byte) (int, error) {
+	if len(e.head) > 0 {
+		n := copy(p, e.head)
+		e.head = e.head[n:]
+		return n, nil
+	}
+	clear(p)
+	return len(p), nil
+}
+
+// allocated returns the bytes f allocates on average over runs calls.
+func allocated(runs int, f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range runs {
+		f()
+	}
+	runtime.ReadMemStats(&after)
+	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
+}
+
+// allocBudget is far below every limit under test: a reader that allocated what a forged
+// length asks for (10 kB and up) fails the test.
+const allocBudget = 4 << 10
+
+// TestOversizedLengthsAreRefusedBeforeAllocating sends every length prefix the Postgres side
+// reads from the network with the 4 GB trick (GO-2024-2606) and just past its limit: each read
+// fails with an error naming the length and the limit, without allocating the body.
+func TestOversizedLengthsAreRefusedBeforeAllocating(t *testing.T) {
+	u32 := func(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
+	msg := func(typ byte, n uint32) []byte { return append([]byte{typ}, u32(n)...) }
+	tests := []struct {
+		name    string
+		head    []byte
+		read    func(r io.Reader) error
+		wantErr string
+	}{
+		{"startup 4 GB", u32(0xffffffff), startupRead, "length 4294967295 is outside 8..10000"},
+		{"startup 2 GB", u32(1 << 31), startupRead, "length 2147483648 is outside 8..10000"},
+		{"startup one past the limit", u32(maxStartupLength + 1), startupRead, "length 10001 is outside 8..10000"},
+		{"startup after an SSLRequest", append(packet(sslRequestCode), u32(0xfffffff0)...), startupRead, "outside 8..10000"},
+		{"upstream auth request 4 GB", msg('R', 0xffffffff), loginRead, "message 'R' with length 4294967295 is outside 4..1048576"},
+		{"upstream error response 2 GB", msg('E', 1<<31), loginRead, "message 'E' with length 2147483648 is outside 4..1048576"},
+		{"upstream message one past the limit", msg('S', maxUpstreamLoginMsgLength+1), loginRead, "outside 4..1048576"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			n := allocated(20, func() { err = tt.read(&endless{head: bytes.Clone(tt.head)}) })
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+			}
+			if n > allocBudget {
+				t.Fatalf("allocated %d bytes per read for a refused length (budget %d)", n, allocBudget)
+			}
+		})
+	}
+}
+
+func startupRead(r io.Reader) error {
+	_, err := readStartup(r, io.Discard)
+	if err != nil && !errors.Is(err, errStartup) {
+		return errors.New("not a startup protocol error: " + err.Error())
+	}
+	return err
+}
+
+func loginRead(r io.Reader) error {
+	_, _, err := readMessage(bufio.NewReaderSize(r, 64), maxUpstreamLoginMsgLength)
+	return err
+}
+
+// TestOversizedStartupGetsProtocolViolation runs the app side of the handshake on a pipe: a
+// forged startup length is answered with a 08P01 ErrorResponse that names the limit.
+func TestOversizedStartupGetsProtocolViolation(t *testing.T) {
+	p := New(Config{Listener: "t"})
+	cc, sc := net.Pipe()
+	defer cc.Close()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var herr error
+	go func() {
+		defer wg.Done()
+		defer sc.Close()
+		_, herr = p.Handshake(context.Background(), sc, nil)
+	}()
+	_ = cc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := cc.Write([]byte{0xff, 0xff, 0xff, 0xff}); err != nil {
+		t.Fatal(err)
+	}
+	typ, body, err := readMessage(bufio.NewReader(cc), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if typ != 'E' || !bytes.Contains(body, []byte("C08P01\x00")) || !bytes.Contains(body, []byte("length 4294967295 is outside 8..10000")) {
+		t.Fatalf("got %q %q", typ, body)
+	}
+	if herr == nil {
+		t.Fatal("Handshake accepted a forged startup length")
+	}
+}
+
+// TestLoginGreetingIsBounded: an upstream that streams ParameterStatus messages after
+// AuthenticationOk, each within the per-message limit, cannot make the login buffer grow
+// without bound.
+func TestLoginGreetingIsBounded(t *testing.T) {
+	srvTLS, cliTLS := pgTestTLS(t)
+	cc, sc := net.Pipe()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer sc.Close()
+		var req [8]byte
+		if _, err := io.ReadFull(sc, req[:]); err != nil {
+			return
+		}
+		if _, err := sc.Write([]byte{'S'}); err != nil {
+			return
+		}
+		ts := tls.Server(sc, srvTLS)
+		if err := ts.Handshake(); err != nil {
+			return
+		}
+		go func() { _, _ = io.Copy(io.Discard, ts) }()
+		if _, err := ts.Write(appendMessage(nil, 'R', make([]byte, 4))); err != nil {
+			return
+		}
+		ps := appendMessage(nil, 'S', append(bytes.Repeat([]byte{'x'}, 60<<10), 0, 'y', 0))
+		for range 1000 { // 60 MB unless the client gives up
+			if _, err := ts.Write(ps); err != nil {
+				return
+			}
+		}
+	}()
+	defer wg.Wait()
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tc, err := dialTLS(ctx, pipeDialer{cc}, "db.test:5432", cliTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = login(ctx, tc, map[string]string{"user": "app"}, func(context.Context) (string, error) { return "x", nil })
+	if err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("err = %v, want the greeting limit", err)
+	}
+	_ = tc.Close()
+}
