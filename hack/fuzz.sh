@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every Go fuzz target in the module (every `func FuzzX(f *testing.F)` in a _test.go file)
+# for FUZZTIME each, one after another, and prints a table of execs per target.
+# A failing input is written by `go test` to <package>/testdata/fuzz/FuzzX/<hash>: commit it
+# with the fix, so that plain `go test` replays it as a regression test from then on.
+# FUZZ=regexp limits the run to matching target names.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+FUZZTIME=${FUZZTIME:-8s}
+FUZZ=${FUZZ:-.}
+# Minimizing each new interesting input may take 60s by default, during which nothing new is
+# tried: with seeds of a few kilobytes (the config and spec loaders) a short run would do little
+# else. Crashers are minimized within the same bound.
+FUZZMINTIME=${FUZZMINTIME:-1s}
+
+targets=$(grep -rE --include='*_test.go' -o '^func Fuzz[A-Za-z0-9_]+\(' --exclude-dir=bin . |
+  sed -E 's#^\./(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]+)\($#\1 \2#' | sort -u | grep -E " .*${FUZZ}" || true)
+if [ -z "$targets" ]; then
+  echo "fuzz: no targets match ${FUZZ}" >&2
+  exit 1
+fi
+
+start=$SECONDS
+failed=()
+report=()
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+while read -r dir name; do
+  t0=$SECONDS
+  if $GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZMINTIME" "./$dir" >"$log" 2>&1; then
+    execs=$(grep -oE "execs: [0-9]+" "$log" | tail -1 | cut -d" " -f2 || true)
+    report+=("$(printf '%-22s %-45s %10s execs %4ss' "$dir" "$name" "${execs:-?}" $((SECONDS - t0)))")
+  else
+    cat "$log"
+    failed+=("$dir $name")
+    report+=("$(printf '%-22s %-45s %10s' "$dir" "$name" FAILED)")
+  fi
+done <<<"$targets"
+
+printf '%s\n' "${report[@]}"
+echo "fuzz: $(wc -l <<<"$targets") targets, ${FUZZTIME} each, $((SECONDS - start))s in all"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz: FAILED: ${failed[*]}" >&2
+  echo "fuzz: the failing inputs are under <package>/testdata/fuzz/; fix the code and commit them" >&2
+  exit 1
+fi
