@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -254,3 +255,46 @@ func midPacket(stream []byte) func(n int) bool {
 	}
 	return func(n int) bool { return !bounds[n] }
 }
+
+// FuzzServeApp plays a fuzzed app byte stream against the app side of the handshake with a
+// local password: the handshake response, then whatever the app answers to the auth switch.
+// No stream may panic it or hang it, and none gets past the local password, which the fuzzer
+// cannot know the scramble for.
+func FuzzServeApp(f *testing.F) {
+	resp := HandshakeResponse{Capabilities: allCaps &^ gm.CLIENT_SSL, MaxPacketSize: 1 << 24, Charset: 45, User: "app",
+		AuthPlugin: gm.AUTH_NATIVE_PASSWORD, AuthData: bytes.Repeat([]byte{1}, 20), Database: "db",
+		Attrs: []Attr{{"_client_name", "libmysql"}}}
+	f.Add(AppendPacket(nil, 1, resp.Encode()))
+	sha := resp
+	sha.AuthPlugin, sha.AuthData = gm.AUTH_CACHING_SHA2_PASSWORD, bytes.Repeat([]byte{2}, 32)
+	f.Add(append(AppendPacket(nil, 1, sha.Encode()), AppendPacket(nil, 3, bytes.Repeat([]byte{3}, 20))...))
+	ssl := resp
+	ssl.SSLRequest = true
+	f.Add(AppendPacket(nil, 1, ssl.Encode()))
+	old := resp
+	old.Capabilities = gm.CLIENT_PROTOCOL_41
+	f.Add(AppendPacket(nil, 1, old.Encode()))
+	f.Add([]byte{0xff, 0xff, 0xff, 1})
+	f.Add([]byte{})
+
+	pwFile := f.TempDir() + "/local"
+	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	p := New(Config{Listener: "fuzz", LocalPasswordFile: pwFile, HandshakeTimeout: 5 * time.Second})
+	g := &Greeting{ServerVersion: "8.0.36", Scramble: bytes.Repeat([]byte{'a'}, 20), Capabilities: allCaps, AuthPlugin: gm.AUTH_NATIVE_PASSWORD}
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		c := &scriptedConn{r: bytes.NewReader(stream)}
+		if err := p.serveApp(&appConn{conn: c}, g); err == nil {
+			t.Fatal("an app got past the local password without knowing it")
+		}
+	})
+}
+
+// scriptedConn is an app that sends a fixed byte stream, then EOF, and swallows what it is sent.
+type scriptedConn struct {
+	endlessConn
+	r *bytes.Reader
+}
+
+func (s *scriptedConn) Read(p []byte) (int, error) { return s.r.Read(p) }

@@ -303,12 +303,17 @@ func (p *Protocol) clientFail(app *appConn, reason string, err error, e *Error) 
 // password, switching the app to that plugin when it started with another one.
 func (p *Protocol) checkLocalPassword(app *appConn, scramble []byte) error {
 	raw, err := os.ReadFile(p.cfg.LocalPasswordFile)
+	want := strings.TrimRight(string(raw), "\r\n")
+	if err == nil && want == "" {
+		// An empty file (a Secret mounted before it was filled) would let any app in with an
+		// empty password: refuse everyone until it holds one.
+		err = errors.New("the file is empty")
+	}
 	if err != nil {
 		e := newError(codeUnknownError, "cannot read the local password file")
 		_ = writeErr(app.conn, app.seq+1, &e.Err)
 		return fmt.Errorf("read local password file: %w", err)
 	}
-	want := strings.TrimRight(string(raw), "\r\n")
 	resp := app.resp
 	data := resp.AuthData
 	if resp.AuthPlugin != gm.AUTH_NATIVE_PASSWORD && !(resp.AuthPlugin == "" && len(data) == 20) {

@@ -14,11 +14,13 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
 )
 
 // These fuzzers cover every parser that reads bytes from the network on the Postgres side.
@@ -275,3 +277,48 @@ func midMessage(stream []byte) func(n int) bool {
 	}
 	return func(n int) bool { return n > end || !bounds[n] }
 }
+
+// FuzzHandshake plays a fuzzed app byte stream against the app side of the handshake with a
+// local password: encryption requests, the startup or a cancel, the password message. No
+// stream may panic it, and only one that carries the local password reaches the upstream.
+func FuzzHandshake(f *testing.F) {
+	const local = "local-pw"
+	startup := startupBytes(map[string]string{"user": "app", "database": "db"})
+	pw := func(s string) []byte { b, _ := (&pgproto3.PasswordMessage{Password: s}).Encode(nil); return b }
+	cat := func(p ...[]byte) []byte { return bytes.Join(p, nil) }
+	f.Add(cat(startup, pw(local)))
+	f.Add(cat(packet(sslRequestCode), startup, pw("wrong")))
+	f.Add(cat(startup, []byte("p\x00\x00\x00\x04")))
+	f.Add(cat(startup, []byte("p\xff\xff\xff\xff")))
+	f.Add(cat(startupBytes(map[string]string{"user": "app", "replication": "database"}), pw(local)))
+	f.Add(packet(cancelRequestCode, 0, 0, 0, 1, 0, 0, 0, 2))
+
+	pwFile := f.TempDir() + "/local"
+	if err := os.WriteFile(pwFile, []byte(local+"\n"), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	p := New(Config{Listener: "fuzz", LocalPasswordFile: pwFile, Log: zap.NewNop()})
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		paths := &noPaths{}
+		up, _ := p.Handshake(context.Background(), &scriptedConn{r: bytes.NewReader(stream)}, paths)
+		if up != nil {
+			t.Fatal("a handshake without an upstream returned one")
+		}
+		if paths.tries.Load() > 0 && !bytes.Contains(stream, []byte(local+"\x00")) {
+			t.Fatal("an app got past the local password without sending it")
+		}
+	})
+}
+
+// scriptedConn is an app that sends a fixed byte stream, then EOF, and swallows what it is sent.
+type scriptedConn struct {
+	net.Conn // nil: only the methods below are used
+	r        *bytes.Reader
+}
+
+func (s *scriptedConn) Read(p []byte) (int, error)       { return s.r.Read(p) }
+func (s *scriptedConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (s *scriptedConn) Close() error                     { return nil }
+func (s *scriptedConn) SetDeadline(time.Time) error      { return nil }
+func (s *scriptedConn) SetReadDeadline(time.Time) error  { return nil }
+func (s *scriptedConn) SetWriteDeadline(time.Time) error { return nil }

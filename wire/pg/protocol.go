@@ -1,6 +1,7 @@
 package pg
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -255,6 +256,11 @@ func writeGreeting(w io.Writer, up *upstreamConn, key pgproto3.BackendKeyData) e
 
 func (p *Protocol) checkLocalPassword(client net.Conn, user string) error {
 	want, err := os.ReadFile(p.cfg.LocalPasswordFile)
+	if err == nil && trimNewline(string(want)) == "" {
+		// An empty file (a Secret mounted before it was filled) would let any app in with an
+		// empty password: refuse everyone until it holds one.
+		err = errors.New("the file is empty")
+	}
 	if err != nil {
 		e := newError(codeInternalError, "cannot read the local password file")
 		_ = writeError(client, e)
@@ -278,7 +284,14 @@ func (p *Protocol) checkLocalPassword(client net.Conn, user string) error {
 	if _, err := io.ReadFull(client, body); err != nil {
 		return &proxy.ClientError{Err: fmt.Errorf("read password message: %w", err)}
 	}
-	got := body[:len(body)-1] // NUL-terminated
+	got, rest, terminated := bytes.Cut(body, []byte{0})
+	if !terminated || len(rest) != 0 {
+		// Not one NUL-terminated string: refused like a wrong password, never trimmed into one
+		// (found by FuzzHandshake: "local-pwX" passed as "local-pw").
+		e := newError(codeProtocolViolation, "malformed password message")
+		_ = writeError(client, e)
+		return &proxy.ClientError{Err: e}
+	}
 	wantPw := []byte(trimNewline(string(want)))
 	if subtle.ConstantTimeCompare(got, wantPw) != 1 {
 		e := newError(codeInvalidPassword, "password authentication failed for user %q", user)
