@@ -179,15 +179,28 @@ func pathsReport(cfg *config.Config, ls []listener) any {
 	out := make([]listenerReport, len(ls))
 	for i, l := range ls {
 		lc := cfg.Listeners[i]
-		out[i] = listenerReport{Listener: lc.Name, Engine: lc.Engine, TLSMode: lc.TLS.Mode, Paths: l.paths.Snapshot()}
-		if lc.TLS.Mode == config.TLSInsecure {
-			out[i].Warning = insecureWarning
-		}
+		out[i] = listenerReport{Listener: lc.Name, Engine: lc.Engine, TLSMode: lc.TLS.Mode, Paths: l.paths.Snapshot(),
+			Warning: tlsWarning(lc.TLS.Mode)}
 	}
 	return out
 }
 
-const insecureWarning = "upstream TLS certificates are NOT verified (tls.mode insecure): anyone on the network path can impersonate the database"
+const (
+	insecureWarning = "upstream TLS certificates are NOT verified (tls.mode insecure): anyone on the network path can impersonate the database"
+	verifyCAWarning = "upstream TLS certificate names are NOT checked (tls.mode verify-ca): any server with a certificate from the CA bundle can impersonate the database"
+)
+
+// tlsWarning is what the start log and /paths say about a verification mode weaker than
+// verify-full; empty for verify-full.
+func tlsWarning(mode string) string {
+	switch mode {
+	case config.TLSInsecure:
+		return insecureWarning
+	case config.TLSVerifyCA:
+		return verifyCAWarning
+	}
+	return ""
+}
 
 // newDialer resolves on every dial (net.Dialer keeps no cache) and tries each address of a
 // name in turn, giving each a share of the time left.
@@ -207,8 +220,8 @@ func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, 
 	if err != nil {
 		return listener{}, err
 	}
-	if lc.TLS.Mode == config.TLSInsecure {
-		log.Warn(insecureWarning, zap.String("listener", lc.Name))
+	if w := tlsWarning(lc.TLS.Mode); w != "" {
+		log.Warn(w, zap.String("listener", lc.Name))
 	}
 	paths := make([]health.Path, len(lc.Paths))
 	for i, p := range lc.Paths {
@@ -245,6 +258,12 @@ func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, 
 	}, proto, set, log, pm)
 	if err := srv.Listen(); err != nil {
 		return listener{}, err
+	}
+	// config checked the address as written; a name (localhost) is checked again as bound,
+	// so that a hosts file mapping it elsewhere cannot open the plain-text side to the network.
+	if ta, ok := srv.Addr().(*net.TCPAddr); ok && !lc.AllowNonLoopback && !ta.IP.IsLoopback() {
+		srv.Close()
+		return listener{}, fmt.Errorf("bound %s, which is not a loopback address; set allow_non_loopback to listen beyond the pod", ta)
 	}
 	return listener{srv: srv, paths: set, prober: prober, probe: health.ProbeConfig{
 		Interval: lc.Health.Interval, TLSInterval: lc.Health.TLSInterval, LoginInterval: lc.Health.LoginInterval,
