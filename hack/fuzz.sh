@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
-FUZZTIME=${FUZZTIME:-8s}
+FUZZTIME=${FUZZTIME:-6s}
 FUZZ=${FUZZ:-.}
 # Minimizing each new interesting input may take 60s by default, during which nothing new is
 # tried: with seeds of a few kilobytes (the config and spec loaders) a short run would do little
