@@ -313,11 +313,12 @@ func FuzzHandshake(f *testing.F) {
 // scriptedConn is an app that sends a fixed byte stream, then EOF, and swallows what it is sent.
 type scriptedConn struct {
 	net.Conn // nil: only the methods below are used
-	r        *bytes.Reader
+	r        io.Reader
+	out      bytes.Buffer // what the sidecar sent
 }
 
 func (s *scriptedConn) Read(p []byte) (int, error)       { return s.r.Read(p) }
-func (s *scriptedConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (s *scriptedConn) Write(p []byte) (int, error)      { return s.out.Write(p) }
 func (s *scriptedConn) Close() error                     { return nil }
 func (s *scriptedConn) SetDeadline(time.Time) error      { return nil }
 func (s *scriptedConn) SetReadDeadline(time.Time) error  { return nil }

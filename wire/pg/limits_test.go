@@ -7,8 +7,10 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -30,6 +32,9 @@ func (e *endless) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
+func u32(n uint32) []byte              { return binary.BigEndian.AppendUint32(nil, n) }
+func lenMsg(typ byte, n uint32) []byte { return append([]byte{typ}, u32(n)...) }
+
 // allocated returns the bytes f allocates on average over runs calls.
 func allocated(runs int, f func()) uint64 {
 	var before, after runtime.MemStats
@@ -50,8 +55,6 @@ const allocBudget = 4 << 10
 // reads from the network with the 4 GB trick (GO-2024-2606) and just past its limit: each read
 // fails with an error naming the length and the limit, without allocating the body.
 func TestOversizedLengthsAreRefusedBeforeAllocating(t *testing.T) {
-	u32 := func(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
-	msg := func(typ byte, n uint32) []byte { return append([]byte{typ}, u32(n)...) }
 	tests := []struct {
 		name    string
 		head    []byte
@@ -62,9 +65,9 @@ func TestOversizedLengthsAreRefusedBeforeAllocating(t *testing.T) {
 		{"startup 2 GB", u32(1 << 31), startupRead, "length 2147483648 is outside 8..10000"},
 		{"startup one past the limit", u32(maxStartupLength + 1), startupRead, "length 10001 is outside 8..10000"},
 		{"startup after an SSLRequest", append(packet(sslRequestCode), u32(0xfffffff0)...), startupRead, "outside 8..10000"},
-		{"upstream auth request 4 GB", msg('R', 0xffffffff), loginRead, "message 'R' with length 4294967295 is outside 4..1048576"},
-		{"upstream error response 2 GB", msg('E', 1<<31), loginRead, "message 'E' with length 2147483648 is outside 4..1048576"},
-		{"upstream message one past the limit", msg('S', maxUpstreamLoginMsgLength+1), loginRead, "outside 4..1048576"},
+		{"upstream auth request 4 GB", lenMsg('R', 0xffffffff), loginRead, "message 'R' with length 4294967295 is outside 4..1048576"},
+		{"upstream error response 2 GB", lenMsg('E', 1<<31), loginRead, "message 'E' with length 2147483648 is outside 4..1048576"},
+		{"upstream message one past the limit", lenMsg('S', maxUpstreamLoginMsgLength+1), loginRead, "outside 4..1048576"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,6 +124,35 @@ func TestOversizedStartupGetsProtocolViolation(t *testing.T) {
 	}
 	if herr == nil {
 		t.Fatal("Handshake accepted a forged startup length")
+	}
+}
+
+// TestOversizedPasswordMessageIsRefused: with a local password, the app's password message
+// is read with a length prefix too; a forged one is answered with 08P01 naming the limit,
+// without allocating it.
+func TestOversizedPasswordMessageIsRefused(t *testing.T) {
+	pwFile := t.TempDir() + "/local"
+	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{Listener: "t", LocalPasswordFile: pwFile})
+	startup := startupBytes(map[string]string{"user": "app"})
+	for _, n := range []uint32{0xffffffff, maxPasswordMessageLength + 1} {
+		var c *scriptedConn
+		var herr error
+		paths := &noPaths{}
+		a := allocated(20, func() {
+			c = &scriptedConn{r: &endless{head: append(bytes.Clone(startup), lenMsg('p', n)...)}}
+			_, herr = p.Handshake(context.Background(), c, paths)
+		})
+		want := fmt.Sprintf("password message length %d is outside 5..1024", n)
+		if herr == nil || !strings.Contains(herr.Error(), want) || !bytes.Contains(c.out.Bytes(), []byte("C08P01\x00")) ||
+			!bytes.Contains(c.out.Bytes(), []byte(want)) || paths.tries.Load() != 0 {
+			t.Fatalf("length %d: err %v, app got %q", n, herr, c.out.Bytes())
+		}
+		if a > allocBudget+(allocBudget/2) { // the startup's own parameters are allocated too
+			t.Fatalf("length %d: allocated %d bytes per handshake", n, a)
+		}
 	}
 }
 

@@ -254,6 +254,9 @@ func writeGreeting(w io.Writer, up *upstreamConn, key pgproto3.BackendKeyData) e
 	return err
 }
 
+// maxPasswordMessageLength bounds the app's password message, refused before it is read.
+const maxPasswordMessageLength = 1024
+
 func (p *Protocol) checkLocalPassword(client net.Conn, user string) error {
 	want, err := os.ReadFile(p.cfg.LocalPasswordFile)
 	if err == nil && trimNewline(string(want)) == "" {
@@ -275,8 +278,14 @@ func (p *Protocol) checkLocalPassword(client net.Conn, user string) error {
 		return &proxy.ClientError{Err: fmt.Errorf("read password message: %w", err)}
 	}
 	n := int(hdr[1])<<24 | int(hdr[2])<<16 | int(hdr[3])<<8 | int(hdr[4])
-	if hdr[0] != 'p' || n < 5 || n > 1024 {
-		e := newError(codeProtocolViolation, "expected a password message")
+	var e *Error
+	switch {
+	case hdr[0] != 'p':
+		e = newError(codeProtocolViolation, "expected a password message, got message type %q", hdr[0])
+	case n < 5 || n > maxPasswordMessageLength:
+		e = newError(codeProtocolViolation, "password message length %d is outside 5..%d", n, maxPasswordMessageLength)
+	}
+	if e != nil {
 		_ = writeError(client, e)
 		return &proxy.ClientError{Err: e}
 	}
