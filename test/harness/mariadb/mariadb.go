@@ -5,7 +5,6 @@
 package mariadb
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/rdsvalet/rds-valet/test/harness/internal/daemon"
 	"github.com/rdsvalet/rds-valet/test/harness/internal/osuser"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
 )
@@ -32,7 +32,6 @@ const Superuser = "root"
 
 const (
 	readyTimeout  = 60 * time.Second
-	logTailLines  = 60
 	maxSocketPath = 107
 )
 
@@ -57,12 +56,9 @@ type Server struct {
 	TLS     bool
 
 	logf    func(string, ...any)
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error
+	proc    *daemon.Process
 	ownDir  string
 	sockDir string // removed by Stop when relocated to a short path
-	log     *lineLog
 
 	stopOnce sync.Once
 	stopErr  error
@@ -74,7 +70,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	daemon, err := findBinary("mariadbd", "mysqld")
+	mariadbd, err := findBinary("mariadbd", "mysqld")
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +102,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("mariadb: %w", err)
 	}
 	s := &Server{Host: "127.0.0.1", DataDir: filepath.Join(base, "data"), TLS: o.CA != nil, logf: logf,
-		ownDir: ownDir, exited: make(chan struct{}), log: &lineLog{logf: logf}}
+		ownDir: ownDir}
 	s.Socket = filepath.Join(base, "mysqld.sock")
 	if len(s.Socket) > maxSocketPath {
 		// A deep test temp dir would overflow sun_path; the socket goes somewhere short.
@@ -178,65 +174,36 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 
 	// A free port is found by binding :0 and releasing it; on a lost race, retry.
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := daemon.FreePort()
 		if err != nil {
-			return fail(err)
+			return fail(fmt.Errorf("mariadb: %w", err))
 		}
 		s.Port = port
-		err = s.startDaemon(ctx, daemon, base, cred, append(args, "--port="+strconv.Itoa(port)))
+		err = s.startDaemon(ctx, mariadbd, base, cred, append(args, "--port="+strconv.Itoa(port)))
 		if err == nil {
 			logf("mariadb: ready on %s (tls=%v, socket %s)", s.Addr(), s.TLS, s.Socket)
 			return s, nil
 		}
-		if attempt == 3 || !strings.Contains(s.log.String(), "Address already in use") {
+		if attempt == 3 || s.proc == nil || !strings.Contains(s.proc.LogTail(), "Address already in use") {
 			s.cleanupFiles()
 			return nil, err
 		}
 		logf("mariadb: port %d taken, retrying", port)
-		s.exited, s.log = make(chan struct{}), &lineLog{logf: logf}
 	}
 }
 
-func (s *Server) startDaemon(ctx context.Context, daemon, base string, cred *syscall.Credential, args []string) error {
-	// Not CommandContext: the server must outlive the start-up context; Stop ends it.
-	cmd := exec.Command(daemon, args...)
-	cmd.Dir = base
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
-	cmd.Stdout, cmd.Stderr = s.log, s.log
-	// The parent-death signal ends the server when the test binary dies without Stop (a
-	// panic, a -timeout kill), so a suite-wide server does not outlive its suite.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGTERM}
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("mariadb: start mariadbd: %w", err)
+func (s *Server) startDaemon(ctx context.Context, daemonPath, base string, cred *syscall.Credential, args []string) error {
+	proc, err := daemon.Start(daemon.Spec{Name: "mariadbd", Path: daemonPath, Args: args, Dir: base,
+		Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}, Cred: cred, Logf: s.logf,
+		DeathSignal: syscall.SIGTERM})
+	if err != nil {
+		return fmt.Errorf("mariadb: %w", err)
 	}
-	s.cmd = cmd
-	exited := s.exited
-	go func() {
-		s.waitErr = cmd.Wait()
-		close(exited)
-	}()
-	deadline := time.Now().Add(readyTimeout)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := s.ping(ctx)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("mariadb: mariadbd exited during start-up (%v):\n%s", s.waitErr, s.log.String())
-		case <-ctx.Done():
-			s.Kill()
-			return fmt.Errorf("mariadb: start: %w", ctx.Err())
-		case <-tick.C:
-		}
-		if time.Now().After(deadline) {
-			s.Kill()
-			return fmt.Errorf("mariadb: not ready after %v: %v\n%s", readyTimeout, err, s.log.String())
-		}
+	s.proc = proc
+	if err := proc.WaitReady(ctx, readyTimeout, s.ping); err != nil {
+		return fmt.Errorf("mariadb: %w", err)
 	}
+	return nil
 }
 
 func (s *Server) ping(ctx context.Context) error {
@@ -323,25 +290,17 @@ func (s *Server) CreateDatabase(ctx context.Context, db, user string) error {
 }
 
 // LogTail returns the last lines the server logged.
-func (s *Server) LogTail() string { return s.log.String() }
+func (s *Server) LogTail() string { return s.proc.LogTail() }
 
 // Exited is closed when the server process has exited.
-func (s *Server) Exited() <-chan struct{} { return s.exited }
+func (s *Server) Exited() <-chan struct{} { return s.proc.Exited() }
 
 // Stop shuts the server down (SIGTERM) and waits; if ctx ends first it is killed. It removes
 // only what Start created on its own.
 func (s *Server) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
-		select {
-		case <-s.exited:
-		default:
-			_ = s.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-s.exited:
-			case <-ctx.Done():
-				s.Kill()
-				s.stopErr = fmt.Errorf("mariadb: stop: %w (killed)", ctx.Err())
-			}
+		if err := s.proc.Stop(ctx, syscall.SIGTERM); err != nil {
+			s.stopErr = fmt.Errorf("mariadb: %w", err)
 		}
 		s.cleanupFiles()
 	})
@@ -349,13 +308,7 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 // Kill ends the server with SIGKILL at once, as a crash would.
-func (s *Server) Kill() {
-	if s.cmd == nil || s.cmd.Process == nil {
-		return
-	}
-	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-	<-s.exited
-}
+func (s *Server) Kill() { s.proc.Kill() }
 
 func (s *Server) cleanupFiles() {
 	if s.sockDir != "" {
@@ -381,49 +334,6 @@ func findBinary(names ...string) (string, error) {
 	return "", errors.New("mariadb: " + names[0] + " not found (install the Debian mariadb-server package)")
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("mariadb: free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 func quote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
-}
-
-// lineLog is the server's output: each line goes to logf and the last few are kept.
-type lineLog struct {
-	logf func(string, ...any)
-	mu   sync.Mutex
-	part []byte
-	tail []string
-}
-
-func (l *lineLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.part = append(l.part, p...)
-	for {
-		i := bytes.IndexByte(l.part, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(l.part[:i])
-		l.part = l.part[i+1:]
-		l.logf("mariadb: %s", line)
-		l.tail = append(l.tail, line)
-		if len(l.tail) > logTailLines {
-			l.tail = l.tail[1:]
-		}
-	}
-	return len(p), nil
-}
-
-func (l *lineLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.tail, "\n")
 }

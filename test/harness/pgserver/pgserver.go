@@ -8,7 +8,6 @@
 package pgserver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rdsvalet/rds-valet/test/harness/internal/daemon"
 	"github.com/rdsvalet/rds-valet/test/harness/internal/osuser"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
 )
@@ -42,7 +42,6 @@ const (
 
 const (
 	readyTimeout = 60 * time.Second
-	logTailLines = 60
 	// maxSocketPath is the limit of sun_path on Linux (108 with the NUL).
 	maxSocketPath = 107
 )
@@ -71,12 +70,9 @@ type Server struct {
 	DataDir   string
 	TLS       bool
 
-	logf    func(string, ...any)
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error
-	ownDir  string // removed by Stop when we created it
-	log     *lineLog
+	logf   func(string, ...any)
+	proc   *daemon.Process
+	ownDir string // removed by Stop when we created it
 
 	stopOnce sync.Once
 	stopErr  error
@@ -116,7 +112,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("pgserver: %w", err)
 	}
 	s := &Server{Host: "127.0.0.1", DataDir: filepath.Join(base, "data"), SocketDir: filepath.Join(base, "sock"),
-		TLS: o.CA != nil, logf: logf, ownDir: ownDir, exited: make(chan struct{}), log: &lineLog{logf: logf}}
+		TLS: o.CA != nil, logf: logf, ownDir: ownDir}
 	if len(s.SocketDir)+len("/.s.PGSQL.65535") > maxSocketPath {
 		// A deep test temp dir would overflow sun_path; the socket goes somewhere short instead.
 		if s.SocketDir, err = os.MkdirTemp("", "pgsock-"); err != nil {
@@ -172,9 +168,9 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	// The port is chosen by binding :0 and releasing it; another process can grab it in
 	// between, so a bind failure is retried with a new port.
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := daemon.FreePort()
 		if err != nil {
-			return fail(err)
+			return fail(fmt.Errorf("pgserver: %w", err))
 		}
 		settings["port"] = strconv.Itoa(port)
 		s.Port = port
@@ -187,12 +183,11 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 			}
 			return s, nil
 		}
-		if attempt == 3 || !strings.Contains(s.log.String(), "could not bind") {
+		if attempt == 3 || s.proc == nil || !strings.Contains(s.proc.LogTail(), "could not bind") {
 			s.cleanupFiles()
 			return nil, err
 		}
 		logf("pgserver: port %d taken, retrying", port)
-		s.exited, s.log = make(chan struct{}), &lineLog{logf: logf}
 	}
 }
 
@@ -206,46 +201,25 @@ func (s *Server) startPostgres(ctx context.Context, bin, base string, cred *sysc
 	for _, k := range keys {
 		args = append(args, "-c", k+"="+settings[k])
 	}
-	// Not CommandContext: the server must outlive the start-up context; Stop ends it.
-	cmd := exec.Command(filepath.Join(bin, "postgres"), args...)
-	cmd.Dir = base
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C", "LC_ALL=C"}
-	cmd.Stdout, cmd.Stderr = s.log, s.log
-	// A process group lets Kill take the backends down with the postmaster.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("pgserver: start postgres: %w", err)
+	// SIGQUIT on parent death: an immediate shutdown, the quickest that still stops the backends.
+	proc, err := daemon.Start(daemon.Spec{Name: "postgres", Path: filepath.Join(bin, "postgres"), Args: args,
+		Dir: base, Env: []string{"PATH=/usr/bin:/bin", "LANG=C", "LC_ALL=C"}, Cred: cred, Logf: s.logf,
+		DeathSignal: syscall.SIGQUIT})
+	if err != nil {
+		return fmt.Errorf("pgserver: %w", err)
 	}
-	s.cmd = cmd
-	exited := s.exited
-	go func() {
-		s.waitErr = cmd.Wait()
-		close(exited)
-	}()
-
-	deadline := time.Now().Add(readyTimeout)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	s.proc = proc
+	err = proc.WaitReady(ctx, readyTimeout, func(ctx context.Context) error {
 		conn, err := pgx.Connect(ctx, s.DSN(Superuser, "postgres"))
 		if err == nil {
 			conn.Close(ctx)
-			return nil
 		}
-		select {
-		case <-exited:
-			return fmt.Errorf("pgserver: postgres exited during start-up (%v):\n%s", s.waitErr, s.log.String())
-		case <-ctx.Done():
-			s.Kill()
-			return fmt.Errorf("pgserver: start: %w", ctx.Err())
-		case <-tick.C:
-		}
-		if time.Now().After(deadline) {
-			s.Kill()
-			return fmt.Errorf("pgserver: not ready after %v: %v\n%s", readyTimeout, err, s.log.String())
-		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("pgserver: %w", err)
 	}
+	return nil
 }
 
 func (s *Server) writeTLS(ca *pki.CA, cred *syscall.Credential, settings map[string]string) error {
@@ -372,27 +346,18 @@ func (s *Server) CreateDatabase(ctx context.Context, db, owner string) error {
 }
 
 // LogTail returns the last lines the server logged, for failure messages.
-func (s *Server) LogTail() string { return s.log.String() }
+func (s *Server) LogTail() string { return s.proc.LogTail() }
 
 // Exited is closed when the postmaster has exited (after Stop, Kill or a crash).
-func (s *Server) Exited() <-chan struct{} { return s.exited }
+func (s *Server) Exited() <-chan struct{} { return s.proc.Exited() }
 
 // Stop shuts the server down fast (SIGINT: abort transactions, disconnect clients) and waits
 // for it; if ctx ends first the process group is killed. It removes only what Start created
 // on its own (the temporary dir when Options.Dir was empty, a relocated socket dir).
 func (s *Server) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
-		select {
-		case <-s.exited:
-		default:
-			_ = s.cmd.Process.Signal(syscall.SIGINT)
-			select {
-			case <-s.exited:
-			case <-ctx.Done():
-				s.Kill()
-				<-s.exited
-				s.stopErr = fmt.Errorf("pgserver: stop: %w (killed)", ctx.Err())
-			}
+		if err := s.proc.Stop(ctx, syscall.SIGINT); err != nil {
+			s.stopErr = fmt.Errorf("pgserver: %w", err)
 		}
 		s.cleanupFiles()
 	})
@@ -401,13 +366,7 @@ func (s *Server) Stop(ctx context.Context) error {
 
 // Kill ends the server and its backends with SIGKILL at once, as a crash would. Stop is still
 // needed afterwards to clean up.
-func (s *Server) Kill() {
-	if s.cmd == nil || s.cmd.Process == nil {
-		return
-	}
-	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-	<-s.exited
-}
+func (s *Server) Kill() { s.proc.Kill() }
 
 func (s *Server) cleanupFiles() {
 	if strings.HasPrefix(filepath.Base(s.SocketDir), "pgsock-") {
@@ -457,48 +416,4 @@ func chown(p string, cred *syscall.Credential) error {
 	return nil
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pgserver: free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
-// lineLog is the server's stdout/stderr: each line goes to logf and the last few are kept for
-// error messages.
-type lineLog struct {
-	logf func(string, ...any)
-	mu   sync.Mutex
-	part []byte
-	tail []string
-}
-
-func (l *lineLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.part = append(l.part, p...)
-	for {
-		i := bytes.IndexByte(l.part, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(l.part[:i])
-		l.part = l.part[i+1:]
-		l.logf("postgres: %s", line)
-		l.tail = append(l.tail, line)
-		if len(l.tail) > logTailLines {
-			l.tail = l.tail[1:]
-		}
-	}
-	return len(p), nil
-}
-
-func (l *lineLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.tail, "\n")
-}
