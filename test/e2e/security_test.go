@@ -369,16 +369,12 @@ listeners:
 // TestQuitQuitQuitIsLoopbackOnly binds the admin server on every interface: a POST from the
 // host's own non-loopback address is refused and changes nothing, one from loopback drains.
 func TestQuitQuitQuitIsLoopbackOnly(t *testing.T) {
-	var outside net.IP
+	var outside []string
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {
 		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
-			outside = ipn.IP
-			break
+			outside = append(outside, ipn.IP.String())
 		}
-	}
-	if outside == nil {
-		t.Skip("no non-loopback IPv4 address on this host to call from")
 	}
 	port := freePort(t)
 	cfg := strings.Replace(staticConfig(t, "{{PG}}", ""), `admin: {listen: "{{ADMIN}}"}`, fmt.Sprintf(`admin: {listen: "0.0.0.0:%d"}`, port), 1)
@@ -394,12 +390,20 @@ func TestQuitQuitQuitIsLoopbackOnly(t *testing.T) {
 		defer resp.Body.Close()
 		return resp.StatusCode, nil
 	}
-	code, err := post(outside.String())
-	if err != nil {
-		t.Fatal(err)
+	tried := 0
+	for _, host := range outside {
+		code, err := post(host)
+		if err != nil {
+			t.Logf("cannot call from %s: %v", host, err)
+			continue
+		}
+		tried++
+		if code != http.StatusForbidden {
+			t.Fatalf("/quitquitquit from %s: %d, want 403", host, code)
+		}
 	}
-	if code != http.StatusForbidden {
-		t.Fatalf("/quitquitquit from %s: %d, want 403", outside, code)
+	if tried == 0 {
+		t.Skipf("no non-loopback IPv4 address on this host to call from (%v)", outside)
 	}
 	if code, _, err := s.get("/readyz"); err != nil || code != 200 {
 		t.Fatalf("after a refused /quitquitquit, readyz %d %v: the sidecar is draining", code, err)
