@@ -115,11 +115,16 @@ func FuzzDialGreeting(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 0})
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		cc, sc := net.Pipe()
+		var wg sync.WaitGroup
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			defer sc.Close()
 			_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
 			_, _ = sc.Write(stream)
 		}()
+		defer wg.Wait()
+		defer cc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		gc, err := dialGreeting(ctx, pipeDialer{cc}, "db.test:3306")

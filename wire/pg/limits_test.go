@@ -178,7 +178,10 @@ func TestLoginGreetingIsBounded(t *testing.T) {
 		if err := ts.Handshake(); err != nil {
 			return
 		}
-		go func() { _, _ = io.Copy(io.Discard, ts) }()
+		drained := make(chan struct{})
+		go func() { defer close(drained); _, _ = io.Copy(io.Discard, ts) }()
+		defer func() { <-drained }()
+		defer sc.Close()
 		if _, err := ts.Write(appendMessage(nil, 'R', make([]byte, 4))); err != nil {
 			return
 		}
