@@ -165,6 +165,8 @@ func FuzzLogin(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 2}, gm.AUTH_NATIVE_PASSWORD)
 
 	srvTLS, cliTLS := testTLS(f)
+	// Resumed sessions skip the certificate work: several times the execs per second.
+	cliTLS.ClientSessionCache = tls.NewLRUClientSessionCache(8)
 	srvTLS.MinVersion, cliTLS.MinVersion = tls.VersionTLS13, tls.VersionTLS13
 	const secret = "s3cr3t-token-value"
 	f.Fuzz(func(t *testing.T, stream []byte, plugin string) {

@@ -121,6 +121,8 @@ func FuzzLogin(f *testing.F) {
 	f.Add(cat(rfq))
 
 	srvTLS, cliTLS := pgTestTLS(f)
+	// Resumed sessions skip the certificate work: several times the execs per second.
+	cliTLS.ClientSessionCache = tls.NewLRUClientSessionCache(8)
 	const secret = "s3cr3t-token-value"
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		cc, sc := net.Pipe()
