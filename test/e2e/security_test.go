@@ -87,13 +87,18 @@ func TestListenersRefuseNonLoopback(t *testing.T) {
 		}
 	}
 
-	port := freePort(t)
-	s := startSidecar(t, staticConfig(t, fmt.Sprintf("0.0.0.0:%d", port), "    allow_non_loopback: true"), nil)
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
-	if err != nil {
-		t.Fatalf("allow_non_loopback listener not bound: %v\n%s", err, s.logs.String())
+	for _, tc := range []struct{ listen, extra string }{
+		{"0.0.0.0:%d", "    allow_non_loopback: true"},
+		{"localhost:%d", ""}, // a name is fine when it binds loopback
+	} {
+		port := freePort(t)
+		s := startSidecar(t, staticConfig(t, fmt.Sprintf(tc.listen, port), tc.extra), nil)
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+		if err != nil {
+			t.Fatalf("listener %s not bound: %v\n%s", tc.listen, err, s.logs.String())
+		}
+		_ = c.Close()
 	}
-	_ = c.Close()
 }
 
 // TestUpstreamTLSModeWarnings: verify-full is the default and says nothing; verify-ca and
