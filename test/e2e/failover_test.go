@@ -22,6 +22,7 @@ import (
 const (
 	probeInterval = 500 * time.Millisecond
 	probeFall     = 2
+	probeTimeout  = 400 * time.Millisecond
 	probeRise     = 2
 	killGrace     = 2 * time.Second
 )
@@ -61,9 +62,9 @@ listeners:
     listen: "{{PG}}"
     connect_timeout: 6s
     tls: {ca_file: %q}
-    health: {interval: %s, timeout: 400ms, tls_interval: %s, rise: %d, fall: %d}
+    health: {interval: %s, timeout: %s, tls_interval: %s, rise: %d, fall: %d}
     paths:
-%s`, w.Region, killGrace, w.CAFile, probeInterval, probeInterval, probeRise, probeFall, paths.String())
+%s`, w.Region, killGrace, w.CAFile, probeInterval, probeTimeout, probeInterval, probeRise, probeFall, paths.String())
 	return &multiPath{w: w, net: n, s: startSidecar(t, cfg, w.SidecarEnv)}
 }
 
@@ -156,8 +157,9 @@ func TestFailoverAndFailback(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = m.net.Restore("privatelink") })
 			cut := time.Now()
-			// Detection: probe interval x fall, plus a second of slack for the probe timeout.
-			bound := probeInterval*probeFall + time.Second + 400*time.Millisecond
+			// Detection: fall probes, each of which may wait out its timeout (a blackhole answers
+			// nothing), at probe intervals, plus a second of slack.
+			bound := (probeInterval+probeTimeout)*probeFall + time.Second
 			m.waitState(t, 15*time.Second, "privatelink", "down")
 			detected := time.Since(cut)
 			// Idle sessions on the dead path are closed at once.
