@@ -326,11 +326,12 @@ func (s *Server) handle(c net.Conn) {
 func (s *Server) refuse(c net.Conn, reason error, result string, log *zap.Logger) {
 	d := min(s.cfg.HandshakeTimeout, refuseTimeout)
 	_ = c.SetDeadline(time.Now().Add(d))
+	// Counted before the client is told, so that whoever sees the refusal sees it counted.
+	s.m.total.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Inc()
+	log.Warn("connection refused", zap.String("result", result), zap.Error(reason))
 	ctx, cancel := context.WithTimeout(s.ctx, d)
 	s.proto.Refuse(ctx, c, reason)
 	cancel()
-	s.m.total.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Inc()
-	log.Warn("connection refused", zap.String("result", result), zap.Error(reason))
 }
 
 func isNetworkFailure(err error) bool {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"database/sql"
 	"encoding/binary"
 	"errors"
@@ -23,86 +22,91 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
 	"github.com/rdsvalet/rds-valet/test/harness/mariadb"
-	"github.com/rdsvalet/rds-valet/test/harness/mysqlstandin"
+	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
+	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
 
-// The MySQL world: one MariaDB for the whole suite, and per test an RDS stand-in in front of
-// it whose certificate names myServerName and which accepts tokens signed for myTokenHost with
-// the static credentials the sidecar gets from its environment.
-const (
-	myRegion     = "eu-west-1"
-	myServerName = "mydb.cluster.eu-west-1.rds.test"
-	myTokenHost  = myServerName + ":3306"
-	myAKID       = "AKIDE2EMYSQL"
-	mySecret     = "e2e-mysql-secret-key"
-	mySession    = "e2e-mysql-session-token"
-)
-
+// The MySQL world: one local world with MariaDB (world.Options{MySQL: true}) for the whole
+// suite, its fake STS and CA; per test a fresh RDS stand-in in front of that MariaDB, so that
+// each test sees its own counters and log. The sidecar gets IRSA credentials from the fake STS
+// through the world's environment, and the stand-in verifies the tokens it signs with them.
 var (
-	mariaOnce sync.Once
-	maria     *mariadb.Server
-	mariaErr  error
+	myOnce  sync.Once
+	myShare *world.World
+	myLogs  = &syncBuffer{}
+	myErr   error
 )
 
-// sharedMariaDB starts the suite's MariaDB on first use; TestMain stops it.
-func sharedMariaDB(t *testing.T) *mariadb.Server {
+// sharedMyWorld starts the suite's MySQL world on first use; TestMain closes it.
+func sharedMyWorld(t *testing.T) *world.World {
 	t.Helper()
-	mariaOnce.Do(func() {
+	myOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		maria, mariaErr = mariadb.Start(ctx, mariadb.Config{ServerNames: []string{myServerName}})
-		if mariaErr == nil {
-			suiteCleanups = append(suiteCleanups, maria.Close)
+		myShare, myErr = world.Start(ctx, world.Options{MySQL: true, Logf: func(f string, a ...any) {
+			fmt.Fprintf(myLogs, time.Now().Format("15:04:05.000 ")+f+"\n", a...)
+		}})
+		if myErr == nil {
+			suiteCleanups = append(suiteCleanups, func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := myShare.Close(ctx); err != nil {
+					fmt.Fprintln(os.Stderr, "close the MySQL world:", err)
+				}
+			})
 		}
 	})
-	if mariaErr != nil {
-		t.Fatalf("start MariaDB: %v", mariaErr)
+	if myErr != nil {
+		t.Fatalf("start the MySQL world: %v\n%s", myErr, myLogs.String())
 	}
-	return maria
+	return myShare
 }
 
 type myWorld struct {
-	db      *mariadb.Server
-	standin *mysqlstandin.Server
+	*world.World
+	standin *rdsstandin.Server
 	env     []string
 	logs    *syncBuffer
 }
 
-// startMyWorld starts (or reuses) MariaDB and a fresh stand-in configured by cfg.
-func startMyWorld(t *testing.T, cfg mysqlstandin.Config) *myWorld {
+// startMyWorld reuses the suite's world and starts a stand-in in front of its MariaDB;
+// switchPlugin, when not empty, is the auth plugin the stand-in switches clients to.
+func startMyWorld(t *testing.T, switchPlugin string) *myWorld {
 	t.Helper()
-	w := &myWorld{db: sharedMariaDB(t), logs: &syncBuffer{}}
-	cert, _, _, err := w.db.CA.Issue(fmt.Sprintf("standin-%d", time.Now().UnixNano()), myServerName)
+	w := &myWorld{World: sharedMyWorld(t), logs: &syncBuffer{}}
+	srvTLS, err := w.CA.ServerTLSConfig(w.MySQLTLSServerName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	cfg.Backend = w.db.Addr
-	cfg.Passwords = map[string]string{w.db.User: w.db.Password}
-	if cfg.Verify == nil {
-		cfg.Verify = mysqlstandin.NewTokenVerifier(map[string]mysqlstandin.Credentials{
-			myAKID: {SecretAccessKey: mySecret, SessionToken: mySession},
-		}, myRegion, myTokenHost, nil)
-	}
-	cfg.Logf = func(f string, a ...any) { fmt.Fprintf(w.logs, f+"\n", a...) }
-	if w.standin, err = mysqlstandin.Start(cfg); err != nil {
+	w.standin, err = rdsstandin.StartMySQL(rdsstandin.Options{
+		Backend: w.MariaDB.Addr(),
+		TLS:     srvTLS,
+		Verify: rdsstandin.IAMVerifier(iamtoken.Options{
+			ExpectHost: w.MySQLTokenHost,
+			Region:     w.Region,
+			Lookup:     w.STS.Lookup,
+		}),
+		MySQLSwitchPlugin: switchPlugin,
+		Logf:              func(f string, a ...any) { fmt.Fprintf(w.logs, f+"\n", a...) },
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(w.standin.Close)
-	empty := filepath.Join(t.TempDir(), "empty")
-	if err := os.WriteFile(empty, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w.env = []string{
-		"AWS_ACCESS_KEY_ID=" + myAKID, "AWS_SECRET_ACCESS_KEY=" + mySecret, "AWS_SESSION_TOKEN=" + mySession,
-		"AWS_REGION=" + myRegion, "AWS_EC2_METADATA_DISABLED=true",
-		"AWS_CONFIG_FILE=" + empty, "AWS_SHARED_CREDENTIALS_FILE=" + empty,
-	}
+	t.Cleanup(func() {
+		if err := w.standin.Close(); err != nil {
+			t.Errorf("close the stand-in: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("stand-in log:\n%s", w.logs.String())
+		}
+	})
+	w.env = w.Env
 	return w
 }
 
-// myConfig is a sidecar with one MySQL listener in front of the stand-in, logging in with IAM
+// config is a sidecar with one MySQL listener in front of the stand-in, logging in with IAM
 // tokens; extra is YAML inserted into the listener.
 func (w *myWorld) config(extra string) string {
 	return fmt.Sprintf(`
@@ -123,7 +127,22 @@ listeners:
         address: %q
         tls_server_name: %q
         token_host: %q
-`, myRegion, extra, w.db.CA.CertFile, w.standin.Addr(), myServerName, myTokenHost)
+`, w.Region, extra, w.CAFile, w.standin.Addr(), w.MySQLTLSServerName, w.MySQLTokenHost)
+}
+
+// mariaVersion is VERSION() asked of MariaDB directly.
+func (w *myWorld) mariaVersion(t *testing.T) string {
+	t.Helper()
+	db, err := w.MariaDB.Open(mariadb.Superuser, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var v string
+	if err := db.QueryRowContext(ctxTimeout(t, time.Minute), "SELECT VERSION()").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // openMy opens a go-sql-driver pool to the sidecar's MySQL listener with no password.
@@ -154,7 +173,7 @@ func myExec(t *testing.T, db interface {
 }
 
 func TestMySQLDriverThroughSidecar(t *testing.T) {
-	w := startMyWorld(t, mysqlstandin.Config{})
+	w := startMyWorld(t, "")
 	s := startSidecar(t, w.config(""), w.env)
 	ctx := ctxTimeout(t, 5*time.Minute)
 	db := openMy(t, s, func(c *mysql.Config) { c.MultiStatements = true })
@@ -164,10 +183,10 @@ func TestMySQLDriverThroughSidecar(t *testing.T) {
 		if err := db.QueryRowContext(ctx, "SELECT CURRENT_USER(), VERSION()").Scan(&user, &version); err != nil {
 			t.Fatal(err)
 		}
-		if user != "app@%" || version != w.db.Version {
-			t.Fatalf("user %q version %q, want app@%% and %q", user, version, w.db.Version)
+		if want := w.mariaVersion(t); user != "app@%" || version != want {
+			t.Fatalf("user %q version %q, want app@%% and %q", user, version, want)
 		}
-		if w.standin.LoginsOK.Load() < 1 {
+		if w.standin.Stats().LoginsOK < 1 {
 			t.Fatal("the stand-in saw no IAM login")
 		}
 	})
@@ -362,9 +381,6 @@ func TestMySQLDriverThroughSidecar(t *testing.T) {
 	if code := s.wait(15 * time.Second); code != 0 || time.Since(start) > 5*time.Second {
 		t.Fatalf("exit code %d after %v; want 0 at once (idle sessions closed, none cut)", code, time.Since(start))
 	}
-	if t.Failed() {
-		t.Logf("stand-in log:\n%s", w.logs.String())
-	}
 }
 
 func mysqlCLI(t *testing.T) string {
@@ -379,7 +395,7 @@ func mysqlCLI(t *testing.T) string {
 
 func TestMySQLCLIThroughSidecar(t *testing.T) {
 	cli := mysqlCLI(t)
-	w := startMyWorld(t, mysqlstandin.Config{})
+	w := startMyWorld(t, "")
 	s := startSidecar(t, w.config(""), w.env)
 	host, port, _ := net.SplitHostPort(s.myAddr)
 	cmd := exec.CommandContext(ctxTimeout(t, time.Minute), cli, "--no-defaults", "--skip-ssl", "-h", host, "-P", port, "-u", "app", "app",
@@ -401,7 +417,7 @@ func TestSysbenchThroughSidecar(t *testing.T) {
 	if err != nil {
 		t.Fatal("sysbench is not installed (apt-get install sysbench)")
 	}
-	w := startMyWorld(t, mysqlstandin.Config{})
+	w := startMyWorld(t, "")
 	s := startSidecar(t, w.config(""), w.env)
 	host, port, _ := net.SplitHostPort(s.myAddr)
 	common := []string{"oltp_read_write", "--db-driver=mysql", "--mysql-host=" + host, "--mysql-port=" + port,
@@ -468,7 +484,7 @@ func readMyErr(t *testing.T, c net.Conn) (code uint16, state, msg string) {
 }
 
 func TestMySQLBadInputFromApp(t *testing.T) {
-	w := startMyWorld(t, mysqlstandin.Config{})
+	w := startMyWorld(t, "")
 	s := startSidecar(t, w.config(""), w.env)
 	ctx := ctxTimeout(t, 2*time.Minute)
 	// A session that must not be harmed by the others' bad input.
@@ -531,7 +547,7 @@ func TestMySQLBadInputFromApp(t *testing.T) {
 }
 
 func TestMySQLUnsupportedUpstreamPlugin(t *testing.T) {
-	w := startMyWorld(t, mysqlstandin.Config{SwitchPlugin: "client_ed25519"})
+	w := startMyWorld(t, "client_ed25519")
 	s := startSidecar(t, w.config(""), w.env)
 	err := openMy(t, s, nil).PingContext(ctxTimeout(t, time.Minute))
 	var me *mysql.MySQLError
@@ -547,7 +563,7 @@ func TestMySQLUnsupportedUpstreamPlugin(t *testing.T) {
 }
 
 func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
-	w := startMyWorld(t, mysqlstandin.Config{})
+	w := startMyWorld(t, "")
 	try := func(t *testing.T, cfg string, wantCode uint16, wantMsg string) {
 		t.Helper()
 		s := startSidecar(t, cfg, w.env)
@@ -558,15 +574,15 @@ func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
 		}
 	}
 	t.Run("token signed for the wrong host", func(t *testing.T) {
-		before := w.standin.TokenRefused.Load()
-		cfg := strings.Replace(w.config(""), fmt.Sprintf("token_host: %q", myTokenHost), `token_host: "elsewhere.rds.test:3306"`, 1)
+		before := w.standin.Stats().LoginsFailed["token_wrong_host"]
+		cfg := strings.Replace(w.config(""), fmt.Sprintf("token_host: %q", w.MySQLTokenHost), `token_host: "elsewhere.rds.test:3306"`, 1)
 		try(t, cfg, 1045, "Access denied for user 'app'")
-		if w.standin.TokenRefused.Load() != before+1 {
+		if got := w.standin.Stats().LoginsFailed["token_wrong_host"]; got != before+1 {
 			t.Fatal("the stand-in did not refuse the token")
 		}
 	})
 	t.Run("wrong TLS server name", func(t *testing.T) {
-		cfg := strings.Replace(w.config(""), fmt.Sprintf("tls_server_name: %q", myServerName), `tls_server_name: "impostor.example.com"`, 1)
+		cfg := strings.Replace(w.config(""), fmt.Sprintf("tls_server_name: %q", w.MySQLTLSServerName), `tls_server_name: "impostor.example.com"`, 1)
 		try(t, cfg, 2003, "certificate")
 	})
 	t.Run("unreachable", func(t *testing.T) {
@@ -606,11 +622,13 @@ func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
 		try(t, cfg, 2003, "does not offer TLS")
 	})
 	t.Run("no AWS credentials", func(t *testing.T) {
+		// The world's environment without its web identity: no source in the chain is left.
 		var env []string
 		for _, kv := range w.env {
-			if !strings.HasPrefix(kv, "AWS_ACCESS_KEY_ID=") && !strings.HasPrefix(kv, "AWS_SECRET_ACCESS_KEY=") && !strings.HasPrefix(kv, "AWS_SESSION_TOKEN=") {
-				env = append(env, kv)
+			if strings.HasPrefix(kv, "AWS_ROLE_ARN=") || strings.HasPrefix(kv, "AWS_WEB_IDENTITY_TOKEN_FILE=") {
+				kv = kv[:strings.IndexByte(kv, '=')+1]
 			}
+			env = append(env, kv)
 		}
 		s := startSidecar(t, w.config(""), env)
 		err := openMy(t, s, nil).PingContext(ctxTimeout(t, time.Minute))
@@ -626,8 +644,8 @@ func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
         address: %q
         tls_server_name: %q
         token_host: %q
-`, w.standin.Addr(), myServerName, myTokenHost)
-		cfg = strings.Replace(cfg, fmt.Sprintf("tls_server_name: %q", myServerName), `tls_server_name: "impostor.example.com"`, 1)
+`, w.standin.Addr(), w.MySQLTLSServerName, w.MySQLTokenHost)
+		cfg = strings.Replace(cfg, fmt.Sprintf("tls_server_name: %q", w.MySQLTLSServerName), `tls_server_name: "impostor.example.com"`, 1)
 		s := startSidecar(t, cfg, w.env)
 		db := openMy(t, s, nil)
 		var user string
@@ -655,10 +673,20 @@ func TestMySQLUpstreamRefusalsReachTheApp(t *testing.T) {
 }
 
 func TestMySQLPasswordModeAndLocalPassword(t *testing.T) {
-	db := sharedMariaDB(t)
+	w := sharedMyWorld(t)
+	// A user of its own with a password (the world's user has none, for the stand-in), under
+	// a name no earlier run in this MariaDB has taken.
+	user := fmt.Sprintf("pw%d", time.Now().UnixNano()%1e9)
+	password := "db-secret-" + user
+	if err := w.MariaDB.CreateUser(ctxTimeout(t, time.Minute), user, password); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.MariaDB.CreateDatabase(ctxTimeout(t, time.Minute), user, user); err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	pwFile, localFile := filepath.Join(dir, "db-password"), filepath.Join(dir, "local-password")
-	if err := os.WriteFile(pwFile, []byte(db.Password+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(localFile, []byte("local-secret\n"), 0o600); err != nil {
@@ -680,11 +708,14 @@ listeners:
     tls: {mode: verify-full, ca_file: %q}
     paths:
       - {name: direct, address: %q, tls_server_name: "127.0.0.1", token_host: %q}
-`, localFile, pwFile, db.CA.CertFile, db.Addr, db.Addr)
+`, localFile, pwFile, w.CAFile, w.MariaDB.Addr(), w.MariaDB.Addr())
 	s := startSidecar(t, cfg, nil)
 	ctx := ctxTimeout(t, time.Minute)
 
-	ok := openMy(t, s, func(c *mysql.Config) { c.Passwd = "local-secret" })
+	asUser := func(pw string) func(*mysql.Config) {
+		return func(c *mysql.Config) { c.User, c.DBName, c.Passwd = user, user, pw }
+	}
+	ok := openMy(t, s, asUser("local-secret"))
 	var name, cipher string
 	if err := ok.QueryRowContext(ctx, "SHOW SESSION STATUS LIKE 'Ssl_cipher'").Scan(&name, &cipher); err != nil {
 		t.Fatal(err)
@@ -692,7 +723,11 @@ listeners:
 	if cipher == "" {
 		t.Fatal("the upstream session is not encrypted")
 	}
-	err := openMy(t, s, func(c *mysql.Config) { c.Passwd = "wrong" }).PingContext(ctx)
+	var current string
+	if err := ok.QueryRowContext(ctx, "SELECT CURRENT_USER()").Scan(&current); err != nil || current != user+"@%" {
+		t.Fatalf("current user %q, %v; want %s@%%", current, err, user)
+	}
+	err := openMy(t, s, asUser("wrong")).PingContext(ctx)
 	var me *mysql.MySQLError
 	if !errors.As(err, &me) || me.Number != 1045 || !strings.Contains(me.Message, "local password") {
 		t.Fatalf("wrong local password: %v, want 1045", err)
@@ -706,7 +741,7 @@ listeners:
 }
 
 func TestMySQLSIGTERMWaitsForTransactions(t *testing.T) {
-	w := startMyWorld(t, mysqlstandin.Config{})
+	w := startMyWorld(t, "")
 	s := startSidecar(t, w.config(""), w.env)
 	ctx := ctxTimeout(t, 2*time.Minute)
 	db := openMy(t, s, nil)

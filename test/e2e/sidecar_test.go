@@ -240,3 +240,12 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// replaceOnce replaces old in s, failing the test if old is not there.
+func replaceOnce(t *testing.T, s, old, new string) string {
+	t.Helper()
+	if !strings.Contains(s, old) {
+		t.Fatalf("%q not in %q", old, s)
+	}
+	return strings.Replace(s, old, new, 1)
+}

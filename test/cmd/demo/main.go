@@ -1,7 +1,8 @@
 // Command demo runs the sidecar in front of a local stand-in for AWS and RDS, for people to
-// try with psql: a real PostgreSQL with TLS, the RDS stand-in that verifies IAM tokens, a fake
-// STS reached through the web-identity chain IRSA uses, and three toxiproxy paths to the
-// stand-in (privatelink, rds-proxy, instance) whose faults toxiproxy's API controls.
+// try with psql and mysql: a real PostgreSQL and a real MariaDB with TLS, an RDS stand-in in
+// front of each that verifies IAM tokens, a fake STS reached through the web-identity chain
+// IRSA uses, and per engine three toxiproxy paths to its stand-in (privatelink, rds-proxy,
+// instance; the MySQL ones prefixed mysql-) whose faults toxiproxy's API controls.
 // `make demo` runs it; Ctrl-C stops everything and removes what it created.
 package main
 
@@ -34,11 +35,12 @@ func main() {
 func run() error {
 	sidecarBin := flag.String("sidecar", "bin/sidecar", "the sidecar binary (make build)")
 	pgListen := flag.String("postgres", "127.0.0.1:5432", "where the sidecar serves PostgreSQL")
+	myListen := flag.String("mysql", "127.0.0.1:3306", "where the sidecar serves MySQL")
 	adminListen := flag.String("admin", "127.0.0.1:9090", "the sidecar's admin server")
 	toxiAPI := flag.String("toxiproxy", "127.0.0.1:8474", "toxiproxy's HTTP API")
 	flag.Parse()
 
-	for _, a := range []string{*pgListen, *adminListen, *toxiAPI} {
+	for _, a := range []string{*pgListen, *myListen, *adminListen, *toxiAPI} {
 		if err := checkFree(a); err != nil {
 			return err
 		}
@@ -46,32 +48,43 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	fmt.Println("starting PostgreSQL, the RDS stand-in and the fake STS ...")
+	fmt.Println("starting PostgreSQL, MariaDB, the RDS stand-ins and the fake STS ...")
 	logFile, err := os.CreateTemp("", "rdsvalet-demo-*.log")
 	if err != nil {
 		return err
 	}
 	defer logFile.Close()
-	w, err := world.Start(ctx, world.Options{Logf: func(f string, a ...any) {
+	w, err := world.Start(ctx, world.Options{MySQL: true, Logf: func(f string, a ...any) {
 		fmt.Fprintf(logFile, time.Now().Format("15:04:05.000 ")+f+"\n", a...)
 	}})
 	if err != nil {
 		return err
 	}
-	defer w.Close(context.Background())
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := w.Close(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "demo: stop the local world:", err)
+		}
+	}()
 
 	tn, err := faultnet.Start(*toxiAPI)
 	if err != nil {
 		return err
 	}
 	defer tn.Close()
-	var paths strings.Builder
+	var paths, myPaths strings.Builder
 	for _, name := range []string{"privatelink", "rds-proxy", "instance"} {
 		addr, err := tn.AddPath(name, "", w.Address)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", name, addr, w.TLSServerName, w.TokenHost)
+		myName := "mysql-" + name
+		if addr, err = tn.AddPath(myName, "", w.MySQLAddress); err != nil {
+			return err
+		}
+		fmt.Fprintf(&myPaths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", myName, addr, w.MySQLTLSServerName, w.MySQLTokenHost)
 	}
 	cfgFile := filepath.Join(w.Dir, "sidecar.yaml")
 	cfg := fmt.Sprintf(`# written by the demo; see docs/configuration.md
@@ -86,7 +99,13 @@ listeners:
     tls: {mode: verify-full, ca_file: %q}
     health: {interval: 1s, tls_interval: 2s}
     paths:
-%s`, *adminListen, w.Region, *pgListen, w.CAFile, paths.String())
+%s  - name: mysql
+    engine: mysql
+    listen: %q
+    tls: {mode: verify-full, ca_file: %q}
+    health: {interval: 1s, tls_interval: 2s}
+    paths:
+%s`, *adminListen, w.Region, *pgListen, w.CAFile, paths.String(), *myListen, w.CAFile, myPaths.String())
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -108,15 +127,19 @@ listeners:
 	}
 
 	host, port, _ := net.SplitHostPort(*pgListen)
+	myHost, myPort, _ := net.SplitHostPort(*myListen)
 	fmt.Printf(`
-RDS Valet demo is up. The sidecar listens on %[1]s and logs in to the RDS stand-in over
-verified TLS with IAM tokens minted from web-identity credentials (as in an IRSA pod).
+RDS Valet demo is up. The sidecar listens on %[1]s (PostgreSQL) and %[8]s (MySQL)
+and logs in to the RDS stand-ins over verified TLS with IAM tokens minted from web-identity
+credentials (as in an IRSA pod).
 
   psql "host=%[2]s port=%[3]s user=app dbname=app"    (no password)
+  mysql -h %[9]s -P %[10]s -u app app                  (no password)
   curl -s %[4]s/paths    (each path's health)
   curl -s %[4]s/metrics | grep rdsvalet_
 
-Three network paths lead to the database, through toxiproxy (API on %[5]s).
+Three network paths lead to each database, through toxiproxy (API on %[5]s;
+the MySQL ones are mysql-privatelink, mysql-rds-proxy, mysql-instance).
 Cut the preferred one and watch new connections move to the next:
 
   curl -s -X POST %[5]s/proxies/privatelink -d '{"enabled": false}'
@@ -125,7 +148,7 @@ Cut the preferred one and watch new connections move to the next:
 Sidecar config: %[6]s
 Logs:           %[7]s
 Ctrl-C stops everything.
-`, *pgListen, host, port, "http://"+*adminListen, "http://"+*toxiAPI, cfgFile, logFile.Name())
+`, *pgListen, host, port, "http://"+*adminListen, "http://"+*toxiAPI, cfgFile, logFile.Name(), *myListen, myHost, myPort)
 
 	select {
 	case <-ctx.Done():

@@ -1,12 +1,14 @@
 // Package fakests is a local AWS STS that implements AssumeRoleWithWebIdentity the way the
 // real service does on the wire (AWS Query protocol: form POST in, XML out), so that the real
 // SDK credential chain can be pointed at it with AWS_ENDPOINT_URL_STS exactly as IRSA sets up
-// a pod. It remembers every credential it issues so that an RDS stand-in can verify IAM
+// a pod. The same server also answers as the EKS Pod Identity agent (GET /v1/credentials with
+// the pod's token as Authorization, JSON out) for AWS_CONTAINER_CREDENTIALS_FULL_URI. It remembers every credential it issues so that an RDS stand-in can verify IAM
 // tokens signed with them, and it can be made to fail or stall at runtime for fault tests.
 package fakests
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -36,7 +38,13 @@ const (
 	Unavailable
 	// Reset closes every connection without an answer, as a crashed endpoint would.
 	Reset
+	// Refused closes the listener: connections are refused until another fault is set, which
+	// listens again on the same address.
+	Refused
 )
+
+// PodIdentityPath is the path of the Pod Identity credentials endpoint.
+const PodIdentityPath = "/v1/credentials"
 
 // Options configure a Server. Zero values give working defaults.
 type Options struct {
@@ -68,12 +76,13 @@ type Server struct {
 	URL string
 
 	opts     Options
-	ln       net.Listener
+	addr     string
 	srv      *http.Server
-	done     chan struct{}
-	closing  chan struct{} // closed by Close: ends delayed handlers
+	serving  sync.WaitGroup // Serve goroutines (one per listener, old ones ended by Refused)
+	closing  chan struct{}  // closed by Close: ends delayed handlers
 	handlers sync.WaitGroup
 	once     sync.Once
+	ln       net.Listener // guarded by mu; nil while Refused
 
 	mu       sync.Mutex
 	accepted map[string]bool
@@ -82,6 +91,7 @@ type Server struct {
 	failures int
 	fault    Fault
 	delay    time.Duration
+	duration time.Duration
 }
 
 // Start listens on a random loopback port and serves until Close.
@@ -101,13 +111,13 @@ func Start(o Options) (*Server, error) {
 	}
 	s := &Server{
 		URL:      "http://" + ln.Addr().String(),
+		addr:     ln.Addr().String(),
 		opts:     o,
-		ln:       ln,
-		done:     make(chan struct{}),
 		closing:  make(chan struct{}),
 		accepted: map[string]bool{},
 		issued:   map[string]Credential{},
 	}
+	s.duration = o.Duration
 	for _, t := range o.Tokens {
 		s.accepted[t] = true
 	}
@@ -124,13 +134,26 @@ func Start(o Options) (*Server, error) {
 		s.handlers.Add(1) // under mu, so never concurrent with Close's Wait at zero
 		s.mu.Unlock()
 		defer s.handlers.Done()
+		if r.URL.Path == PodIdentityPath {
+			s.servePodIdentity(w, r)
+			return
+		}
 		s.serveHTTP(w, r)
 	})}
+	// Without keep-alives every SDK call dials afresh, so Refused refuses at once instead of
+	// being bypassed by a pooled connection.
+	s.srv.SetKeepAlivesEnabled(false)
+	s.serve(ln)
+	return s, nil
+}
+
+func (s *Server) serve(ln net.Listener) {
+	s.ln = ln
+	s.serving.Add(1)
 	go func() {
-		defer close(s.done)
+		defer s.serving.Done()
 		_ = s.srv.Serve(ln)
 	}()
-	return s, nil
 }
 
 // Close stops the server and waits for its serving goroutine and every handler. Calling it
@@ -142,7 +165,7 @@ func (s *Server) Close() error {
 		close(s.closing)
 		s.mu.Unlock()
 		err = s.srv.Close()
-		<-s.done
+		s.serving.Wait()
 		s.handlers.Wait()
 	})
 	return err
@@ -173,11 +196,40 @@ func (s *Server) RotateToken(newToken string) {
 	s.accepted = map[string]bool{newToken: true}
 }
 
-// SetFault switches the failure mode at runtime.
-func (s *Server) SetFault(f Fault) {
+// SetFault switches the failure mode at runtime. Leaving Refused listens again on the same
+// address, which fails only if another process took the port meanwhile.
+func (s *Server) SetFault(f Fault) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	select {
+	case <-s.closing:
+		return errors.New("fakests: closed")
+	default:
+	}
 	s.fault = f
+	switch {
+	case f == Refused && s.ln != nil:
+		err := s.ln.Close()
+		s.ln = nil
+		if err != nil {
+			return fmt.Errorf("fakests: refuse: %w", err)
+		}
+	case f != Refused && s.ln == nil:
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			return fmt.Errorf("fakests: listen again on %s: %w", s.addr, err)
+		}
+		s.serve(ln)
+	}
+	return nil
+}
+
+// SetCredentialDuration changes the lifetime of credentials issued from now on, so that a
+// test can make the client refresh soon.
+func (s *Server) SetCredentialDuration(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.duration = d
 }
 
 // SetDelay makes every call wait d (or until the client gives up) before answering.
@@ -253,18 +305,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "Receiver", "ServiceUnavailable", "Service is unavailable (injected fault)")
 		return
 	case Reset:
-		s.fail()
-		s.logf("reset (fault injected)")
-		if hj, ok := w.(http.Hijacker); ok {
-			if c, _, err := hj.Hijack(); err == nil {
-				if tc, ok := c.(*net.TCPConn); ok {
-					_ = tc.SetLinger(0) // RST rather than FIN
-				}
-				c.Close()
-				return
-			}
-		}
-		panic(http.ErrAbortHandler)
+		s.reset(w)
+		return
 	}
 
 	if r.Method != http.MethodPost {
@@ -300,7 +342,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusForbidden, "Sender", "AccessDenied", fmt.Sprintf("Not authorized to perform sts:AssumeRoleWithWebIdentity on %s", role))
 		return
 	}
-	dur := s.opts.Duration
+	s.mu.Lock()
+	dur := s.duration
+	s.mu.Unlock()
 	if ds := r.PostForm.Get("DurationSeconds"); ds != "" {
 		var secs int
 		if _, err := fmt.Sscanf(ds, "%d", &secs); err != nil || secs <= 0 {
@@ -311,17 +355,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			dur = d
 		}
 	}
-	cred := Credential{
-		AccessKeyID:     "ASIA" + randString(16, upperAlnum),
-		SecretAccessKey: randString(40, base64ish),
-		SessionToken:    "FQoGZXIvYXdz" + randString(200, base64ish),
-		Expiration:      s.opts.Now().UTC().Add(dur).Truncate(time.Second),
-		SessionName:     session,
-	}
-	s.mu.Lock()
-	s.issued[cred.AccessKeyID] = cred
-	s.mu.Unlock()
-	s.logf("issued %s to session %q, expires %s", cred.AccessKeyID, session, cred.Expiration.Format(time.RFC3339))
+	cred := s.issueFor(session, dur)
 
 	roleName := role[strings.LastIndex(role, "/")+1:]
 	account := "123456789012"
@@ -351,6 +385,98 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("x-amzn-RequestId", resp.RequestID)
 	_, _ = w.Write([]byte(xml.Header))
 	_ = xml.NewEncoder(w).Encode(resp)
+}
+
+// servePodIdentity answers as the EKS Pod Identity agent: the Authorization header carries
+// the pod's token (from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE), and the answer is JSON.
+func (s *Server) servePodIdentity(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.calls++
+	fault, delay := s.fault, s.delay
+	ok := s.accepted[r.Header.Get("Authorization")]
+	s.mu.Unlock()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			s.fail()
+			return
+		case <-s.closing:
+			t.Stop()
+			return
+		}
+	}
+	jsonErr := func(status int, code, msg string) {
+		s.fail()
+		s.logf("pod identity: %d %s: %s", status, code, msg)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]string{"code": code, "message": msg})
+	}
+	switch {
+	case fault == Unavailable:
+		jsonErr(http.StatusServiceUnavailable, "ServiceUnavailable", "injected fault")
+		return
+	case fault == Reset:
+		s.reset(w)
+		return
+	case r.Method != http.MethodGet:
+		jsonErr(http.StatusMethodNotAllowed, "InvalidRequest", "GET only")
+		return
+	case !ok:
+		jsonErr(http.StatusForbidden, "AccessDeniedException", "invalid or expired service account token")
+		return
+	}
+	cred := s.issue("pod-identity")
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]string{
+		"AccessKeyId":     cred.AccessKeyID,
+		"SecretAccessKey": cred.SecretAccessKey,
+		"Token":           cred.SessionToken,
+		"AccountId":       "123456789012",
+		"Expiration":      cred.Expiration.Format(time.RFC3339),
+	})
+}
+
+// reset drops the connection without an answer (RST), as a crashed endpoint would.
+func (s *Server) reset(w http.ResponseWriter) {
+	s.fail()
+	s.logf("reset (fault injected)")
+	if hj, ok := w.(http.Hijacker); ok {
+		if c, _, err := hj.Hijack(); err == nil {
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0) // RST rather than FIN
+			}
+			c.Close()
+			return
+		}
+	}
+	panic(http.ErrAbortHandler)
+}
+
+// issue mints, records and returns a new temporary credential.
+func (s *Server) issue(session string) Credential {
+	s.mu.Lock()
+	dur := s.duration
+	s.mu.Unlock()
+	return s.issueFor(session, dur)
+}
+
+func (s *Server) issueFor(session string, dur time.Duration) Credential {
+	cred := Credential{
+		AccessKeyID:     "ASIA" + randString(16, upperAlnum),
+		SecretAccessKey: randString(40, base64ish),
+		SessionToken:    "FQoGZXIvYXdz" + randString(200, base64ish),
+		Expiration:      s.opts.Now().UTC().Add(dur).Truncate(time.Second),
+		SessionName:     session,
+	}
+	s.mu.Lock()
+	s.issued[cred.AccessKeyID] = cred
+	s.mu.Unlock()
+	s.logf("issued %s to session %q, expires %s", cred.AccessKeyID, session, cred.Expiration.Format(time.RFC3339))
+	return cred
 }
 
 func (s *Server) fail() {

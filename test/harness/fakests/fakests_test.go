@@ -95,6 +95,14 @@ func TestSDKChainGetsCredentials(t *testing.T) {
 	if s.Calls() != 1 || len(s.Issued()) != 1 {
 		t.Fatalf("calls=%d issued=%d, want 1/1", s.Calls(), len(s.Issued()))
 	}
+	s.SetCredentialDuration(5 * time.Minute)
+	c, err = retrieve(ctx, t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Until(c.Expires); d < 4*time.Minute || d > 6*time.Minute {
+		t.Fatalf("after SetCredentialDuration: expires in %v, want ~5m", d)
+	}
 }
 
 func TestRotatedTokenFile(t *testing.T) {
@@ -146,15 +154,28 @@ func TestFaults(t *testing.T) {
 	irsaEnv(t, s, file)
 	ctx := context.Background()
 
-	s.SetFault(Unavailable)
+	mustFault := func(f Fault) {
+		t.Helper()
+		if err := s.SetFault(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustFault(Unavailable)
 	if _, err := retrieve(ctx, t); apiCode(err) != "ServiceUnavailable" {
 		t.Fatalf("unavailable: got %v", err)
 	}
-	s.SetFault(Reset)
+	mustFault(Reset)
 	if _, err := retrieve(ctx, t); err == nil || apiCode(err) != "" {
 		t.Fatalf("reset: got %v, want a transport error", err)
 	}
-	s.SetFault(Healthy)
+	mustFault(Refused)
+	if _, err := retrieve(ctx, t); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("refused: got %v, want connection refused", err)
+	}
+	mustFault(Healthy)
+	if _, err := retrieve(ctx, t); err != nil {
+		t.Fatalf("listening again: %v", err)
+	}
 	s.SetDelay(time.Minute)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
@@ -191,5 +212,31 @@ func TestWriteTokenFileReplaces(t *testing.T) {
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 1 {
 		t.Fatalf("leftover temp files: %v", ents)
+	}
+}
+
+func TestPodIdentity(t *testing.T) {
+	tok := NewToken()
+	s := start(t, Options{Tokens: []string{tok}})
+	file, err := WriteTokenFile(t.TempDir(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	irsaEnv(t, s, file)
+	t.Setenv("AWS_ROLE_ARN", "")
+	t.Setenv("AWS_WEB_IDENTITY_TOKEN_FILE", "")
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", s.URL+PodIdentityPath)
+	t.Setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", file)
+	ctx := context.Background()
+	c, err := retrieve(ctx, t)
+	if err != nil {
+		t.Fatalf("pod identity: %v", err)
+	}
+	if sec, st, ok := s.Lookup(c.AccessKeyID); !ok || sec != c.SecretAccessKey || st != c.SessionToken || !strings.HasPrefix(c.AccessKeyID, "ASIA") {
+		t.Fatalf("credentials %+v not as issued", c)
+	}
+	s.RotateToken(NewToken())
+	if _, err := retrieve(ctx, t); err == nil {
+		t.Fatal("pod identity with a rejected token succeeded")
 	}
 }

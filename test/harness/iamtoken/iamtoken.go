@@ -70,7 +70,8 @@ type Claims struct {
 
 // Verify checks token against o and returns the first problem found, wrapping one of the
 // package's Err* values. Structural problems are reported before signature problems so that a
-// test gets the most specific reason.
+// test gets the most specific reason; time and session token are judged only once the
+// signature is good. Claims are filled in as far as the token could be parsed, also on error.
 func Verify(token string, o Options) (Claims, error) {
 	var c Claims
 	if o.Lookup == nil {

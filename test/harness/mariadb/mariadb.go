@@ -1,281 +1,429 @@
-// Package mariadb starts a private MariaDB server for tests from Debian's mariadb-server
-// binaries: mariadb-install-db into a temporary directory, mariadbd on a random loopback port
-// with TLS from a test CA, a database "app" and a user "app" with a password. Close stops it
-// and removes everything.
+// Package mariadb runs a real, throwaway MariaDB server from Debian's mariadb-server binaries
+// for tests and the demo: mariadb-install-db into a directory, mariadbd on a random loopback
+// port with its unix socket in that directory, TLS with a certificate from the test CA, and
+// settings tuned for speed over durability. As root, the server runs as the "mysql" OS user.
 package mariadb
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/rdsvalet/rds-valet/test/harness/internal/osuser"
+	"github.com/rdsvalet/rds-valet/test/harness/pki"
 )
 
-// Config says what to create.
-type Config struct {
-	// User and Password are the account tests log in as (default app / app-password); the
-	// database of the same name is created and granted to it.
-	User, Password, Database string
-	// MaxAllowedPacket is the server's max_allowed_packet (default 64 MiB).
-	MaxAllowedPacket int
-	// ServerNames are extra names on the server certificate besides 127.0.0.1 and localhost.
-	ServerNames []string
-	// StartTimeout bounds install and startup (default 90 s).
-	StartTimeout time.Duration
+// Superuser is the administrative account mariadb-install-db creates (reached over the unix
+// socket without a password).
+const Superuser = "root"
+
+const (
+	readyTimeout  = 60 * time.Second
+	logTailLines  = 60
+	maxSocketPath = 107
+)
+
+// Options configure Start.
+type Options struct {
+	// Dir is a directory the server may use; empty means a temporary one that Stop removes.
+	Dir string
+	// CA, when set, turns TLS on with a certificate for localhost and 127.0.0.1.
+	CA *pki.CA
+	// Logf receives the server's log lines and the harness's own notes.
+	Logf func(format string, args ...any)
+	// Args are extra mariadbd options (e.g. "--max-connections=50").
+	Args []string
 }
 
 // Server is a running MariaDB.
 type Server struct {
-	Addr     string // 127.0.0.1:port
-	Socket   string
-	Dir      string
-	CA       *CA
-	User     string
-	Password string
-	Database string
-	Version  string
-	ErrorLog string
+	Host    string // always 127.0.0.1
+	Port    int
+	Socket  string
+	DataDir string
+	TLS     bool
 
-	cmd  *exec.Cmd
-	done chan struct{}
+	logf    func(string, ...any)
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	waitErr error
+	ownDir  string
+	sockDir string // removed by Stop when relocated to a short path
+	log     *lineLog
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
-// Binaries Debian installs; Available reports whether they are here.
-var binaries = []string{"mariadbd", "mariadb-install-db"}
-
-// Available reports whether the MariaDB server binaries are installed, and which is missing.
-func Available() error {
-	for _, b := range binaries {
-		if _, err := lookPath(b); err != nil {
-			return fmt.Errorf("%s not found (apt-get install mariadb-server): %w", b, err)
+// Start installs a fresh data directory and starts the server, returning once it answers.
+func Start(ctx context.Context, o Options) (*Server, error) {
+	logf := o.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	daemon, err := findBinary("mariadbd", "mysqld")
+	if err != nil {
+		return nil, err
+	}
+	installDB, err := findBinary("mariadb-install-db", "mysql_install_db")
+	if err != nil {
+		return nil, err
+	}
+	cred, err := osuser.For("mysql")
+	if err != nil {
+		return nil, fmt.Errorf("mariadb: %w", err)
+	}
+	dir, ownDir := o.Dir, ""
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "mariadb-"); err != nil {
+			return nil, fmt.Errorf("mariadb: temp dir: %w", err)
 		}
+		ownDir = dir
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, fmt.Errorf("mariadb: %w", err)
+	}
+	if cred != nil {
+		if err := osuser.MakeTraversable(dir); err != nil {
+			return nil, fmt.Errorf("mariadb: %w", err)
+		}
+	}
+	base, err := os.MkdirTemp(dir, "mdb-")
+	if err != nil {
+		return nil, fmt.Errorf("mariadb: %w", err)
+	}
+	s := &Server{Host: "127.0.0.1", DataDir: filepath.Join(base, "data"), TLS: o.CA != nil, logf: logf,
+		ownDir: ownDir, exited: make(chan struct{}), log: &lineLog{logf: logf}}
+	s.Socket = filepath.Join(base, "mysqld.sock")
+	if len(s.Socket) > maxSocketPath {
+		// A deep test temp dir would overflow sun_path; the socket goes somewhere short.
+		if s.sockDir, err = os.MkdirTemp("", "mdbsock-"); err != nil {
+			return nil, fmt.Errorf("mariadb: socket dir: %w", err)
+		}
+		s.Socket = filepath.Join(s.sockDir, "mysqld.sock")
+	}
+	fail := func(err error) (*Server, error) {
+		s.cleanupFiles()
+		return nil, err
+	}
+	// A private tmpdir: with the shared /tmp, concurrent bootstraps were seen failing when
+	// their temporary tables vanished ("Unknown table 'mysql.tmp_user_sys'").
+	tmpDir := filepath.Join(base, "tmp")
+	for _, d := range []string{s.DataDir, tmpDir} {
+		if err := os.Mkdir(d, 0o750); err != nil {
+			return fail(fmt.Errorf("mariadb: %w", err))
+		}
+	}
+	for _, d := range []string{base, s.DataDir, tmpDir, s.sockDir} {
+		if d == "" {
+			continue
+		}
+		if err := osuser.Chown(d, cred); err != nil {
+			return fail(fmt.Errorf("mariadb: %w", err))
+		}
+	}
+
+	install := exec.CommandContext(ctx, installDB, "--no-defaults", "--datadir="+s.DataDir, "--tmpdir="+tmpDir,
+		"--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve")
+	install.Dir = base
+	install.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
+	if cred != nil {
+		install.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	if out, err := install.CombinedOutput(); err != nil {
+		return fail(fmt.Errorf("mariadb: mariadb-install-db: %w\n%s", err, out))
+	}
+	args := []string{
+		"--no-defaults",
+		"--datadir=" + s.DataDir,
+		"--tmpdir=" + tmpDir,
+		"--socket=" + s.Socket,
+		"--bind-address=" + s.Host,
+		"--skip-name-resolve",
+		"--pid-file=" + filepath.Join(base, "mariadbd.pid"),
+		"--skip-log-bin",
+		"--innodb-buffer-pool-size=32M",
+		"--innodb-log-file-size=16M",
+		"--innodb-flush-log-at-trx-commit=0",
+		"--innodb-doublewrite=0",
+		"--performance-schema=OFF",
+		"--max-connections=200",
+		// Rows larger than 16 MiB (packet splitting) must fit.
+		"--max-allowed-packet=64M",
+		"--local-infile=1",
+		"--character-set-server=utf8mb4",
+		"--collation-server=utf8mb4_general_ci",
+	}
+	if o.CA != nil {
+		tlsArgs, err := s.writeTLS(base, o.CA, cred)
+		if err != nil {
+			return fail(err)
+		}
+		args = append(args, tlsArgs...)
+	}
+	args = append(args, o.Args...)
+
+	// A free port is found by binding :0 and releasing it; on a lost race, retry.
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return fail(err)
+		}
+		s.Port = port
+		err = s.startDaemon(ctx, daemon, base, cred, append(args, "--port="+strconv.Itoa(port)))
+		if err == nil {
+			logf("mariadb: ready on %s (tls=%v, socket %s)", s.Addr(), s.TLS, s.Socket)
+			return s, nil
+		}
+		if attempt == 3 || !strings.Contains(s.log.String(), "Address already in use") {
+			s.cleanupFiles()
+			return nil, err
+		}
+		logf("mariadb: port %d taken, retrying", port)
+		s.exited, s.log = make(chan struct{}), &lineLog{logf: logf}
+	}
+}
+
+func (s *Server) startDaemon(ctx context.Context, daemon, base string, cred *syscall.Credential, args []string) error {
+	// Not CommandContext: the server must outlive the start-up context; Stop ends it.
+	cmd := exec.Command(daemon, args...)
+	cmd.Dir = base
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	// The parent-death signal ends the server when the test binary dies without Stop (a
+	// panic, a -timeout kill), so a suite-wide server does not outlive its suite.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGTERM}
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("mariadb: start mariadbd: %w", err)
+	}
+	s.cmd = cmd
+	exited := s.exited
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(exited)
+	}()
+	deadline := time.Now().Add(readyTimeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := s.ping(ctx)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("mariadb: mariadbd exited during start-up (%v):\n%s", s.waitErr, s.log.String())
+		case <-ctx.Done():
+			s.Kill()
+			return fmt.Errorf("mariadb: start: %w", ctx.Err())
+		case <-tick.C:
+		}
+		if time.Now().After(deadline) {
+			s.Kill()
+			return fmt.Errorf("mariadb: not ready after %v: %v\n%s", readyTimeout, err, s.log.String())
+		}
+	}
+}
+
+func (s *Server) ping(ctx context.Context) error {
+	db, err := s.Open(Superuser, "")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.PingContext(ctx)
+}
+
+func (s *Server) writeTLS(base string, ca *pki.CA, cred *syscall.Credential) ([]string, error) {
+	leaf, err := ca.Issue([]string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{"ca.pem": ca.CertPEM(), "server.pem": leaf.CertPEM, "server-key.pem": leaf.KeyPEM}
+	for name, b := range files {
+		p := filepath.Join(base, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			return nil, fmt.Errorf("mariadb: %w", err)
+		}
+		if err := osuser.Chown(p, cred); err != nil {
+			return nil, fmt.Errorf("mariadb: %w", err)
+		}
+	}
+	return []string{
+		"--ssl-ca=" + filepath.Join(base, "ca.pem"),
+		"--ssl-cert=" + filepath.Join(base, "server.pem"),
+		"--ssl-key=" + filepath.Join(base, "server-key.pem"),
+	}, nil
+}
+
+// Addr is the host:port of the TCP listener.
+func (s *Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
+
+// Config returns a go-sql-driver config for user over the unix socket (no password).
+func (s *Server) Config(user, db string) *mysql.Config {
+	c := mysql.NewConfig()
+	c.User, c.Net, c.Addr, c.DBName = user, "unix", s.Socket, db
+	c.MultiStatements = true
+	return c
+}
+
+// TCPConfig returns a go-sql-driver config for user over loopback TCP without TLS.
+func (s *Server) TCPConfig(user, password, db string) *mysql.Config {
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr, c.DBName = user, password, "tcp", s.Addr(), db
+	return c
+}
+
+// Open returns a *sql.DB for user over the unix socket.
+func (s *Server) Open(user, db string) (*sql.DB, error) {
+	conn, err := mysql.NewConnector(s.Config(user, db))
+	if err != nil {
+		return nil, fmt.Errorf("mariadb: %w", err)
+	}
+	return sql.OpenDB(conn), nil
+}
+
+// Exec runs statements (multi-statements allowed) as the superuser.
+func (s *Server) Exec(ctx context.Context, stmts string) error {
+	db, err := s.Open(Superuser, "")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, stmts); err != nil {
+		return fmt.Errorf("mariadb: exec %q: %w", stmts, err)
 	}
 	return nil
 }
 
-func lookPath(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/usr/bin", "/usr/local/sbin"} {
-		p := filepath.Join(d, name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
-		}
-	}
-	return "", exec.ErrNotFound
+// CreateUser creates user, reachable over TCP from anywhere, with password (empty: none).
+// The RDS stand-in logs in to MariaDB as the app's user with no password.
+func (s *Server) CreateUser(ctx context.Context, user, password string) error {
+	return s.Exec(ctx, fmt.Sprintf("CREATE USER %s@'%%' IDENTIFIED BY %s", quote(user), quote(password)))
 }
 
-// Start installs and starts a server. The caller must Close it.
-func Start(ctx context.Context, cfg Config) (s *Server, err error) {
-	if err := Available(); err != nil {
-		return nil, err
-	}
-	if cfg.User == "" {
-		cfg.User = "app"
-	}
-	if cfg.Password == "" {
-		cfg.Password = "app-password"
-	}
-	if cfg.Database == "" {
-		cfg.Database = "app"
-	}
-	if cfg.MaxAllowedPacket == 0 {
-		cfg.MaxAllowedPacket = 64 << 20
-	}
-	if cfg.StartTimeout == 0 {
-		cfg.StartTimeout = 90 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
-	defer cancel()
-
-	// Not t.TempDir: its parents are 0700 root, which the mysql user cannot traverse.
-	dir, err := os.MkdirTemp("", "rdsvalet-mariadb-")
-	if err != nil {
-		return nil, err
-	}
-	s = &Server{Dir: dir, Socket: filepath.Join(dir, "mysqld.sock"), User: cfg.User, Password: cfg.Password,
-		Database: cfg.Database, ErrorLog: filepath.Join(dir, "error.log"), done: make(chan struct{})}
-	defer func() {
-		if err != nil {
-			s.Close()
-			if b, rerr := os.ReadFile(s.ErrorLog); rerr == nil {
-				err = fmt.Errorf("%w\nMariaDB error log:\n%s", err, tail(string(b), 4000))
-			}
-		}
-	}()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return s, err
-	}
-	tlsDir := filepath.Join(dir, "tls")
-	if err := os.Mkdir(tlsDir, 0o755); err != nil {
-		return s, err
-	}
-	if s.CA, err = NewCA(tlsDir, "mariadb-test"); err != nil {
-		return s, err
-	}
-	_, certFile, keyFile, err := s.CA.Issue("server", append([]string{"127.0.0.1", "localhost"}, cfg.ServerNames...)...)
-	if err != nil {
-		return s, err
-	}
-	dataDir := filepath.Join(dir, "data")
-	osUser := ""
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		// mariadbd refuses to run as root unless told; run it as Debian's mysql user instead.
-		osUser = "mysql"
-		u, err := user.Lookup(osUser)
-		if err != nil {
-			return s, fmt.Errorf("running as root needs the mysql OS user: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := chownR(dir, uid, gid); err != nil {
-			return s, err
-		}
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-
-	install, _ := lookPath("mariadb-install-db")
-	args := []string{"--no-defaults", "--datadir=" + dataDir, "--auth-root-authentication-method=normal",
-		"--skip-test-db", "--skip-name-resolve"}
-	if osUser != "" {
-		args = append(args, "--user="+osUser)
-	}
-	if out, err := exec.CommandContext(ctx, install, args...).CombinedOutput(); err != nil {
-		return s, fmt.Errorf("mariadb-install-db: %w\n%s", err, tail(string(out), 4000))
-	}
-
-	port, err := freePort()
-	if err != nil {
-		return s, err
-	}
-	s.Addr = fmt.Sprintf("127.0.0.1:%d", port)
-	mariadbd, _ := lookPath("mariadbd")
-	args = []string{"--no-defaults", "--datadir=" + dataDir, "--socket=" + s.Socket,
-		"--port=" + strconv.Itoa(port), "--bind-address=127.0.0.1", "--skip-name-resolve",
-		"--pid-file=" + filepath.Join(dir, "mysqld.pid"), "--log-error=" + s.ErrorLog,
-		"--ssl-ca=" + s.CA.CertFile, "--ssl-cert=" + certFile, "--ssl-key=" + keyFile,
-		"--max-allowed-packet=" + strconv.Itoa(cfg.MaxAllowedPacket), "--local-infile=1",
-		"--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M", "--innodb-flush-log-at-trx-commit=2",
-		"--max-connections=500", "--skip-log-bin", "--performance-schema=OFF"}
-	s.cmd = exec.Command(mariadbd, args...)
-	// The server runs as the mysql user from the start (not mariadbd --user, whose setuid
-	// would clear the parent-death signal), so that it stops with the test process even
-	// when a test binary panics or times out before Close.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGTERM}
-	if err := s.cmd.Start(); err != nil {
-		return s, fmt.Errorf("start mariadbd: %w", err)
-	}
-	go func() {
-		_ = s.cmd.Wait()
-		close(s.done)
-	}()
-
-	root, err := s.waitReady(ctx)
-	if err != nil {
-		return s, err
-	}
-	defer root.Close()
-	if err := root.QueryRowContext(ctx, "SELECT VERSION()").Scan(&s.Version); err != nil {
-		return s, err
-	}
-	for _, q := range []string{
-		fmt.Sprintf("CREATE DATABASE `%s`", cfg.Database),
-		fmt.Sprintf("CREATE USER '%s'@'%%' IDENTIFIED BY '%s'", cfg.User, cfg.Password),
-		fmt.Sprintf("GRANT ALL ON `%s`.* TO '%s'@'%%'", cfg.Database, cfg.User),
-	} {
-		if _, err := root.ExecContext(ctx, q); err != nil {
-			return s, fmt.Errorf("%s: %w", q, err)
-		}
-	}
-	return s, nil
+// CreateDatabase creates db and grants user every privilege on it.
+func (s *Server) CreateDatabase(ctx context.Context, db, user string) error {
+	return s.Exec(ctx, fmt.Sprintf("CREATE DATABASE `%s`; GRANT ALL ON `%s`.* TO %s@'%%'",
+		strings.ReplaceAll(db, "`", "``"), strings.ReplaceAll(db, "`", "``"), quote(user)))
 }
 
-// waitReady polls a real root connection over the socket until it works or ctx ends.
-func (s *Server) waitReady(ctx context.Context) (*sql.DB, error) {
-	c := mysql.NewConfig()
-	c.User, c.Net, c.Addr = "root", "unix", s.Socket
-	c.MultiStatements = true
-	conn, err := mysql.NewConnector(c)
-	if err != nil {
-		return nil, err
-	}
-	db := sql.OpenDB(conn)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err = db.PingContext(pctx)
-		cancel()
-		if err == nil {
-			return db, nil
-		}
+// LogTail returns the last lines the server logged.
+func (s *Server) LogTail() string { return s.log.String() }
+
+// Exited is closed when the server process has exited.
+func (s *Server) Exited() <-chan struct{} { return s.exited }
+
+// Stop shuts the server down (SIGTERM) and waits; if ctx ends first it is killed. It removes
+// only what Start created on its own.
+func (s *Server) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() {
 		select {
-		case <-s.done:
-			db.Close()
-			return nil, fmt.Errorf("mariadbd exited during startup: %v", s.cmd.ProcessState)
-		case <-ctx.Done():
-			db.Close()
-			return nil, fmt.Errorf("mariadbd not ready: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// RootDSN is a go-sql-driver DSN for root over the Unix socket.
-func (s *Server) RootDSN() string { return "root@unix(" + s.Socket + ")/" }
-
-// Close stops the server (SIGTERM, then SIGKILL after 20 s) and removes its directory.
-func (s *Server) Close() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		select {
-		case <-s.done:
+		case <-s.exited:
 		default:
 			_ = s.cmd.Process.Signal(syscall.SIGTERM)
 			select {
-			case <-s.done:
-			case <-time.After(20 * time.Second):
-				_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-				<-s.done
+			case <-s.exited:
+			case <-ctx.Done():
+				s.Kill()
+				s.stopErr = fmt.Errorf("mariadb: stop: %w (killed)", ctx.Err())
 			}
 		}
+		s.cleanupFiles()
+	})
+	return s.stopErr
+}
+
+// Kill ends the server with SIGKILL at once, as a crash would.
+func (s *Server) Kill() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
 	}
-	if s.Dir != "" {
-		_ = os.RemoveAll(s.Dir)
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.exited
+}
+
+func (s *Server) cleanupFiles() {
+	if s.sockDir != "" {
+		os.RemoveAll(s.sockDir)
+	}
+	if s.ownDir != "" {
+		os.RemoveAll(s.ownDir)
 	}
 }
 
-func chownR(dir string, uid, gid int) error {
-	return filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
+func findBinary(names ...string) (string, error) {
+	for _, n := range names {
+		for _, d := range []string{"/usr/sbin", "/usr/bin"} {
+			p := filepath.Join(d, n)
+			if _, err := os.Stat(p); err == nil {
+				return p, nil
+			}
 		}
-		return os.Lchown(p, uid, gid)
-	})
+		if p, err := exec.LookPath(n); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("mariadb: " + names[0] + " not found (install the Debian mariadb-server package)")
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("mariadb: free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func tail(s string, n int) string {
-	s = strings.TrimSpace(s)
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
+func quote(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// lineLog is the server's output: each line goes to logf and the last few are kept.
+type lineLog struct {
+	logf func(string, ...any)
+	mu   sync.Mutex
+	part []byte
+	tail []string
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.part = append(l.part, p...)
+	for {
+		i := bytes.IndexByte(l.part, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(l.part[:i])
+		l.part = l.part[i+1:]
+		l.logf("mariadb: %s", line)
+		l.tail = append(l.tail, line)
+		if len(l.tail) > logTailLines {
+			l.tail = l.tail[1:]
+		}
 	}
-	return s
+	return len(p), nil
+}
+
+func (l *lineLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.tail, "\n")
 }

@@ -102,6 +102,16 @@ func TestServer(t *testing.T) {
 				t.Fatalf("right password: %v", err)
 			}
 			defer c.Close(ctx)
+			tlsCfg, err := pgx.ParseConfig(s.TLSDSN(role, "postgres", caFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tlsCfg.Password = "s3cret'pw"
+			tc, err := pgx.ConnectConfig(ctx, tlsCfg)
+			if err != nil {
+				t.Fatalf("right password over TLS: %v", err)
+			}
+			tc.Close(ctx)
 			var stored string
 			if err := c.QueryRow(ctx, "SELECT left(rolpassword, 5) FROM pg_authid WHERE rolname = $1", role).Scan(&stored); err == nil {
 				t.Fatalf("a non-superuser read pg_authid")

@@ -1,8 +1,9 @@
-// Package rdsstandin is a local stand-in for an RDS endpoint (instance or RDS Proxy) speaking
-// the PostgreSQL protocol. At login it behaves like RDS with IAM authentication and
-// rds.force_ssl: it demands TLS, asks for a cleartext password, and verifies that password as an
-// IAM auth token; then it serves the session from a real PostgreSQL by replaying the client's
-// startup to it and relaying bytes both ways. A client that passes here has done what RDS asks.
+// Package rdsstandin is a local stand-in for an RDS endpoint (instance or RDS Proxy). At login
+// it behaves like RDS with IAM authentication and TLS enforced: it demands TLS, asks for a
+// cleartext password (PostgreSQL) or switches the client to mysql_clear_password (MySQL), and
+// verifies that password as an IAM auth token; then it serves the session from a real database
+// server by logging in there on the client's behalf and relaying bytes both ways. A client that
+// passes here has done what RDS asks.
 package rdsstandin
 
 import (
@@ -50,6 +51,10 @@ type Options struct {
 	// Verify checks the password a client sent as an IAM token for user. IAMVerifier builds
 	// one from iamtoken options.
 	Verify func(token, user string) error
+	// MySQLSwitchPlugin is the auth plugin MySQL clients are switched to; empty means
+	// mysql_clear_password, as RDS does. Tests set another one to see how a client copes
+	// with a plugin it does not speak.
+	MySQLSwitchPlugin string
 	// HandshakeTimeout bounds everything before the session is relayed; 0 means 10s.
 	HandshakeTimeout time.Duration
 	// Logf receives one line per event; tokens are never logged.
@@ -67,11 +72,12 @@ type Stats struct {
 
 // Server is a running stand-in on 127.0.0.1.
 type Server struct {
-	opts Options
-	ln   net.Listener
-	wg   sync.WaitGroup
-	ctx  context.Context
-	stop context.CancelFunc
+	opts   Options
+	handle func(net.Conn) // the engine's per-connection protocol
+	ln     net.Listener
+	wg     sync.WaitGroup
+	ctx    context.Context
+	stop   context.CancelFunc
 
 	closeOnce sync.Once
 	closeErr  error
@@ -83,8 +89,19 @@ type Server struct {
 	plaintextAfter []byte
 }
 
-// Start listens on a random loopback port.
+// Start listens on a random loopback port and speaks PostgreSQL; Options.Backend is a
+// PostgreSQL server that trusts the users logging in.
 func Start(o Options) (*Server, error) {
+	s, err := start(o)
+	if err != nil {
+		return nil, err
+	}
+	s.handle = s.serve
+	s.run()
+	return s, nil
+}
+
+func start(o Options) (*Server, error) {
 	if o.Backend == "" || o.TLS == nil || o.Verify == nil {
 		return nil, errors.New("rdsstandin: Backend, TLS and Verify are required")
 	}
@@ -101,9 +118,12 @@ func Start(o Options) (*Server, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{opts: o, ln: ln, ctx: ctx, stop: stop, conns: map[net.Conn]bool{}, sessions: map[net.Conn]net.Conn{},
 		stats: Stats{LoginsFailed: map[string]int{}}}
+	return s, nil
+}
+
+func (s *Server) run() {
 	s.wg.Add(1)
 	go s.acceptLoop()
-	return s, nil
 }
 
 // Addr is the address to dial.
@@ -187,7 +207,7 @@ func (s *Server) acceptLoop() {
 				s.mu.Unlock()
 				c.Close()
 			}()
-			s.serve(c)
+			s.handle(c)
 		}()
 	}
 }
@@ -327,6 +347,12 @@ func (s *Server) login(conn, raw net.Conn, secure bool, sm *pgproto3.StartupMess
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
+	log("rdsstandin: login %s/%s ok", user, db)
+	s.session(conn, backend)
+}
+
+// session counts a successful login and relays until either side ends.
+func (s *Server) session(client, backend net.Conn) {
 	s.mu.Lock()
 	if s.ctx.Err() != nil {
 		s.mu.Unlock()
@@ -334,14 +360,13 @@ func (s *Server) login(conn, raw net.Conn, secure bool, sm *pgproto3.StartupMess
 		return
 	}
 	s.stats.LoginsOK++
-	s.sessions[conn] = backend
+	s.sessions[client] = backend
 	s.mu.Unlock()
-	log("rdsstandin: login %s/%s ok", user, db)
 
-	relay(conn, backend)
+	relay(client, backend)
 
 	s.mu.Lock()
-	delete(s.sessions, conn)
+	delete(s.sessions, client)
 	s.mu.Unlock()
 }
 
@@ -384,7 +409,7 @@ func (s *Server) forwardCancel(body []byte) {
 	s.mu.Lock()
 	s.stats.CancelsForwarded++
 	s.mu.Unlock()
-	s.opts.Logf("rdsstandin: cancel forwarded")
+	s.opts.Logf("rdsstandin: cancel for backend pid %d forwarded", binary.BigEndian.Uint32(body[4:]))
 }
 
 // readStartup reads an untyped first-phase message (bounded like PostgreSQL's) and returns

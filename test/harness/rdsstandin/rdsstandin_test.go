@@ -22,8 +22,8 @@ import (
 	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
 
-// The tests share one world: starting PostgreSQL dominates the run time. They are not
-// parallel, because SetEnv changes the process environment.
+// startWorld starts a world for one top-level test. Tests are not parallel, because SetEnv
+// changes the process environment.
 func startWorld(t *testing.T) *world.World {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -70,8 +70,19 @@ func pgCode(err error) string {
 	return ""
 }
 
-func TestStandin(t *testing.T) {
+// TestPostgres runs every PostgreSQL-side check against one world (starting PostgreSQL
+// dominates the run time); closing the stand-in comes last.
+func TestPostgres(t *testing.T) {
 	w := startWorld(t)
+	// Hand-made cancels run before any pgx session exists: pgx may send cancels of its own
+	// when a session ends, which would blur the counter.
+	t.Run("raw protocol", func(t *testing.T) { testRawProtocol(t, w) })
+	t.Run("cancel after TLS", func(t *testing.T) { testCancelAfterTLS(t, w) })
+	t.Run("login", func(t *testing.T) { testLogin(t, w) })
+	t.Run("close waits", func(t *testing.T) { testCloseWaits(t, w) })
+}
+
+func testLogin(t *testing.T, w *world.World) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	creds := sdkCredentials(ctx, t)
@@ -98,6 +109,7 @@ func TestStandin(t *testing.T) {
 			t.Fatalf("session is %s/%s", user, db)
 		}
 		if st := w.Standin.Stats(); st.LoginsOK != 1 || st.ActiveSessions != 1 {
+			// First login on a fresh world: the counts are exact.
 			t.Fatalf("stats %+v", st)
 		}
 		// Prepared statements and a sizable result prove bytes are relayed, not interpreted.
@@ -227,10 +239,10 @@ func mustToken(ctx context.Context, t *testing.T, host, region, user string, cre
 	return tok
 }
 
-// TestRawProtocol drives the pre-login protocol by hand, where no driver would misbehave on
+// testRawProtocol drives the pre-login protocol by hand, where no driver would misbehave on
 // purpose.
-func TestRawProtocol(t *testing.T) {
-	w := startWorld(t)
+func testRawProtocol(t *testing.T, w *world.World) {
+	protoBefore := w.Standin.Stats().LoginsFailed[rdsstandin.ReasonProtocol]
 	dial := func(t *testing.T) net.Conn {
 		c, err := net.Dial("tcp", w.Address)
 		if err != nil {
@@ -316,15 +328,14 @@ func TestRawProtocol(t *testing.T) {
 			t.Fatalf("got %s %s", e.Code, e.Message)
 		}
 	})
-	if got := w.Standin.Stats().LoginsFailed[rdsstandin.ReasonProtocol]; got != 2 {
-		t.Fatalf("protocol failures = %d, want 2", got)
+	if got := w.Standin.Stats().LoginsFailed[rdsstandin.ReasonProtocol]; got != protoBefore+2 {
+		t.Fatalf("protocol failures = %d, want %d", got, protoBefore+2)
 	}
 }
 
-// TestCloseWaits checks that Close ends sessions in flight and returns only when every
-// goroutine is done (the race detector and goleak-free exit would show stragglers).
-func TestCloseWaits(t *testing.T) {
-	w := startWorld(t)
+// testCloseWaits checks that Close ends sessions in flight and returns only when every
+// goroutine is done (a straggler would race with the test's end under -race).
+func testCloseWaits(t *testing.T, w *world.World) {
 	ctx := context.Background()
 	token := mustToken(ctx, t, w.TokenHost, w.Region, w.DBUser, sdkCredentials(ctx, t))
 	conn, err := connect(ctx, t, w, w.DBUser, token)
@@ -343,5 +354,36 @@ func TestCloseWaits(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", w.Address, time.Second); err == nil {
 		t.Fatal("stand-in still accepts after Close")
+	}
+}
+
+// testCancelAfterTLS: libpq may send its CancelRequest inside TLS; the stand-in must forward
+// it just the same.
+func testCancelAfterTLS(t *testing.T, w *world.World) {
+	before := w.Standin.Stats().CancelsForwarded
+	c, err := net.Dial("tcp", w.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), 80877103)); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 'S' {
+		t.Fatalf("got %q %v", b, err)
+	}
+	tc := tls.Client(c, w.CA.ClientTLSConfig(w.TLSServerName))
+	cancelReq, _ := (&pgproto3.CancelRequest{ProcessID: 1, SecretKey: 1}).Encode(nil)
+	if _, err := tc.Write(cancelReq); err != nil {
+		t.Fatal(err)
+	}
+	// The stand-in closes once the backend has taken the cancel.
+	if _, err := io.Copy(io.Discard, tc); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Standin.Stats().CancelsForwarded; got != before+1 {
+		t.Fatalf("CancelsForwarded = %d, want %d", got, before+1)
 	}
 }

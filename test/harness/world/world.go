@@ -1,8 +1,9 @@
 // Package world starts the whole local stand-in for AWS and RDS in one call, for tests and
 // for `make demo`: a test CA, a real PostgreSQL (role and database "app", TLS on), a fake STS
 // with a projected web-identity token file, and the RDS stand-in in front of PostgreSQL that
-// verifies IAM tokens against the credentials the fake STS issued. It returns what a sidecar
-// needs to be pointed at it: the IRSA environment, the CA bundle and the path's three names.
+// verifies IAM tokens against the credentials the fake STS issued; optionally the same for
+// MySQL with a real MariaDB. It returns what a sidecar needs to be pointed at it: the IRSA
+// environment, the CA bundle and each path's three names.
 package world
 
 import (
@@ -17,6 +18,7 @@ import (
 
 	"github.com/rdsvalet/rds-valet/test/harness/fakests"
 	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
+	"github.com/rdsvalet/rds-valet/test/harness/mariadb"
 	"github.com/rdsvalet/rds-valet/test/harness/pgserver"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
 	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
@@ -24,13 +26,15 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultRegion  = "us-east-1"
-	DefaultRDSHost = "orders.proxy-test.us-east-1.rds.amazonaws.com"
-	DefaultDB      = "app"
+	DefaultRegion       = "us-east-1"
+	DefaultRDSHost      = "orders.proxy-test.us-east-1.rds.amazonaws.com"
+	DefaultMySQLRDSHost = "orders-mysql.proxy-test.us-east-1.rds.amazonaws.com"
+	DefaultDB           = "app"
 	// rdsPort is the port the token is signed for, RDS's PostgreSQL port, deliberately not
 	// the stand-in's random port: the dial address and the token host differ, as they do
 	// behind PrivateLink.
-	rdsPort = "5432"
+	rdsPort      = "5432"
+	rdsMySQLPort = "3306"
 )
 
 // Options configure Start. Zero values give the standard world.
@@ -40,6 +44,11 @@ type Options struct {
 	// Region, RDSHost and DB (used as both user and database name) default to the
 	// constants above.
 	Region, RDSHost, DB string
+	// MySQL also starts MariaDB (user and database DB) and a MySQL stand-in in front of it;
+	// it needs Debian's mariadb-server.
+	MySQL bool
+	// MySQLRDSHost is the MySQL stand-in's RDS-like hostname; default DefaultMySQLRDSHost.
+	MySQLRDSHost string
 	// CredentialDuration is the lifetime of STS credentials; 0 means one hour.
 	CredentialDuration time.Duration
 	// Logf receives every component's log lines.
@@ -67,9 +76,20 @@ type World struct {
 	TLSServerName string
 	TokenHost     string
 
+	// MySQL side, set when Options.MySQL: the server, the stand-in and its three names.
+	MariaDB            *mariadb.Server
+	MySQLStandin       *rdsstandin.Server
+	MySQLAddress       string
+	MySQLTLSServerName string
+	MySQLTokenHost     string
+
 	// Env is the sidecar's AWS environment as KEY=VALUE, IRSA-style, with every other
 	// credential source neutralised (empty values count as unset for the SDK).
 	Env []string
+	// PodIdentityEnv is the alternative: EKS Pod Identity (AWS_CONTAINER_CREDENTIALS_FULL_URI
+	// at the fake STS, the same token file as AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE), with
+	// the IRSA variables emptied.
+	PodIdentityEnv []string
 
 	ownDir string
 }
@@ -151,17 +171,19 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 	}
 	w.Address = w.Standin.Addr()
 
+	if o.MySQL {
+		if err = w.startMySQL(ctx, o); err != nil {
+			return w, err
+		}
+	}
+
 	empty := filepath.Join(w.Dir, "aws-empty")
 	if err = os.WriteFile(empty, nil, 0o644); err != nil {
 		return w, fmt.Errorf("world: %w", err)
 	}
-	w.Env = []string{
+	neutral := []string{
 		"AWS_REGION=" + o.Region,
 		"AWS_DEFAULT_REGION=" + o.Region,
-		"AWS_ROLE_ARN=" + w.STS.RoleARN(),
-		"AWS_WEB_IDENTITY_TOKEN_FILE=" + w.TokenFile,
-		"AWS_ENDPOINT_URL_STS=" + w.STS.URL,
-		"AWS_STS_REGIONAL_ENDPOINTS=regional",
 		"AWS_CONFIG_FILE=" + empty,
 		"AWS_SHARED_CREDENTIALS_FILE=" + empty,
 		"AWS_EC2_METADATA_DISABLED=true",
@@ -171,32 +193,95 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 		"AWS_PROFILE=",
 		"AWS_DEFAULT_PROFILE=",
 		"AWS_ENDPOINT_URL=",
+		"AWS_ROLE_SESSION_NAME=",
+	}
+	w.Env = append(append([]string(nil), neutral...),
+		"AWS_ROLE_ARN="+w.STS.RoleARN(),
+		"AWS_WEB_IDENTITY_TOKEN_FILE="+w.TokenFile,
+		"AWS_ENDPOINT_URL_STS="+w.STS.URL,
+		"AWS_STS_REGIONAL_ENDPOINTS=regional",
 		"AWS_CONTAINER_CREDENTIALS_FULL_URI=",
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=",
 		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=",
-		"AWS_ROLE_SESSION_NAME=",
-	}
+	)
+	w.PodIdentityEnv = append(append([]string(nil), neutral...),
+		"AWS_ROLE_ARN=",
+		"AWS_WEB_IDENTITY_TOKEN_FILE=",
+		"AWS_ENDPOINT_URL_STS=",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI="+w.STS.URL+fakests.PodIdentityPath,
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=",
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE="+w.TokenFile,
+	)
 	o.Logf("world: up: stand-in %s (tls %s, token host %s), postgres %s, sts %s",
 		w.Address, w.TLSServerName, w.TokenHost, w.PG.Addr(), w.STS.URL)
 	return w, nil
 }
 
+func (w *World) startMySQL(ctx context.Context, o Options) error {
+	host := o.MySQLRDSHost
+	if host == "" {
+		host = DefaultMySQLRDSHost
+	}
+	w.MySQLTLSServerName, w.MySQLTokenHost = host, net.JoinHostPort(host, rdsMySQLPort)
+	var err error
+	if w.MariaDB, err = mariadb.Start(ctx, mariadb.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf}); err != nil {
+		return err
+	}
+	if err := w.MariaDB.CreateUser(ctx, o.DB, ""); err != nil {
+		return err
+	}
+	if err := w.MariaDB.CreateDatabase(ctx, o.DB, o.DB); err != nil {
+		return err
+	}
+	srvTLS, err := w.CA.ServerTLSConfig(host)
+	if err != nil {
+		return err
+	}
+	w.MySQLStandin, err = rdsstandin.StartMySQL(rdsstandin.Options{
+		Backend: w.MariaDB.Addr(),
+		TLS:     srvTLS,
+		Verify: rdsstandin.IAMVerifier(iamtoken.Options{
+			ExpectHost: w.MySQLTokenHost,
+			Region:     o.Region,
+			Lookup:     w.STS.Lookup,
+		}),
+		Logf: o.Logf,
+	})
+	if err != nil {
+		return err
+	}
+	w.MySQLAddress = w.MySQLStandin.Addr()
+	o.Logf("world: mysql stand-in %s (tls %s, token host %s), mariadb %s",
+		w.MySQLAddress, w.MySQLTLSServerName, w.MySQLTokenHost, w.MariaDB.Addr())
+	return nil
+}
+
 // Environ returns base (typically os.Environ()) with every AWS_* variable removed and the
 // world's Env added: the environment for a sidecar subprocess.
-func (w *World) Environ(base []string) []string {
-	out := make([]string, 0, len(base)+len(w.Env))
+func (w *World) Environ(base []string) []string { return replaceAWS(base, w.Env) }
+
+// PodIdentityEnviron is Environ with PodIdentityEnv instead of the IRSA variables.
+func (w *World) PodIdentityEnviron(base []string) []string { return replaceAWS(base, w.PodIdentityEnv) }
+
+func replaceAWS(base, env []string) []string {
+	out := make([]string, 0, len(base)+len(env))
 	for _, kv := range base {
 		if !strings.HasPrefix(kv, "AWS_") {
 			out = append(out, kv)
 		}
 	}
-	return append(out, w.Env...)
+	return append(out, env...)
 }
 
 // SetEnv applies Env through setenv, for in-process SDK use in a test: pass t.Setenv so that
 // the values are restored afterwards.
-func (w *World) SetEnv(setenv func(key, value string)) {
-	for _, kv := range w.Env {
+func (w *World) SetEnv(setenv func(key, value string)) { setAll(w.Env, setenv) }
+
+// SetPodIdentityEnv applies PodIdentityEnv through setenv.
+func (w *World) SetPodIdentityEnv(setenv func(key, value string)) { setAll(w.PodIdentityEnv, setenv) }
+
+func setAll(env []string, setenv func(key, value string)) {
+	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
 		setenv(k, v)
 	}
@@ -220,6 +305,12 @@ func (w *World) Close(ctx context.Context) error {
 	var errs []error
 	if w.Standin != nil {
 		errs = append(errs, w.Standin.Close())
+	}
+	if w.MySQLStandin != nil {
+		errs = append(errs, w.MySQLStandin.Close())
+	}
+	if w.MariaDB != nil {
+		errs = append(errs, w.MariaDB.Stop(ctx))
 	}
 	if w.STS != nil {
 		errs = append(errs, w.STS.Close())

@@ -73,6 +73,25 @@ func TestWorld(t *testing.T) {
 		if err := retrieve(); !errors.As(err, &ae) || ae.ErrorCode() != "InvalidIdentityToken" {
 			t.Fatalf("old token: %v, want InvalidIdentityToken", err)
 		}
+		if err := os.WriteFile(w.TokenFile, []byte(w.WebIdentityToken), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("pod identity through the SDK", func(t *testing.T) {
+		w.SetPodIdentityEnv(t.Setenv)
+		cfg, err := config.LoadDefaultConfig(ctx, config.WithRetryMaxAttempts(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := w.STS.Calls()
+		c, err := cfg.Credentials.Retrieve(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := w.STS.Lookup(c.AccessKeyID); !ok || w.STS.Calls() != before+1 {
+			t.Fatalf("credentials not from the fake agent (calls %d -> %d)", before, w.STS.Calls())
+		}
 	})
 
 	if err := w.Close(ctx); err != nil {
