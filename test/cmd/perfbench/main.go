@@ -10,7 +10,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"database/sql"
 	"database/sql/driver"
 	"flag"
 	"fmt"
@@ -42,6 +41,9 @@ const (
 	pgUser     = "bench"
 	pgPassword = "bench-password-not-secret"
 	pgDB       = "bench"
+	myUser     = "bench"
+	myPassword = "bench-password-not-secret"
+	myDB       = "bench"
 	idleConns  = 2000
 )
 
@@ -98,6 +100,7 @@ type bench struct {
 	dir     string
 	pg      *pgserver.Server
 	my      *mariadb.Server
+	ca      *pki.CA
 	caFile  string
 	bouncer *exec.Cmd
 	bncPort int
@@ -144,6 +147,7 @@ func (b *bench) run() error {
 	if err != nil {
 		return err
 	}
+	b.ca = ca
 	if b.caFile, err = ca.WriteCAFile(b.dir); err != nil {
 		return err
 	}
@@ -176,7 +180,13 @@ func (b *bench) run() error {
 	}
 	if !b.o.skipMy {
 		b.logf("starting MariaDB (TLS)")
-		if b.my, err = mariadb.Start(ctx, mariadb.Config{}); err != nil {
+		if b.my, err = mariadb.Start(ctx, mariadb.Options{CA: ca, Args: []string{"--max-connections=500"}}); err != nil {
+			return err
+		}
+		if err := b.my.CreateUser(ctx, myUser, myPassword); err != nil {
+			return err
+		}
+		if err := b.my.CreateDatabase(ctx, myDB, myUser); err != nil {
 			return err
 		}
 		if err := b.sysbenchFiles(ca); err != nil {
@@ -444,7 +454,7 @@ listeners:
 `, b.admin, b.sidePG, b.o.idle+100, pwFile, b.caFile, b.pg.Addr())
 	if b.my != nil {
 		myPw := filepath.Join(b.dir, "my-password")
-		if err := os.WriteFile(myPw, []byte(b.my.Password+"\n"), 0o600); err != nil {
+		if err := os.WriteFile(myPw, []byte(myPassword+"\n"), 0o600); err != nil {
 			return err
 		}
 		cfg += fmt.Sprintf(`  - name: mysql
@@ -453,8 +463,8 @@ listeners:
     auth: {mode: password, password_file: %q}
     tls: {mode: verify-full, ca_file: %q}
     paths:
-      - {name: direct, address: %q, tls_server_name: "127.0.0.1", token_host: %q}
-`, b.sideMy, myPw, b.my.CA.CertFile, b.my.Addr, b.my.Addr)
+      - {name: direct, address: %q, tls_server_name: localhost, token_host: %q}
+`, b.sideMy, myPw, b.caFile, b.my.Addr(), b.my.Addr())
 	}
 	file := filepath.Join(b.dir, "sidecar.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
@@ -517,7 +527,9 @@ func (b *bench) cleanup() {
 		}
 	}
 	if b.my != nil {
-		b.my.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_ = b.my.Stop(ctx)
+		cancel()
 	}
 	if b.pg != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -700,20 +712,14 @@ func percentiles(v []float64) (p50, p99, p999 float64) {
 
 // sysbenchFiles puts the TLS files where sysbench 1.0 looks for them: cacert.pem,
 // client-cert.pem and client-key.pem in its working directory (it has no options for them, and
-// fails without a client certificate, which MariaDB then verifies against its ssl-ca). The
-// harness's MariaDB CA issues server certificates only, so the client certificate comes from
-// the benchmark's own CA, which is appended to the server's ssl-ca file and loaded with
-// FLUSH SSL. (A harness option for client certificates would make this unnecessary.)
+// fails without a client certificate). The harness's MariaDB trusts the benchmark's CA as its
+// ssl-ca, so a client certificate from that CA is accepted.
 func (b *bench) sysbenchFiles(ca *pki.CA) error {
 	dir := filepath.Join(b.dir, "sysbench")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
-	serverCA, err := os.ReadFile(b.my.CA.CertFile)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cacert.pem"), serverCA, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "cacert.pem"), ca.CertPEM(), 0o644); err != nil {
 		return err
 	}
 	leaf, err := ca.Issue([]string{"sysbench"}, nil)
@@ -723,47 +729,25 @@ func (b *bench) sysbenchFiles(ca *pki.CA) error {
 	if err := os.WriteFile(filepath.Join(dir, "client-cert.pem"), leaf.CertPEM, 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "client-key.pem"), leaf.KeyPEM, 0o600); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(b.my.CA.CertFile, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(ca.CertPEM()); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	db, err := sql.Open("mysql", b.my.RootDSN())
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	if _, err := db.Exec("FLUSH SSL"); err != nil {
-		return fmt.Errorf("FLUSH SSL: %w", err)
-	}
-	return nil
+	return os.WriteFile(filepath.Join(dir, "client-key.pem"), leaf.KeyPEM, 0o600)
 }
 
 func (b *bench) sysbench(test, path string, threads int, dur time.Duration, verb string) (string, error) {
-	addr := b.my.Addr
+	addr := b.my.Addr()
 	ssl := "on"
 	if path == "sidecar" {
 		addr, ssl = b.sideMy, "off"
 	}
 	host, port, _ := net.SplitHostPort(addr)
 	a := []string{test, "--db-driver=mysql", "--mysql-host=" + host, "--mysql-port=" + port,
-		"--mysql-user=" + b.my.User, "--mysql-db=" + b.my.Database, "--mysql-ssl=" + ssl,
+		"--mysql-user=" + myUser, "--mysql-db=" + myDB, "--mysql-ssl=" + ssl,
 		"--tables=1", "--table-size=10000", "--threads=" + strconv.Itoa(threads)}
 	if verb == "run" {
 		a = append(a, "--time="+strconv.Itoa(int(dur.Seconds())), "--histogram=on", "--percentile=99", "--report-interval=0")
 	}
 	a = append(a, verb)
 	b.cmd("sysbench " + strings.Join(a, " ") + "   # + --mysql-password; " + path)
-	cmd := exec.Command("sysbench", append([]string{"--mysql-password=" + b.my.Password}, a...)...)
+	cmd := exec.Command("sysbench", append([]string{"--mysql-password=" + myPassword}, a...)...)
 	cmd.Dir = filepath.Join(b.dir, "sysbench")
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -849,11 +833,11 @@ func (b *bench) connectLoop(engine, path string, workers int, dur time.Duration)
 		}
 	case "mysql":
 		cfg := mysql.NewConfig()
-		cfg.User, cfg.Passwd, cfg.DBName, cfg.Net = b.my.User, b.my.Password, b.my.Database, "tcp"
+		cfg.User, cfg.Passwd, cfg.DBName, cfg.Net = myUser, myPassword, myDB, "tcp"
 		cfg.Addr = b.sideMy
 		if path == "direct-tls" {
-			cfg.Addr = b.my.Addr
-			cfg.TLS = &tls.Config{RootCAs: b.my.CA.Pool, ServerName: "127.0.0.1"}
+			cfg.Addr = b.my.Addr()
+			cfg.TLS = &tls.Config{RootCAs: b.ca.CertPool(), ServerName: "localhost"}
 		}
 		conn, err := mysql.NewConnector(cfg)
 		if err != nil {
