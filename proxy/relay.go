@@ -3,10 +3,12 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // relayBufSize is the pooled copy buffer a pump uses while data streams: large enough for a
@@ -162,7 +164,79 @@ func (ss *session) relay() (reason string, fromApp, toApp int64, upErr error) {
 	return reason, other.n, out, upErr
 }
 
+// rawReader reads a socket the way the relay wants an app connection read: it holds no
+// buffer while the app is quiet. A read that finds the socket empty puts its pooled buffer
+// back before the goroutine parks, and the next attempt, once the socket is readable, takes
+// one again. (Waiting for readiness before the first attempt would save the EAGAIN read, but
+// the poller clears a readiness that arrived before the wait began, so data could sit unseen.)
+type rawReader struct {
+	rc syscall.RawConn
+}
+
+// newRawReader returns nil when c is not a plain socket (a local TLS connection, a pipe).
+func newRawReader(c net.Conn) *rawReader {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	if _, isTCP := c.(*net.TCPConn); !isTCP {
+		if _, isUnix := c.(*net.UnixConn); !isUnix {
+			return nil
+		}
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return &rawReader{rc: rc}
+}
+
+// read waits for data and reads it into a pooled buffer, which the caller must put back.
+func (r *rawReader) read() (*[]byte, int, error) {
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	err := r.rc.Read(func(fd uintptr) bool {
+		if bp == nil {
+			bp = bufPool.Get().(*[]byte)
+		}
+		for {
+			n, rerr = syscall.Read(int(fd), *bp)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			bufPool.Put(bp)
+			bp = nil
+			return false
+		}
+		return true
+	})
+	if err == nil {
+		err = rerr
+	}
+	if n < 0 {
+		n = 0
+	}
+	if n == 0 && err == nil {
+		err = io.EOF
+	}
+	if errors.Is(err, syscall.EAGAIN) {
+		err = nil
+	}
+	if bp == nil {
+		bp = bufPool.Get().(*[]byte)
+	}
+	return bp, n, err
+}
+
 func (ss *session) pumpFromApp() (string, int64) {
+	if rr := newRawReader(ss.client); rr != nil {
+		return ss.pumpFromAppRaw(rr)
+	}
 	rb := new(relayBuf)
 	defer rb.release()
 	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")
@@ -189,6 +263,44 @@ func (ss *session) pumpFromApp() (string, int64) {
 				counter.Add(float64(pending))
 				pending = 0
 			}
+		}
+		if err != nil {
+			ss.markClosed(CloseClient)
+			return CloseClient, total
+		}
+	}
+}
+
+// pumpFromAppRaw is pumpFromApp over a plain socket: no buffer is held between requests.
+func (ss *session) pumpFromAppRaw(rr *rawReader) (string, int64) {
+	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")
+	var total, pending int64
+	defer func() { counter.Add(float64(pending)) }()
+	for {
+		bp, n, err := rr.read()
+		if n > 0 {
+			buf := (*bp)[:n]
+			ss.mu.Lock()
+			if ss.closed {
+				ss.mu.Unlock()
+				bufPool.Put(bp)
+				return CloseClient, total
+			}
+			ss.up.Tracker.FromClient(buf)
+			ss.mu.Unlock()
+			_, werr := ss.up.Conn.Write(buf)
+			bufPool.Put(bp)
+			if werr != nil {
+				ss.markClosed(CloseUpstream)
+				return CloseUpstream, total
+			}
+			total += int64(n)
+			if pending += int64(n); pending >= flushBytes {
+				counter.Add(float64(pending))
+				pending = 0
+			}
+		} else {
+			bufPool.Put(bp)
 		}
 		if err != nil {
 			ss.markClosed(CloseClient)

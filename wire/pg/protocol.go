@@ -69,6 +69,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type Protocol struct {
 	cfg     Config
 	cancels *cancelRegistry
+	salted  *saltedCache
 }
 
 // New returns the Postgres protocol for one listener.
@@ -82,7 +83,7 @@ func New(cfg Config) *Protocol {
 	for _, r := range []string{"forwarded", "unknown_key", "failed"} {
 		cfg.Metrics.cancels.WithLabelValues(cfg.Listener, r)
 	}
-	return &Protocol{cfg: cfg, cancels: newCancelRegistry()}
+	return &Protocol{cfg: cfg, cancels: newCancelRegistry(), salted: newSaltedCache()}
 }
 
 var _ proxy.Protocol = (*Protocol)(nil)
@@ -133,7 +134,7 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		if err != nil {
 			return err
 		}
-		u, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.Secret(ctx, path, user) })
+		u, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.Secret(ctx, path, user) }, p.salted)
 		if err != nil {
 			_ = tc.Close()
 			var ue *upstreamError
