@@ -13,12 +13,15 @@ import (
 	"database/sql/driver"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sort"
@@ -56,6 +59,9 @@ type opts struct {
 	idle     int
 	skipMy   bool
 	skipIdle bool
+	filter   *regexp.Regexp
+	sideEnv  string
+	profile  string
 }
 
 func main() {
@@ -68,9 +74,24 @@ func main() {
 	flag.IntVar(&o.idle, "idle", idleConns, "idle sessions held through the sidecar for the memory test")
 	flag.BoolVar(&o.skipMy, "skip-mysql", false, "skip the MySQL cases")
 	flag.BoolVar(&o.skipIdle, "skip-idle", false, "skip the idle-memory test")
+	filter := flag.String("filter", "", "run only the cases whose key (suite/case/clients, e.g. pgbench/-S/8) matches this regexp")
+	flag.StringVar(&o.sideEnv, "sidecar-env", "", "extra environment for the sidecar, space-separated NAME=value (e.g. GOMAXPROCS=2)")
+	flag.StringVar(&o.profile, "profile", "", "write pprof CPU profiles of the sidecar's first measured run of each case, and a heap profile in the idle test, into this directory")
 	flag.Parse()
+	if *filter != "" {
+		o.filter = regexp.MustCompile(*filter)
+	}
 	start := time.Now()
 	b := &bench{o: o}
+	// Ctrl-C or a kill ends the run, not the cleanup: every server it started is stopped.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		b.logf("%v: stopping", s)
+		b.cleanup()
+		os.Exit(1)
+	}()
 	err := b.run()
 	b.cleanup()
 	if err != nil {
@@ -87,6 +108,49 @@ type sample struct {
 	hwmKB               int64   // proxy peak RSS during the run
 }
 
+// want reports whether the case with this key runs (see --filter).
+func (b *bench) want(suite, name string, clients int) bool {
+	return b.o.filter == nil || b.o.filter.MatchString(fmt.Sprintf("%s/%s/%d", suite, name, clients))
+}
+
+// profiled starts a CPU profile of the sidecar for d when --profile is set and this case has
+// none yet; the returned func waits for it to be written.
+func (b *bench) profiled(key string, d time.Duration) func() {
+	if b.o.profile == "" || b.pprof == "" || b.profiledKeys[key] || d < 2*time.Second {
+		return func() {}
+	}
+	b.profiledKeys[key] = true
+	file := filepath.Join(b.o.profile, "cpu-"+strings.NewReplacer("/", "_", " ", "", "+", "").Replace(key)+".pprof")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", b.pprof, int(d.Seconds())-1), file); err != nil {
+			b.logf("profile %s: %v", key, err)
+		}
+	}()
+	return func() { <-done }
+}
+
+func fetch(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 // result is the median over the measured runs.
 type result struct {
 	suite, name, path string
@@ -96,27 +160,30 @@ type result struct {
 }
 
 type bench struct {
-	o       opts
-	dir     string
-	pg      *pgserver.Server
-	my      *mariadb.Server
-	ca      *pki.CA
-	caFile  string
-	bouncer *exec.Cmd
-	bncPort int
-	side    *exec.Cmd
-	sideLog *os.File
-	sidePG  string
-	sideMy  string
-	admin   string
-	results []result
-	notes   []string
-	cmds    []string
-	idleKB  float64
-	idleErr error
-	started time.Time
-	total   time.Duration
-	mu      sync.Mutex
+	o            opts
+	dir          string
+	pg           *pgserver.Server
+	my           *mariadb.Server
+	ca           *pki.CA
+	caFile       string
+	bouncer      *exec.Cmd
+	bncPort      int
+	side         *exec.Cmd
+	sideLog      *os.File
+	sidePG       string
+	sideMy       string
+	admin        string
+	results      []result
+	notes        []string
+	cmds         []string
+	idleKB       float64
+	idleErr      error
+	pprof        string
+	profiledKeys map[string]bool
+	started      time.Time
+	total        time.Duration
+	mu           sync.Mutex
+	cleanOnce    sync.Once
 }
 
 func (b *bench) logf(f string, a ...any) {
@@ -222,12 +289,20 @@ func (b *bench) run() error {
 		{"-S -C", []string{"-S", "-C"}, 16},
 	}
 	for _, c := range pgCases {
+		if !b.want("pgbench", c.name, c.clients) {
+			continue
+		}
 		samples := map[string][]sample{}
 		for r := 0; r < b.o.reps; r++ {
 			for i := range pgPaths {
 				// Rotate the order per repetition so that no path is always first after a change.
 				p := pgPaths[(i+r)%len(pgPaths)]
+				wait := func() {}
+				if p == "sidecar" {
+					wait = b.profiled(fmt.Sprintf("pgbench/%s/%d", c.name, c.clients), b.o.dur)
+				}
 				s, err := b.pgbench(p, c.args, c.clients, b.o.dur)
+				wait()
 				if err != nil {
 					return fmt.Errorf("pgbench %s %s c=%d: %w", c.name, p, c.clients, err)
 				}
@@ -247,11 +322,19 @@ func (b *bench) run() error {
 		}
 		for _, test := range []string{"oltp_point_select", "oltp_read_only"} {
 			for _, n := range []int{1, 8, 32} {
+				if !b.want("sysbench", test, n) {
+					continue
+				}
 				samples := map[string][]sample{}
 				for r := 0; r < b.o.reps; r++ {
 					for i := range myPaths {
 						p := myPaths[(i+r)%len(myPaths)]
+						wait := func() {}
+						if p == "sidecar" {
+							wait = b.profiled(fmt.Sprintf("sysbench/%s/%d", test, n), b.o.dur)
+						}
 						s, err := b.sysbenchRun(test, p, n, b.o.dur)
+						wait()
 						if err != nil {
 							return fmt.Errorf("sysbench %s %s %d: %w", test, p, n, err)
 						}
@@ -271,6 +354,9 @@ func (b *bench) run() error {
 		engines = append(engines, "mysql")
 	}
 	for _, eng := range engines {
+		if !b.want("connect-loop", eng, 4) {
+			continue
+		}
 		paths := []string{"direct-tls", "sidecar"}
 		if eng == "postgres" {
 			paths = []string{"direct-tls", "pgbouncer", "sidecar"}
@@ -279,7 +365,12 @@ func (b *bench) run() error {
 		for r := 0; r < b.o.reps; r++ {
 			for i := range paths {
 				p := paths[(i+r)%len(paths)]
+				wait := func() {}
+				if p == "sidecar" {
+					wait = b.profiled("connect-loop/"+eng, b.o.dur)
+				}
 				s, err := b.connectLoop(eng, p, 4, b.o.dur)
+				wait()
 				if err != nil {
 					return fmt.Errorf("connect loop %s %s: %w", eng, p, err)
 				}
@@ -290,7 +381,7 @@ func (b *bench) run() error {
 			b.add("connect-loop", eng+" connect+SELECT 1", p, 4, samples[p])
 		}
 	}
-	if !b.o.skipIdle {
+	if !b.o.skipIdle && b.want("idle", "sessions", b.o.idle) {
 		b.idleKB, b.idleErr = b.idleMemory(b.o.idle)
 		if b.idleErr != nil {
 			b.logf("idle test: %v", b.idleErr)
@@ -426,6 +517,11 @@ log_disconnections = 0
 		gid, _ := strconv.Atoi(u.Gid)
 		b.bouncer.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
 	}
+	if b.bouncer.SysProcAttr == nil {
+		b.bouncer.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	// Ends with the benchmark even if it dies without its cleanup.
+	b.bouncer.SysProcAttr.Pdeathsig = syscall.SIGTERM
 	if err := b.bouncer.Start(); err != nil {
 		return err
 	}
@@ -475,11 +571,21 @@ listeners:
 		return err
 	}
 	b.side = exec.Command(b.o.sidecar, "--config", file)
+	b.side.Env = append(os.Environ(), strings.Fields(b.o.sideEnv)...)
+	if b.o.profile != "" {
+		if err := os.MkdirAll(b.o.profile, 0o755); err != nil {
+			return err
+		}
+		b.pprof = fmt.Sprintf("127.0.0.1:%d", freePort())
+		b.profiledKeys = map[string]bool{}
+		b.side.Env = append(b.side.Env, "RDSVALET_PPROF_LISTEN="+b.pprof)
+	}
 	b.side.Stdout, b.side.Stderr = b.sideLog, b.sideLog
+	b.side.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := b.side.Start(); err != nil {
 		return err
 	}
-	b.cmd(b.o.sidecar + " --config sidecar.yaml   # config in the notes below")
+	b.cmd(strings.TrimSpace(b.o.sideEnv+" "+b.o.sidecar) + " --config sidecar.yaml   # config in the notes below")
 	b.notes = append(b.notes, "Sidecar config:\n\n```yaml\n"+cfg+"```")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -514,6 +620,10 @@ func waitTCP(addr string, d time.Duration) error {
 }
 
 func (b *bench) cleanup() {
+	b.cleanOnce.Do(b.doCleanup)
+}
+
+func (b *bench) doCleanup() {
 	for _, c := range []*exec.Cmd{b.side, b.bouncer} {
 		if c != nil && c.Process != nil {
 			_ = c.Process.Signal(syscall.SIGTERM)
@@ -658,7 +768,10 @@ func (b *bench) pgbench(path string, args []string, clients int, dur time.Durati
 		"--log", "--log-prefix="+filepath.Join(logDir, "tx"))
 	b.cmd("PGPASSWORD=... pgbench " + strings.Join(a[:len(a)-2], " ") + " --log '<" + path + " conninfo>'")
 	a = append(a, b.pgConn(path))
-	cmd := exec.Command("pgbench", a...)
+	// A hung run (a lost message would hang pgbench for ever) fails the benchmark instead.
+	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "pgbench", a...)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+pgPassword)
 	m := startMeter(b.proxyPID(path))
 	out, err := cmd.CombinedOutput()
@@ -747,7 +860,9 @@ func (b *bench) sysbench(test, path string, threads int, dur time.Duration, verb
 	}
 	a = append(a, verb)
 	b.cmd("sysbench " + strings.Join(a, " ") + "   # + --mysql-password; " + path)
-	cmd := exec.Command("sysbench", append([]string{"--mysql-password=" + myPassword}, a...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sysbench", append([]string{"--mysql-password=" + myPassword}, a...)...)
 	cmd.Dir = filepath.Join(b.dir, "sysbench")
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -903,6 +1018,25 @@ func (b *bench) connectLoop(engine, path string, workers int, dur time.Duration)
 	return s, nil
 }
 
+// memstats reads the sidecar's Go runtime gauges from its /metrics.
+func (b *bench) memstats() map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get("http://" + b.admin + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && (strings.HasPrefix(f[0], "go_memstats_") || f[0] == "go_goroutines") {
+			out[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return out
+}
+
 // --- idle memory -----------------------------------------------------------------------------
 
 // idleMemory opens n sessions through the sidecar, each logged in and having run one query,
@@ -911,6 +1045,7 @@ func (b *bench) idleMemory(n int) (float64, error) {
 	b.logf("idle test: %d sessions through the sidecar", n)
 	pid := b.side.Process.Pid
 	before := status(pid, "VmRSS")
+	msBefore := b.memstats()
 	cfg, err := pgx.ParseConfig(b.pgConn("sidecar"))
 	if err != nil {
 		return 0, err
@@ -954,6 +1089,23 @@ func (b *bench) idleMemory(n int) (float64, error) {
 		return 0, err
 	}
 	after := status(pid, "VmRSS")
-	b.notes = append(b.notes, fmt.Sprintf("Idle test: sidecar VmRSS %d KiB before, %d KiB with %d idle sessions (each logged in, one query run).", before, after, n))
+	msAfter := b.memstats()
+	var parts []string
+	for _, k := range []string{"go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes", "go_memstats_sys_bytes"} {
+		parts = append(parts, fmt.Sprintf("%s %+.1f", strings.TrimPrefix(k, "go_memstats_"), (msAfter[k]-msBefore[k])/1024/float64(n)))
+	}
+	memNote := "Go runtime growth per session, KiB (from /metrics): " + strings.Join(parts, ", ") + fmt.Sprintf("; goroutines %.0f -> %.0f.", msBefore["go_goroutines"], msAfter["go_goroutines"])
+	b.logf("idle: %s", memNote)
+	if b.o.profile != "" && b.pprof != "" {
+		for _, p := range []string{"heap", "goroutine"} {
+			if err := fetch(fmt.Sprintf("http://%s/debug/pprof/%s", b.pprof, p), filepath.Join(b.o.profile, p+"-idle.pprof")); err != nil {
+				b.logf("profile %s: %v", p, err)
+			}
+		}
+		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid)); err == nil {
+			_ = os.WriteFile(filepath.Join(b.o.profile, "smaps-idle.txt"), data, 0o644)
+		}
+	}
+	b.notes = append(b.notes, fmt.Sprintf("Idle test: sidecar VmRSS %d KiB before, %d KiB with %d idle sessions (each logged in, one query run). %s", before, after, n, memNote))
 	return float64(after-before) / float64(n), nil
 }
