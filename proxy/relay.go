@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -223,9 +222,6 @@ func (r *rawReader) read() (*[]byte, int, error) {
 	}
 	if n == 0 && err == nil {
 		err = io.EOF
-	}
-	if errors.Is(err, syscall.EAGAIN) {
-		err = nil
 	}
 	if bp == nil {
 		bp = bufPool.Get().(*[]byte)
