@@ -170,6 +170,11 @@ func (ss *session) relay() (reason string, fromApp, toApp int64, upErr error) {
 // the poller clears a readiness that arrived before the wait began, so data could sit unseen.)
 type rawReader struct {
 	rc syscall.RawConn
+	fn func(fd uintptr) bool // r.attempt, bound once so that a read allocates nothing
+	// State of the read in progress, kept here rather than in a closure for the same reason.
+	bp  *[]byte
+	n   int
+	err error
 }
 
 // newRawReader returns nil when c is not a plain socket (a local TLS connection, a pipe).
@@ -187,45 +192,47 @@ func newRawReader(c net.Conn) *rawReader {
 	if err != nil {
 		return nil
 	}
-	return &rawReader{rc: rc}
+	r := &rawReader{rc: rc}
+	r.fn = r.attempt
+	return r
+}
+
+// attempt is one read attempt on the socket: false (wait for readiness) on EAGAIN, after
+// putting the buffer back so that none is held while the app is quiet.
+func (r *rawReader) attempt(fd uintptr) bool {
+	if r.bp == nil {
+		r.bp = bufPool.Get().(*[]byte)
+	}
+	for {
+		r.n, r.err = syscall.Read(int(fd), *r.bp)
+		if r.err != syscall.EINTR {
+			break
+		}
+	}
+	if r.err == syscall.EAGAIN {
+		bufPool.Put(r.bp)
+		r.bp = nil
+		return false
+	}
+	return true
 }
 
 // read waits for data and reads it into a pooled buffer, which the caller must put back.
 func (r *rawReader) read() (*[]byte, int, error) {
-	var (
-		bp   *[]byte
-		n    int
-		rerr error
-	)
-	err := r.rc.Read(func(fd uintptr) bool {
-		if bp == nil {
-			bp = bufPool.Get().(*[]byte)
-		}
-		for {
-			n, rerr = syscall.Read(int(fd), *bp)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			bufPool.Put(bp)
-			bp = nil
-			return false
-		}
-		return true
-	})
+	r.bp, r.n, r.err = nil, 0, nil
+	err := r.rc.Read(r.fn)
 	if err == nil {
-		err = rerr
+		err = r.err
 	}
-	if n < 0 {
-		n = 0
-	}
+	n := max(r.n, 0)
 	if n == 0 && err == nil {
 		err = io.EOF
 	}
+	bp := r.bp
 	if bp == nil {
 		bp = bufPool.Get().(*[]byte)
 	}
+	r.bp = nil
 	return bp, n, err
 }
 
