@@ -32,11 +32,13 @@ demo: deps build
 	$(GO) build -o $(BIN)/demo ./test/cmd/demo
 	$(BIN)/demo --sidecar $(BIN)/sidecar
 
-# Benchmarks: the Go micro-benchmarks, then the failover timing (writes docs/failover.md).
-bench: deps build bench-quick bench-failover
+# Benchmarks: the Go micro-benchmarks, the failover timing (writes docs/failover.md), then the
+# side-by-side comparison with direct connections and PgBouncer (mk/perf.mk, writes
+# docs/benchmarks.md). bench-quick is the Go benchmarks alone (relay, handshakes, token cache).
+bench: deps build bench-quick bench-failover bench-perf
 
 bench-quick:
-	$(GO) test -run '^$$' -bench . -benchtime 1s ./proxy/... ./wire/...
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./proxy/... ./wire/... ./auth/...
 
 bench-failover: deps build
 	$(GO) build -o $(BIN)/failoverbench ./test/cmd/failoverbench

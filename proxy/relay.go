@@ -1,20 +1,62 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
-// relayBufSize is the copy buffer per direction: large enough for a full TLS record (16 KiB)
-// so that one read from the upstream is one write to the app.
+// relayBufSize is the pooled copy buffer a pump uses while data streams: large enough for a
+// full TLS record (16 KiB) so that one read from the upstream is one write to the app.
 const relayBufSize = 16 << 10
+
+// smallBufSize is the buffer each pump owns and reads into while its side is quiet. Most
+// requests and responses of an OLTP session fit (a point select and its result are ~100
+// bytes), and a pump blocked in Read on an idle session then pins 2 KiB instead of 16 KiB:
+// with thousands of pooled app connections that is most of the sidecar's memory.
+const smallBufSize = 2 << 10
 
 // flushBytes is how many relayed bytes a session accumulates before adding them to the shared
 // counter, so that busy sessions do not contend on it per chunk.
 const flushBytes = 1 << 20
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// relayBuf is one pump's read buffer: its own small one while the peer sends little, a pooled
+// large one from the first read that fills the small one until a read leaves the large one
+// partly empty (the burst is over and the next Read may block for a long time).
+type relayBuf struct {
+	big   *[]byte
+	small [smallBufSize]byte
+}
+
+func (b *relayBuf) buf() []byte {
+	if b.big != nil {
+		return *b.big
+	}
+	return b.small[:]
+}
+
+// sized adapts the buffer to a read of n bytes.
+func (b *relayBuf) sized(n int) {
+	switch {
+	case b.big == nil && n == smallBufSize:
+		b.big = bufPool.Get().(*[]byte)
+	case b.big != nil && n < relayBufSize:
+		b.release()
+	}
+}
+
+func (b *relayBuf) release() {
+	if b.big != nil {
+		bufPool.Put(b.big)
+		b.big = nil
+	}
+}
 
 // session is one app connection from accept to close.
 type session struct {
@@ -121,14 +163,90 @@ func (ss *session) relay() (reason string, fromApp, toApp int64, upErr error) {
 	return reason, other.n, out, upErr
 }
 
+// rawReader reads a socket the way the relay wants an app connection read: it holds no
+// buffer while the app is quiet. A read that finds the socket empty puts its pooled buffer
+// back before the goroutine parks, and the next attempt, once the socket is readable, takes
+// one again. (Waiting for readiness before the first attempt would save the EAGAIN read, but
+// the poller clears a readiness that arrived before the wait began, so data could sit unseen.)
+type rawReader struct {
+	rc syscall.RawConn
+	fn func(fd uintptr) bool // r.attempt, bound once so that a read allocates nothing
+	// State of the read in progress, kept here rather than in a closure for the same reason.
+	bp  *[]byte
+	n   int
+	err error
+}
+
+// newRawReader returns nil when c is not a plain socket (a local TLS connection, a pipe).
+func newRawReader(c net.Conn) *rawReader {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	if _, isTCP := c.(*net.TCPConn); !isTCP {
+		if _, isUnix := c.(*net.UnixConn); !isUnix {
+			return nil
+		}
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	r := &rawReader{rc: rc}
+	r.fn = r.attempt
+	return r
+}
+
+// attempt is one read attempt on the socket: false (wait for readiness) on EAGAIN, after
+// putting the buffer back so that none is held while the app is quiet.
+func (r *rawReader) attempt(fd uintptr) bool {
+	if r.bp == nil {
+		r.bp = bufPool.Get().(*[]byte)
+	}
+	for {
+		r.n, r.err = syscall.Read(int(fd), *r.bp)
+		if r.err != syscall.EINTR {
+			break
+		}
+	}
+	if r.err == syscall.EAGAIN {
+		bufPool.Put(r.bp)
+		r.bp = nil
+		return false
+	}
+	return true
+}
+
+// read waits for data and reads it into a pooled buffer, which the caller must put back.
+func (r *rawReader) read() (*[]byte, int, error) {
+	r.bp, r.n, r.err = nil, 0, nil
+	err := r.rc.Read(r.fn)
+	if err == nil {
+		err = r.err
+	}
+	n := max(r.n, 0)
+	if n == 0 && err == nil {
+		err = io.EOF
+	}
+	bp := r.bp
+	if bp == nil {
+		bp = bufPool.Get().(*[]byte)
+	}
+	r.bp = nil
+	return bp, n, err
+}
+
 func (ss *session) pumpFromApp() (string, int64) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	if rr := newRawReader(ss.client); rr != nil {
+		return ss.pumpFromAppRaw(rr)
+	}
+	rb := new(relayBuf)
+	defer rb.release()
 	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")
 	var total, pending int64
 	defer func() { counter.Add(float64(pending)) }()
 	for {
+		buf := rb.buf()
 		n, err := ss.client.Read(buf)
 		if n > 0 {
 			ss.mu.Lock()
@@ -142,6 +260,7 @@ func (ss *session) pumpFromApp() (string, int64) {
 				ss.markClosed(CloseUpstream)
 				return CloseUpstream, total
 			}
+			rb.sized(n)
 			total += int64(n)
 			if pending += int64(n); pending >= flushBytes {
 				counter.Add(float64(pending))
@@ -155,14 +274,52 @@ func (ss *session) pumpFromApp() (string, int64) {
 	}
 }
 
+// pumpFromAppRaw is pumpFromApp over a plain socket: no buffer is held between requests.
+func (ss *session) pumpFromAppRaw(rr *rawReader) (string, int64) {
+	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")
+	var total, pending int64
+	defer func() { counter.Add(float64(pending)) }()
+	for {
+		bp, n, err := rr.read()
+		if n > 0 {
+			buf := (*bp)[:n]
+			ss.mu.Lock()
+			if ss.closed {
+				ss.mu.Unlock()
+				bufPool.Put(bp)
+				return CloseClient, total
+			}
+			ss.up.Tracker.FromClient(buf)
+			ss.mu.Unlock()
+			_, werr := ss.up.Conn.Write(buf)
+			bufPool.Put(bp)
+			if werr != nil {
+				ss.markClosed(CloseUpstream)
+				return CloseUpstream, total
+			}
+			total += int64(n)
+			if pending += int64(n); pending >= flushBytes {
+				counter.Add(float64(pending))
+				pending = 0
+			}
+		} else {
+			bufPool.Put(bp)
+		}
+		if err != nil {
+			ss.markClosed(CloseClient)
+			return CloseClient, total
+		}
+	}
+}
+
 func (ss *session) pumpToApp() (string, int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	rb := new(relayBuf)
+	defer rb.release()
 	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "downstream")
 	var total, pending int64
 	defer func() { counter.Add(float64(pending)) }()
 	for {
+		buf := rb.buf()
 		n, err := ss.up.Reader.Read(buf)
 		if n > 0 {
 			ss.mu.Lock()
@@ -171,6 +328,7 @@ func (ss *session) pumpToApp() (string, int64, error) {
 			if _, werr := ss.client.Write(buf[:n]); werr != nil {
 				return CloseClient, total, nil
 			}
+			rb.sized(n)
 			total += int64(n)
 			if pending += int64(n); pending >= flushBytes {
 				counter.Add(float64(pending))
@@ -197,4 +355,17 @@ func (ss *session) markClosed(reason string) {
 	}
 	ss.mu.Unlock()
 	ss.closeConns()
+}
+
+// Unbuffered returns a reader of conn's stream for the relay that starts with what br (the
+// login's reader over conn) has buffered but does not keep br's buffer alive: the relay reads
+// into its own buffers, and a login buffer pinned for the life of every session is 8-16 KiB
+// of RSS per idle connection.
+func Unbuffered(br *bufio.Reader, conn net.Conn) io.Reader {
+	n := br.Buffered()
+	if n == 0 {
+		return conn
+	}
+	rest, _ := br.Peek(n)
+	return io.MultiReader(bytes.NewReader(bytes.Clone(rest)), conn)
 }

@@ -41,6 +41,7 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 	quit := make(chan struct{})
 	var quitOnce sync.Once
 
+	startPprof(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 

@@ -159,7 +159,7 @@ func FuzzLogin(f *testing.F) {
 			t.Fatalf("TLS setup: %v", err)
 		}
 		up, err := login(ctx, tc, map[string]string{"user": "app", "database": "db"},
-			func(context.Context) (string, error) { return secret, nil })
+			func(context.Context) (string, error) { return secret, nil }, nil)
 		if ctx.Err() != nil {
 			t.Fatal("login did not end before its deadline")
 		}

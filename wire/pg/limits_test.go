@@ -200,7 +200,7 @@ func TestLoginGreetingIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = login(ctx, tc, map[string]string{"user": "app"}, func(context.Context) (string, error) { return "x", nil })
+	_, err = login(ctx, tc, map[string]string{"user": "app"}, func(context.Context) (string, error) { return "x", nil }, nil)
 	if err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Fatalf("err = %v, want the greeting limit", err)
 	}

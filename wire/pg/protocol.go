@@ -70,6 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type Protocol struct {
 	cfg     Config
 	cancels *cancelRegistry
+	salted  *saltedCache
 }
 
 // New returns the Postgres protocol for one listener.
@@ -83,7 +84,7 @@ func New(cfg Config) *Protocol {
 	for _, r := range []string{"forwarded", "unknown_key", "failed"} {
 		cfg.Metrics.cancels.WithLabelValues(cfg.Listener, r)
 	}
-	return &Protocol{cfg: cfg, cancels: newCancelRegistry()}
+	return &Protocol{cfg: cfg, cancels: newCancelRegistry(), salted: newSaltedCache()}
 }
 
 var _ proxy.Protocol = (*Protocol)(nil)
@@ -134,7 +135,7 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		if err != nil {
 			return err
 		}
-		u, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.Secret(ctx, path, user) })
+		u, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.Secret(ctx, path, user) }, p.salted)
 		if err != nil {
 			_ = tc.Close()
 			var ue *upstreamError
@@ -158,7 +159,7 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
 	}
 	return &proxy.Upstream{
-		Conn: up.conn, Reader: up.br, Path: path.Name, Tracker: newTracker(up.status),
+		Conn: up.conn, Reader: proxy.Unbuffered(up.br, up.conn), Path: path.Name, Tracker: newTracker(up.status),
 		OnClose: func() { p.cancels.remove(key.ProcessID) },
 		User:    user, Database: params["database"],
 	}, nil

@@ -104,7 +104,7 @@ func dialTLS(ctx context.Context, d Dialer, addr string, cfg *tls.Config) (*tls.
 
 // login runs the PostgreSQL startup on an established TLS connection. secret is fetched only
 // when the server asks for a password, and never appears in an error.
-func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret func(context.Context) (string, error)) (*upstreamConn, error) {
+func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret func(context.Context) (string, error), salted *saltedCache) (*upstreamConn, error) {
 	if dl, has := ctx.Deadline(); has {
 		_ = tc.SetDeadline(dl)
 	}
@@ -185,6 +185,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 				if err != nil {
 					return nil, err
 				}
+				scram.cache = salted
 				reply, err = (&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: scram.clientFirst()}).Encode(nil)
 				if err != nil {
 					return nil, err
