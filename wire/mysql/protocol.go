@@ -258,7 +258,7 @@ func (p *Protocol) serveApp(app *appConn, g *Greeting) error {
 		}
 	}
 	// The response is in; from here the login is bounded by the context, not the client.
-	_ = app.conn.SetDeadline(noDeadline)
+	_ = app.conn.SetDeadline(wire.NoDeadline)
 	app.caps = resp.Capabilities & offer
 	app.upCaps = (app.caps & passthroughCaps) | gm.CLIENT_PROTOCOL_41 | gm.CLIENT_SECURE_CONNECTION |
 		(g.Capabilities & (gm.CLIENT_PLUGIN_AUTH | gm.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | gm.CLIENT_CONNECT_ATTRS))

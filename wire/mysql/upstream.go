@@ -8,20 +8,14 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/rdsvalet/rds-valet/wire"
 )
 
-var (
-	noDeadline   time.Time
-	aLongTimeAgo = time.Unix(1, 0)
-)
-
-// Dialer opens TCP connections; net.Dialer resolves DNS on every dial and tries each address.
-type Dialer interface {
-	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
-}
+// Dialer opens TCP connections to the upstream.
+type Dialer = wire.Dialer
 
 // upstreamError is an ERR packet the upstream sent during the greeting or the login.
 type upstreamError struct {
@@ -60,14 +54,11 @@ func dialGreeting(ctx context.Context, d Dialer, addr string) (*greeted, error) 
 			_ = raw.Close()
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
-		_ = raw.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(aLongTimeAgo) })
+	stop := wire.BindContext(ctx, raw)
 	defer stop()
 	_, p, err := ReadPacket(raw, MaxHandshakePacket)
 	if err != nil {
-		return nil, fmt.Errorf("read the initial handshake from %s: %w", addr, ctxErr(ctx, err))
+		return nil, fmt.Errorf("read the initial handshake from %s: %w", addr, wire.CtxErr(ctx, err))
 	}
 	g, err := ParseGreeting(p)
 	if err != nil {
@@ -83,7 +74,7 @@ func dialGreeting(ctx context.Context, d Dialer, addr string) (*greeted, error) 
 	case g.Capabilities&gm.CLIENT_SSL == 0:
 		return nil, fmt.Errorf("upstream %s does not offer TLS (CLIENT_SSL unset); the sidecar never logs in without TLS", addr)
 	}
-	_ = raw.SetDeadline(noDeadline)
+	_ = raw.SetDeadline(wire.NoDeadline)
 	ok = true
 	return &greeted{raw: raw, greet: g}, nil
 }
@@ -101,21 +92,18 @@ type upstreamConn struct {
 // asks for. secret is never part of an error.
 func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResponse, secret func(context.Context) (string, error)) (*upstreamConn, error) {
 	raw, g := gc.raw, gc.greet
-	if dl, has := ctx.Deadline(); has {
-		_ = raw.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(aLongTimeAgo) })
+	stop := wire.BindContext(ctx, raw)
 	defer stop()
 
 	resp.Capabilities |= gm.CLIENT_SSL
 	ssl := resp
 	ssl.SSLRequest = true
 	if err := WritePacket(raw, 1, ssl.Encode()); err != nil {
-		return nil, fmt.Errorf("send SSLRequest: %w", ctxErr(ctx, err))
+		return nil, fmt.Errorf("send SSLRequest: %w", wire.CtxErr(ctx, err))
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake (server name %q): %w", cfg.ServerName, ctxErr(ctx, err))
+		return nil, fmt.Errorf("TLS handshake (server name %q): %w", cfg.ServerName, wire.CtxErr(ctx, err))
 	}
 	pw, err := secret(ctx)
 	if err != nil {
@@ -135,14 +123,14 @@ func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResp
 		resp.AuthPlugin = ""
 	}
 	if err := WritePacket(tc, 2, resp.Encode()); err != nil {
-		return nil, fmt.Errorf("send handshake response: %w", ctxErr(ctx, err))
+		return nil, fmt.Errorf("send handshake response: %w", wire.CtxErr(ctx, err))
 	}
 	br := bufio.NewReaderSize(tc, 16<<10)
 	switched := false
 	for {
 		seq, p, err := ReadPacket(br, MaxHandshakePacket)
 		if err != nil {
-			return nil, fmt.Errorf("read login response: %w", ctxErr(ctx, err))
+			return nil, fmt.Errorf("read login response: %w", wire.CtxErr(ctx, err))
 		}
 		if len(p) == 0 {
 			return nil, errors.New("upstream sent an empty packet during login")
@@ -154,7 +142,7 @@ func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResp
 			if !ok {
 				return nil, errors.New("upstream sent a malformed OK packet")
 			}
-			_ = raw.SetDeadline(noDeadline)
+			_ = raw.SetDeadline(wire.NoDeadline)
 			return &upstreamConn{conn: tc, br: br, ok: p, status: st}, nil
 		case gm.ERR_HEADER:
 			return nil, &upstreamError{*ParseErr(p)}
@@ -195,7 +183,7 @@ func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResp
 			return nil, fmt.Errorf("upstream sent unexpected packet 0x%02x during login", p[0])
 		}
 		if err := WritePacket(tc, seq+1, reply); err != nil {
-			return nil, fmt.Errorf("send auth data: %w", ctxErr(ctx, err))
+			return nil, fmt.Errorf("send auth data: %w", wire.CtxErr(ctx, err))
 		}
 	}
 }
@@ -225,12 +213,4 @@ func retryableOnAnotherPath(e *Err) bool {
 		return true
 	}
 	return strings.HasPrefix(e.State, "08")
-}
-
-// ctxErr prefers the context's error when the deadline we set from it fired.
-func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
-	}
-	return err
 }

@@ -21,11 +21,6 @@ import (
 	"github.com/rdsvalet/rds-valet/wire"
 )
 
-var (
-	noDeadline   time.Time
-	aLongTimeAgo = time.Unix(1, 0)
-)
-
 // cancelTimeout bounds forwarding one CancelRequest upstream.
 const cancelTimeout = 10 * time.Second
 
@@ -127,7 +122,7 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		}
 	}
 	// The startup is in; from here the upstream login is bounded by ctx, not the client.
-	_ = client.SetDeadline(noDeadline)
+	_ = client.SetDeadline(wire.NoDeadline)
 
 	var up *upstreamConn
 	path, err := paths.Try(ctx, func(ctx context.Context, path health.Path) error {

@@ -10,10 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/rdsvalet/rds-valet/wire"
 )
 
 // Authentication request subtypes ('R' messages).
@@ -49,10 +50,8 @@ func (e *upstreamError) Error() string {
 	return fmt.Sprintf("upstream refused the login: %s %s: %s", e.resp.Severity, e.resp.Code, e.resp.Message)
 }
 
-// Dialer opens TCP connections; net.Dialer resolves DNS on every dial and tries each address.
-type Dialer interface {
-	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
-}
+// Dialer opens TCP connections to the upstream.
+type Dialer = wire.Dialer
 
 // dialTLS connects to addr and negotiates TLS: SSLRequest, a single 'S' byte, then the TLS
 // handshake. Nothing the server sends before its certificate is verified is trusted: the 'S'
@@ -68,21 +67,18 @@ func dialTLS(ctx context.Context, d Dialer, addr string, cfg *tls.Config) (*tls.
 			_ = raw.Close()
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
-		_ = raw.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(aLongTimeAgo) })
+	stop := wire.BindContext(ctx, raw)
 	defer stop()
 
 	var req [8]byte
 	binary.BigEndian.PutUint32(req[0:4], 8)
 	binary.BigEndian.PutUint32(req[4:8], sslRequestCode)
 	if _, err := raw.Write(req[:]); err != nil {
-		return nil, fmt.Errorf("send SSLRequest to %s: %w", addr, ctxErr(ctx, err))
+		return nil, fmt.Errorf("send SSLRequest to %s: %w", addr, wire.CtxErr(ctx, err))
 	}
 	var resp [1]byte
 	if _, err := io.ReadFull(raw, resp[:]); err != nil {
-		return nil, fmt.Errorf("read SSLRequest answer from %s: %w", addr, ctxErr(ctx, err))
+		return nil, fmt.Errorf("read SSLRequest answer from %s: %w", addr, wire.CtxErr(ctx, err))
 	}
 	switch resp[0] {
 	case 'S':
@@ -96,7 +92,7 @@ func dialTLS(ctx context.Context, d Dialer, addr string, cfg *tls.Config) (*tls.
 		if strings.Contains(err.Error(), "first record does not look like a TLS handshake") {
 			return nil, fmt.Errorf("TLS handshake with %s: upstream sent data that is not TLS after accepting SSLRequest: %w", addr, err)
 		}
-		return nil, fmt.Errorf("TLS handshake with %s (server name %q): %w", addr, cfg.ServerName, ctxErr(ctx, err))
+		return nil, fmt.Errorf("TLS handshake with %s (server name %q): %w", addr, cfg.ServerName, wire.CtxErr(ctx, err))
 	}
 	ok = true
 	return tc, nil
@@ -105,10 +101,7 @@ func dialTLS(ctx context.Context, d Dialer, addr string, cfg *tls.Config) (*tls.
 // login runs the PostgreSQL startup on an established TLS connection. secret is fetched only
 // when the server asks for a password, and never appears in an error.
 func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret func(context.Context) (string, error), salted *saltedCache) (*upstreamConn, error) {
-	if dl, has := ctx.Deadline(); has {
-		_ = tc.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = tc.SetDeadline(aLongTimeAgo) })
+	stop := wire.BindContext(ctx, tc)
 	defer stop()
 
 	sm := &pgproto3.StartupMessage{ProtocolVersion: protocolVersion3, Parameters: params}
@@ -117,7 +110,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 		return nil, fmt.Errorf("encode startup: %w", err)
 	}
 	if _, err := tc.Write(buf); err != nil {
-		return nil, fmt.Errorf("send startup: %w", ctxErr(ctx, err))
+		return nil, fmt.Errorf("send startup: %w", wire.CtxErr(ctx, err))
 	}
 	br := bufio.NewReaderSize(tc, 8192)
 	up := &upstreamConn{conn: tc, br: br}
@@ -126,7 +119,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 	for {
 		typ, body, err := readMessage(br, maxUpstreamLoginMsgLength)
 		if err != nil {
-			return nil, fmt.Errorf("read login response: %w", ctxErr(ctx, err))
+			return nil, fmt.Errorf("read login response: %w", wire.CtxErr(ctx, err))
 		}
 		switch typ {
 		case 'E':
@@ -214,7 +207,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 				return nil, fmt.Errorf("upstream asks for authentication method %d, which the sidecar does not support", sub)
 			}
 			if _, err := tc.Write(reply); err != nil {
-				return nil, fmt.Errorf("send authentication response: %w", ctxErr(ctx, err))
+				return nil, fmt.Errorf("send authentication response: %w", wire.CtxErr(ctx, err))
 			}
 		case 'K':
 			if err := up.key.Decode(body); err != nil {
@@ -229,7 +222,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 			}
 			up.status = body[0]
 			up.greet = appendMessage(up.greet, typ, body)
-			_ = tc.SetDeadline(noDeadline)
+			_ = tc.SetDeadline(wire.NoDeadline)
 			return up, nil
 		case 'S', 'N', 'v':
 			// ParameterStatus, NoticeResponse, NegotiateProtocolVersion: the app needs them.
@@ -284,12 +277,4 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// ctxErr prefers the context's error when the deadline we set from it fired.
-func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
-	}
-	return err
 }

@@ -1,0 +1,39 @@
+package wire
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Dialer opens TCP connections to an upstream; net.Dialer resolves DNS on every dial and tries
+// each address of a name in turn.
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// NoDeadline clears a connection's deadline.
+var NoDeadline time.Time
+
+// aLongTimeAgo is a deadline in the past: setting it fails every read and write in flight.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// BindContext makes ctx bound every read and write on c: ctx's deadline becomes c's, and
+// cancelling ctx unblocks an I/O in flight. stop ends the cancellation hook; the deadline stays
+// until the caller clears it (with NoDeadline) when it hands the connection on.
+func BindContext(ctx context.Context, c net.Conn) (stop func() bool) {
+	if dl, has := ctx.Deadline(); has {
+		_ = c.SetDeadline(dl)
+	}
+	return context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
+}
+
+// CtxErr prefers the context's error when the deadline set from it fired, keeping the I/O
+// error for its detail.
+func CtxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}
