@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/rdsvalet/rds-valet/config"
 	"github.com/rdsvalet/rds-valet/test/harness/faultnet"
 	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
 	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
@@ -67,10 +68,14 @@ type faultEnv struct {
 type faultOptions struct {
 	// refreshWindow is aws.credentials_refresh_window; 0 means 2s.
 	refreshWindow time.Duration
-	// pgExtra is YAML added to the Postgres listener.
-	pgExtra string
+	// pgExtra and myExtra are YAML added to the Postgres and MySQL listeners.
+	pgExtra, myExtra string
 	// shutdown is the shutdown block; empty means the suite's.
 	shutdown string
+	// loadDefaults points the sidecar straight at the stand-ins (no toxiproxy) with the
+	// default timeouts and probe settings: for load, where the suite's tight bounds would
+	// turn a busy machine into faults.
+	loadDefaults bool
 }
 
 func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
@@ -128,6 +133,11 @@ func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	}
 	health := fmt.Sprintf("{interval: %s, timeout: %s, tls_interval: %s, rise: 1, fall: %d}",
 		faultProbeEvery, faultProbeTimeout, faultProbeEvery, faultFall)
+	handshake, connectTimeout := 2*time.Second, faultConnectTimeout
+	if o.loadDefaults {
+		health, pgPath, myPath = "{}", e.pg.Addr(), e.my.Addr()
+		handshake, connectTimeout = config.DefaultHandshakeTimeout, config.DefaultConnectTimeout
+	}
 	cfg := fmt.Sprintf(`
 log: {level: debug}
 admin: {listen: "{{ADMIN}}"}
@@ -137,7 +147,7 @@ listeners:
   - name: pg
     engine: postgres
     listen: "{{PG}}"
-    handshake_timeout: 2s
+    handshake_timeout: %s
     connect_timeout: %s
 %s
     tls: {ca_file: %q}
@@ -147,15 +157,16 @@ listeners:
   - name: mysql
     engine: mysql
     listen: "{{MYSQL}}"
-    handshake_timeout: 2s
+    handshake_timeout: %s
     connect_timeout: %s
+%s
     tls: {ca_file: %q}
     health: %s
     paths:
       - {name: db, address: %q, tls_server_name: %q, token_host: %q}
 `, w.Region, o.refreshWindow, o.shutdown,
-		faultConnectTimeout, o.pgExtra, w.CAFile, health, pgPath, w.TLSServerName, w.TokenHost,
-		faultConnectTimeout, w.CAFile, health, myPath, w.MySQLTLSServerName, w.MySQLTokenHost)
+		handshake, connectTimeout, o.pgExtra, w.CAFile, health, pgPath, w.TLSServerName, w.TokenHost,
+		handshake, connectTimeout, o.myExtra, w.CAFile, health, myPath, w.MySQLTLSServerName, w.MySQLTokenHost)
 	e.s = startSidecar(t, cfg, w.Env)
 	return e
 }
