@@ -515,8 +515,10 @@ func TestLoadSoak(t *testing.T) {
 		return context.WithTimeout(context.Background(), 30*time.Second)
 	}
 	var workers []func()
+	var closers []func()
 	for w := range 3 {
 		c := connect(t, e.s, "app")
+		closers = append(closers, func() { _ = c.Close(context.Background()) })
 		if _, err := c.Prepare(context.Background(), "ins", "INSERT INTO soak VALUES ($1, $2, $3)"); err != nil {
 			t.Fatal(err)
 		}
@@ -557,6 +559,7 @@ func TestLoadSoak(t *testing.T) {
 	for w := range 2 {
 		db := openMy(t, e.s, nil)
 		db.SetMaxOpenConns(1)
+		closers = append(closers, func() { _ = db.Close() })
 		workers = append(workers, paced(fmt.Sprintf("mysql session %d", w), func(i int) error {
 			ctx, cancel := opCtx()
 			defer cancel()
@@ -619,6 +622,9 @@ func TestLoadSoak(t *testing.T) {
 	tk.Stop()
 	wg.Wait()
 	elapsed := time.Since(start)
+	for _, c := range closers {
+		c()
+	}
 	errMu.Lock()
 	for _, err := range errs {
 		t.Errorf("under steady load: %v", err)
