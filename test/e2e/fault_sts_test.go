@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"strings"
@@ -44,6 +45,28 @@ func shortCredentials(t *testing.T) *world.World {
 		}
 	})
 	return w
+}
+
+// pathState is the state /paths reports for a listener's path.
+func pathState(t *testing.T, s *sidecar, listener, path string) string {
+	t.Helper()
+	_, body, err := s.get("/paths")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r []pathReport
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("/paths: %v\n%s", err, body)
+	}
+	for _, l := range r {
+		for _, p := range l.Paths {
+			if l.Listener == listener && p.Name == path {
+				return p.State
+			}
+		}
+	}
+	t.Fatalf("no path %s/%s in /paths:\n%s", listener, path, body)
+	return ""
 }
 
 // login connects through the sidecar, runs SELECT 1 and closes; it returns how long it took.
@@ -203,6 +226,16 @@ func TestFaultWebIdentityTokenFile(t *testing.T) {
 	}
 	credentialError(t, err, took, w.TokenFile)
 	t.Logf("token file missing: %d logins on cached credentials, then after %v: %v", ok, time.Since(gone).Round(time.Millisecond), err)
+	// More failed logins than health.fall, back to back: a credential problem is not the
+	// path's, so the path stays up and its open session is left alone.
+	for range faultFall + 1 {
+		if _, err := e.login(); err == nil {
+			t.Fatal("a login succeeded without the token file")
+		}
+	}
+	if st := pathState(t, e.s, "pg", "db"); st != "up" {
+		t.Errorf("failed logins for want of credentials marked the path %s", st)
+	}
 	mustExec(t, open, "SELECT 1")
 
 	failuresBefore := w.STS.Failures()

@@ -37,8 +37,8 @@ import (
 
 // Settings of the fault suite's sidecar; the bounds the tests assert are derived from them.
 const (
-	faultProbeEvery     = 500 * time.Millisecond // health.interval and health.tls_interval
-	faultProbeTimeout   = 400 * time.Millisecond
+	faultProbeEvery     = time.Second // health.interval and health.tls_interval
+	faultProbeTimeout   = time.Second
 	faultFall           = 2
 	faultKillGrace      = time.Second
 	faultConnectTimeout = 3 * time.Second
@@ -503,10 +503,10 @@ func TestFaultResetMidHandshake(t *testing.T) {
 		attrs toxiclient.Attributes
 	}
 	faults := []fault{{"reset at first byte", "reset_peer", "", toxiclient.Attributes{"timeout": 0}}}
-	for _, n := range []int{1, 8, 100, 400, 800, 1200, 1600, 2000, 2400, 2800, 3200, 4000} {
+	for _, n := range []int{1, 8, 100, 400, 800, 1200, 1600, 1800, 2000, 2200, 2400, 2600, 2800, 3200, 4000} {
 		faults = append(faults, fault{fmt.Sprintf("downstream cut after %d bytes", n), "limit_data", "downstream", toxiclient.Attributes{"bytes": n}})
 	}
-	for _, n := range []int{1, 8, 100, 300, 500, 700, 900, 1100, 1400, 1800} {
+	for _, n := range []int{1, 8, 100, 300, 500, 700, 900, 1100, 1400, 1600, 1800, 2000, 2200} {
 		faults = append(faults, fault{fmt.Sprintf("upstream cut after %d bytes", n), "limit_data", "upstream", toxiclient.Attributes{"bytes": n}})
 	}
 	stages := map[string]int{}
