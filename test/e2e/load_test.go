@@ -251,14 +251,15 @@ func TestLoadConnectionStorm(t *testing.T) {
 	e.warmBaseline(t)
 
 	t.Run("postgres", func(t *testing.T) {
-		ok, refused, took := pgStorm(t, e, pgClients, pgLimit)
+		ok, refused, late, took := pgStorm(t, e, pgClients, pgLimit)
 		t.Logf("%d connects in %v: %d logged in, %d refused with 53300", pgClients, took.Round(time.Millisecond), ok, refused)
-		if v := e.s.metric("rdsvalet_proxy_connections_total", `listener="pg"`, `result="refused_limit"`); v != float64(refused) {
-			t.Errorf("refused_limit = %v, want %d", v, refused)
+		// Late clients were refused too, only too late to read it.
+		if v := e.s.metric("rdsvalet_proxy_connections_total", `listener="pg"`, `result="refused_limit"`); v < float64(refused) || v > float64(refused+late) {
+			t.Errorf("refused_limit = %v, want %d (+ up to %d late)", v, refused, late)
 		}
 		assertNoLeak(t, e.s, e.base)
 		// Afterwards the listener takes up to its limit again, all at once.
-		ok, refused, _ = pgStorm(t, e, pgLimit, pgLimit)
+		ok, refused, _, _ = pgStorm(t, e, pgLimit, pgLimit)
 		if ok != pgLimit || refused != 0 {
 			t.Errorf("after the storm: %d of %d logged in, %d refused", ok, pgLimit, refused)
 		}
@@ -278,9 +279,8 @@ func TestLoadConnectionStorm(t *testing.T) {
 
 // pgStorm opens n PostgreSQL connections at once; the ones that log in run a query and stay
 // open until every attempt has ended, so that at most limit can succeed.
-func pgStorm(t *testing.T, e *faultEnv, n, limit int) (ok, refused int, took time.Duration) {
+func pgStorm(t *testing.T, e *faultEnv, n, limit int) (ok, refused, late int, took time.Duration) {
 	t.Helper()
-	late := 0
 	var (
 		mu       sync.Mutex
 		sessions []*pgRaw
@@ -355,7 +355,7 @@ func pgStorm(t *testing.T, e *faultEnv, n, limit int) (ok, refused int, took tim
 	if b := bad.Load(); b > 0 {
 		t.Errorf("%d of %d sessions failed a query", b, ok)
 	}
-	return ok, refused, took
+	return ok, refused, late, took
 }
 
 // myStorm is pgStorm for MySQL, with the go-sql-driver client.
