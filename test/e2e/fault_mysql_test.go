@@ -146,7 +146,7 @@ func TestFaultMySQLResetMidQuery(t *testing.T) {
 // TestFaultMySQLBlackhole is TestFaultBlackhole for MySQL: the busy session fails within the
 // bound, the idle one is closed, a new connection gets ERR 2003 within the connect timeout.
 func TestFaultMySQLBlackhole(t *testing.T) {
-	e := startFaultEnv(t, faultOptions{})
+	e := startFaultEnv(t, faultOptions{tightProbes: true})
 	e.warmBaseline(t)
 	busy := myConn(t, e)
 	idle := myConn(t, e)

@@ -72,6 +72,10 @@ type faultOptions struct {
 	pgExtra, myExtra string
 	// shutdown is the shutdown block; empty means the suite's.
 	shutdown string
+	// tightProbes probes the paths every second with fall 2, for the tests that measure how
+	// fast a dead path is detected; the others probe gently (every 2 s, fall 3), so that a
+	// loaded machine does not mark their path down behind their back.
+	tightProbes bool
 	// loadDefaults points the sidecar straight at the stand-ins (no toxiproxy) with the
 	// default timeouts and probe settings: for load, where the suite's tight bounds would
 	// turn a busy machine into faults.
@@ -131,8 +135,11 @@ func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	if o.shutdown == "" {
 		o.shutdown = fmt.Sprintf("{max_delay: 10s, kill_grace: %s}", faultKillGrace)
 	}
-	health := fmt.Sprintf("{interval: %s, timeout: %s, tls_interval: %s, rise: 1, fall: %d}",
-		faultProbeEvery, faultProbeTimeout, faultProbeEvery, faultFall)
+	health := "{interval: 2s, timeout: 2s, tls_interval: 10s, rise: 1, fall: 3}"
+	if o.tightProbes {
+		health = fmt.Sprintf("{interval: %s, timeout: %s, tls_interval: %s, rise: 1, fall: %d}",
+			faultProbeEvery, faultProbeTimeout, faultProbeEvery, faultFall)
+	}
 	handshake, connectTimeout := 2*time.Second, faultConnectTimeout
 	if o.loadDefaults {
 		health, pgPath, myPath = "{}", e.pg.Addr(), e.my.Addr()
@@ -569,7 +576,7 @@ func TestFaultResetMidHandshake(t *testing.T) {
 // idle one is closed, a new connection gets 08001 within the connect timeout; once the path is
 // back, new connections work.
 func TestFaultBlackhole(t *testing.T) {
-	e := startFaultEnv(t, faultOptions{})
+	e := startFaultEnv(t, faultOptions{tightProbes: true})
 	e.warmBaseline(t)
 	busy := connect(t, e.s, "app")
 	idle := connect(t, e.s, "app")

@@ -789,10 +789,19 @@ func TestLoadSIGTERMUnderLoad(t *testing.T) {
 		refusedAfter = time.Since(sent)
 		return nil
 	})
+	// The listeners close one after the other: wait for the MySQL one too, then both stay shut.
+	waitFor(t, 5*time.Second, "the MySQL listener to refuse connections", func() error {
+		c, err := net.DialTimeout("tcp", e.s.myAddr, time.Second)
+		if err == nil {
+			c.Close()
+			return errors.New("still accepting")
+		}
+		return nil
+	})
 	for _, addr := range []string{e.s.pgAddr, e.s.myAddr} {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			c.Close()
-			t.Errorf("%s accepted a connection after SIGTERM", addr)
+			t.Errorf("%s accepted a connection after its listener closed", addr)
 		} else if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Errorf("%s: want connection refused after SIGTERM, got %v", addr, err)
 		}
