@@ -80,6 +80,10 @@ type faultOptions struct {
 	// default timeouts and probe settings: for load, where the suite's tight bounds would
 	// turn a busy machine into faults.
 	loadDefaults bool
+	// connectTimeout and health, when set, replace the listeners' connect_timeout and health
+	// block.
+	connectTimeout time.Duration
+	health         string
 }
 
 func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
@@ -144,6 +148,12 @@ func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	if o.loadDefaults {
 		health, pgPath, myPath = "{}", e.pg.Addr(), e.my.Addr()
 		handshake, connectTimeout = config.DefaultHandshakeTimeout, config.DefaultConnectTimeout
+	}
+	if o.connectTimeout > 0 {
+		connectTimeout = o.connectTimeout
+	}
+	if o.health != "" {
+		health = o.health
 	}
 	cfg := fmt.Sprintf(`
 log: {level: debug}
