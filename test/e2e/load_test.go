@@ -678,10 +678,10 @@ func TestLoadSoak(t *testing.T) {
 }
 
 // TestLoadSIGTERMUnderLoad sends SIGTERM while twelve PostgreSQL and four MySQL sessions run
-// transactions back to back and a client keeps opening connections: every transaction in
-// flight finishes (a session only ever fails at the start of a new transaction, and every
-// COMMIT that succeeded is in the database), connections opened after the signal are refused,
-// and the sidecar exits 0 within the drain window.
+// transactions back to back: every transaction in flight finishes (a session only ever fails
+// at the start of a new transaction, and every COMMIT that succeeded is in the database), both
+// listeners refuse new connections from the signal on (min_delay 0), and the sidecar exits 0
+// within the drain window.
 func TestLoadSIGTERMUnderLoad(t *testing.T) {
 	e := startFaultEnv(t, faultOptions{shutdown: "{min_delay: 0s, max_delay: 20s, kill_grace: 1s}"})
 	setup := connect(t, e.s, "app")
