@@ -470,7 +470,9 @@ func TestLoadSoak(t *testing.T) {
 		t.Skip("the soak runs for a minute or more; skipped with -short")
 	}
 	dur := soakDuration(t)
-	e := startFaultEnv(t, faultOptions{})
+	// Straight at the stand-ins with generous timeouts: the churn's logins must not fail
+	// because a shared machine is slow for a moment; leaks and errors are under test.
+	e := startFaultEnv(t, faultOptions{loadDefaults: true, connectTimeout: 30 * time.Second})
 	e.warmBaseline(t)
 	setup := connect(t, e.s, "app")
 	mustExec(t, setup, "DROP TABLE IF EXISTS soak; CREATE TABLE soak (w int, n int, v text)")
