@@ -139,7 +139,9 @@ func (c *TokenCache) Token(ctx context.Context, key Key) (string, error) {
 				}
 				continue
 			case <-ctx.Done():
-				return "", fmt.Errorf("wait for IAM token: %w", ctx.Err())
+				// A TokenError like the mint's own failure: the app is told it is a credential
+				// problem (a slow STS), not a network one.
+				return "", &TokenError{Key: key, Err: fmt.Errorf("wait for the IAM token being minted: %w", ctx.Err())}
 			}
 		}
 		done := make(chan struct{})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/rdsvalet/rds-valet/auth"
 	"github.com/rdsvalet/rds-valet/health"
 )
 
@@ -54,7 +55,12 @@ func (t pathTryer) Try(ctx context.Context, login func(context.Context, health.P
 		if errors.As(err, &ce) {
 			return p, err
 		}
-		t.set.ReportFailure(p.Name, err)
+		if !auth.IsTokenError(err) {
+			// A login that could not get its IAM token says nothing about the network path;
+			// counted against it, a credential outage would mark healthy paths down and close
+			// their idle sessions.
+			t.set.ReportFailure(p.Name, err)
+		}
 		nerr.Attempts = append(nerr.Attempts, &PathError{Path: p.Name, Err: err})
 	}
 	return health.Path{}, nerr
