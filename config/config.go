@@ -100,10 +100,11 @@ type Listener struct {
 
 // Health configures the active probes of a listener's paths.
 type Health struct {
-	// Interval between TCP and TLS probes of each path; 0 disables active probing.
+	// Interval between TCP and TLS probes of each path; 0 means the default. Active probes
+	// cannot be turned off: passive reports alone would leave a dead path up until apps hit it.
 	Interval time.Duration `mapstructure:"interval"`
 	Timeout  time.Duration `mapstructure:"timeout"`
-	// TLSInterval is how often the probe goes as far as a TLS handshake; 0 disables.
+	// TLSInterval is how often the probe goes as far as a TLS handshake; 0 means the default.
 	TLSInterval time.Duration `mapstructure:"tls_interval"`
 	Rise        int           `mapstructure:"rise"`
 	Fall        int           `mapstructure:"fall"`
