@@ -58,7 +58,7 @@ func (b *bench) writeReport() error {
 	p("Written by `make bench-perf` (test/cmd/perfbench) on %s UTC; the whole run took %s.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04"), b.total.Round(time.Second))
 	p("- Machine: %s.\n", machine())
-	p("- The machine is shared with other work while this runs: absolute numbers are noisy, so the\n")
+	p("- The machine may be shared with other work while this runs: absolute numbers are noisy, so the\n")
 	p("  paths are interleaved (each repetition runs every path once, in a rotated order) and the\n")
 	p("  targets are judged on ratios between paths measured in the same repetition window.\n")
 	p("- Each case: a warm-up, then %d runs of %s per path; the table shows the median of each column.\n", b.o.reps, b.o.dur)
