@@ -430,62 +430,6 @@ func startSidecarAdmin(t *testing.T, cfg, admin string) *sidecar {
 	return startSidecarCmd(t, cfg, nil, func(s *sidecar, _ *exec.Cmd) { s.admin = admin })
 }
 
-// startSidecarCmd starts the sidecar like startSidecar, letting tune adjust the command (its
-// user, directory, environment) and the sidecar's addresses before it starts.
-func startSidecarCmd(t *testing.T, cfg string, env []string, tune func(*sidecar, *exec.Cmd)) *sidecar {
-	t.Helper()
-	s := &sidecar{t: t, logs: &syncBuffer{}, done: make(chan struct{})}
-	s.pgAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s.myAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cfg = strings.NewReplacer("{{PG}}", s.pgAddr, "{{MYSQL}}", s.myAddr, "{{ADMIN}}", s.admin).Replace(cfg)
-	dir := t.TempDir()
-	openToOthers(t, dir)
-	file := filepath.Join(dir, "sidecar.yaml")
-	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s.cmd = exec.Command(sidecarBin, "--config", file)
-	s.cmd.Env = append(cleanEnv(), env...)
-	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
-	tune(s, s.cmd)
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		s.err = s.cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		s.signal(syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(20 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-s.done
-		}
-		if t.Failed() {
-			t.Logf("sidecar logs:\n%s", s.logs.String())
-		}
-	})
-	waitFor(t, 30*time.Second, "sidecar startup", func() error {
-		select {
-		case <-s.done:
-			t.Fatalf("sidecar exited during startup: %v\n%s", s.err, s.logs.String())
-		default:
-		}
-		code, _, err := s.get("/startupz")
-		if err != nil {
-			return err
-		}
-		if code != 200 {
-			return fmt.Errorf("startupz %d", code)
-		}
-		return nil
-	})
-	return s
-}
-
 // openToOthers lets another user (the sidecar run as 65532) reach files in dir, a t.TempDir:
 // the dir and the test's own parent dir become 0755.
 func openToOthers(t *testing.T, dir string) {

@@ -91,20 +91,32 @@ func freePort(t *testing.T) int {
 // listener and admin addresses) and runs the binary with env, waiting until /startupz answers 200.
 func startSidecar(t *testing.T, cfg string, env []string) *sidecar {
 	t.Helper()
+	return startSidecarCmd(t, cfg, env, nil)
+}
+
+// startSidecarCmd is startSidecar letting tune (when not nil) adjust the command (its
+// user, directory, environment) and the sidecar's addresses before it starts.
+func startSidecarCmd(t *testing.T, cfg string, env []string, tune func(*sidecar, *exec.Cmd)) *sidecar {
+	t.Helper()
 	s := &sidecar{t: t, logs: &syncBuffer{}, done: make(chan struct{})}
 	s.pgAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s.myAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cfg = strings.ReplaceAll(cfg, "{{PG}}", s.pgAddr)
-	cfg = strings.ReplaceAll(cfg, "{{MYSQL}}", s.myAddr)
-	cfg = strings.ReplaceAll(cfg, "{{ADMIN}}", s.admin)
-	file := filepath.Join(t.TempDir(), "sidecar.yaml")
-	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+	cfg = strings.NewReplacer("{{PG}}", s.pgAddr, "{{MYSQL}}", s.myAddr, "{{ADMIN}}", s.admin).Replace(cfg)
+	// Readable by others (test configs name secret files, never hold a secret), so that a tune
+	// may run the sidecar as another user.
+	dir := t.TempDir()
+	openToOthers(t, dir)
+	file := filepath.Join(dir, "sidecar.yaml")
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s.cmd = exec.Command(sidecarBin, "--config", file)
 	s.cmd.Env = append(cleanEnv(), env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if tune != nil {
+		tune(s, s.cmd)
+	}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
