@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // relayBufSize is the pooled copy buffer a pump uses while data streams: large enough for a
@@ -175,6 +177,8 @@ type rawReader struct {
 	bp  *[]byte
 	n   int
 	err error
+	// held is the buffer next returned last, put back by the following next or release.
+	held *[]byte
 }
 
 // newRawReader returns nil when c is not a plain socket (a local TLS connection, a pipe).
@@ -217,6 +221,22 @@ func (r *rawReader) attempt(fd uintptr) bool {
 	return true
 }
 
+// next waits for data and returns it in a pooled buffer, put back by the following next or
+// release, so that none is held while the goroutine waits for the app.
+func (r *rawReader) next() ([]byte, error) {
+	r.release()
+	bp, n, err := r.read()
+	r.held = bp
+	return (*bp)[:n], err
+}
+
+func (r *rawReader) release() {
+	if r.held != nil {
+		bufPool.Put(r.held)
+		r.held = nil
+	}
+}
+
 // read waits for data and reads it into a pooled buffer, which the caller must put back.
 func (r *rawReader) read() (*[]byte, int, error) {
 	r.bp, r.n, r.err = nil, 0, nil
@@ -237,73 +257,30 @@ func (r *rawReader) read() (*[]byte, int, error) {
 }
 
 func (ss *session) pumpFromApp() (string, int64) {
+	var src pumpSource = &bufferedReader{r: ss.client}
 	if rr := newRawReader(ss.client); rr != nil {
-		return ss.pumpFromAppRaw(rr)
+		src = rr
 	}
-	rb := new(relayBuf)
-	defer rb.release()
-	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")
-	var total, pending int64
-	defer func() { counter.Add(float64(pending)) }()
+	defer src.release()
+	counted := byteCounter{c: ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")}
+	defer counted.flush()
+	var total int64
 	for {
-		buf := rb.buf()
-		n, err := ss.client.Read(buf)
-		if n > 0 {
+		buf, err := src.next()
+		if len(buf) > 0 {
 			ss.mu.Lock()
 			if ss.closed {
 				ss.mu.Unlock()
-				return CloseClient, total
-			}
-			ss.up.Tracker.FromClient(buf[:n])
-			ss.mu.Unlock()
-			if _, werr := ss.up.Conn.Write(buf[:n]); werr != nil {
-				ss.markClosed(CloseUpstream)
-				return CloseUpstream, total
-			}
-			rb.sized(n)
-			total += int64(n)
-			if pending += int64(n); pending >= flushBytes {
-				counter.Add(float64(pending))
-				pending = 0
-			}
-		}
-		if err != nil {
-			ss.markClosed(CloseClient)
-			return CloseClient, total
-		}
-	}
-}
-
-// pumpFromAppRaw is pumpFromApp over a plain socket: no buffer is held between requests.
-func (ss *session) pumpFromAppRaw(rr *rawReader) (string, int64) {
-	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "upstream")
-	var total, pending int64
-	defer func() { counter.Add(float64(pending)) }()
-	for {
-		bp, n, err := rr.read()
-		if n > 0 {
-			buf := (*bp)[:n]
-			ss.mu.Lock()
-			if ss.closed {
-				ss.mu.Unlock()
-				bufPool.Put(bp)
 				return CloseClient, total
 			}
 			ss.up.Tracker.FromClient(buf)
 			ss.mu.Unlock()
-			_, werr := ss.up.Conn.Write(buf)
-			bufPool.Put(bp)
-			if werr != nil {
+			if _, werr := ss.up.Conn.Write(buf); werr != nil {
 				ss.markClosed(CloseUpstream)
 				return CloseUpstream, total
 			}
-			total += int64(n)
-			if pending += int64(n); pending >= flushBytes {
-				counter.Add(float64(pending))
-				pending = 0
-			}
-		} else {
-			bufPool.Put(bp)
+			total += int64(len(buf))
+			counted.add(len(buf))
 		}
 		if err != nil {
 			ss.markClosed(CloseClient)
@@ -313,27 +290,22 @@ func (ss *session) pumpFromAppRaw(rr *rawReader) (string, int64) {
 }
 
 func (ss *session) pumpToApp() (string, int64, error) {
-	rb := new(relayBuf)
-	defer rb.release()
-	counter := ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "downstream")
-	var total, pending int64
-	defer func() { counter.Add(float64(pending)) }()
+	src := &bufferedReader{r: ss.up.Reader}
+	defer src.release()
+	counted := byteCounter{c: ss.srv.m.bytes.WithLabelValues(ss.srv.cfg.Name, "downstream")}
+	defer counted.flush()
+	var total int64
 	for {
-		buf := rb.buf()
-		n, err := ss.up.Reader.Read(buf)
-		if n > 0 {
+		buf, err := src.next()
+		if len(buf) > 0 {
 			ss.mu.Lock()
-			ss.up.Tracker.FromServer(buf[:n])
+			ss.up.Tracker.FromServer(buf)
 			ss.mu.Unlock()
-			if _, werr := ss.client.Write(buf[:n]); werr != nil {
+			if _, werr := ss.client.Write(buf); werr != nil {
 				return CloseClient, total, nil
 			}
-			rb.sized(n)
-			total += int64(n)
-			if pending += int64(n); pending >= flushBytes {
-				counter.Add(float64(pending))
-				pending = 0
-			}
+			total += int64(len(buf))
+			counted.add(len(buf))
 			if ss.draining.Load() && ss.closeIfIdle(CloseDrain) {
 				return CloseDrain, total, nil
 			}
@@ -345,6 +317,51 @@ func (ss *session) pumpToApp() (string, int64, error) {
 			return CloseUpstream, total, err
 		}
 	}
+}
+
+// pumpSource is how a pump reads its side: next returns the next bytes in a buffer that stays
+// valid until the following next or release.
+type pumpSource interface {
+	next() ([]byte, error)
+	release()
+}
+
+// bufferedReader reads through a relayBuf: small while the peer sends little, pooled and large
+// during bursts.
+type bufferedReader struct {
+	r    io.Reader
+	rb   relayBuf
+	last int
+}
+
+func (b *bufferedReader) next() ([]byte, error) {
+	if b.last > 0 {
+		b.rb.sized(b.last)
+	}
+	buf := b.rb.buf()
+	n, err := b.r.Read(buf)
+	b.last = n
+	return buf[:n], err
+}
+
+func (b *bufferedReader) release() { b.rb.release() }
+
+// byteCounter adds relayed bytes to a shared counter in batches of flushBytes, so that busy
+// sessions do not contend on it per chunk.
+type byteCounter struct {
+	c       prometheus.Counter
+	pending int64
+}
+
+func (b *byteCounter) add(n int) {
+	if b.pending += int64(n); b.pending >= flushBytes {
+		b.flush()
+	}
+}
+
+func (b *byteCounter) flush() {
+	b.c.Add(float64(b.pending))
+	b.pending = 0
 }
 
 // markClosed records the first reason the session ended and unblocks the other pump.
