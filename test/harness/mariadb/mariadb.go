@@ -82,22 +82,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mariadb: %w", err)
 	}
-	dir, ownDir := o.Dir, ""
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "mariadb-"); err != nil {
-			return nil, fmt.Errorf("mariadb: temp dir: %w", err)
-		}
-		ownDir = dir
-	}
-	if dir, err = filepath.Abs(dir); err != nil {
-		return nil, fmt.Errorf("mariadb: %w", err)
-	}
-	if cred != nil {
-		if err := osuser.MakeTraversable(dir); err != nil {
-			return nil, fmt.Errorf("mariadb: %w", err)
-		}
-	}
-	base, err := os.MkdirTemp(dir, "mdb-")
+	base, ownDir, err := daemon.WorkDir(o.Dir, "mdb", cred)
 	if err != nil {
 		return nil, fmt.Errorf("mariadb: %w", err)
 	}

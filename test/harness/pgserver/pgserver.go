@@ -92,22 +92,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgserver: %w", err)
 	}
-	dir, ownDir := o.Dir, ""
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "pgserver-"); err != nil {
-			return nil, fmt.Errorf("pgserver: temp dir: %w", err)
-		}
-		ownDir = dir
-	}
-	if dir, err = filepath.Abs(dir); err != nil {
-		return nil, fmt.Errorf("pgserver: %w", err)
-	}
-	if cred != nil {
-		if err := osuser.MakeTraversable(dir); err != nil {
-			return nil, fmt.Errorf("pgserver: %w", err)
-		}
-	}
-	base, err := os.MkdirTemp(dir, "pg-")
+	base, ownDir, err := daemon.WorkDir(o.Dir, "pg", cred)
 	if err != nil {
 		return nil, fmt.Errorf("pgserver: %w", err)
 	}

@@ -9,11 +9,15 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rdsvalet/rds-valet/test/harness/internal/osuser"
 )
 
 // logTailLines is how many of the server's last output lines LogTail keeps.
@@ -170,4 +174,34 @@ func (l *lineLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.tail, "\n")
+}
+
+// WorkDir makes a fresh directory for one server inside dir, or inside a new temporary
+// directory when dir is empty (returned as own: the caller removes it when the server stops).
+// With cred set, the path is made traversable for the server's OS user.
+func WorkDir(dir, prefix string, cred *syscall.Credential) (base, own string, err error) {
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", prefix+"-"); err != nil {
+			return "", "", fmt.Errorf("temp dir: %w", err)
+		}
+		own = dir
+	}
+	fail := func(err error) (string, string, error) {
+		if own != "" {
+			os.RemoveAll(own)
+		}
+		return "", "", err
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return fail(err)
+	}
+	if cred != nil {
+		if err := osuser.MakeTraversable(dir); err != nil {
+			return fail(err)
+		}
+	}
+	if base, err = os.MkdirTemp(dir, prefix+"-"); err != nil {
+		return fail(err)
+	}
+	return base, own, nil
 }
