@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 
@@ -28,11 +27,14 @@ type Protocol interface {
 
 // Upstream is a logged-in upstream session, ready for the relay.
 type Upstream struct {
+	// Conn is a *tls.Conn over a socket wrapped with sockloop.Wrap (or, in tests, a TCP
+	// connection): the relay loop takes it over.
 	Conn net.Conn
-	// Reader reads Conn, starting with any bytes the login already buffered.
-	Reader  io.Reader
-	Path    string
-	Tracker Tracker
+	// Leftover is what the login read from Conn past its end (see Leftover): the app gets it
+	// first.
+	Leftover []byte
+	Path     string
+	Tracker  Tracker
 	// OnClose runs once the session is over (e.g. to forget its cancel key).
 	OnClose func()
 	// User and Database name the session in logs.

@@ -16,7 +16,7 @@ import (
 	"github.com/rdsvalet/rds-valet/health"
 )
 
-// The relay benchmarks run the real Server (accept, handshake, both pumps, tracker, counters)
+// The relay benchmarks run the real Server (accept, handshake, the relay loop, tracker, counters)
 // over loopback TCP with the line protocol of server_test.go, against an echo upstream, so that
 // what they measure is the sidecar's own cost per round trip and per byte. BenchmarkLoopback is
 // the same round trip without the proxy, the floor to compare against.
@@ -151,8 +151,9 @@ func BenchmarkRelayParallel(b *testing.B) {
 	})
 }
 
-// BenchmarkIdleSessions reports the heap the proxy holds per idle session (both pumps blocked
-// in Read), the figure that decides the sidecar's RSS with thousands of pooled app connections.
+// BenchmarkIdleSessions reports the heap the proxy holds per idle session (registered with the
+// relay loop, nothing to read), the figure that decides the sidecar's RSS with thousands of
+// pooled app connections.
 func BenchmarkIdleSessions(b *testing.B) {
 	const n = 500
 	addr := benchServer(b, benchUpstream(b))

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/rdsvalet/rds-valet/health"
+	"github.com/rdsvalet/rds-valet/proxy/sockloop"
 )
 
 // Config is one listener's settings.
@@ -256,27 +257,42 @@ func (s *Server) connDone() {
 }
 
 func (s *Server) handle(c net.Conn) {
-	defer s.connDone()
-	defer c.Close()
 	start := time.Now()
 	active := s.m.active.WithLabelValues(s.cfg.Name, s.cfg.Engine)
 	active.Inc()
-	defer active.Dec()
+	done := func() {
+		_ = c.Close()
+		active.Dec()
+		s.connDone()
+	}
 	// WithLazy: the fields are encoded only if a line is logged. With eagerly encodes them into
 	// a 1 KiB buffer that an idle session would pin for its whole life.
 	log := s.log.WithLazy(zap.Stringer("client", c.RemoteAddr()))
 
 	if s.cfg.MaxConnections > 0 && s.live.Load() > int64(s.cfg.MaxConnections) {
 		s.refuse(c, ErrTooManyConnections, ResultRefusedLimit, log)
+		done()
 		return
 	}
 	ss := s.register(c)
 	if ss == nil {
 		s.refuse(c, ErrShuttingDown, ResultRefusedDraining, log)
+		done()
 		return
 	}
-	defer s.unregister(ss)
+	ss.finish = func() {
+		s.unregister(ss)
+		done()
+	}
+	if !s.startSession(ss, start, log) {
+		ss.finish()
+	}
+}
 
+// startSession runs the handshakes and hands the session to a relay loop; true if the loop
+// has it (and will run ss.finish when it ends).
+func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) bool {
+	c := ss.client
 	_ = c.SetDeadline(start.Add(s.cfg.HandshakeTimeout))
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout+s.cfg.ConnectTimeout)
 	up, err := s.proto.Handshake(ctx, c, pathTryer{set: s.paths, listener: s.cfg.Name, m: s.m, connectTimeout: s.cfg.ConnectTimeout})
@@ -293,11 +309,11 @@ func (s *Server) handle(c net.Conn) {
 			lvl = log.Info
 		}
 		lvl("connection failed before the session started", zap.String("result", result), zap.Error(err))
-		return
+		return false
 	}
 	if up == nil {
 		log.Debug("served cancel request")
-		return
+		return false
 	}
 	_ = c.SetDeadline(time.Time{})
 	log = log.WithLazy(zap.String("path", up.Path), zap.String("db_user", up.User), zap.String("database", up.Database))
@@ -306,23 +322,37 @@ func (s *Server) handle(c net.Conn) {
 		if up.OnClose != nil {
 			up.OnClose()
 		}
-		return
+		return false
 	}
 	log.Debug("session started", zap.Duration("handshake", time.Since(start)))
-	if ss.draining.Load() {
-		// Drain began during the handshake: the fresh session is idle, so it ends here.
-		ss.closeIfIdle(CloseDrain)
+	ss.log = log
+	ss.toUpstream.c = s.m.bytes.WithLabelValues(s.cfg.Name, "upstream")
+	ss.toApp.c = s.m.bytes.WithLabelValues(s.cfg.Name, "downstream")
+	r, err := sockloop.Start(c, up.Conn, up.Leftover, ss)
+	if err != nil {
+		log.Error("cannot relay the session", zap.Error(err))
+		if up.OnClose != nil {
+			up.OnClose()
+		}
+		s.m.closed.WithLabelValues(s.cfg.Name, CloseCut).Inc()
+		return false
 	}
-	reason, in, out, upErr := ss.relay()
-	if up.OnClose != nil {
-		up.OnClose()
+	ss.relayed(r)
+	return true
+}
+
+// sessionEnded is the end of a relayed session, called by its loop.
+func (s *Server) sessionEnded(ss *session, reason string, e sockloop.End) {
+	if ss.up.OnClose != nil {
+		ss.up.OnClose()
 	}
-	if reason == CloseUpstream && isNetworkFailure(upErr) {
+	if reason == CloseUpstream && isNetworkFailure(e.UpstreamErr) {
 		// A session dying on a network error says as much about the path as a failed dial.
-		s.paths.ReportFailure(up.Path, upErr)
+		s.paths.ReportFailure(ss.up.Path, e.UpstreamErr)
 	}
 	s.m.closed.WithLabelValues(s.cfg.Name, reason).Inc()
-	log.Debug("session ended", zap.String("reason", reason), zap.Int64("bytes_from_app", in), zap.Int64("bytes_to_app", out))
+	ss.log.Debug("session ended", zap.String("reason", reason), zap.Int64("bytes_from_app", e.FromApp), zap.Int64("bytes_to_app", e.ToApp))
+	ss.finish()
 }
 
 func (s *Server) refuse(c net.Conn, reason error, result string, log *zap.Logger) {

@@ -45,7 +45,7 @@ func (lineProto) Handshake(ctx context.Context, client net.Conn, paths Paths) (*
 	if _, err := client.Write([]byte("WELCOME\n")); err != nil {
 		return nil, err
 	}
-	return &Upstream{Conn: conn, Reader: conn, Path: "p1", Tracker: &lineTracker{}}, nil
+	return &Upstream{Conn: conn, Path: "p1", Tracker: &lineTracker{}}, nil
 }
 
 func (lineProto) Refuse(_ context.Context, client net.Conn, reason error) {

@@ -154,7 +154,7 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
 	}
 	return &proxy.Upstream{
-		Conn: up.conn, Reader: proxy.Unbuffered(up.br, up.conn), Path: path.Name, Tracker: newTracker(up.status),
+		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: newTracker(up.status),
 		OnClose: func() { p.cancels.remove(key.ProcessID) },
 		User:    user, Database: params["database"],
 	}, nil

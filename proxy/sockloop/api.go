@@ -1,0 +1,36 @@
+package sockloop
+
+// Side names what ended a relay.
+type Side int
+
+const (
+	ByApp      Side = iota // the app closed or failed (or a write to it failed)
+	ByUpstream             // the upstream closed or failed (or a write to it failed)
+	ByHandler              // the handler asked (Check, or FromApp refusing a chunk)
+)
+
+// Handler is a session's side of a relay. The loop calls it from its own goroutine only, one
+// call at a time, so its methods must not block.
+type Handler interface {
+	// FromApp sees each chunk read from the app before it goes upstream; false drops the chunk
+	// and ends the relay.
+	FromApp(p []byte) bool
+	// FromUpstream sees each chunk read from the upstream before it goes to the app.
+	FromUpstream(p []byte)
+	// Check reports whether the relay should end: it is asked when the relay starts, after
+	// each chunk to the app, and whenever the relay is poked. What was already read for the
+	// app is still delivered before the sockets are closed.
+	Check() bool
+	// Ended is called once, after both sockets are closed.
+	Ended(End)
+}
+
+// End says how a relay ended.
+type End struct {
+	By Side
+	// UpstreamErr is the upstream read error that ended the relay (io.EOF for a clean close),
+	// for passive health checks.
+	UpstreamErr error
+	// Bytes relayed each way.
+	FromApp, ToApp int64
+}

@@ -1,0 +1,218 @@
+package sockloop
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Conn is a TCP connection that can be handed to a loop. Until then it is the connection it
+// wraps; once detached it owns a duplicate of the socket, outside Go's poller, and its Read
+// and Write are the loop's non-blocking calls. Only the loop uses a detached Conn.
+type Conn struct {
+	inner    net.Conn // closed when detached
+	detached atomic.Bool
+	fd       int
+	closed   bool
+	// armed lets Read call read(2). The loop arms it when epoll reports the socket readable;
+	// a short, empty or failed read disarms it. So a TLS connection that asks for more bytes
+	// than have arrived gets "would block" without a read that returns EAGAIN.
+	armed bool
+	// out is what Write could not send at once; the loop sends it when the socket is writable.
+	out           []byte
+	local, remote net.Addr
+}
+
+// Wrap returns c ready to be handed to a loop later (a *Conn), or c itself if it is not a TCP
+// connection. Wrap the upstream socket before starting TLS on it.
+func Wrap(c net.Conn) net.Conn {
+	if _, ok := c.(*net.TCPConn); !ok {
+		return c
+	}
+	return &Conn{inner: c, fd: -1}
+}
+
+// errWouldBlock is what a detached Conn's Read returns when the socket has nothing more for
+// now. It is a temporary net.Error, which crypto/tls hands back without breaking the
+// connection (a partial record stays buffered for the next Read).
+var errWouldBlock net.Error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "sockloop: socket not ready" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+func isWouldBlock(err error) bool { return errors.Is(err, errWouldBlock) }
+
+// detach takes the socket out of Go's poller: it duplicates the descriptor and closes the
+// original (which drops only that reference; the socket stays open, nothing is sent).
+func (c *Conn) detach() error {
+	if c.detached.Load() {
+		return nil
+	}
+	sc, ok := c.inner.(syscall.Conn)
+	if !ok {
+		return errors.New("sockloop: connection has no socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) { nfd, derr = dupCloexec(int(fd)) }); err != nil {
+		return err
+	}
+	if derr != nil {
+		return os.NewSyscallError("dup", derr)
+	}
+	if err := syscall.SetNonblock(nfd, true); err != nil {
+		_ = syscall.Close(nfd)
+		return os.NewSyscallError("setnonblock", err)
+	}
+	c.local, c.remote = c.inner.LocalAddr(), c.inner.RemoteAddr()
+	_ = c.inner.Close()
+	c.fd = nfd
+	c.detached.Store(true)
+	return nil
+}
+
+func (c *Conn) opError(op string, e syscall.Errno) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.remote, Err: os.NewSyscallError(op, e)}
+}
+
+// Read reads the wrapped connection, or once detached, the socket without blocking.
+func (c *Conn) Read(p []byte) (int, error) {
+	if !c.detached.Load() {
+		return c.inner.Read(p)
+	}
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	if !c.armed {
+		return 0, errWouldBlock
+	}
+	n, e := rawRead(c.fd, p)
+	switch {
+	case e == syscall.EAGAIN:
+		c.armed = false
+		return 0, errWouldBlock
+	case e != 0:
+		c.armed = false
+		return 0, c.opError("read", e)
+	case n == 0:
+		c.armed = false
+		return 0, io.EOF
+	}
+	if n < len(p) {
+		c.armed = false // the socket is drained: a stream read returns all it has
+	}
+	return n, nil
+}
+
+// Write writes the wrapped connection, or once detached, sends what the socket takes now and
+// queues the rest (in order, after anything already queued) for the loop to send.
+func (c *Conn) Write(p []byte) (int, error) {
+	if !c.detached.Load() {
+		return c.inner.Write(p)
+	}
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	if len(c.out) > 0 {
+		c.out = append(c.out, p...)
+		return len(p), nil
+	}
+	n, err := c.send(p)
+	if err != nil {
+		return n, err
+	}
+	if n < len(p) {
+		c.out = append(c.out, p[n:]...)
+	}
+	return len(p), nil
+}
+
+// send writes as much of p as the socket takes without blocking.
+func (c *Conn) send(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, e := rawSend(c.fd, p[done:])
+		if e == syscall.EAGAIN {
+			break
+		}
+		if e != 0 {
+			return done, c.opError("write", e)
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// flush sends what is queued; it reports whether the queue is now empty (and released).
+func (c *Conn) flush() (bool, error) {
+	n, err := c.send(c.out)
+	if err != nil {
+		return false, err
+	}
+	if n == len(c.out) {
+		c.out = nil
+		return true, nil
+	}
+	c.out = c.out[:copy(c.out, c.out[n:])]
+	return false, nil
+}
+
+// Close closes the wrapped connection, or once detached, the socket.
+func (c *Conn) Close() error {
+	if !c.detached.Load() {
+		return c.inner.Close()
+	}
+	if c.closed {
+		return nil
+	}
+	c.closed, c.out = true, nil
+	return syscall.Close(c.fd)
+}
+
+func (c *Conn) LocalAddr() net.Addr {
+	if c.detached.Load() {
+		return c.local
+	}
+	return c.inner.LocalAddr()
+}
+
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.detached.Load() {
+		return c.remote
+	}
+	return c.inner.RemoteAddr()
+}
+
+// Deadlines apply until the connection is detached; the loop never blocks, so they mean
+// nothing after (crypto/tls sets one around its close_notify).
+func (c *Conn) SetDeadline(t time.Time) error {
+	if c.detached.Load() {
+		return nil
+	}
+	return c.inner.SetDeadline(t)
+}
+
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.detached.Load() {
+		return nil
+	}
+	return c.inner.SetReadDeadline(t)
+}
+
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.detached.Load() {
+		return nil
+	}
+	return c.inner.SetWriteDeadline(t)
+}

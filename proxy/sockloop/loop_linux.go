@@ -1,0 +1,499 @@
+package sockloop
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Relay is a session being relayed by a loop.
+type Relay struct {
+	loop *Loop
+	h    Handler
+	slot int32
+
+	app *Conn
+	up  *Conn
+	// upR and upW read and write the upstream: the tls.Conn over up, or up itself.
+	upR io.Reader
+	upW io.Writer
+	tls *tls.Conn
+
+	leftover []byte
+	// appMask and upMask are the epoll interest each socket is registered with (0: not).
+	appMask, upMask uint32
+	// closing: the handler asked to end; the relay ends once the app has what was read for it.
+	closing        bool
+	ended          bool
+	fromApp, toApp int64
+	pokeQueued     atomic.Bool
+}
+
+// Start hands a session to a loop. app is the app's connection (a *net.TCPConn); up is the
+// upstream's: a *tls.Conn over a socket wrapped with Wrap, or a TCP connection. leftover is
+// what the login read from the upstream past its end, which the app gets first. From here on
+// the loop owns both connections, and calls h until it calls h.Ended; if Start fails it has
+// closed both and h is never called.
+func Start(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
+	r, err := newRelay(app, up, leftover, h)
+	if err != nil {
+		_ = app.Close()
+		_ = up.Close()
+		return nil, err
+	}
+	l, err := pick()
+	if err != nil {
+		_ = r.app.Close()
+		_ = r.closeUpstream()
+		return nil, err
+	}
+	r.loop = l
+	l.enqueue(func() { l.start(r) })
+	return r, nil
+}
+
+func newRelay(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
+	r := &Relay{h: h, leftover: leftover}
+	ac, ok := Wrap(app).(*Conn)
+	if !ok {
+		return nil, fmt.Errorf("sockloop: the app connection is a %T, not a TCP connection", app)
+	}
+	r.app = ac
+	switch u := up.(type) {
+	case *tls.Conn:
+		uc, ok := u.NetConn().(*Conn)
+		if !ok {
+			return nil, fmt.Errorf("sockloop: the upstream TLS connection runs over a %T, not a socket from Wrap", u.NetConn())
+		}
+		r.up, r.tls, r.upR, r.upW = uc, u, u, u
+	case *Conn:
+		r.up, r.upR, r.upW = u, u, u
+	case *net.TCPConn:
+		r.up = Wrap(u).(*Conn)
+		r.upR, r.upW = r.up, r.up
+	default:
+		return nil, fmt.Errorf("sockloop: the upstream connection is a %T, not a TCP or TLS connection", up)
+	}
+	if err := r.app.detach(); err != nil {
+		return nil, fmt.Errorf("sockloop: take over the app socket: %w", err)
+	}
+	if err := r.up.detach(); err != nil {
+		_ = r.app.Close()
+		return nil, fmt.Errorf("sockloop: take over the upstream socket: %w", err)
+	}
+	return r, nil
+}
+
+// Poke makes the loop ask the handler's Check soon; any goroutine may call it.
+func (r *Relay) Poke() {
+	if r.pokeQueued.CompareAndSwap(false, true) {
+		r.loop.enqueue(func() {
+			r.pokeQueued.Store(false)
+			if !r.ended && r.h.Check() {
+				r.closeSoon()
+				r.sync()
+			}
+		})
+	}
+}
+
+// Epoll event data: Fd holds the relay's slot, Pad the side; the wake-up eventfd has slot -1.
+const (
+	sideApp  = 0
+	sideUp   = 1
+	wakeSlot = -1
+)
+
+const (
+	evIn  = syscall.EPOLLIN
+	evOut = syscall.EPOLLOUT
+	// A hang-up or error is reported whatever the interest; it is handled by reading (or,
+	// while only writing, by the failing write).
+	evEnd = syscall.EPOLLHUP | syscall.EPOLLERR
+)
+
+// bufSize is the loop's read buffer, shared by its relays: a full TLS record.
+const bufSize = 16 << 10
+
+// maxUpstreamReads bounds the records one upstream event relays, so that a busy session does
+// not hold up the others on its loop (level-triggered epoll reports it again).
+const maxUpstreamReads = 16
+
+// Loop relays sessions from one goroutine.
+type Loop struct {
+	epfd int
+	evfd int
+	// epFile is the epoll descriptor as Go's poller sees it: the loop parks on it.
+	epFile *os.File
+	rc     syscall.RawConn
+	buf    []byte
+	events []syscall.EpollEvent
+	poll   func(uintptr) bool // l.pollOnce
+	polls  int                // attempts in the current wait
+	ready  int                // events the last attempt found
+
+	// Owned by the loop goroutine.
+	relays  []*Relay
+	free    []int32
+	retired []int32
+
+	mu      sync.Mutex
+	queue   []func()
+	spare   []func()
+	wakeSet bool // the eventfd has been written since the loop last read it
+}
+
+var (
+	loopsOnce sync.Once
+	loops     []*Loop
+	loopsErr  error
+	nextLoop  atomic.Uint32
+)
+
+// pick returns the loop for a new relay: one loop per P (GOMAXPROCS at first use), round robin.
+func pick() (*Loop, error) {
+	loopsOnce.Do(func() {
+		n := max(runtime.GOMAXPROCS(0), 1)
+		for range n {
+			l, err := newLoop()
+			if err != nil {
+				loopsErr = fmt.Errorf("sockloop: start the relay loop: %w", err)
+				return
+			}
+			loops = append(loops, l)
+			go l.run()
+		}
+	})
+	if loopsErr != nil {
+		return nil, loopsErr
+	}
+	return loops[int(nextLoop.Add(1))%len(loops)], nil
+}
+
+func newLoop() (*Loop, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	evfd, err := newEventFD()
+	if err != nil {
+		_ = syscall.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := syscall.EpollEvent{Events: evIn, Fd: wakeSlot}
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		_ = syscall.Close(epfd)
+		_ = syscall.Close(evfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	// A non-blocking descriptor given to os.NewFile joins Go's poller, which reports it
+	// readable when any socket of the loop has an event.
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		return nil, os.NewSyscallError("setnonblock", err)
+	}
+	f := os.NewFile(uintptr(epfd), "sockloop-epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	l := &Loop{epfd: epfd, evfd: evfd, epFile: f, rc: rc, buf: make([]byte, bufSize),
+		events: make([]syscall.EpollEvent, 128)}
+	l.poll = l.pollOnce
+	return l, nil
+}
+
+// enqueue runs fn on the loop goroutine soon.
+func (l *Loop) enqueue(fn func()) {
+	l.mu.Lock()
+	l.queue = append(l.queue, fn)
+	wake := !l.wakeSet
+	l.wakeSet = true
+	l.mu.Unlock()
+	if wake {
+		one := [8]byte{1}
+		if e := rawWrite(l.evfd, one[:]); e != 0 {
+			// The counter cannot overflow with one write per wake-up; anything else is a bug.
+			panic(fmt.Sprintf("sockloop: wake the loop: %v", e))
+		}
+	}
+}
+
+func (l *Loop) run() {
+	for {
+		n, parked := l.wait()
+		for _, ev := range l.events[:n] {
+			if ev.Fd == wakeSlot {
+				l.runQueue()
+				continue
+			}
+			if r := l.relays[ev.Fd]; r != nil && !r.ended {
+				r.onEvent(int(ev.Pad), ev.Events)
+			}
+		}
+		for _, s := range l.retired {
+			l.relays[s] = nil
+			l.free = append(l.free, s)
+		}
+		l.retired = l.retired[:0]
+		if !parked {
+			// Busy: let the handshakes and probes waiting for the P have it between batches.
+			runtime.Gosched()
+		}
+	}
+}
+
+// wait returns the next batch of events, parking in Go's poller while there is none.
+func (l *Loop) wait() (n int, parked bool) {
+	l.polls, l.ready = 0, 0
+	if err := l.rc.Read(l.poll); err != nil {
+		panic(fmt.Sprintf("sockloop: wait on epoll: %v", err))
+	}
+	return l.ready, l.polls > 1
+}
+
+// poll is wait's attempt: false (park until the epoll descriptor is readable) when nothing is
+// ready. It is bound once (l.poll) so that waiting allocates nothing.
+func (l *Loop) pollOnce(uintptr) bool {
+	l.polls++
+	n, e := epollPoll(l.epfd, l.events)
+	if e != 0 && e != syscall.EINTR {
+		panic(fmt.Sprintf("sockloop: epoll_pwait: %v", e))
+	}
+	l.ready = n
+	return n > 0
+}
+
+func (l *Loop) runQueue() {
+	var b [8]byte
+	_, _ = rawRead(l.evfd, b[:])
+	l.mu.Lock()
+	q := l.queue
+	l.queue, l.spare = l.spare[:0], nil
+	l.wakeSet = false
+	l.mu.Unlock()
+	for i, fn := range q {
+		fn()
+		q[i] = nil
+	}
+	l.mu.Lock()
+	if l.spare == nil {
+		l.spare = q[:0]
+	}
+	l.mu.Unlock()
+}
+
+func (l *Loop) start(r *Relay) {
+	if len(l.free) > 0 {
+		r.slot = l.free[len(l.free)-1]
+		l.free = l.free[:len(l.free)-1]
+	} else {
+		r.slot = int32(len(l.relays))
+		l.relays = append(l.relays, nil)
+	}
+	l.relays[r.slot] = r
+	if len(r.leftover) > 0 {
+		p := r.leftover
+		r.leftover = nil
+		r.deliver(p)
+	} else if r.h.Check() {
+		r.closeSoon()
+	}
+	if r.ended {
+		return
+	}
+	// The login may have left decrypted bytes inside the TLS connection, which the socket
+	// will not signal again.
+	r.up.armed = true
+	r.readUpstream()
+	r.sync()
+}
+
+func (r *Relay) onEvent(side int, ev uint32) {
+	if side == sideApp {
+		if ev&(evOut|evEnd) != 0 && len(r.app.out) > 0 {
+			r.flushApp()
+		}
+		if !r.ended && ev&(evIn|evEnd) != 0 && r.appMask&evIn != 0 {
+			r.app.armed = true
+			r.readApp()
+		}
+	} else {
+		if ev&(evOut|evEnd) != 0 && len(r.up.out) > 0 {
+			r.flushUpstream()
+		}
+		if !r.ended && ev&(evIn|evEnd) != 0 && r.upMask&evIn != 0 {
+			r.up.armed = true
+			r.readUpstream()
+		}
+	}
+	r.sync()
+}
+
+// readApp relays one read from the app.
+func (r *Relay) readApp() {
+	buf := r.loop.buf
+	n, err := r.app.Read(buf)
+	if n > 0 {
+		p := buf[:n]
+		if !r.h.FromApp(p) {
+			r.end(ByHandler, nil)
+			return
+		}
+		if _, werr := r.upW.Write(p); werr != nil {
+			r.end(ByUpstream, nil)
+			return
+		}
+		r.fromApp += int64(n)
+	}
+	if err != nil && !isWouldBlock(err) {
+		r.end(ByApp, nil)
+	}
+}
+
+// readUpstream relays what the upstream has: TLS records already buffered, then the socket.
+func (r *Relay) readUpstream() {
+	buf := r.loop.buf
+	for range maxUpstreamReads {
+		n, err := r.upR.Read(buf)
+		if n > 0 {
+			r.deliver(buf[:n])
+			if r.ended || r.closing || len(r.app.out) > 0 {
+				return
+			}
+		}
+		if err != nil {
+			if !isWouldBlock(err) {
+				r.end(ByUpstream, err)
+			}
+			return
+		}
+		if n == 0 {
+			return
+		}
+	}
+}
+
+// deliver passes bytes from the upstream to the app.
+func (r *Relay) deliver(p []byte) {
+	r.h.FromUpstream(p)
+	if _, err := r.app.Write(p); err != nil {
+		r.end(ByApp, nil)
+		return
+	}
+	r.toApp += int64(len(p))
+	if r.h.Check() {
+		r.closeSoon()
+	}
+}
+
+// closeSoon ends the relay once the app has what was read for it.
+func (r *Relay) closeSoon() {
+	r.closing = true
+	if len(r.app.out) == 0 {
+		r.end(ByHandler, nil)
+	}
+}
+
+func (r *Relay) flushApp() {
+	empty, err := r.app.flush()
+	switch {
+	case err != nil:
+		r.end(ByApp, nil)
+	case !empty:
+	case r.closing:
+		r.end(ByHandler, nil)
+	default:
+		// Reading the upstream resumes; the TLS connection may hold records the socket will
+		// not signal again.
+		r.up.armed = true
+		r.readUpstream()
+	}
+}
+
+func (r *Relay) flushUpstream() {
+	if _, err := r.up.flush(); err != nil {
+		r.end(ByUpstream, nil)
+	}
+}
+
+// sync registers each socket for what the relay waits for on it now. A side's reads pause
+// while what it sent cannot all be written to the other side (back-pressure), and a socket
+// with nothing to wait for leaves the epoll set, so that a hang-up on it does not spin the loop.
+func (r *Relay) sync() {
+	if r.ended {
+		return
+	}
+	var app, up uint32
+	if !r.closing && len(r.up.out) == 0 {
+		app |= evIn
+	}
+	if len(r.app.out) > 0 {
+		app |= evOut
+	}
+	if !r.closing && len(r.app.out) == 0 {
+		up |= evIn
+	}
+	if len(r.up.out) > 0 {
+		up |= evOut
+	}
+	var err error
+	if app != r.appMask {
+		err = r.loop.register(r.app.fd, r.slot, sideApp, r.appMask, app)
+		r.appMask = app
+	}
+	if err == nil && up != r.upMask {
+		err = r.loop.register(r.up.fd, r.slot, sideUp, r.upMask, up)
+		r.upMask = up
+	}
+	if err != nil {
+		// Out of kernel memory for epoll: the session cannot be served.
+		r.end(ByHandler, nil)
+	}
+}
+
+func (l *Loop) register(fd int, slot int32, side int, old, want uint32) error {
+	ev := syscall.EpollEvent{Events: want, Fd: slot, Pad: int32(side)}
+	op := syscall.EPOLL_CTL_MOD
+	switch {
+	case old == 0:
+		op = syscall.EPOLL_CTL_ADD
+	case want == 0:
+		op = syscall.EPOLL_CTL_DEL
+	}
+	if err := syscall.EpollCtl(l.epfd, op, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// end closes both sockets (which takes them out of the epoll set) and tells the handler.
+func (r *Relay) end(by Side, upErr error) {
+	if r.ended {
+		return
+	}
+	r.ended = true
+	_ = r.closeUpstream()
+	_ = r.app.Close()
+	r.loop.retired = append(r.loop.retired, r.slot)
+	r.h.Ended(End{By: by, UpstreamErr: upErr, FromApp: r.fromApp, ToApp: r.toApp})
+}
+
+// closeUpstream sends a TLS close_notify if the socket takes it now, then closes the socket.
+func (r *Relay) closeUpstream() error {
+	if r.tls != nil {
+		err := r.tls.Close()
+		_ = r.up.Close()
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		return err
+	}
+	return r.up.Close()
+}
