@@ -10,6 +10,10 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/basicfont"
+	"golang.org/x/image/math/fixed"
 )
 
 func (b *bench) find(suite, name, path string, clients int) (result, bool) {
@@ -162,10 +166,10 @@ func (b *bench) writeReport() error {
 var plotPaths = []string{"direct-plain", "direct-tls", "pgbouncer", "sidecar"}
 var plotColors = []color.RGBA{{120, 120, 120, 255}, {31, 119, 180, 255}, {255, 127, 14, 255}, {214, 39, 40, 255}}
 
-// writePlot draws pgbench -S TPS by client count per path. Hand-drawn with image/png so that
-// the benchmark needs no plotting dependency; the report lists the line colours.
+// writePlot draws pgbench -S TPS by client count per path: hand-drawn with image/png and the
+// x/image bitmap font for the labels, so that the benchmark needs no plotting library.
 func writePlot(file string, results []result) error {
-	const W, H, m = 640, 400, 40
+	const W, H, m = 640, 400, 56
 	img := image.NewRGBA(image.Rect(0, 0, W, H))
 	for i := range img.Pix {
 		img.Pix[i] = 255
@@ -184,15 +188,20 @@ func writePlot(file string, results []result) error {
 	x := func(i int) int { return m + i*(W-2*m)/(len(clients)-1) }
 	y := func(v float64) int { return H - m - int(v/top*float64(H-2*m)) }
 	grey := color.RGBA{220, 220, 220, 255}
+	black := color.RGBA{0, 0, 0, 255}
 	for v := 0.0; v < top; v += 5000 {
 		line(img, m, y(v), W-m, y(v), grey, 1)
+		label(img, m-6, y(v)+4, fmt.Sprintf("%.0f", v), black, alignRight)
 	}
-	black := color.RGBA{0, 0, 0, 255}
 	line(img, m, H-m, W-m, H-m, black, 1)
 	line(img, m, m, m, H-m, black, 1)
-	for i := range clients {
+	for i, c := range clients {
 		line(img, x(i), H-m, x(i), H-m+6, black, 1)
+		label(img, x(i), H-m+20, fmt.Sprint(c), black, alignCenter)
 	}
+	label(img, W/2, H-10, "clients (pgbench -S)", black, alignCenter)
+	label(img, 8, m-14, "TPS", black, alignLeft)
+	label(img, W/2, 20, "pgbench -S: transactions per second by client count", black, alignCenter)
 	for pi, path := range plotPaths {
 		var pts [][2]int
 		for i, c := range clients {
@@ -208,8 +217,9 @@ func writePlot(file string, results []result) error {
 		for _, pt := range pts {
 			fill(img, pt[0]-4, pt[1]-4, 9, 9, plotColors[pi])
 		}
-		// Legend swatch, top right, in the order the report lists the colours.
-		fill(img, W-m-20, m+pi*16, 14, 10, plotColors[pi])
+		// Legend, top right.
+		fill(img, W-m-120, m+pi*16, 14, 10, plotColors[pi])
+		label(img, W-m-100, m+pi*16+10, path, black, alignLeft)
 	}
 	f, err := os.Create(file)
 	if err != nil {
@@ -220,6 +230,28 @@ func writePlot(file string, results []result) error {
 		return err
 	}
 	return f.Close()
+}
+
+type align int
+
+const (
+	alignLeft align = iota
+	alignCenter
+	alignRight
+)
+
+// label writes s with its baseline at y, starting, centred or ending at x.
+func label(img *image.RGBA, x, y int, s string, c color.RGBA, a align) {
+	d := font.Drawer{Dst: img, Src: image.NewUniform(c), Face: basicfont.Face7x13}
+	w := d.MeasureString(s).Round()
+	switch a {
+	case alignCenter:
+		x -= w / 2
+	case alignRight:
+		x -= w
+	}
+	d.Dot = fixed.P(x, y)
+	d.DrawString(s)
 }
 
 func fill(img *image.RGBA, x0, y0, w, h int, c color.RGBA) {
