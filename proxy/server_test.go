@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -54,8 +55,10 @@ func (lineProto) Refuse(_ context.Context, client net.Conn, reason error) {
 
 type lineTracker struct{ req, resp int }
 
-func (t *lineTracker) FromClient(p []byte) { t.req += strings.Count(string(p), "\n") }
-func (t *lineTracker) FromServer(p []byte) { t.resp += strings.Count(string(p), "\n") }
+var newline = []byte{'\n'}
+
+func (t *lineTracker) FromClient(p []byte) { t.req += bytes.Count(p, newline) }
+func (t *lineTracker) FromServer(p []byte) { t.resp += bytes.Count(p, newline) }
 func (t *lineTracker) Idle() bool          { return t.req == t.resp }
 
 // upstream answers "ok <line>" to every line, except "hold" which it answers when released.

@@ -5,22 +5,19 @@ package sockloop
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rdsvalet/rds-valet/test/harness/pki"
 )
 
 // The tests relay between real loopback sockets, with a real TLS upstream where it matters.
@@ -235,17 +232,24 @@ func TestRefusedChunkIsNotForwarded(t *testing.T) {
 // *tls.Conn over a Wrap-ped socket, handshaken.
 func tlsPair(t *testing.T, serve func(*tls.Conn)) *tls.Conn {
 	t.Helper()
-	cert, pool := testCert(t)
+	ca, err := pki.NewCA("sockloop test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCfg, err := ca.ServerTLSConfig("upstream.test")
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv, cli := pipePair(t)
 	go func() {
-		sc := tls.Server(srv, &tls.Config{Certificates: []tls.Certificate{cert}})
+		sc := tls.Server(srv, srvCfg)
 		if err := sc.Handshake(); err != nil {
 			srv.Close()
 			return
 		}
 		serve(sc)
 	}()
-	tc := tls.Client(Wrap(cli), &tls.Config{RootCAs: pool, ServerName: "upstream.test"})
+	tc := tls.Client(Wrap(cli), ca.ClientTLSConfig("upstream.test"))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -465,25 +469,4 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
-}
-
-func testCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "upstream.test"},
-		DNSNames: []string{"upstream.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }
