@@ -105,12 +105,14 @@ func pipePair(t testing.TB) (accepted, dialed net.Conn) {
 func echo(c net.Conn) {
 	defer c.Close()
 	br := bufio.NewReader(c)
+	out := []byte("ok ")
 	for {
-		line, err := br.ReadBytes('\n')
+		line, err := br.ReadSlice('\n')
 		if err != nil {
 			return
 		}
-		if _, err := c.Write(append([]byte("ok "), line...)); err != nil {
+		out = append(out[:3], line...)
+		if _, err := c.Write(out); err != nil {
 			return
 		}
 	}
