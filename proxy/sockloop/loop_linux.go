@@ -143,6 +143,9 @@ type Loop struct {
 	relays  []*Relay
 	free    []int32
 	retired []int32
+	// again lists relays whose upstream read stopped at maxUpstreamReads with data maybe
+	// left inside the TLS connection: served again before the loop parks.
+	again, spareAgain []*Relay
 
 	mu      sync.Mutex
 	queue   []func()
@@ -227,7 +230,25 @@ func (l *Loop) enqueue(fn func()) {
 
 func (l *Loop) run() {
 	for {
-		n, parked := l.wait()
+		var n int
+		parked := false
+		if len(l.again) > 0 {
+			// Relays with upstream data left over from the last batch: look for new events
+			// without parking, then serve those relays again.
+			n = l.pollNow()
+		} else {
+			n, parked = l.wait()
+		}
+		again := l.again
+		l.again = l.spareAgain[:0]
+		for i, r := range again {
+			if !r.ended && r.upMask&evIn != 0 {
+				r.readUpstream()
+				r.sync()
+			}
+			again[i] = nil
+		}
+		l.spareAgain = again[:0]
 		for _, ev := range l.events[:n] {
 			if ev.Fd == wakeSlot {
 				l.runQueue()
@@ -256,6 +277,20 @@ func (l *Loop) wait() (n int, parked bool) {
 		panic(fmt.Sprintf("sockloop: wait on epoll: %v", err))
 	}
 	return l.ready, l.polls > 1
+}
+
+// pollNow returns the ready events without parking.
+func (l *Loop) pollNow() int {
+	for {
+		n, e := epollPoll(l.epfd, l.events)
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			panic(fmt.Sprintf("sockloop: epoll_pwait: %v", e))
+		}
+		return n
+	}
 }
 
 // poll is wait's attempt: false (park until the epoll descriptor is readable) when nothing is
@@ -358,6 +393,8 @@ func (r *Relay) readApp() {
 }
 
 // readUpstream relays what the upstream has: TLS records already buffered, then the socket.
+// Stopped by the bound, it asks the loop to come back before it parks: the records left may
+// all be inside the TLS connection already, and the drained socket would never say so.
 func (r *Relay) readUpstream() {
 	buf := r.loop.buf
 	for range maxUpstreamReads {
@@ -378,6 +415,7 @@ func (r *Relay) readUpstream() {
 			return
 		}
 	}
+	r.loop.again = append(r.loop.again, r)
 }
 
 // deliver passes bytes from the upstream to the app.

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -294,6 +295,36 @@ func TestRelayTLSRoundTripsWithLeftoverAndBufferedRecords(t *testing.T) {
 	if e := h.wait(t); e.By != ByApp {
 		t.Errorf("ended by %v, want the app", e.By)
 	}
+}
+
+// TestRelayTLSManySmallRecordsBufferedAtOnce: one socket read brings more small records than
+// one event may relay; the rest sit inside the TLS connection with the socket drained, and
+// must still reach the app (the loop comes back to them before it parks).
+func TestRelayTLSManySmallRecordsBufferedAtOnce(t *testing.T) {
+	const records = 10 * maxUpstreamReads
+	written := make(chan struct{})
+	h := newRecorder()
+	appSide, app := pipePair(t)
+	up := tlsPair(t, func(c *tls.Conn) {
+		for i := range records {
+			_, _ = c.Write([]byte(fmt.Sprintf("row %03d\n", i))) // one TLS record each
+		}
+		close(written)
+		_, _ = io.Copy(io.Discard, c)
+	})
+	<-written
+	if _, err := Start(appSide, up, nil, h); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(app)
+	for i := range records {
+		line, err := br.ReadString('\n')
+		if want := fmt.Sprintf("row %03d\n", i); err != nil || line != want {
+			t.Fatalf("record %d: got %q, %v; want %q", i, line, err, want)
+		}
+	}
+	app.Close()
+	h.wait(t)
 }
 
 // TestRelayTLSBulkWithSlowApp pushes megabytes through both ways while the app reads slowly,
