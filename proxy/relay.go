@@ -24,7 +24,6 @@ type session struct {
 	client   net.Conn
 	draining atomic.Bool // close at the next idle point: the sidecar is shutting down
 	evicted  atomic.Bool // close at the next idle point: the session's path went down
-	cut      atomic.Bool // mirrors closed, for the loop's check after every chunk
 
 	mu     sync.Mutex // orders tracker updates against closing, see closeIfIdle
 	up     *Upstream
@@ -75,7 +74,6 @@ func (ss *session) relayed(r *sockloop.Relay) {
 // markClosedLocked records why the session ends; the first reason wins.
 func (ss *session) markClosedLocked(reason string) {
 	ss.closed, ss.reason = true, reason
-	ss.cut.Store(true)
 }
 
 // closeIdleLocked closes the session if it is between transactions with nothing outstanding.
@@ -147,16 +145,15 @@ func (ss *session) FromUpstream(p []byte) {
 // Check implements sockloop.Handler: a draining or evicted session ends when it is idle, a
 // cut one at once.
 func (ss *session) Check() bool {
-	if ss.draining.Load() || ss.evicted.Load() {
-		reason := CloseDrain
-		if !ss.draining.Load() {
-			reason = ClosePathDown
-		}
-		ss.mu.Lock()
-		ss.closeIdleLocked(reason)
-		ss.mu.Unlock()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	switch {
+	case ss.draining.Load():
+		ss.closeIdleLocked(CloseDrain)
+	case ss.evicted.Load():
+		ss.closeIdleLocked(ClosePathDown)
 	}
-	return ss.cut.Load()
+	return ss.closed
 }
 
 // Ended implements sockloop.Handler.

@@ -237,14 +237,7 @@ func TestRefusedChunkIsNotForwarded(t *testing.T) {
 // *tls.Conn over a Wrap-ped socket, handshaken.
 func tlsPair(t testing.TB, serve func(*tls.Conn)) *tls.Conn {
 	t.Helper()
-	ca, err := pki.NewCA("sockloop test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvCfg, err := ca.ServerTLSConfig("upstream.test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srvCfg, cliCfg := pki.TestConfigs(t, "upstream.test")
 	srv, cli := pipePair(t)
 	go func() {
 		sc := tls.Server(srv, srvCfg)
@@ -254,7 +247,7 @@ func tlsPair(t testing.TB, serve func(*tls.Conn)) *tls.Conn {
 		}
 		serve(sc)
 	}()
-	tc := tls.Client(Wrap(cli), ca.ClientTLSConfig("upstream.test"))
+	tc := tls.Client(Wrap(cli), cliCfg)
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}

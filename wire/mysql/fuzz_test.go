@@ -13,6 +13,8 @@ import (
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
 // These fuzzers cover every parser that reads bytes from the network on the MySQL side.
@@ -127,7 +129,7 @@ func FuzzDialGreeting(f *testing.F) {
 		defer cc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		gc, err := dialGreeting(ctx, pipeDialer{cc}, "db.test:3306")
+		gc, err := dialGreeting(ctx, wiretest.PipeDialer{C: cc}, "db.test:3306")
 		if ctx.Err() != nil {
 			t.Fatal("dialGreeting did not end before its deadline")
 		}
@@ -140,10 +142,6 @@ func FuzzDialGreeting(f *testing.F) {
 		}
 	})
 }
-
-type pipeDialer struct{ c net.Conn }
-
-func (p pipeDialer) DialContext(context.Context, string, string) (net.Conn, error) { return p.c, nil }
 
 // FuzzLogin plays a fuzzed server byte stream after the SSLRequest and a real TLS handshake:
 // OK, ERR, auth switches, caching_sha2 states. The login must end in a result or an error,
@@ -225,23 +223,7 @@ func FuzzTracker(f *testing.F) {
 			caps |= gm.CLIENT_DEPRECATE_EOF
 		}
 		tr := newTracker(caps, gm.SERVER_STATUS_AUTOCOMMIT)
-		cliMid, srvMid := midPacket(cli), midPacket(srv)
-		ci, si := 0, 0
-		for ci < len(cli) || si < len(srv) {
-			if ci < len(cli) {
-				n := min(len(cli)-ci, int(cstep)+1)
-				tr.FromClient(cli[ci : ci+n])
-				ci += n
-			}
-			if si < len(srv) {
-				n := min(len(srv)-si, int(sstep)+1)
-				tr.FromServer(srv[si : si+n])
-				si += n
-			}
-			if tr.Idle() && (cliMid(ci) || srvMid(si)) {
-				t.Fatalf("idle mid-packet: client at %d of %d, server at %d of %d", ci, len(cli), si, len(srv))
-			}
-		}
+		wiretest.FeedInterleaved(t, tr, cli, srv, cstep, sstep, midPacket(cli), midPacket(srv))
 	})
 }
 

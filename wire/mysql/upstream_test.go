@@ -3,15 +3,9 @@ package mysql
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -21,32 +15,12 @@ import (
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/rdsvalet/rds-valet/proxy"
+	"github.com/rdsvalet/rds-valet/test/harness/pki"
 )
 
-// testTLS returns a server config with a self-signed certificate for "db.test" and a client
-// config that trusts it.
-func testTLS(t testing.TB) (server, client *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "db.test"}, DNSNames: []string{"db.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
-		&tls.Config{RootCAs: pool, ServerName: "db.test", MinVersion: tls.VersionTLS12}
-}
+// testTLS returns a server config with a certificate for "db.test" and a client config that
+// trusts it.
+func testTLS(t testing.TB) (server, client *tls.Config) { return pki.TestConfigs(t, "db.test") }
 
 // fakeServer greets with plugin and caps, takes TLS, then hands the decoded response and the
 // TLS connection to auth, which plays the rest of the login.

@@ -4,15 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"sync"
@@ -21,6 +15,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
+
+	"github.com/rdsvalet/rds-valet/test/harness/pki"
+	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
 // These fuzzers cover every parser that reads bytes from the network on the Postgres side.
@@ -154,7 +151,7 @@ func FuzzLogin(f *testing.F) {
 		defer cancel()
 		defer wg.Wait()
 		defer cc.Close()
-		tc, err := dialTLS(ctx, pipeDialer{cc}, "db.test:5432", cliTLS)
+		tc, err := dialTLS(ctx, wiretest.PipeDialer{C: cc}, "db.test:5432", cliTLS)
 		if err != nil {
 			t.Fatalf("TLS setup: %v", err)
 		}
@@ -175,31 +172,11 @@ func FuzzLogin(f *testing.F) {
 	})
 }
 
-type pipeDialer struct{ c net.Conn }
-
-func (p pipeDialer) DialContext(context.Context, string, string) (net.Conn, error) { return p.c, nil }
-
+// pgTestTLS is a TLS 1.3 server config for "db.test" and a client config that trusts it.
 func pgTestTLS(tb testing.TB) (server, client *tls.Config) {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "db.test"}, DNSNames: []string{"db.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS13},
-		&tls.Config{RootCAs: pool, ServerName: "db.test", MinVersion: tls.VersionTLS13}
+	server, client = pki.TestConfigs(tb, "db.test")
+	server.MinVersion, client.MinVersion = tls.VersionTLS13, tls.VersionTLS13
+	return server, client
 }
 
 // FuzzSCRAM feeds server-first and server-final messages to the SCRAM client. The client nonce
@@ -238,24 +215,7 @@ func FuzzTracker(f *testing.F) {
 	f.Add([]byte("Q\xff\xff\xff\xffxx"), []byte("Z\x00\x00\x00\x05I"), uint8(2), uint8(2))
 	f.Fuzz(func(t *testing.T, cli, srv []byte, cstep, sstep uint8) {
 		tr := newTracker('I')
-		cliMid := midMessage(cli)
-		srvMid := midMessage(srv)
-		ci, si := 0, 0
-		for ci < len(cli) || si < len(srv) {
-			if ci < len(cli) {
-				n := min(len(cli)-ci, int(cstep)+1)
-				tr.FromClient(cli[ci : ci+n])
-				ci += n
-			}
-			if si < len(srv) {
-				n := min(len(srv)-si, int(sstep)+1)
-				tr.FromServer(srv[si : si+n])
-				si += n
-			}
-			if tr.Idle() && (cliMid(ci) || srvMid(si)) {
-				t.Fatalf("idle mid-message: client at %d of %d, server at %d of %d", ci, len(cli), si, len(srv))
-			}
-		}
+		wiretest.FeedInterleaved(t, tr, cli, srv, cstep, sstep, midMessage(cli), midMessage(srv))
 	})
 }
 

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
 // endless serves head, then zero bytes forever: a peer that backs a forged length with as many
@@ -196,7 +198,7 @@ func TestLoginGreetingIsBounded(t *testing.T) {
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tc, err := dialTLS(ctx, pipeDialer{cc}, "db.test:5432", cliTLS)
+	tc, err := dialTLS(ctx, wiretest.PipeDialer{C: cc}, "db.test:5432", cliTLS)
 	if err != nil {
 		t.Fatal(err)
 	}

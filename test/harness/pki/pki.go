@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 )
 
@@ -183,4 +184,19 @@ func randSerial() (*big.Int, error) {
 
 func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// TestConfigs returns, for a test, a server config presenting a certificate for name from a
+// fresh CA and a client config that trusts only that CA and verifies name.
+func TestConfigs(tb testing.TB, name string) (server, client *tls.Config) {
+	tb.Helper()
+	ca, err := NewCA("test CA for " + name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	server, err = ca.ServerTLSConfig(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return server, ca.ClientTLSConfig(name)
 }

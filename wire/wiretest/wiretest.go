@@ -1,0 +1,41 @@
+// Package wiretest holds what the tests of wire/pg and wire/mysql share: a dialer that hands
+// out a connection the test already holds, and the interleaved feeding of a session's two
+// streams to a tracker that their fuzzers check for a false "idle".
+package wiretest
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	"github.com/rdsvalet/rds-valet/proxy"
+)
+
+// PipeDialer "dials" by returning C, e.g. one end of a net.Pipe.
+type PipeDialer struct{ C net.Conn }
+
+// DialContext returns p.C.
+func (p PipeDialer) DialContext(context.Context, string, string) (net.Conn, error) { return p.C, nil }
+
+// FeedInterleaved feeds cli and srv to tr alternately, in chunks of cstep+1 and sstep+1 bytes,
+// and fails t if tr says idle while either stream is cut inside a message: midCli(n) and
+// midSrv(n) tell whether the first n bytes of each stream end inside one.
+func FeedInterleaved(t *testing.T, tr proxy.Tracker, cli, srv []byte, cstep, sstep uint8, midCli, midSrv func(n int) bool) {
+	t.Helper()
+	ci, si := 0, 0
+	for ci < len(cli) || si < len(srv) {
+		if ci < len(cli) {
+			n := min(len(cli)-ci, int(cstep)+1)
+			tr.FromClient(cli[ci : ci+n])
+			ci += n
+		}
+		if si < len(srv) {
+			n := min(len(srv)-si, int(sstep)+1)
+			tr.FromServer(srv[si : si+n])
+			si += n
+		}
+		if tr.Idle() && (midCli(ci) || midSrv(si)) {
+			t.Fatalf("idle mid-message: client at %d of %d, server at %d of %d", ci, len(cli), si, len(srv))
+		}
+	}
+}
