@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -143,6 +142,12 @@ func FuzzDialGreeting(f *testing.F) {
 	})
 }
 
+// acceptSSLRequest reads a client's SSLRequest packet; TLS follows at once.
+func acceptSSLRequest(sc net.Conn) bool {
+	_, _, err := ReadPacket(sc, MaxHandshakePacket)
+	return err == nil
+}
+
 // FuzzLogin plays a fuzzed server byte stream after the SSLRequest and a real TLS handshake:
 // OK, ERR, auth switches, caching_sha2 states. The login must end in a result or an error,
 // never a panic, a hang, or the secret in an error.
@@ -169,28 +174,11 @@ func FuzzLogin(f *testing.F) {
 	const secret = "s3cr3t-token-value"
 	f.Fuzz(func(t *testing.T, stream []byte, plugin string) {
 		cc, sc := net.Pipe()
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer sc.Close()
-			_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, _, err := ReadPacket(sc, MaxHandshakePacket); err != nil { // SSLRequest
-				return
-			}
-			ts := tls.Server(sc, srvTLS)
-			if err := ts.Handshake(); err != nil {
-				return
-			}
-			done := make(chan struct{})
-			go func() { defer close(done); _, _ = io.Copy(io.Discard, ts) }()
-			_, _ = ts.Write(stream)
-			_ = ts.CloseWrite()
-			<-done
-		}()
+		_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
+		wait := wiretest.TLSServer(sc, srvTLS, acceptSSLRequest, func(ts *tls.Conn) { _, _ = ts.Write(stream) })
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		defer wg.Wait()
+		defer wait()
 		defer cc.Close()
 		g := &Greeting{ServerVersion: "8.0", Scramble: bytes.Repeat([]byte{'a'}, 20), Capabilities: allCaps, AuthPlugin: plugin}
 		resp := HandshakeResponse{Capabilities: allCaps, MaxPacketSize: 1 << 24, Charset: 45, User: "app", Database: "db"}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -123,33 +122,12 @@ func FuzzLogin(f *testing.F) {
 	const secret = "s3cr3t-token-value"
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		cc, sc := net.Pipe()
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer sc.Close()
-			_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
-			var req [8]byte
-			if _, err := io.ReadFull(sc, req[:]); err != nil {
-				return
-			}
-			if _, err := sc.Write([]byte{'S'}); err != nil {
-				return
-			}
-			ts := tls.Server(sc, srvTLS)
-			if err := ts.Handshake(); err != nil {
-				return
-			}
-			// Drain what the client sends (startup, passwords) while the stream goes out.
-			done := make(chan struct{})
-			go func() { defer close(done); _, _ = io.Copy(io.Discard, ts) }()
-			_, _ = ts.Write(stream)
-			_ = ts.CloseWrite()
-			<-done
-		}()
+		_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
+		// The client's startup and passwords are drained while the stream goes out.
+		wait := wiretest.TLSServer(sc, srvTLS, acceptSSLRequest, func(ts *tls.Conn) { _, _ = ts.Write(stream) })
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		defer wg.Wait()
+		defer wait()
 		defer cc.Close()
 		tc, err := dialTLS(ctx, wiretest.PipeDialer{C: cc}, "db.test:5432", cliTLS)
 		if err != nil {
@@ -170,6 +148,16 @@ func FuzzLogin(f *testing.F) {
 			t.Fatalf("login succeeded without a ReadyForQuery: %+v", up)
 		}
 	})
+}
+
+// acceptSSLRequest reads a client's SSLRequest and agrees to TLS.
+func acceptSSLRequest(sc net.Conn) bool {
+	var req [8]byte
+	if _, err := io.ReadFull(sc, req[:]); err != nil {
+		return false
+	}
+	_, err := sc.Write([]byte{'S'})
+	return err == nil
 }
 
 // pgTestTLS is a TLS 1.3 server config for "db.test" and a client config that trusts it.

@@ -164,26 +164,7 @@ func TestOversizedPasswordMessageIsRefused(t *testing.T) {
 func TestLoginGreetingIsBounded(t *testing.T) {
 	srvTLS, cliTLS := pgTestTLS(t)
 	cc, sc := net.Pipe()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer sc.Close()
-		var req [8]byte
-		if _, err := io.ReadFull(sc, req[:]); err != nil {
-			return
-		}
-		if _, err := sc.Write([]byte{'S'}); err != nil {
-			return
-		}
-		ts := tls.Server(sc, srvTLS)
-		if err := ts.Handshake(); err != nil {
-			return
-		}
-		drained := make(chan struct{})
-		go func() { defer close(drained); _, _ = io.Copy(io.Discard, ts) }()
-		defer func() { <-drained }()
-		defer sc.Close()
+	wait := wiretest.TLSServer(sc, srvTLS, acceptSSLRequest, func(ts *tls.Conn) {
 		if _, err := ts.Write(appendMessage(nil, 'R', make([]byte, 4))); err != nil {
 			return
 		}
@@ -193,8 +174,8 @@ func TestLoginGreetingIsBounded(t *testing.T) {
 				return
 			}
 		}
-	}()
-	defer wg.Wait()
+	})
+	defer wait()
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -5,6 +5,8 @@ package wiretest
 
 import (
 	"context"
+	"crypto/tls"
+	"io"
 	"net"
 	"testing"
 
@@ -38,4 +40,29 @@ func FeedInterleaved(t *testing.T, tr proxy.Tracker, cli, srv []byte, cstep, sst
 			t.Fatalf("idle mid-message: client at %d of %d, server at %d of %d", ci, len(cli), si, len(srv))
 		}
 	}
+}
+
+// TLSServer plays an upstream on sc in a goroutine: accept (the engine's plaintext request for
+// TLS; false stops there), the TLS handshake with cfg, then play, while everything the client
+// sends is read and dropped; then it closes its writing side and waits for the client to
+// close. The returned wait blocks until the goroutine is done.
+func TLSServer(sc net.Conn, cfg *tls.Config, accept func(net.Conn) bool, play func(*tls.Conn)) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer sc.Close()
+		if !accept(sc) {
+			return
+		}
+		ts := tls.Server(sc, cfg)
+		if err := ts.Handshake(); err != nil {
+			return
+		}
+		drained := make(chan struct{})
+		go func() { defer close(drained); _, _ = io.Copy(io.Discard, ts) }()
+		play(ts)
+		_ = ts.CloseWrite()
+		<-drained
+	}()
+	return func() { <-done }
 }
