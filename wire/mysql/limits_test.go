@@ -5,12 +5,13 @@ import (
 	"context"
 	"errors"
 	"net"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
 // endlessConn is a peer that sends head, then zero bytes forever, and swallows what it is sent:
@@ -39,18 +40,6 @@ func (e *endlessConn) SetWriteDeadline(time.Time) error                         
 func (e *endlessConn) RemoteAddr() net.Addr                                          { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 func (e *endlessConn) LocalAddr() net.Addr                                           { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 func (e *endlessConn) DialContext(context.Context, string, string) (net.Conn, error) { return e, nil }
-
-// allocated returns the bytes f allocates on average over runs calls.
-func allocated(runs int, f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	for range runs {
-		f()
-	}
-	runtime.ReadMemStats(&after)
-	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
-}
 
 // allocBudget is far below MaxHandshakePacket: a reader that allocated what a forged length
 // asks for fails the test.
@@ -93,7 +82,7 @@ func TestOversizedPacketsAreRefusedBeforeAllocating(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var err error
-			n := allocated(20, func() { err = tt.read(&endlessConn{head: bytes.Clone(tt.head)}) })
+			n := wiretest.Allocated(20, func() { err = tt.read(&endlessConn{head: bytes.Clone(tt.head)}) })
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
 			}

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -36,18 +35,6 @@ func (e *endless) Read(p []byte) (int, error) {
 
 func u32(n uint32) []byte              { return binary.BigEndian.AppendUint32(nil, n) }
 func lenMsg(typ byte, n uint32) []byte { return append([]byte{typ}, u32(n)...) }
-
-// allocated returns the bytes f allocates on average over runs calls.
-func allocated(runs int, f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	for range runs {
-		f()
-	}
-	runtime.ReadMemStats(&after)
-	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
-}
 
 // allocBudget is far below every limit under test: a reader that allocated what a forged
 // length asks for (10 kB and up) fails the test.
@@ -74,7 +61,7 @@ func TestOversizedLengthsAreRefusedBeforeAllocating(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var err error
-			n := allocated(20, func() { err = tt.read(&endless{head: bytes.Clone(tt.head)}) })
+			n := wiretest.Allocated(20, func() { err = tt.read(&endless{head: bytes.Clone(tt.head)}) })
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
 			}
@@ -143,7 +130,7 @@ func TestOversizedPasswordMessageIsRefused(t *testing.T) {
 		var c *scriptedConn
 		var herr error
 		paths := &noPaths{}
-		a := allocated(20, func() {
+		a := wiretest.Allocated(20, func() {
 			c = &scriptedConn{r: &endless{head: append(bytes.Clone(startup), lenMsg('p', n)...)}}
 			_, herr = p.Handshake(context.Background(), c, paths)
 		})

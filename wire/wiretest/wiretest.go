@@ -1,6 +1,7 @@
 // Package wiretest holds what the tests of wire/pg and wire/mysql share: a dialer that hands
-// out a connection the test already holds, and the interleaved feeding of a session's two
-// streams to a tracker that their fuzzers check for a false "idle".
+// out a connection the test already holds, a TLS upstream on a pipe, the interleaved feeding
+// of a session's two streams to a tracker that their fuzzers check for a false "idle", and an
+// allocation meter for the length-limit tests.
 package wiretest
 
 import (
@@ -8,6 +9,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 
 	"github.com/rdsvalet/rds-valet/proxy"
@@ -65,4 +67,16 @@ func TLSServer(sc net.Conn, cfg *tls.Config, accept func(net.Conn) bool, play fu
 		<-drained
 	}()
 	return func() { <-done }
+}
+
+// Allocated returns the bytes f allocates on average over runs calls.
+func Allocated(runs int, f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range runs {
+		f()
+	}
+	runtime.ReadMemStats(&after)
+	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
 }
