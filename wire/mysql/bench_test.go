@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
 // BenchmarkTrackerPointSelect is the tracker's cost per relayed sysbench point select (both
@@ -11,16 +13,7 @@ import (
 func BenchmarkTrackerPointSelect(b *testing.B) {
 	req := query("SELECT c FROM sbtest1 WHERE id=4242")
 	resp := cat(pkt(1, 1), coldef(2), eof(3, auto), row(4, "83868641912-28773972837-60736120486-75162659906"), eof(5, auto))
-	tr := newTracker(gm.CLIENT_PROTOCOL_41, auto)
-	b.ReportAllocs()
-	b.SetBytes(int64(len(req) + len(resp)))
-	for b.Loop() {
-		tr.FromClient(req)
-		tr.FromServer(resp)
-	}
-	if !tr.Idle() {
-		b.Fatal("not idle after a complete command")
-	}
+	wiretest.BenchTracker(b, newTracker(gm.CLIENT_PROTOCOL_41, auto), req, resp)
 }
 
 // BenchmarkGreetingRoundTrip is the greeting work of a new connection: parse the server's

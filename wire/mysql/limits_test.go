@@ -14,24 +14,16 @@ import (
 	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
-// endlessConn is a peer that sends head, then zero bytes forever, and swallows what it is sent:
+// endlessConn is a net.Conn over wiretest.Endless that swallows what it is sent:
 // it backs a forged length with as many bytes as the reader asks for, so only a limit checked
 // before allocating stops it.
 type endlessConn struct {
 	net.Conn // nil: only the methods below are used
-	head     []byte
+	src      wiretest.Endless
 	wrote    bytes.Buffer
 }
 
-func (e *endlessConn) Read(p []byte) (int, error) {
-	if len(e.head) > 0 {
-		n := copy(p, e.head)
-		e.head = e.head[n:]
-		return n, nil
-	}
-	clear(p)
-	return len(p), nil
-}
+func (e *endlessConn) Read(p []byte) (int, error)                                    { return e.src.Read(p) }
 func (e *endlessConn) Write(p []byte) (int, error)                                   { return e.wrote.Write(p) }
 func (e *endlessConn) Close() error                                                  { return nil }
 func (e *endlessConn) SetDeadline(time.Time) error                                   { return nil }
@@ -82,7 +74,7 @@ func TestOversizedPacketsAreRefusedBeforeAllocating(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var err error
-			n := wiretest.Allocated(20, func() { err = tt.read(&endlessConn{head: bytes.Clone(tt.head)}) })
+			n := wiretest.Allocated(20, func() { err = tt.read(&endlessConn{src: wiretest.Endless{Head: bytes.Clone(tt.head)}}) })
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
 			}

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
 // selectRoundTrip is one pgbench -S transaction as the relay sees it: the app's Query and the
@@ -33,16 +35,7 @@ func selectRoundTrip(b *testing.B) (req, resp []byte) {
 // which the relay pays under the session lock.
 func BenchmarkTrackerTransaction(b *testing.B) {
 	req, resp := selectRoundTrip(b)
-	tr := newTracker('I')
-	b.ReportAllocs()
-	b.SetBytes(int64(len(req) + len(resp)))
-	for b.Loop() {
-		tr.FromClient(req)
-		tr.FromServer(resp)
-	}
-	if !tr.Idle() {
-		b.Fatal("not idle after a complete transaction")
-	}
+	wiretest.BenchTracker(b, newTracker('I'), req, resp)
 }
 
 // BenchmarkReadStartup is the app side of a new connection: SSLRequest answered 'N', then

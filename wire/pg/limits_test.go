@@ -19,20 +19,6 @@ import (
 	"github.com/rdsvalet/rds-valet/wire/wiretest"
 )
 
-// endless serves head, then zero bytes forever: a peer that backs a forged length with as many
-// bytes as the reader asks for, so only a limit checked before allocating stops it.
-type endless struct{ head []byte }
-
-func (e *endless) Read(p []byte) (int, error) {
-	if len(e.head) > 0 {
-		n := copy(p, e.head)
-		e.head = e.head[n:]
-		return n, nil
-	}
-	clear(p)
-	return len(p), nil
-}
-
 func u32(n uint32) []byte              { return binary.BigEndian.AppendUint32(nil, n) }
 func lenMsg(typ byte, n uint32) []byte { return append([]byte{typ}, u32(n)...) }
 
@@ -61,7 +47,7 @@ func TestOversizedLengthsAreRefusedBeforeAllocating(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var err error
-			n := wiretest.Allocated(20, func() { err = tt.read(&endless{head: bytes.Clone(tt.head)}) })
+			n := wiretest.Allocated(20, func() { err = tt.read(&wiretest.Endless{Head: bytes.Clone(tt.head)}) })
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
 			}
@@ -131,7 +117,7 @@ func TestOversizedPasswordMessageIsRefused(t *testing.T) {
 		var herr error
 		paths := &noPaths{}
 		a := wiretest.Allocated(20, func() {
-			c = &scriptedConn{r: &endless{head: append(bytes.Clone(startup), lenMsg('p', n)...)}}
+			c = &scriptedConn{r: &wiretest.Endless{Head: append(bytes.Clone(startup), lenMsg('p', n)...)}}
 			_, herr = p.Handshake(context.Background(), c, paths)
 		})
 		want := fmt.Sprintf("password message length %d is outside 5..1024", n)

@@ -1,7 +1,7 @@
 // Package wiretest holds what the tests of wire/pg and wire/mysql share: a dialer that hands
 // out a connection the test already holds, a TLS upstream on a pipe, the interleaved feeding
-// of a session's two streams to a tracker that their fuzzers check for a false "idle", and an
-// allocation meter for the length-limit tests.
+// of a session's two streams to a tracker that their fuzzers check for a false "idle", an
+// allocation meter and an endless peer for the length-limit tests, and the tracker benchmark.
 package wiretest
 
 import (
@@ -79,4 +79,32 @@ func Allocated(runs int, f func()) uint64 {
 	}
 	runtime.ReadMemStats(&after)
 	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
+}
+
+// Endless serves Head, then zero bytes forever: a peer that backs a forged length with as many
+// bytes as the reader asks for, so only a limit checked before allocating stops it.
+type Endless struct{ Head []byte }
+
+func (e *Endless) Read(p []byte) (int, error) {
+	if len(e.Head) > 0 {
+		n := copy(p, e.Head)
+		e.Head = e.Head[n:]
+		return n, nil
+	}
+	clear(p)
+	return len(p), nil
+}
+
+// BenchTracker measures tr following one request and its response per iteration; the
+// tracker must be idle after each pair.
+func BenchTracker(b *testing.B, tr proxy.Tracker, req, resp []byte) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(req) + len(resp)))
+	for b.Loop() {
+		tr.FromClient(req)
+		tr.FromServer(resp)
+	}
+	if !tr.Idle() {
+		b.Fatal("not idle after a complete request and response")
+	}
 }
