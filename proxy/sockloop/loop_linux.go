@@ -145,7 +145,7 @@ type Loop struct {
 	retired []int32
 	// again lists relays whose upstream read stopped at maxUpstreamReads with data maybe
 	// left inside the TLS connection: served again before the loop parks.
-	again, spareAgain []*Relay
+	again []*Relay
 
 	mu      sync.Mutex
 	queue   []func()
@@ -239,16 +239,15 @@ func (l *Loop) run() {
 		} else {
 			n, parked = l.wait()
 		}
+		// Relays that hit the bound again go to a fresh list, served after the next poll.
 		again := l.again
-		l.again = l.spareAgain[:0]
-		for i, r := range again {
+		l.again = nil
+		for _, r := range again {
 			if !r.ended && r.upMask&evIn != 0 {
 				r.readUpstream()
 				r.sync()
 			}
-			again[i] = nil
 		}
-		l.spareAgain = again[:0]
 		for _, ev := range l.events[:n] {
 			if ev.Fd == wakeSlot {
 				l.runQueue()
