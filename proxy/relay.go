@@ -29,7 +29,6 @@ type session struct {
 	up     *Upstream
 	relay  *sockloop.Relay // set once the loop has the session
 	closed bool
-	busy   bool // closed while not idle
 	reason string
 
 	// Set before the loop has the session, then used by the loop only.
@@ -71,11 +70,6 @@ func (ss *session) relayed(r *sockloop.Relay) {
 	}
 }
 
-// markClosedLocked records why the session ends; the first reason wins.
-func (ss *session) markClosedLocked(reason string) {
-	ss.closed, ss.reason = true, reason
-}
-
 // closeIdleLocked closes the session if it is between transactions with nothing outstanding.
 // The loop forwards an app's request only after FromApp has checked, under the same lock,
 // that the session is open: so a request is either forwarded before the check (and the
@@ -84,7 +78,7 @@ func (ss *session) closeIdleLocked(reason string) bool {
 	if ss.closed || ss.up == nil || !ss.up.Tracker.Idle() {
 		return false
 	}
-	ss.markClosedLocked(reason)
+	ss.closed, ss.reason = true, reason
 	return true
 }
 
@@ -108,9 +102,8 @@ func (ss *session) shut(reason string) bool {
 		ss.mu.Unlock()
 		return false
 	}
-	ss.markClosedLocked(reason)
-	ss.busy = ss.up == nil || !ss.up.Tracker.Idle()
-	busy, r := ss.busy, ss.relay
+	ss.closed, ss.reason = true, reason
+	busy, r := ss.up == nil || !ss.up.Tracker.Idle(), ss.relay
 	ss.mu.Unlock()
 	if r != nil {
 		r.Poke()
@@ -160,13 +153,12 @@ func (ss *session) Check() bool {
 func (ss *session) Ended(e sockloop.End) {
 	ss.mu.Lock()
 	if !ss.closed {
+		ss.closed, ss.reason = true, CloseCut
 		switch e.By {
 		case sockloop.ByApp:
-			ss.markClosedLocked(CloseClient)
+			ss.reason = CloseClient
 		case sockloop.ByUpstream:
-			ss.markClosedLocked(CloseUpstream)
-		default:
-			ss.markClosedLocked(CloseCut)
+			ss.reason = CloseUpstream
 		}
 	}
 	reason := ss.reason
