@@ -118,7 +118,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 	br := bufio.NewReaderSize(tc, 8192)
 	up := &upstreamConn{conn: tc, br: br}
 	var scram *scramClient
-	authenticated := false
+	authenticated, negotiated := false, false
 	for {
 		typ, body, err := readMessage(br, maxUpstreamLoginMsgLength)
 		if err != nil {
@@ -220,15 +220,22 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 			if !authenticated {
 				return nil, errors.New("upstream sent ReadyForQuery before authentication")
 			}
-			if len(body) != 1 {
+			if len(body) != 1 || !validTxStatus(body[0]) {
 				return nil, errors.New("upstream sent a malformed ReadyForQuery")
 			}
 			up.status = body[0]
 			up.greet = appendMessage(up.greet, typ, body)
 			_ = tc.SetDeadline(wire.NoDeadline)
 			return up, nil
-		case 'S', 'N', 'v':
-			// ParameterStatus, NoticeResponse, NegotiateProtocolVersion: the app needs them.
+		case 'v':
+			// NegotiateProtocolVersion: the sidecar asked for 3.0 without options, so a server
+			// can only be confirming that; the app's own negotiation was with the sidecar.
+			if authenticated || negotiated {
+				return nil, errors.New("upstream sent NegotiateProtocolVersion out of place")
+			}
+			negotiated = true
+		case 'S', 'N':
+			// ParameterStatus, NoticeResponse: the app needs them.
 			if !authenticated && typ == 'S' {
 				return nil, errors.New("upstream sent ParameterStatus before authentication")
 			}
@@ -281,3 +288,7 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// validTxStatus reports whether b is a ReadyForQuery transaction status: idle, in a
+// transaction, or in a failed one. Anything else is a server we do not understand.
+func validTxStatus(b byte) bool { return b == 'I' || b == 'T' || b == 'E' }
