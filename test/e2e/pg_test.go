@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // iamConfig is a sidecar in front of the stand-in, logging in with IAM tokens.
@@ -142,6 +143,48 @@ func TestPgxThroughSidecar(t *testing.T) {
 		}
 		if count != 100000 || total != 100_000_000 {
 			t.Fatalf("got %d rows, %d bytes", count, total)
+		}
+	})
+	t.Run("protocol 3.2 client is negotiated down to 3.0", func(t *testing.T) {
+		// What libpq 18 sends with max_protocol_version=latest, plus a protocol option.
+		c := rawConn(t, s)
+		startup := startupPacket("user", "app", "database", "app", "_pq_.test_option", "on")
+		binary.BigEndian.PutUint32(startup[4:], 3<<16|2)
+		if _, err := c.Write(startup); err != nil {
+			t.Fatal(err)
+		}
+		typ, body := readBackendMessage(t, c)
+		if typ != 'v' {
+			t.Fatalf("first message %q %q, want NegotiateProtocolVersion", typ, body)
+		}
+		if want := "\x00\x00\x00\x00\x00\x00\x00\x01_pq_.test_option\x00"; string(body) != want {
+			t.Fatalf("NegotiateProtocolVersion %q, want %q (newest minor 0, the option refused)", body, want)
+		}
+		if typ, body := readBackendMessage(t, c); typ != 'R' || binary.BigEndian.Uint32(body) != 0 {
+			t.Fatalf("got %q %q, want AuthenticationOk", typ, body)
+		}
+		for typ := byte(0); typ != 'Z'; {
+			typ, body = readBackendMessage(t, c)
+			if typ == 'E' {
+				t.Fatalf("ErrorResponse %q", body)
+			}
+		}
+		q, _ := (&pgproto3.Query{String: "SELECT 40 + 2 AS n"}).Encode(nil)
+		if _, err := c.Write(q); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		for typ := byte(0); typ != 'Z'; {
+			typ, body = readBackendMessage(t, c)
+			switch typ {
+			case 'E':
+				t.Fatalf("ErrorResponse %q", body)
+			case 'D':
+				got = body
+			}
+		}
+		if want := "\x00\x01\x00\x00\x00\x0242"; string(got) != want {
+			t.Fatalf("DataRow %q, want %q", got, want)
 		}
 	})
 	if v := s.metric("rdsvalet_proxy_connections_total", `listener="pg"`, `result="ok"`); v < 2 {
@@ -319,6 +362,24 @@ func readErrorResponse(c net.Conn) (code, msg string, err error) {
 		}
 	}
 	return code, msg, nil
+}
+
+// readBackendMessage reads one message from the sidecar: its type and body.
+func readBackendMessage(t *testing.T, c net.Conn) (byte, []byte) {
+	t.Helper()
+	var hdr [5]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		t.Fatalf("read message: %v", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n < 4 || n > 1<<20 {
+		t.Fatalf("message %q of length %d", hdr[0], n)
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(c, body); err != nil {
+		t.Fatalf("read message: %v", err)
+	}
+	return hdr[0], body
 }
 
 // startupPacket encodes a protocol 3.0 StartupMessage with key, value pairs.

@@ -29,6 +29,7 @@ func FuzzReadStartup(f *testing.F) {
 	f.Add(append(append(packet(gssEncRequestCode), packet(sslRequestCode)...), startup...))
 	f.Add(packet(cancelRequestCode, 0, 0, 0, 1, 0, 0, 0, 2))
 	f.Add(packet(1234<<16 | 5678))
+	f.Add(startupVersion(3<<16|2, "user", "app", "_pq_.x", "1"))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 3, 0, 0}) // the 4 GB length trick
 	f.Add([]byte{0, 0, 0, 8, 0, 3, 0, 0})
 	f.Fuzz(func(t *testing.T, in []byte) {
@@ -49,7 +50,7 @@ func FuzzReadStartup(f *testing.F) {
 		}
 		switch m := m.(type) {
 		case *pgproto3.StartupMessage:
-			if m.ProtocolVersion != protocolVersion3 {
+			if m.ProtocolVersion>>16 != 3 {
 				t.Fatalf("accepted protocol %x", m.ProtocolVersion)
 			}
 		case *pgproto3.CancelRequest:

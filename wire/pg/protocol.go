@@ -95,6 +95,11 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		return nil, nil
 	}
 	sm := msg.(*pgproto3.StartupMessage)
+	if v := negotiateProtocol(sm); v != nil {
+		if _, err := client.Write(v); err != nil {
+			return nil, &proxy.ClientError{Err: fmt.Errorf("negotiate protocol version: %w", err)}
+		}
+	}
 	params := make(map[string]string, len(sm.Parameters)+1)
 	for k, v := range sm.Parameters {
 		params[k] = v

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -55,13 +57,15 @@ func readStartup(r io.Reader, w io.Writer) (pgproto3.FrontendMessage, error) {
 			}
 			return m, nil
 		case code>>16 == 3:
-			if code != protocolVersion3 {
-				return nil, &unsupportedVersionError{major: code >> 16, minor: code & 0xffff}
-			}
+			// Any 3.x is accepted, as PostgreSQL does: a newer minor is answered with
+			// NegotiateProtocolVersion (negotiateProtocol) and the session speaks 3.0.
+			// pgproto3 decodes 3.0 only, so the version is read as that and restored.
+			binary.BigEndian.PutUint32(body, protocolVersion3)
 			m := &pgproto3.StartupMessage{}
 			if err := m.Decode(body); err != nil {
 				return nil, fmt.Errorf("%w: %v", errStartup, err)
 			}
+			m.ProtocolVersion = code
 			return m, nil
 		default:
 			return nil, &unsupportedVersionError{major: code >> 16, minor: code & 0xffff}
@@ -93,4 +97,36 @@ type unsupportedVersionError struct{ major, minor uint32 }
 
 func (e *unsupportedVersionError) Error() string {
 	return fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0", e.major, e.minor)
+}
+
+// protocolOptionPrefix marks startup parameters that are protocol options (PostgreSQL 14+),
+// not settings: they are negotiated with the sidecar, never sent on to the server.
+const protocolOptionPrefix = "_pq_."
+
+// negotiateProtocol removes protocol options from sm's parameters and returns the
+// NegotiateProtocolVersion message the app must get before anything else when it asked for
+// more than the sidecar speaks (a minor version above 3.0, or any protocol option), or nil.
+// The sidecar logs in upstream with 3.0 and issues its own 4-byte cancel keys, so it offers
+// 3.0 and no options whatever the server would: libpq 18 asking for 3.2 then goes on in 3.0,
+// as against a PostgreSQL 17 server.
+func negotiateProtocol(sm *pgproto3.StartupMessage) []byte {
+	var options []string
+	for k := range sm.Parameters {
+		if strings.HasPrefix(k, protocolOptionPrefix) {
+			options = append(options, k)
+			delete(sm.Parameters, k)
+		}
+	}
+	if sm.ProtocolVersion == protocolVersion3 && len(options) == 0 {
+		return nil
+	}
+	slices.Sort(options)
+	b := []byte{'v', 0, 0, 0, 0}
+	b = binary.BigEndian.AppendUint32(b, protocolVersion3&0xffff) // newest minor: 0
+	b = binary.BigEndian.AppendUint32(b, uint32(len(options)))
+	for _, o := range options {
+		b = append(append(b, o...), 0)
+	}
+	binary.BigEndian.PutUint32(b[1:5], uint32(len(b)-1))
+	return b
 }

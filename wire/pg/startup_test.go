@@ -2,8 +2,11 @@ package pg
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -31,8 +34,10 @@ func TestReadStartup(t *testing.T) {
 		in        []byte
 		wantReply string
 		wantUser  string
-		cancel    bool
-		wantErr   func(error) bool
+		// wantVersion is the protocol the startup asked for, 3.0 when zero.
+		wantVersion uint32
+		cancel      bool
+		wantErr     func(error) bool
 	}{
 		{name: "plain startup", in: startup, wantUser: "app"},
 		{name: "ssl then startup", in: append(packet(sslRequestCode), startup...), wantReply: "N", wantUser: "app"},
@@ -40,7 +45,8 @@ func TestReadStartup(t *testing.T) {
 		{name: "bytes after startup are left unread", in: append(append([]byte{}, startup...), trailing...), wantUser: "app"},
 		{name: "cancel", in: packet(cancelRequestCode, 0, 0, 0, 7, 0, 0, 0, 9), cancel: true},
 		{name: "protocol 2", in: packet(2 << 16), wantErr: func(err error) bool { var v *unsupportedVersionError; return errors.As(err, &v) }},
-		{name: "protocol 3.2", in: packet(3<<16 | 2), wantErr: func(err error) bool { var v *unsupportedVersionError; return errors.As(err, &v) }},
+		{name: "protocol 3.2 is read, to be negotiated down", in: startupVersion(3<<16|2, "user", "app"), wantUser: "app", wantVersion: 3<<16 | 2},
+		{name: "protocol 4.0", in: packet(4 << 16), wantErr: func(err error) bool { var v *unsupportedVersionError; return errors.As(err, &v) }},
 		{name: "garbage", in: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), wantErr: func(err error) bool { return err != nil }},
 		{name: "oversized length", in: binary.BigEndian.AppendUint32(nil, 1<<31), wantErr: func(err error) bool { return errors.Is(err, errStartup) }},
 		{name: "length below minimum", in: binary.BigEndian.AppendUint32(nil, 3), wantErr: func(err error) bool { return errors.Is(err, errStartup) }},
@@ -76,8 +82,67 @@ func TestReadStartup(t *testing.T) {
 			if !ok || sm.Parameters["user"] != tt.wantUser {
 				t.Fatalf("got %#v", msg)
 			}
+			if want := cmp.Or(tt.wantVersion, protocolVersion3); sm.ProtocolVersion != want {
+				t.Errorf("protocol version %#x, want %#x", sm.ProtocolVersion, want)
+			}
 			if tt.name == "bytes after startup are left unread" && r.Len() != len(trailing) {
 				t.Errorf("%d bytes left unread, want %d", r.Len(), len(trailing))
+			}
+		})
+	}
+}
+
+// startupVersion is a startup packet asking for protocol version code with params (name, value, ...).
+func startupVersion(code uint32, params ...string) []byte {
+	var body []byte
+	for _, p := range params {
+		body = append(append(body, p...), 0)
+	}
+	return packet(code, append(body, 0)...)
+}
+
+func TestNegotiateProtocol(t *testing.T) {
+	tests := []struct {
+		name       string
+		version    uint32
+		params     map[string]string
+		want       []string // the options listed as unrecognized; nil: no NegotiateProtocolVersion
+		wantParams int
+	}{
+		{name: "3.0 without options", version: protocolVersion3, params: map[string]string{"user": "app", "database": "db"}, wantParams: 2},
+		{name: "3.2 (libpq 18)", version: 3<<16 | 2, params: map[string]string{"user": "app"}, want: []string{}, wantParams: 1},
+		{name: "3.0 with options", version: protocolVersion3, params: map[string]string{"user": "app", "_pq_.b": "1", "_pq_.a": "x"}, want: []string{"_pq_.a", "_pq_.b"}, wantParams: 1},
+		{name: "3.9999 with an option", version: 3<<16 | 9999, params: map[string]string{"_pq_.x": "", "application_name": "_pq_.not"}, want: []string{"_pq_.x"}, wantParams: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sm := &pgproto3.StartupMessage{ProtocolVersion: tt.version, Parameters: tt.params}
+			b := negotiateProtocol(sm)
+			if len(sm.Parameters) != tt.wantParams {
+				t.Errorf("parameters left: %v, want %d", sm.Parameters, tt.wantParams)
+			}
+			for k := range sm.Parameters {
+				if strings.HasPrefix(k, "_pq_.") {
+					t.Errorf("protocol option %q would reach the server", k)
+				}
+			}
+			if tt.want == nil {
+				if b != nil {
+					t.Fatalf("negotiated for a plain 3.0 startup: %q", b)
+				}
+				return
+			}
+			// Decode it as a client would: 'v', length, newest minor, count, names.
+			if len(b) < 13 || b[0] != 'v' || int(binary.BigEndian.Uint32(b[1:5])) != len(b)-1 {
+				t.Fatalf("malformed NegotiateProtocolVersion %q", b)
+			}
+			if minor := binary.BigEndian.Uint32(b[5:9]); minor != 0 {
+				t.Errorf("newest minor %d, want 0", minor)
+			}
+			n := int(binary.BigEndian.Uint32(b[9:13]))
+			names := strings.Split(string(b[13:]), "\x00")
+			if n != len(tt.want) || len(names) != n+1 || names[n] != "" || !slices.Equal(names[:n], tt.want) {
+				t.Errorf("options %d %q, want %q", n, names, tt.want)
 			}
 		})
 	}
