@@ -21,6 +21,13 @@ if [ -z "$targets" ]; then
   exit 1
 fi
 
+# coordinator_race LOG: the run's only failure is the coordinator's deadline (see below).
+coordinator_race() {
+  [ "$(grep -c -- '--- FAIL' "$1")" = 1 ] &&
+    grep -A1 -- '--- FAIL' "$1" | tail -1 | grep -qxE '[[:space:]]+context deadline exceeded' &&
+    ! grep -q 'Failing input written' "$1"
+}
+
 start=$SECONDS
 failed=()
 report=()
@@ -31,6 +38,12 @@ while read -r dir name; do
   if $GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZMINTIME" "./$dir" >"$log" 2>&1; then
     execs=$(grep -oE "execs: [0-9]+" "$log" | tail -1 | cut -d" " -f2 || true)
     report+=("$(printf '%-22s %-45s %10s execs %4ss' "$dir" "$name" "${execs:-?}" $((SECONDS - t0)))")
+  elif coordinator_race "$log"; then
+    # Go 1.26's fuzz coordinator can report its own -fuzztime deadline as a failure when a
+    # worker is mid-call at the end (golang/go#75804, fixed in Go 1.27): no input failed and
+    # none was written. Said loudly, not counted; any other failure is.
+    echo "fuzz: $dir $name: 'context deadline exceeded' at the end of -fuzztime with no failing input (golang/go#75804), not a finding"
+    report+=("$(printf '%-22s %-45s %10s execs %4ss  (go#75804 at the end)' "$dir" "$name" "$(grep -oE "execs: [0-9]+" "$log" | tail -1 | cut -d" " -f2)" $((SECONDS - t0)))")
   else
     cat "$log"
     failed+=("$dir $name")
