@@ -320,8 +320,12 @@ func (s *Server) CreatePasswordRole(ctx context.Context, name, password string, 
 	}
 	// The stored hash must match the method: md5 auth cannot check a SCRAM verifier (and an
 	// md5 line with a SCRAM verifier silently does SCRAM), so the encryption is set per role.
-	sql := fmt.Sprintf("SET password_encryption = '%s'; CREATE ROLE %s LOGIN PASSWORD %s IN ROLE %s",
-		method, pgx.Identifier{name}.Sanitize(), quoteLiteral(password), group)
+	// Created or, if a test run before (go test -count=N shares the server), reset.
+	role := pgx.Identifier{name}.Sanitize()
+	sql := fmt.Sprintf("SET password_encryption = '%s'; "+
+		"DO $$BEGIN CREATE ROLE %s; EXCEPTION WHEN duplicate_object THEN NULL; END$$; "+
+		"ALTER ROLE %s LOGIN PASSWORD %s; GRANT %s TO %s",
+		method, role, role, quoteLiteral(password), group, role)
 	return s.Exec(ctx, sql)
 }
 
