@@ -37,6 +37,11 @@ type Upstream struct {
 	Tracker  Tracker
 	// OnClose runs once the session is over (e.g. to forget its cancel key).
 	OnClose func()
+	// Farewell, if set, returns what the app reads last when the sidecar ends the session or
+	// the upstream goes away: reason is CloseUpstream, CloseDrain, CloseCut or ClosePathDown
+	// ("" when the relay itself failed). It is called under the session's lock, so it may consult
+	// the Tracker (to speak only between messages); nil sends nothing.
+	Farewell func(reason string) []byte
 	// User and Database name the session in logs.
 	User, Database string
 }

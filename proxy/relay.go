@@ -149,6 +149,21 @@ func (ss *session) Check() bool {
 	return ss.closed
 }
 
+// Farewell implements sockloop.Handler: the engine's last words to the app, for the reason the
+// session ends.
+func (ss *session) Farewell(by sockloop.Side, _ error) []byte {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.up == nil || ss.up.Farewell == nil {
+		return nil
+	}
+	reason := ss.reason // "" if the loop could not go on with the session
+	if by == sockloop.ByUpstream {
+		reason = CloseUpstream
+	}
+	return ss.up.Farewell(reason)
+}
+
 // Ended implements sockloop.Handler.
 func (ss *session) Ended(e sockloop.End) {
 	ss.mu.Lock()

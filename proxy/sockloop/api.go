@@ -21,6 +21,12 @@ type Handler interface {
 	// each chunk to the app, and whenever the relay is poked. What was already read for the
 	// app is still delivered before the sockets are closed.
 	Check() bool
+	// Farewell is asked, once, when the relay ends for any reason but the app (by is
+	// ByUpstream or ByHandler): what it returns is sent to the app last, after everything
+	// read for it, with one non-blocking write before the socket closes. It lets a protocol
+	// tell the app why its connection ends (a PostgreSQL FATAL ErrorResponse); nil sends
+	// nothing.
+	Farewell(by Side, upstreamErr error) []byte
 	// Ended is called once, after both sockets are closed.
 	Ended(End)
 }

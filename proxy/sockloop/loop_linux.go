@@ -510,13 +510,20 @@ func (l *Loop) register(fd int, slot int32, side int, old, want uint32) error {
 	return nil
 }
 
-// end closes both sockets (which takes them out of the epoll set) and tells the handler.
+// end closes both sockets (which takes them out of the epoll set), the app's after the
+// handler's farewell, and tells the handler.
 func (r *Relay) end(by Side, upErr error) {
 	if r.ended {
 		return
 	}
 	r.ended = true
 	_ = r.closeUpstream()
+	if by != ByApp && len(r.app.out) == 0 {
+		if msg := r.h.Farewell(by, upErr); len(msg) > 0 {
+			// Best effort: an app that is not reading loses it with the connection.
+			_, _ = r.app.send(msg)
+		}
+	}
 	_ = r.app.Close()
 	r.loop.retired = append(r.loop.retired, r.slot)
 	r.h.Ended(End{By: by, UpstreamErr: upErr, FromApp: r.fromApp, ToApp: r.toApp})

@@ -30,6 +30,9 @@ type recorder struct {
 	refuse          atomic.Bool // FromApp refuses from now on
 	checks          atomic.Int64
 	ended           chan End
+	// farewell, set before the relay starts, is what Farewell returns; farewells counts the calls.
+	farewell  []byte
+	farewells atomic.Int64
 }
 
 func newRecorder() *recorder { return &recorder{ended: make(chan End, 1)} }
@@ -44,6 +47,10 @@ func (h *recorder) FromApp(p []byte) bool {
 func (h *recorder) FromUpstream(p []byte) { h.fromUp.Add(int64(len(p))) }
 func (h *recorder) Check() bool           { h.checks.Add(1); return h.stop.Load() }
 func (h *recorder) Ended(e End)           { h.ended <- e }
+func (h *recorder) Farewell(Side, error) []byte {
+	h.farewells.Add(1)
+	return h.farewell
+}
 
 func (h *recorder) wait(t *testing.T) End {
 	t.Helper()
@@ -194,6 +201,47 @@ func TestPokeEndsRelayThroughCheck(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("app read after the end: %v, want EOF", err)
 	}
+}
+
+func TestFarewellIsTheAppsLastRead(t *testing.T) {
+	const bye = "FATAL: the sidecar closes this connection\n"
+	t.Run("ended by the handler", func(t *testing.T) {
+		h := newRecorder()
+		h.farewell = []byte(bye)
+		app, r := plainRelay(t, h, echo)
+		br := bufio.NewReader(app)
+		roundTrip(t, br, app, "x")
+		h.stop.Store(true)
+		r.Poke()
+		if got, err := io.ReadAll(br); err != nil || string(got) != bye {
+			t.Fatalf("app read %q, %v; want the farewell then EOF", got, err)
+		}
+		if e := h.wait(t); e.By != ByHandler || e.ToApp != int64(len("ok x\n")) {
+			t.Errorf("end %+v: want by the handler, the farewell not counted as relayed", e)
+		}
+	})
+	t.Run("ended by the upstream", func(t *testing.T) {
+		h := newRecorder()
+		h.farewell = []byte(bye)
+		app, _ := plainRelay(t, h, func(c net.Conn) {
+			_, _ = c.Write([]byte("last words\n"))
+			c.Close()
+		})
+		if got, err := io.ReadAll(app); err != nil || string(got) != "last words\n"+bye {
+			t.Fatalf("app read %q, %v; want the upstream's last words, the farewell, EOF", got, err)
+		}
+		h.wait(t)
+	})
+	t.Run("not when the app ends it", func(t *testing.T) {
+		h := newRecorder()
+		h.farewell = []byte(bye)
+		app, _ := plainRelay(t, h, echo)
+		roundTrip(t, bufio.NewReader(app), app, "x")
+		app.Close()
+		if e := h.wait(t); e.By != ByApp || h.farewells.Load() != 0 {
+			t.Errorf("end %+v after %d farewell calls; want by the app, none asked", e, h.farewells.Load())
+		}
+	})
 }
 
 func TestCheckAtStartEndsRelayAfterLeftover(t *testing.T) {

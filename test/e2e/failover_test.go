@@ -189,6 +189,12 @@ func TestFailoverAndFailback(t *testing.T) {
 			if errors.Is(err, context.DeadlineExceeded) {
 				t.Fatal("idle session on the dead path hung instead of failing fast")
 			}
+			// It says why: evicted from the dead path, or its upstream connection lost with
+			// the fault, either way a connection-class error naming the path.
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "08006" || !strings.Contains(pgErr.Message, `path "privatelink"`) {
+				t.Errorf("idle session's error: %v; want FATAL 08006 from the sidecar naming the path", err)
+			}
 			// The transaction in flight completes or fails clearly within kill_grace; never hangs.
 			cctx, cancel := context.WithTimeout(context.Background(), killGrace+5*time.Second)
 			err = tx.Commit(cctx)

@@ -559,6 +559,13 @@ func TestSIGTERMDrainsRunningQuery(t *testing.T) {
 	if err := <-res; err != nil {
 		t.Fatalf("the running query did not finish: %v", err)
 	}
+	// The session was closed once idle, with the reason in the app's protocol, as a server
+	// that shuts down says it: the next query gets it instead of "unexpected EOF".
+	_, err := c.Exec(ctxTimeout(t, 10*time.Second), "SELECT 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || !strings.Contains(pgErr.Message, "sidecar is shutting down") {
+		t.Errorf("query after the drain closed the session: %v; want FATAL 57P01 from the sidecar", err)
+	}
 	if code := s.wait(20 * time.Second); code != 0 {
 		t.Fatalf("exit code %d after a clean drain\n%s", code, s.logs.String())
 	}

@@ -21,6 +21,7 @@ const (
 	codeInvalidPassword       = "28P01"
 	codeTooManyConnections    = "53300"
 	codeCannotConnectNow      = "57P03"
+	codeAdminShutdown         = "57P01"
 	codeFeatureNotSupported   = "0A000"
 	codeInternalError         = "XX000"
 	severityFatal             = "FATAL"
@@ -54,6 +55,16 @@ func newError(code, format string, args ...any) *Error {
 
 // writeError sends e to the app as an ErrorResponse.
 func writeError(w io.Writer, e *Error) error {
+	b, err := encodeError(e)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// encodeError is e as an ErrorResponse.
+func encodeError(e *Error) ([]byte, error) {
 	sev := e.Severity
 	if sev == "" {
 		sev = severityFatal
@@ -62,10 +73,5 @@ func writeError(w io.Writer, e *Error) error {
 		Severity: sev, SeverityUnlocalized: sev, Code: e.Code,
 		Message: e.Message, Detail: e.Detail, Hint: e.Hint,
 	}
-	b, err := msg.Encode(nil)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(b)
-	return err
+	return msg.Encode(nil)
 }

@@ -158,10 +158,12 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		_ = up.conn.Close()
 		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
 	}
+	tr := newTracker(up.status)
 	return &proxy.Upstream{
-		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: newTracker(up.status),
-		OnClose: func() { p.cancels.remove(key.ProcessID) },
-		User:    user, Database: params["database"],
+		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: tr,
+		OnClose:  func() { p.cancels.remove(key.ProcessID) },
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path.Name) },
+		User:     user, Database: params["database"],
 	}, nil
 }
 

@@ -19,6 +19,7 @@ type frames struct {
 	hdr    [5]byte
 	hdrN   int
 	remain uint32
+	last   byte // the type of the last message whose header is in
 	broken bool // a length below 4: the stream is not PostgreSQL; never call it idle again
 }
 
@@ -85,6 +86,7 @@ func (f *frames) header(p *[]byte) (byte, bool) {
 		return 0, false
 	}
 	f.remain = n - 4
+	f.last = f.hdr[0]
 	return f.hdr[0], true
 }
 
