@@ -613,6 +613,11 @@ func TestFaultBlackhole(t *testing.T) {
 	if err := connLost(idle, err); err != nil {
 		t.Fatal(err)
 	}
+	// Evicted from the dead path, and told so.
+	var evicted *pgconn.PgError
+	if !errors.As(err, &evicted) || evicted.Code != "08006" || !strings.Contains(evicted.Message, "is down") {
+		t.Fatalf("idle session's next query: %v; want the sidecar's FATAL 08006 saying its path is down", err)
+	}
 	d, err = within(t, faultConnectTimeout+faultSlack, "connect over the blackhole", func() error {
 		_, err := pgx.Connect(ctxTimeout(t, time.Minute), e.dsn())
 		return err

@@ -381,6 +381,15 @@ func TestMySQLDriverThroughSidecar(t *testing.T) {
 	if code := s.wait(15 * time.Second); code != 0 || time.Since(start) > 5*time.Second {
 		t.Fatalf("exit code %d after %v; want 0 at once (idle sessions closed, none cut)", code, time.Since(start))
 	}
+	// Each was told why, as the answer to its next command (a pooled connection's liveness
+	// check would instead just drop it): ERR 1053 rather than "invalid connection".
+	for i, c := range conns {
+		_, err := c.ExecContext(ctx, "SELECT 1")
+		var me *mysql.MySQLError
+		if !errors.As(err, &me) || me.Number != 1053 || !strings.Contains(me.Message, "sidecar is shutting down") {
+			t.Errorf("session %d after the drain: %v; want ERR 1053 from the sidecar", i, err)
+		}
+	}
 }
 
 func mysqlCLI(t *testing.T) string {

@@ -23,6 +23,7 @@ const (
 	codeServerShutdown   = gm.ER_SERVER_SHUTDOWN     // 1053, 08S01
 	codeNotSupportedAuth = gm.ER_NOT_SUPPORTED_AUTH_MODE
 	codeConnHostError    = 2003 // CR_CONN_HOST_ERROR
+	codeServerLost       = 2013 // CR_SERVER_LOST: "Lost connection to MySQL server"
 	codeUnknownError     = gm.ER_UNKNOWN_ERROR
 
 	sidecarPrefix = "rds-valet: "
@@ -34,7 +35,7 @@ func sqlState(code uint16) string {
 		return s
 	}
 	switch code {
-	case codeConnHostError:
+	case codeConnHostError, codeServerLost:
 		return "HY000"
 	case codeAccessDenied:
 		return "28000"

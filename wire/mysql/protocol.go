@@ -187,9 +187,11 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 		_ = up.conn.Close()
 		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
 	}
+	tr := newTracker(app.caps, up.status)
 	return &proxy.Upstream{
-		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: newTracker(app.caps, up.status),
-		User: app.user, Database: app.resp.Database,
+		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: tr,
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path.Name) },
+		User:     app.user, Database: app.resp.Database,
 	}, nil
 }
 

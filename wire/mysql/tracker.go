@@ -63,6 +63,7 @@ type tracker struct {
 	prepCols     uint64
 	status       uint16
 	lost         bool
+	quit         bool // the app sent COM_QUIT
 }
 
 // framer splits one direction into packets, keeping the head of each payload.
@@ -140,7 +141,9 @@ func (t *tracker) clientPacket(seq byte, head []byte, length int, cont bool) {
 		return
 	}
 	switch cmd := head[0]; cmd {
-	case comQuit, comStmtClose, comStmtSendLong:
+	case comQuit:
+		t.quit = true
+	case comStmtClose, comStmtSendLong:
 		// No response.
 	case comStmtExecute:
 		if len(head) < 6 || head[5] != 0 {
@@ -380,6 +383,13 @@ func (t *tracker) startPrepCols() {
 }
 
 // Idle reports whether the session can be closed without harming the app.
+// betweenCommands reports whether the app waits for nothing: no command outstanding and both
+// directions on a packet boundary, in a transaction or not. The app's next read is then the
+// answer to its next command.
+func (t *tracker) betweenCommands() bool {
+	return !t.lost && !t.quit && t.cli.atBoundary() && t.srv.atBoundary() && len(t.cmds) == 0 && t.state == stIdle
+}
+
 func (t *tracker) Idle() bool {
 	return !t.lost && t.cli.atBoundary() && t.srv.atBoundary() && len(t.cmds) == 0 && t.state == stIdle &&
 		t.status&(gm.SERVER_STATUS_IN_TRANS|gm.SERVER_MORE_RESULTS_EXISTS) == 0
