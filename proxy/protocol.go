@@ -54,6 +54,24 @@ type Tracker interface {
 	Idle() bool
 }
 
+// FarewellText is what an app is told when its relayed session ends for reason (see
+// Upstream.Farewell) on path, the same words in either engine's error.
+func FarewellText(reason, path string) string {
+	switch reason {
+	case CloseDrain, CloseCut:
+		return "terminating connection because the sidecar is shutting down"
+	case ClosePathDown:
+		return fmt.Sprintf("terminating connection because its upstream path %q is down; a new connection goes to a healthy path", path)
+	case CloseUpstream:
+		return fmt.Sprintf("the connection to the database on path %q was lost", path)
+	}
+	return "terminating connection"
+}
+
+// ShuttingDown reports whether reason is the sidecar's own shutdown (the engines give it its
+// own error code), rather than a lost or abandoned upstream.
+func ShuttingDown(reason string) bool { return reason == CloseDrain || reason == CloseCut }
+
 // Paths lets an engine reach the upstream: Try calls login with each candidate path, best
 // first, until one succeeds, reporting the outcome of each attempt to the health set.
 type Paths interface {
