@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -443,12 +444,24 @@ func TestSysbenchThroughSidecar(t *testing.T) {
 	run("prepare")
 	defer run("cleanup")
 	out := run("--threads=8", "--time=10", "--report-interval=0", "run")
-	m := regexp.MustCompile(`transactions:\s+(\d+)`).FindStringSubmatch(out)
-	e := regexp.MustCompile(`ignored errors:\s+(\d+)`).FindStringSubmatch(out)
-	if m == nil || m[1] == "0" || e == nil || e[1] != "0" {
-		t.Fatalf("want transactions and no errors:\n%s", out)
+	// Any error sysbench does not ignore ends the run (err above). It ignores, and retries,
+	// InnoDB's deadlocks and lock wait timeouts (--mysql-ignore-errors' default 1213,1020,
+	// 1205): 8 threads updating 8 small tables meet one now and then with or without a proxy
+	// (one in ~2,000 transactions seen), so a few are allowed; a relay that broke sessions
+	// would show as reconnects or a failed run.
+	count := func(re string) int {
+		m := regexp.MustCompile(re).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no %q in sysbench's output:\n%s", re, out)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
 	}
-	t.Logf("sysbench: %s transactions in 10 s, %s errors\n%s", m[1], e[1], out)
+	txs, ignored, reconnects := count(`transactions:\s+(\d+)`), count(`ignored errors:\s+(\d+)`), count(`reconnects:\s+(\d+)`)
+	if txs == 0 || reconnects != 0 || ignored > txs/100 {
+		t.Fatalf("want transactions, no reconnects and ignored errors (deadlocks) under 1%%:\n%s", out)
+	}
+	t.Logf("sysbench: %d transactions in 10 s, %d ignored errors, %d reconnects\n%s", txs, ignored, reconnects, out)
 }
 
 // rawMy connects to the MySQL listener and reads the greeting.
