@@ -151,7 +151,7 @@ func (ss *session) Check() bool {
 
 // Farewell implements sockloop.Handler: the engine's last words to the app, for the reason the
 // session ends.
-func (ss *session) Farewell(by sockloop.Side, _ error) []byte {
+func (ss *session) Farewell(by sockloop.Side) []byte {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.up == nil || ss.up.Farewell == nil {

@@ -24,9 +24,9 @@ type Handler interface {
 	// Farewell is asked, once, when the relay ends for any reason but the app (by is
 	// ByUpstream or ByHandler): what it returns is sent to the app last, after everything
 	// read for it, with one non-blocking write before the socket closes. It lets a protocol
-	// tell the app why its connection ends (a PostgreSQL FATAL ErrorResponse); nil sends
-	// nothing.
-	Farewell(by Side, upstreamErr error) []byte
+	// tell the app why its connection ends (a Postgres ErrorResponse, a MySQL ERR packet);
+	// nil sends nothing.
+	Farewell(by Side) []byte
 	// Ended is called once, after both sockets are closed.
 	Ended(End)
 }

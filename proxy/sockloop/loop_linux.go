@@ -519,7 +519,7 @@ func (r *Relay) end(by Side, upErr error) {
 	r.ended = true
 	_ = r.closeUpstream()
 	if by != ByApp && len(r.app.out) == 0 {
-		if msg := r.h.Farewell(by, upErr); len(msg) > 0 {
+		if msg := r.h.Farewell(by); len(msg) > 0 {
 			// Best effort: an app that is not reading loses it with the connection.
 			_, _ = r.app.send(msg)
 		}
