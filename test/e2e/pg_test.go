@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -19,7 +20,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // iamConfig is a sidecar in front of the stand-in, logging in with IAM tokens.
@@ -153,38 +153,22 @@ func TestPgxThroughSidecar(t *testing.T) {
 		if _, err := c.Write(startup); err != nil {
 			t.Fatal(err)
 		}
-		typ, body := readBackendMessage(t, c)
-		if typ != 'v' {
-			t.Fatalf("first message %q %q, want NegotiateProtocolVersion", typ, body)
+		p := &pgRaw{c: c, r: bufio.NewReader(c)}
+		typ, body, err := p.read()
+		if err != nil || typ != 'v' {
+			t.Fatalf("first message %q %q (%v), want NegotiateProtocolVersion", typ, body, err)
 		}
 		if want := "\x00\x00\x00\x00\x00\x00\x00\x01_pq_.test_option\x00"; string(body) != want {
 			t.Fatalf("NegotiateProtocolVersion %q, want %q (newest minor 0, the option refused)", body, want)
 		}
-		if typ, body := readBackendMessage(t, c); typ != 'R' || binary.BigEndian.Uint32(body) != 0 {
-			t.Fatalf("got %q %q, want AuthenticationOk", typ, body)
+		if typ, body, err := p.read(); err != nil || typ != 'R' || binary.BigEndian.Uint32(body) != 0 {
+			t.Fatalf("got %q %q (%v), want AuthenticationOk", typ, body, err)
 		}
-		for typ := byte(0); typ != 'Z'; {
-			typ, body = readBackendMessage(t, c)
-			if typ == 'E' {
-				t.Fatalf("ErrorResponse %q", body)
-			}
+		if code, err := p.untilReady(); err != nil || code != "" {
+			t.Fatalf("login: SQLSTATE %q, %v", code, err)
 		}
-		q, _ := (&pgproto3.Query{String: "SELECT 40 + 2 AS n"}).Encode(nil)
-		if _, err := c.Write(q); err != nil {
-			t.Fatal(err)
-		}
-		var got []byte
-		for typ := byte(0); typ != 'Z'; {
-			typ, body = readBackendMessage(t, c)
-			switch typ {
-			case 'E':
-				t.Fatalf("ErrorResponse %q", body)
-			case 'D':
-				got = body
-			}
-		}
-		if want := "\x00\x01\x00\x00\x00\x0242"; string(got) != want {
-			t.Fatalf("DataRow %q, want %q", got, want)
+		if got, err := p.query("SELECT 40 + 2 AS n"); err != nil || got != "42" {
+			t.Fatalf("query: %q, %v; want 42", got, err)
 		}
 	})
 	if v := s.metric("rdsvalet_proxy_connections_total", `listener="pg"`, `result="ok"`); v < 2 {
@@ -362,24 +346,6 @@ func readErrorResponse(c net.Conn) (code, msg string, err error) {
 		}
 	}
 	return code, msg, nil
-}
-
-// readBackendMessage reads one message from the sidecar: its type and body.
-func readBackendMessage(t *testing.T, c net.Conn) (byte, []byte) {
-	t.Helper()
-	var hdr [5]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		t.Fatalf("read message: %v", err)
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n < 4 || n > 1<<20 {
-		t.Fatalf("message %q of length %d", hdr[0], n)
-	}
-	body := make([]byte, n-4)
-	if _, err := io.ReadFull(c, body); err != nil {
-		t.Fatalf("read message: %v", err)
-	}
-	return hdr[0], body
 }
 
 // startupPacket encodes a protocol 3.0 StartupMessage with key, value pairs.
