@@ -35,15 +35,18 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 while read -r dir name; do
   t0=$SECONDS
-  if $GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZMINTIME" "./$dir" >"$log" 2>&1; then
-    execs=$(grep -oE "execs: [0-9]+" "$log" | tail -1 | cut -d" " -f2 || true)
-    report+=("$(printf '%-22s %-45s %10s execs %4ss' "$dir" "$name" "${execs:-?}" $((SECONDS - t0)))")
+  ok=true
+  $GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZMINTIME" "./$dir" >"$log" 2>&1 || ok=false
+  execs=$(grep -oE "execs: [0-9]+" "$log" | tail -1 | cut -d" " -f2 || true)
+  line=$(printf '%-22s %-45s %10s execs %4ss' "$dir" "$name" "${execs:-?}" $((SECONDS - t0)))
+  if $ok; then
+    report+=("$line")
   elif coordinator_race "$log"; then
     # Go 1.26's fuzz coordinator can report its own -fuzztime deadline as a failure when a
     # worker is mid-call at the end (golang/go#75804, fixed in Go 1.27): no input failed and
     # none was written. Said loudly, not counted; any other failure is.
     echo "fuzz: $dir $name: 'context deadline exceeded' at the end of -fuzztime with no failing input (golang/go#75804), not a finding"
-    report+=("$(printf '%-22s %-45s %10s execs %4ss  (go#75804 at the end)' "$dir" "$name" "$(grep -oE "execs: [0-9]+" "$log" | tail -1 | cut -d" " -f2)" $((SECONDS - t0)))")
+    report+=("$line  (go#75804 at the end)")
   else
     cat "$log"
     failed+=("$dir $name")
