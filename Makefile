@@ -38,7 +38,7 @@ demo: deps build
 bench: deps build bench-quick bench-failover bench-perf
 
 bench-quick:
-	$(GO) test -run '^$$' -bench . -benchtime 1s ./proxy/... ./wire/... ./auth/...
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./internal/proxy/... ./internal/wire/... ./internal/auth/...
 
 bench-failover: deps build
 	$(GO) build -o $(BIN)/failoverbench ./test/cmd/failoverbench

@@ -26,7 +26,7 @@ import (
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
-	"github.com/rdsvalet/rds-valet/inject/injecttest"
+	"github.com/rdsvalet/rds-valet/internal/inject/injecttest"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	sigsjson "sigs.k8s.io/json"

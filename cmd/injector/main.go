@@ -17,8 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/rdsvalet/rds-valet/inject"
-	"github.com/rdsvalet/rds-valet/inject/waitready"
+	"github.com/rdsvalet/rds-valet/internal/inject"
+	"github.com/rdsvalet/rds-valet/internal/inject/waitready"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 )

@@ -29,7 +29,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/rdsvalet/rds-valet/provision"
+	"github.com/rdsvalet/rds-valet/internal/provision"
 )
 
 const usage = `usage: provisioner COMMAND -f database.yaml [flags]

@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/rdsvalet/rds-valet/config"
+	"github.com/rdsvalet/rds-valet/internal/config"
 )
 
 // Exit codes besides shutdown.exit_code_on_cut.

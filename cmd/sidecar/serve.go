@@ -16,14 +16,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
-	"github.com/rdsvalet/rds-valet/admin"
-	"github.com/rdsvalet/rds-valet/auth"
-	"github.com/rdsvalet/rds-valet/config"
-	"github.com/rdsvalet/rds-valet/health"
-	"github.com/rdsvalet/rds-valet/proxy"
-	"github.com/rdsvalet/rds-valet/wire"
-	"github.com/rdsvalet/rds-valet/wire/mysql"
-	"github.com/rdsvalet/rds-valet/wire/pg"
+	"github.com/rdsvalet/rds-valet/internal/admin"
+	"github.com/rdsvalet/rds-valet/internal/auth"
+	"github.com/rdsvalet/rds-valet/internal/config"
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/wire"
+	"github.com/rdsvalet/rds-valet/internal/wire/mysql"
+	"github.com/rdsvalet/rds-valet/internal/wire/pg"
 )
 
 type listener struct {

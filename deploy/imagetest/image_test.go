@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rdsvalet/rds-valet/inject"
+	"github.com/rdsvalet/rds-valet/internal/inject"
 )
 
 func repoRoot(t *testing.T) string {

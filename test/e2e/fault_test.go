@@ -28,7 +28,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/rdsvalet/rds-valet/config"
+	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/test/harness/faultnet"
 	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
 	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"

@@ -1,0 +1,393 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
+)
+
+// Config is one listener's settings.
+type Config struct {
+	Name             string
+	Engine           string
+	Listen           string
+	MaxConnections   int
+	HandshakeTimeout time.Duration // the app must finish its startup within this
+	ConnectTimeout   time.Duration // upstream dial, TLS and login over all paths
+	// KillGrace is how long busy sessions on a path that went down may run before they are
+	// cut; idle ones are closed at once.
+	KillGrace time.Duration
+}
+
+// refuseTimeout bounds how long a refused client may take to send the startup we answer.
+const refuseTimeout = 5 * time.Second
+
+// Server serves one listener.
+type Server struct {
+	cfg   Config
+	proto Protocol
+	paths *health.Set
+	log   *zap.Logger
+	m     *Metrics
+
+	ln   net.Listener
+	live atomic.Int64 // connections accepted and not yet closed
+	wg   sync.WaitGroup
+
+	ctx    context.Context // cancelled by Close: aborts handshakes in flight
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	draining bool
+	empty    chan struct{} // closed when draining and no connection is left
+}
+
+// NewServer returns a server for cfg; Listen binds it and Serve runs it.
+func NewServer(cfg Config, proto Protocol, paths *health.Set, log *zap.Logger, m *Metrics) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	m.init(cfg.Name, cfg.Engine)
+	s := &Server{
+		cfg: cfg, proto: proto, paths: paths, m: m, ctx: ctx, cancel: cancel,
+		log:      log.With(zap.String("listener", cfg.Name), zap.String("engine", cfg.Engine)),
+		sessions: map[*session]struct{}{},
+	}
+	paths.Watch(func(path string, st health.State) {
+		if st == health.Down {
+			s.EvictPath(path)
+		}
+	})
+	return s
+}
+
+// EvictPath moves the sessions pinned to a path that went down off it, so that their apps
+// reconnect (to a healthy path) in seconds instead of hanging on TCP timeouts: idle sessions
+// are closed at once, busy ones at the end of their transaction, the rest after KillGrace.
+func (s *Server) EvictPath(path string) {
+	s.mu.Lock()
+	var list []*session
+	for ss := range s.sessions {
+		if ss.path() == path {
+			list = append(list, ss)
+		}
+	}
+	s.mu.Unlock()
+	var busy []*session
+	for _, ss := range list {
+		ss.evicted.Store(true)
+		if !ss.closeIfIdle(ClosePathDown) {
+			busy = append(busy, ss)
+		}
+	}
+	s.log.Warn("path down: moving sessions off it", zap.String("path", path),
+		zap.Int("closed_idle", len(list)-len(busy)), zap.Int("busy", len(busy)), zap.Duration("kill_grace", s.cfg.KillGrace))
+	if len(busy) == 0 {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTimer(s.cfg.KillGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+		}
+		for _, ss := range busy {
+			ss.shut(ClosePathDown)
+		}
+	}()
+}
+
+// Listen binds the listener's address.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Name is the listener's name.
+func (s *Server) Name() string { return s.cfg.Name }
+
+// Serve accepts connections until the listener is closed.
+func (s *Server) Serve() error {
+	var backoff time.Duration
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: back off instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed", zap.Error(err), zap.Duration("retry_in", backoff))
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+				return nil
+			}
+			continue
+		}
+		backoff = 0
+		s.live.Add(1)
+		s.wg.Add(1)
+		go s.handle(c)
+	}
+}
+
+// StopAccepting closes the listener: new connections are refused by the kernel.
+func (s *Server) StopAccepting() {
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+}
+
+// Drain closes sessions as they become idle, and refuses connections accepted from now on.
+// When ctx ends, the sessions still busy are cut. It returns once every connection is gone,
+// with the number of sessions that had to be cut.
+func (s *Server) Drain(ctx context.Context) int {
+	s.mu.Lock()
+	if !s.draining {
+		s.draining = true
+		s.empty = make(chan struct{})
+		s.checkEmptyLocked()
+	}
+	empty := s.empty
+	list := s.snapshotLocked()
+	s.mu.Unlock()
+
+	for _, ss := range list {
+		ss.draining.Store(true)
+		ss.closeIfIdle(CloseDrain)
+	}
+	cut := 0
+	select {
+	case <-empty:
+	case <-ctx.Done():
+		s.mu.Lock()
+		list = s.snapshotLocked()
+		s.mu.Unlock()
+		for _, ss := range list {
+			if ss.shut(CloseCut) {
+				cut++
+			}
+		}
+		s.cancel()
+	}
+	s.wg.Wait()
+	return cut
+}
+
+// Close stops everything at once.
+func (s *Server) Close() {
+	s.StopAccepting()
+	s.cancel()
+	s.mu.Lock()
+	list := s.snapshotLocked()
+	s.mu.Unlock()
+	for _, ss := range list {
+		ss.shut(CloseCut)
+	}
+	s.wg.Wait()
+}
+
+// ActiveSessions is the number of connections open now.
+func (s *Server) ActiveSessions() int { return int(s.live.Load()) }
+
+func (s *Server) snapshotLocked() []*session {
+	out := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		out = append(out, ss)
+	}
+	return out
+}
+
+func (s *Server) checkEmptyLocked() {
+	if s.draining && len(s.sessions) == 0 && s.live.Load() == 0 {
+		select {
+		case <-s.empty:
+		default:
+			close(s.empty)
+		}
+	}
+}
+
+func (s *Server) register(c net.Conn) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return nil
+	}
+	ss := &session{srv: s, client: c}
+	s.sessions[ss] = struct{}{}
+	return ss
+}
+
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, ss)
+}
+
+func (s *Server) connDone() {
+	s.live.Add(-1)
+	s.mu.Lock()
+	if s.draining {
+		s.checkEmptyLocked()
+	}
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+func (s *Server) handle(c net.Conn) {
+	start := time.Now()
+	active := s.m.active.WithLabelValues(s.cfg.Name, s.cfg.Engine)
+	active.Inc()
+	done := func() {
+		_ = c.Close()
+		active.Dec()
+		s.connDone()
+	}
+	// WithLazy: the fields are encoded only if a line is logged. With eagerly encodes them into
+	// a 1 KiB buffer that an idle session would pin for its whole life.
+	log := s.log.WithLazy(zap.Stringer("client", c.RemoteAddr()))
+
+	if s.cfg.MaxConnections > 0 && s.live.Load() > int64(s.cfg.MaxConnections) {
+		s.refuse(c, ErrTooManyConnections, ResultRefusedLimit, log)
+		done()
+		return
+	}
+	ss := s.register(c)
+	if ss == nil {
+		s.refuse(c, ErrShuttingDown, ResultRefusedDraining, log)
+		done()
+		return
+	}
+	ss.finish = func() {
+		s.unregister(ss)
+		done()
+	}
+	if !s.startSession(ss, start, log) {
+		ss.finish()
+	}
+}
+
+// startSession runs the handshakes and hands the session to a relay loop; true if the loop
+// has it (and will run ss.finish when it ends).
+func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) bool {
+	c := ss.client
+	_ = c.SetDeadline(start.Add(s.cfg.HandshakeTimeout))
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout+s.cfg.ConnectTimeout)
+	up, err := s.proto.Handshake(ctx, c, pathTryer{set: s.paths, listener: s.cfg.Name, m: s.m, connectTimeout: s.cfg.ConnectTimeout})
+	cancel()
+	result := classify(err)
+	if err == nil && up == nil {
+		result = ResultCancel
+	}
+	s.m.total.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Inc()
+	s.m.handshake.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Observe(time.Since(start).Seconds())
+	if err != nil {
+		lvl := log.Warn
+		if result == ResultClientError {
+			lvl = log.Info
+		}
+		lvl("connection failed before the session started", zap.String("result", result), zap.Error(err))
+		return false
+	}
+	if up == nil {
+		log.Debug("served cancel request")
+		return false
+	}
+	_ = c.SetDeadline(time.Time{})
+	log = log.WithLazy(zap.String("path", up.Path), zap.String("db_user", up.User), zap.String("database", up.Database))
+	if !ss.attach(up) {
+		_ = up.Conn.Close()
+		if up.OnClose != nil {
+			up.OnClose()
+		}
+		return false
+	}
+	log.Debug("session started", zap.Duration("handshake", time.Since(start)))
+	ss.log = log
+	ss.toUpstream.c = s.m.bytes.WithLabelValues(s.cfg.Name, "upstream")
+	ss.toApp.c = s.m.bytes.WithLabelValues(s.cfg.Name, "downstream")
+	r, err := sockloop.Start(c, up.Conn, up.Leftover, ss)
+	if err != nil {
+		log.Error("cannot relay the session", zap.Error(err))
+		if up.OnClose != nil {
+			up.OnClose()
+		}
+		s.m.closed.WithLabelValues(s.cfg.Name, CloseCut).Inc()
+		return false
+	}
+	ss.relayed(r)
+	return true
+}
+
+// sessionEnded is the end of a relayed session, called by its loop.
+func (s *Server) sessionEnded(ss *session, reason string, e sockloop.End) {
+	if ss.up.OnClose != nil {
+		ss.up.OnClose()
+	}
+	if reason == CloseUpstream && isNetworkFailure(e.UpstreamErr) {
+		// A session dying on a network error says as much about the path as a failed dial.
+		s.paths.ReportFailure(ss.up.Path, e.UpstreamErr)
+	}
+	s.m.closed.WithLabelValues(s.cfg.Name, reason).Inc()
+	ss.log.Debug("session ended", zap.String("reason", reason), zap.Int64("bytes_from_app", e.FromApp), zap.Int64("bytes_to_app", e.ToApp))
+	ss.finish()
+}
+
+func (s *Server) refuse(c net.Conn, reason error, result string, log *zap.Logger) {
+	d := min(s.cfg.HandshakeTimeout, refuseTimeout)
+	_ = c.SetDeadline(time.Now().Add(d))
+	// Counted before the client is told, so that whoever sees the refusal sees it counted.
+	s.m.total.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Inc()
+	log.Warn("connection refused", zap.String("result", result), zap.Error(reason))
+	ctx, cancel := context.WithTimeout(s.ctx, d)
+	s.proto.Refuse(ctx, c, reason)
+	cancel()
+}
+
+func isNetworkFailure(err error) bool {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func classify(err error) string {
+	if err == nil {
+		return ResultOK
+	}
+	var ce *ClientError
+	var fe *FinalError
+	var ne *NoPathError
+	switch {
+	case errors.As(err, &ce):
+		return ResultClientError
+	case errors.As(err, &fe):
+		return ResultUpstreamRefused
+	case errors.As(err, &ne):
+		return ResultNoPath
+	}
+	return ResultNoPath
+}

@@ -1,0 +1,397 @@
+package mysql
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	gm "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/rdsvalet/rds-valet/internal/auth"
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/wire"
+)
+
+// SecretFunc returns the password to log in with on path for user: an IAM token, or a static
+// password. It has pg.SecretFunc's shape, so one converts to the other.
+type SecretFunc func(ctx context.Context, path health.Path, user string) (string, error)
+
+// Config is what a MySQL listener needs.
+type Config struct {
+	Listener string
+	TLS      *wire.TLSConfigs
+	Dialer   Dialer
+	Secret   SecretFunc
+	// ForceUser, when set, replaces the user the app names.
+	ForceUser string
+	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
+	LocalPasswordFile string
+	// HandshakeTimeout bounds the app's answer to the sidecar's greeting (0: no bound here;
+	// the proxy's own deadline still applies).
+	HandshakeTimeout time.Duration
+	// ProbeUser and ProbeDatabase are what login probes log in as.
+	ProbeUser, ProbeDatabase string
+	Log                      *zap.Logger
+	Metrics                  *Metrics
+}
+
+// Metrics are the MySQL protocol's own metrics, shared by every MySQL listener.
+type Metrics struct {
+	handshakeErrors *prometheus.CounterVec
+}
+
+// Reasons of rdsvalet_mysql_app_handshake_errors_total.
+const (
+	reasonBadPacket      = "bad_packet"
+	reasonTimeout        = "timeout"
+	reasonClosed         = "closed"
+	reasonTLSRequested   = "tls_requested"
+	reasonLocalAuth      = "local_auth"
+	reasonNoUser         = "no_user"
+	reasonUnsupportedApp = "unsupported_client"
+)
+
+// NewMetrics registers the MySQL protocol metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{handshakeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rdsvalet_mysql_app_handshake_errors_total",
+		Help: "App-side MySQL handshakes that failed, by reason (bad_packet, timeout, closed, tls_requested, local_auth, no_user, unsupported_client).",
+	}, []string{"listener", "reason"})}
+	if reg != nil {
+		reg.MustRegister(m.handshakeErrors)
+	}
+	return m
+}
+
+// Capabilities the sidecar handles itself on both sides.
+const handledCaps = gm.CLIENT_PROTOCOL_41 | gm.CLIENT_SECURE_CONNECTION | gm.CLIENT_PLUGIN_AUTH |
+	gm.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | gm.CLIENT_CONNECT_WITH_DB | gm.CLIENT_CONNECT_ATTRS
+
+// Capabilities that change what flows after login: the app gets them only if the upstream
+// offers them, and the upstream gets exactly those the app asked for. Compression, TLS toward
+// the app, optional resultset metadata, MariaDB's extended capabilities and expired-password
+// sandboxing are never negotiated.
+const passthroughCaps = gm.CLIENT_LONG_PASSWORD | gm.CLIENT_FOUND_ROWS | gm.CLIENT_LONG_FLAG |
+	gm.CLIENT_NO_SCHEMA | gm.CLIENT_ODBC | gm.CLIENT_LOCAL_FILES | gm.CLIENT_IGNORE_SPACE |
+	gm.CLIENT_INTERACTIVE | gm.CLIENT_IGNORE_SIGPIPE | gm.CLIENT_TRANSACTIONS |
+	gm.CLIENT_MULTI_STATEMENTS | gm.CLIENT_MULTI_RESULTS | gm.CLIENT_PS_MULTI_RESULTS |
+	gm.CLIENT_SESSION_TRACK | gm.CLIENT_DEPRECATE_EOF | gm.CLIENT_QUERY_ATTRIBUTES
+
+// Protocol implements proxy.Protocol for MySQL and MariaDB.
+type Protocol struct {
+	cfg Config
+}
+
+// New returns the MySQL protocol for one listener.
+func New(cfg Config) *Protocol {
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{KeepAlive: 30 * time.Second}
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	for _, r := range []string{reasonBadPacket, reasonTimeout, reasonClosed, reasonTLSRequested, reasonLocalAuth, reasonNoUser, reasonUnsupportedApp} {
+		cfg.Metrics.handshakeErrors.WithLabelValues(cfg.Listener, r)
+	}
+	return &Protocol{cfg: cfg}
+}
+
+var _ proxy.Protocol = (*Protocol)(nil)
+
+// appConn is the app side of one handshake.
+type appConn struct {
+	conn    net.Conn
+	greeted bool
+	seq     byte // the last sequence id the app sent
+	resp    *HandshakeResponse
+	user    string
+	caps    uint32 // what the session believes in after login (app's flags within what we offered)
+	upCaps  uint32 // the flags sent upstream
+}
+
+// Handshake implements proxy.Protocol.
+//
+// MySQL servers speak first, and the app may only ask for capabilities the greeting offers,
+// while after login the sidecar relays raw packets. So the sidecar dials the first path and
+// reads the upstream's greeting before greeting the app: it offers the app what it supports
+// itself among what the upstream offers, mirrors the upstream's version string (drivers branch
+// on it), then logs in upstream with exactly the flags the app chose. The cost is one upstream
+// round trip before the app sees a greeting. If a later path must be tried, its greeting must
+// offer every flag the app chose.
+func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.Paths) (*proxy.Upstream, error) {
+	app := &appConn{conn: client}
+	var up *upstreamConn
+	path, err := paths.Try(ctx, func(ctx context.Context, path health.Path) error {
+		gc, err := dialGreeting(ctx, p.cfg.Dialer, path.Address)
+		if err != nil {
+			return classifyUpstream(err)
+		}
+		if !app.greeted {
+			if err := p.serveApp(app, gc.greet); err != nil {
+				_ = gc.raw.Close()
+				return err
+			}
+		} else if missing := app.upCaps &^ handledCaps & passthroughCaps &^ gc.greet.Capabilities; missing != 0 {
+			_ = gc.raw.Close()
+			return fmt.Errorf("path %q lacks capabilities 0x%08x the session already agreed on with the app", path.Name, missing)
+		}
+		resp := HandshakeResponse{
+			Capabilities:  app.upCaps & (gc.greet.Capabilities | gm.CLIENT_CONNECT_WITH_DB),
+			MaxPacketSize: app.resp.MaxPacketSize,
+			Charset:       app.resp.Charset,
+			User:          app.user,
+			Database:      app.resp.Database,
+			Attrs:         append(append([]Attr(nil), app.resp.Attrs...), Attr{"_proxy", "rds-valet"}),
+		}
+		if resp.Charset == 0 {
+			resp.Charset = gc.greet.Charset
+		}
+		u, err := login(ctx, gc, p.cfg.TLS.For(path.TLSServerName), resp, func(ctx context.Context) (string, error) {
+			return p.cfg.Secret(ctx, path, app.user)
+		})
+		if err != nil {
+			_ = gc.raw.Close()
+			return classifyUpstream(err)
+		}
+		up = u
+		return nil
+	})
+	if err != nil {
+		var ce *proxy.ClientError
+		if !errors.As(err, &ce) {
+			e := p.appError(err, path, app.user)
+			seq := byte(0)
+			if app.greeted {
+				seq = app.seq + 1
+			}
+			_ = client.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = writeErr(client, seq, &e.Err)
+		}
+		return nil, err
+	}
+	// The login's final OK goes to the app as the answer to its own last packet.
+	if err := WritePacket(client, app.seq+1, up.ok); err != nil {
+		_ = up.conn.Close()
+		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
+	}
+	tr := newTracker(app.caps, up.status)
+	return &proxy.Upstream{
+		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: tr,
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path.Name) },
+		User:     app.user, Database: app.resp.Database,
+	}, nil
+}
+
+// classifyUpstream marks refusals another path would not change as final.
+func classifyUpstream(err error) error {
+	var ue *upstreamError
+	if errors.As(err, &ue) && !retryableOnAnotherPath(&ue.Err) {
+		return &proxy.FinalError{Err: err}
+	}
+	var pe *unsupportedPluginError
+	if errors.As(err, &pe) {
+		return &proxy.FinalError{Err: err}
+	}
+	return err
+}
+
+// serveApp greets the app with what the upstream greeting g allows, reads its handshake
+// response and applies the local auth policy. Every failure is a ClientError the app has
+// already been told about.
+func (p *Protocol) serveApp(app *appConn, g *Greeting) error {
+	offer := handledCaps | (g.Capabilities & passthroughCaps)
+	ours := &Greeting{
+		ServerVersion: g.ServerVersion,
+		ConnectionID:  g.ConnectionID,
+		Scramble:      newScramble(),
+		Capabilities:  offer,
+		Charset:       g.Charset,
+		Status:        g.Status,
+		AuthPlugin:    gm.AUTH_NATIVE_PASSWORD,
+	}
+	if p.cfg.HandshakeTimeout > 0 {
+		// The app cannot start before it is greeted; its time starts now.
+		_ = app.conn.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+	}
+	if err := WritePacket(app.conn, 0, ours.Encode()); err != nil {
+		return p.clientFail(app, reasonClosed, fmt.Errorf("greet app: %w", err), nil)
+	}
+	app.greeted = true
+	seq, pkt, err := ReadPacket(app.conn, MaxHandshakePacket)
+	if err != nil {
+		return p.readFail(app, seq, err)
+	}
+	app.seq = seq
+	resp, err := ParseHandshakeResponse(pkt)
+	switch {
+	case errors.Is(err, errPre41):
+		return p.clientFail(app, reasonUnsupportedApp, err, newError(codeHandshake, "%v", err))
+	case err != nil:
+		return p.clientFail(app, reasonBadPacket, fmt.Errorf("bad handshake response: %w", err), newError(codeHandshake, "Bad handshake: %v", err))
+	case resp.SSLRequest:
+		e := newError(codeHandshake, "TLS is not offered on the sidecar's local listener: connect in plain text over loopback (the sidecar uses verified TLS toward the database)")
+		return p.clientFail(app, reasonTLSRequested, errors.New("the app asked for TLS"), e)
+	}
+	app.resp = resp
+	app.user = resp.User
+	if p.cfg.ForceUser != "" {
+		app.user = p.cfg.ForceUser
+	}
+	if app.user == "" {
+		e := newError(codeAccessDenied, "no user name given; name the database user to log in as")
+		return p.clientFail(app, reasonNoUser, e, e)
+	}
+	if p.cfg.LocalPasswordFile != "" {
+		if err := p.checkLocalPassword(app, ours.Scramble); err != nil {
+			return err
+		}
+	}
+	// The response is in; from here the login is bounded by the context, not the client.
+	_ = app.conn.SetDeadline(wire.NoDeadline)
+	app.caps = resp.Capabilities & offer
+	app.upCaps = (app.caps & passthroughCaps) | gm.CLIENT_PROTOCOL_41 | gm.CLIENT_SECURE_CONNECTION |
+		(g.Capabilities & (gm.CLIENT_PLUGIN_AUTH | gm.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | gm.CLIENT_CONNECT_ATTRS))
+	if resp.Database != "" {
+		app.upCaps |= gm.CLIENT_CONNECT_WITH_DB
+	}
+	return nil
+}
+
+// readFail reports a failed read of the app's handshake packet.
+func (p *Protocol) readFail(app *appConn, seq byte, err error) error {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		_ = app.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		return p.clientFail(app, reasonTimeout, fmt.Errorf("timeout waiting for the handshake response: %w", err),
+			newError(codeHandshake, "Bad handshake: timeout waiting for the handshake response"))
+	case errors.Is(err, errBadPacket):
+		return p.clientFail(app, reasonBadPacket, fmt.Errorf("bad handshake packet: %w", err),
+			newError(codeHandshake, "Bad handshake: %v", err))
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return p.clientFail(app, reasonClosed, fmt.Errorf("app closed during the handshake: %w", err), nil)
+	}
+	return p.clientFail(app, reasonClosed, fmt.Errorf("read handshake response: %w", err), nil)
+}
+
+// clientFail counts and logs an app-side failure, tells the app (when e is set) and returns the
+// ClientError.
+func (p *Protocol) clientFail(app *appConn, reason string, err error, e *Error) error {
+	p.cfg.Metrics.handshakeErrors.WithLabelValues(p.cfg.Listener, reason).Inc()
+	if e != nil {
+		if err != error(e) { // never a cycle: errors.As would loop on it
+			e.Cause = err
+		}
+		_ = writeErr(app.conn, app.seq+1, &e.Err)
+		err = e
+	}
+	return &proxy.ClientError{Err: err}
+}
+
+// checkLocalPassword verifies the app's mysql_native_password answer against the local
+// password, switching the app to that plugin when it started with another one.
+func (p *Protocol) checkLocalPassword(app *appConn, scramble []byte) error {
+	raw, err := os.ReadFile(p.cfg.LocalPasswordFile)
+	want := strings.TrimRight(string(raw), "\r\n")
+	if err == nil && want == "" {
+		// An empty file (a Secret mounted before it was filled) would let any app in with an
+		// empty password: refuse everyone until it holds one.
+		err = errors.New("the file is empty")
+	}
+	if err != nil {
+		e := newError(codeUnknownError, "cannot read the local password file")
+		_ = writeErr(app.conn, app.seq+1, &e.Err)
+		return fmt.Errorf("read local password file: %w", err)
+	}
+	resp := app.resp
+	data := resp.AuthData
+	if resp.AuthPlugin != gm.AUTH_NATIVE_PASSWORD && !(resp.AuthPlugin == "" && len(data) == 20) {
+		if resp.Capabilities&gm.CLIENT_PLUGIN_AUTH == 0 {
+			e := newError(codeNotSupportedAuth, "the local password needs mysql_native_password; the client cannot switch auth plugins")
+			return p.clientFail(app, reasonLocalAuth, e, e)
+		}
+		scramble = newScramble()
+		sw := append([]byte{gm.EOF_HEADER}, gm.AUTH_NATIVE_PASSWORD...)
+		sw = append(sw, 0)
+		sw = append(append(sw, scramble...), 0)
+		if err := WritePacket(app.conn, app.seq+1, sw); err != nil {
+			return p.clientFail(app, reasonClosed, err, nil)
+		}
+		seq, pkt, err := ReadPacket(app.conn, MaxHandshakePacket)
+		if err != nil {
+			return p.readFail(app, seq, err)
+		}
+		app.seq = seq
+		data = pkt
+	}
+	if subtle.ConstantTimeCompare(data, gm.CalcPassword(scramble, []byte(want))) != 1 {
+		using := "YES"
+		if len(data) == 0 {
+			using = "NO"
+		}
+		e := newError(codeAccessDenied, "Access denied for user '%s'@'localhost' (using password: %s): wrong local password", app.user, using)
+		return p.clientFail(app, reasonLocalAuth, e, e)
+	}
+	return nil
+}
+
+// Refuse implements proxy.Protocol: a MySQL server refuses by sending an ERR packet instead
+// of its greeting, which clients read as the connection's error.
+func (p *Protocol) Refuse(_ context.Context, client net.Conn, reason error) {
+	e := newError(codeServerShutdown, "%v", reason)
+	if errors.Is(reason, proxy.ErrTooManyConnections) {
+		e = newError(codeConCount, "Too many connections (the sidecar's max_connections is reached)")
+	}
+	_ = writeErr(client, 0, &e.Err)
+}
+
+// appError turns a login failure into what the app is told.
+func (p *Protocol) appError(err error, path health.Path, user string) *Error {
+	var ue *upstreamError
+	var pe *unsupportedPluginError
+	var ne *proxy.NoPathError
+	switch {
+	case errors.As(err, &ue):
+		return &Error{Err: Err{Code: ue.Code, State: ue.State,
+			Message: fmt.Sprintf("%s (%sthe database refused the login on path %q)", ue.Message, sidecarPrefix, path.Name)}, Cause: err}
+	case errors.As(err, &pe):
+		e := newError(codeNotSupportedAuth, "on path %q: %v", path.Name, pe)
+		e.Cause = err
+		return e
+	case errors.As(err, &ne) && ne.All(auth.IsTokenError):
+		e := newError(codeAccessDenied, "cannot get an IAM auth token for user '%s': %v (check the pod's AWS credentials: IRSA role, web identity token, STS reachability)", user, ne)
+		e.Cause = err
+		return e
+	case errors.As(err, &ne):
+		e := newError(codeConnHostError, "cannot connect to the database: %v", ne)
+		e.Cause = err
+		return e
+	}
+	e := newError(codeConnHostError, "%v", err)
+	e.Cause = err
+	return e
+}
+
+// newScramble returns 20 random printable bytes: clients treat the scramble as a C string in
+// places, so it must hold no NUL.
+func newScramble() []byte {
+	b := make([]byte, 20)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = 0x21 + b[i]%94
+	}
+	return b
+}

@@ -1,0 +1,186 @@
+package mysql
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	gm "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/wire"
+)
+
+// onePath is a proxy.Paths with a single path and no health bookkeeping.
+type onePath struct{ p health.Path }
+
+func (o onePath) Try(ctx context.Context, login func(context.Context, health.Path) error) (health.Path, error) {
+	return o.p, login(ctx, o.p)
+}
+func (o onePath) Lookup(string) (health.Path, bool) { return o.p, true }
+
+func TestHandshakeAgreesCapabilities(t *testing.T) {
+	srvTLS, _ := testTLS(t)
+	upCaps := allCaps&^gm.CLIENT_DEPRECATE_EOF | gm.CLIENT_MULTI_STATEMENTS | gm.CLIENT_MULTI_RESULTS | gm.CLIENT_LOCAL_FILES | gm.CLIENT_COMPRESS
+	var upstreamSaw *HandshakeResponse
+	addr, errc := fakeServer(t, srvTLS, upCaps, gm.AUTH_NATIVE_PASSWORD, func(c net.Conn, g *Greeting, r *HandshakeResponse) error {
+		upstreamSaw = r
+		return WritePacket(c, 3, AppendOK(nil, gm.SERVER_STATUS_AUTOCOMMIT))
+	})
+	// The test certificate is self-signed for db.test: trust it through an insecure config
+	// only here; verification itself is wire.TLSConfigs' business.
+	tlsCfgs, err := wire.NewTLSConfigs(wire.Insecure, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{Listener: "t", TLS: tlsCfgs, HandshakeTimeout: 5 * time.Second,
+		Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
+	app, side := net.Pipe()
+	defer app.Close()
+	type res struct {
+		user string
+		err  error
+	}
+	done := make(chan res, 1)
+	go func() {
+		up, err := p.Handshake(context.Background(), side, onePath{health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}})
+		if up != nil {
+			_ = up.Conn.Close()
+			done <- res{up.User, err}
+			return
+		}
+		done <- res{"", err}
+	}()
+	_ = app.SetDeadline(time.Now().Add(10 * time.Second))
+	seq, pkt, err := ReadPacket(app, MaxHandshakePacket)
+	if err != nil || seq != 0 {
+		t.Fatalf("greeting: seq %d, %v", seq, err)
+	}
+	g, err := ParseGreeting(pkt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.ServerVersion != "8.0.36" || g.ConnectionID != 7 {
+		t.Errorf("greeting version %q id %d, want the upstream's", g.ServerVersion, g.ConnectionID)
+	}
+	for name, c := range map[string]uint32{"CLIENT_SSL": gm.CLIENT_SSL, "CLIENT_COMPRESS": gm.CLIENT_COMPRESS, "CLIENT_DEPRECATE_EOF": gm.CLIENT_DEPRECATE_EOF} {
+		if g.Capabilities&c != 0 {
+			t.Errorf("the app is offered %s", name)
+		}
+	}
+	if want := gm.CLIENT_MULTI_STATEMENTS | gm.CLIENT_LOCAL_FILES | gm.CLIENT_PLUGIN_AUTH | gm.CLIENT_PROTOCOL_41; g.Capabilities&want != want {
+		t.Errorf("the app is not offered %#x", want&^g.Capabilities)
+	}
+	// The app asks for what it was offered, minus LOCAL_FILES, plus two things it was not.
+	resp := HandshakeResponse{Capabilities: g.Capabilities&^gm.CLIENT_LOCAL_FILES | gm.CLIENT_DEPRECATE_EOF | gm.CLIENT_COMPRESS,
+		MaxPacketSize: 1 << 24, Charset: 33, User: "app", Database: "app", AuthPlugin: gm.AUTH_NATIVE_PASSWORD,
+		AuthData: make([]byte, 20), Attrs: []Attr{{"program_name", "test"}}}
+	if err := WritePacket(app, 1, resp.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	seq, pkt, err = ReadPacket(app, MaxHandshakePacket)
+	if err != nil || seq != 2 || len(pkt) == 0 || pkt[0] != gm.OK_HEADER {
+		t.Fatalf("final packet: seq %d %q, %v; want an OK with seq 2", seq, pkt, err)
+	}
+	r := <-done
+	if r.err != nil || r.user != "app" {
+		t.Fatalf("handshake: %q, %v", r.user, r.err)
+	}
+	if serr := <-errc; serr != nil {
+		t.Fatal(serr)
+	}
+	c := upstreamSaw.Capabilities
+	if c&gm.CLIENT_MULTI_STATEMENTS == 0 || c&gm.CLIENT_SSL == 0 {
+		t.Errorf("upstream flags %#x lack MULTI_STATEMENTS or SSL", c)
+	}
+	if c&(gm.CLIENT_LOCAL_FILES|gm.CLIENT_DEPRECATE_EOF|gm.CLIENT_COMPRESS) != 0 {
+		t.Errorf("upstream flags %#x carry LOCAL_FILES, DEPRECATE_EOF or COMPRESS the session did not agree on", c)
+	}
+	if upstreamSaw.Charset != 33 || upstreamSaw.Database != "app" || upstreamSaw.User != "app" {
+		t.Errorf("upstream response %+v", upstreamSaw)
+	}
+	if n := len(upstreamSaw.Attrs); n != 2 || upstreamSaw.Attrs[1] != (Attr{"_proxy", "rds-valet"}) {
+		t.Errorf("upstream attrs %v", upstreamSaw.Attrs)
+	}
+}
+
+func TestLocalPasswordSwitchesOtherPluginsToNative(t *testing.T) {
+	srvTLS, _ := testTLS(t)
+	tlsCfgs, _ := wire.NewTLSConfigs(wire.Insecure, "")
+	pwFile := t.TempDir() + "/local"
+	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		answer string
+		wantOK bool
+	}{
+		{"right password", "local-pw", true},
+		{"wrong password", "nope", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, _ := fakeServer(t, srvTLS, allCaps, gm.AUTH_NATIVE_PASSWORD, func(c net.Conn, g *Greeting, r *HandshakeResponse) error {
+				return WritePacket(c, 3, AppendOK(nil, gm.SERVER_STATUS_AUTOCOMMIT))
+			})
+			p := New(Config{Listener: "t", TLS: tlsCfgs, LocalPasswordFile: pwFile,
+				Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
+			app, side := net.Pipe()
+			defer app.Close()
+			errc := make(chan error, 1)
+			go func() {
+				up, err := p.Handshake(context.Background(), side, onePath{health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}})
+				if up != nil {
+					_ = up.Conn.Close()
+				}
+				_ = side.Close()
+				errc <- err
+			}()
+			_ = app.SetDeadline(time.Now().Add(10 * time.Second))
+			_, pkt, err := ReadPacket(app, MaxHandshakePacket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, _ := ParseGreeting(pkt)
+			resp := HandshakeResponse{Capabilities: g.Capabilities, MaxPacketSize: 1 << 24, Charset: 33, User: "app",
+				AuthPlugin: gm.AUTH_CACHING_SHA2_PASSWORD, AuthData: gm.CalcCachingSha2Password(g.Scramble, tc.answer)}
+			if err := WritePacket(app, 1, resp.Encode()); err != nil {
+				t.Fatal(err)
+			}
+			seq, sw, err := ReadPacket(app, MaxHandshakePacket)
+			if err != nil || seq != 2 || len(sw) < 2 || sw[0] != gm.EOF_HEADER {
+				t.Fatalf("want an AuthSwitchRequest with seq 2, got seq %d %q, %v", seq, sw, err)
+			}
+			name, rest, _ := bytes.Cut(sw[1:], []byte{0})
+			if string(name) != gm.AUTH_NATIVE_PASSWORD || len(rest) < 20 {
+				t.Fatalf("switch to %q with %d bytes of scramble", name, len(rest))
+			}
+			if err := WritePacket(app, 3, gm.CalcPassword(rest[:20], []byte(tc.answer))); err != nil {
+				t.Fatal(err)
+			}
+			seq, last, err := ReadPacket(app, MaxHandshakePacket)
+			if err != nil || seq != 4 {
+				t.Fatalf("final packet seq %d, %v; want seq 4", seq, err)
+			}
+			herr := <-errc
+			if tc.wantOK {
+				if last[0] != gm.OK_HEADER || herr != nil {
+					t.Fatalf("want OK, got %q, %v", last, herr)
+				}
+				return
+			}
+			if e := ParseErr(last); e.Code != 1045 || e.State != "28000" || herr == nil {
+				t.Fatalf("want ERR 1045 (28000) and a handshake error, got %v, %v", e, herr)
+			}
+			var ce *proxy.ClientError
+			if !errors.As(herr, &ce) {
+				t.Fatalf("handshake error %v is not a ClientError", herr)
+			}
+		})
+	}
+}

@@ -1,0 +1,359 @@
+package pg
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/rdsvalet/rds-valet/internal/auth"
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/wire"
+)
+
+// cancelTimeout bounds forwarding one CancelRequest upstream.
+const cancelTimeout = 10 * time.Second
+
+// SecretFunc returns what to answer the upstream's password request with on path for user:
+// an IAM token, or a static password.
+type SecretFunc func(ctx context.Context, path health.Path, user string) (string, error)
+
+// Config is what a Postgres listener needs.
+type Config struct {
+	Listener string
+	TLS      *wire.TLSConfigs
+	Dialer   Dialer
+	Secret   SecretFunc
+	// ForceUser, when set, replaces the user the app names.
+	ForceUser string
+	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
+	LocalPasswordFile string
+	// ProbeUser and ProbeDatabase are what login probes log in as.
+	ProbeUser, ProbeDatabase string
+	Log                      *zap.Logger
+	Metrics                  *Metrics
+}
+
+// Metrics are the Postgres protocol's own metrics, shared by every Postgres listener.
+type Metrics struct {
+	cancels *prometheus.CounterVec
+}
+
+// NewMetrics registers the Postgres protocol metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rdsvalet_pg_cancel_requests_total",
+		Help: "CancelRequests from apps, by result (forwarded, unknown_key, failed).",
+	}, []string{"listener", "result"})}
+	if reg != nil {
+		reg.MustRegister(m.cancels)
+	}
+	return m
+}
+
+// Protocol implements proxy.Protocol for PostgreSQL.
+type Protocol struct {
+	cfg     Config
+	cancels *cancelRegistry
+	salted  *saltedCache
+}
+
+// New returns the Postgres protocol for one listener.
+func New(cfg Config) *Protocol {
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{KeepAlive: 30 * time.Second}
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	for _, r := range []string{"forwarded", "unknown_key", "failed"} {
+		cfg.Metrics.cancels.WithLabelValues(cfg.Listener, r)
+	}
+	return &Protocol{cfg: cfg, cancels: newCancelRegistry(), salted: newSaltedCache()}
+}
+
+var _ proxy.Protocol = (*Protocol)(nil)
+
+// Handshake implements proxy.Protocol.
+func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.Paths) (*proxy.Upstream, error) {
+	msg, err := readStartup(client, client)
+	if err != nil {
+		return nil, p.failStartup(client, err)
+	}
+	if cr, ok := msg.(*pgproto3.CancelRequest); ok {
+		p.forwardCancel(ctx, cr, paths)
+		return nil, nil
+	}
+	sm := msg.(*pgproto3.StartupMessage)
+	if v := negotiateProtocol(sm); v != nil {
+		if _, err := client.Write(v); err != nil {
+			return nil, &proxy.ClientError{Err: fmt.Errorf("negotiate protocol version: %w", err)}
+		}
+	}
+	params := make(map[string]string, len(sm.Parameters)+1)
+	for k, v := range sm.Parameters {
+		params[k] = v
+	}
+	if p.cfg.ForceUser != "" {
+		params["user"] = p.cfg.ForceUser
+	}
+	user := params["user"]
+	if user == "" {
+		e := newError(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")
+		_ = writeError(client, e)
+		return nil, &proxy.ClientError{Err: e}
+	}
+	if params["database"] == "" {
+		params["database"] = user
+	}
+	if r, ok := params["replication"]; ok && r != "false" && r != "off" && r != "no" && r != "0" {
+		e := newError(codeFeatureNotSupported, "replication connections are not supported through the sidecar")
+		_ = writeError(client, e)
+		return nil, &proxy.ClientError{Err: e}
+	}
+	if p.cfg.LocalPasswordFile != "" {
+		if err := p.checkLocalPassword(client, user); err != nil {
+			return nil, err
+		}
+	}
+	// The startup is in; from here the upstream login is bounded by ctx, not the client.
+	_ = client.SetDeadline(wire.NoDeadline)
+
+	var up *upstreamConn
+	path, err := paths.Try(ctx, func(ctx context.Context, path health.Path) error {
+		tc, err := dialTLS(ctx, p.cfg.Dialer, path.Address, p.cfg.TLS.For(path.TLSServerName))
+		if err != nil {
+			return err
+		}
+		u, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.Secret(ctx, path, user) }, p.salted)
+		if err != nil {
+			_ = tc.Close()
+			var ue *upstreamError
+			if errors.As(err, &ue) && !retryableOnAnotherPath(ue.resp.Code) {
+				return &proxy.FinalError{Err: err}
+			}
+			return err
+		}
+		up = u
+		return nil
+	})
+	if err != nil {
+		_ = writeError(client, p.appError(err, path, user))
+		return nil, err
+	}
+
+	key := p.cancels.add(path.Name, up.key)
+	if err := writeGreeting(client, up, key); err != nil {
+		p.cancels.remove(key.ProcessID)
+		_ = up.conn.Close()
+		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
+	}
+	tr := newTracker(up.status)
+	return &proxy.Upstream{
+		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: tr,
+		OnClose:  func() { p.cancels.remove(key.ProcessID) },
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path.Name) },
+		User:     user, Database: params["database"],
+	}, nil
+}
+
+// Refuse implements proxy.Protocol: it reads the startup (answering encryption requests), so
+// the client is in a state to read an ErrorResponse, then sends one.
+func (p *Protocol) Refuse(ctx context.Context, client net.Conn, reason error) {
+	msg, err := readStartup(client, client)
+	if err != nil {
+		return
+	}
+	if _, ok := msg.(*pgproto3.CancelRequest); ok {
+		// A cancel asks nothing of the pool; it is not served while refusing either.
+		return
+	}
+	e := newError(codeCannotConnectNow, "%v", reason)
+	if errors.Is(reason, proxy.ErrTooManyConnections) {
+		e = newError(codeTooManyConnections, "sorry, too many clients already (the sidecar's max_connections is reached)")
+	}
+	_ = writeError(client, e)
+}
+
+// retryableOnAnotherPath tells upstream refusals that concern the path (a full or starting
+// proxy, a connection problem) from those that concern the request.
+func retryableOnAnotherPath(code string) bool {
+	switch {
+	case code == codeTooManyConnections, code == codeCannotConnectNow, code == "57P01", code == "53000":
+		return true
+	case len(code) == 5 && code[:2] == "08":
+		return true
+	}
+	return false
+}
+
+func (p *Protocol) failStartup(client net.Conn, err error) error {
+	var ve *unsupportedVersionError
+	var ne net.Error
+	// The handshake deadline may have passed: give the error itself a moment to be written.
+	_ = client.SetWriteDeadline(time.Now().Add(time.Second))
+	switch {
+	case errors.As(err, &ve):
+		_ = writeError(client, newError(codeFeatureNotSupported, "%v", ve))
+	case errors.Is(err, errStartup):
+		_ = writeError(client, newError(codeProtocolViolation, "%v", err))
+	case errors.As(err, &ne) && ne.Timeout():
+		_ = writeError(client, newError(codeProtocolViolation, "timeout waiting for the startup packet"))
+		err = fmt.Errorf("timeout waiting for the startup packet: %w", err)
+	case errors.Is(err, io.EOF):
+		err = fmt.Errorf("client closed before sending a startup packet: %w", err)
+	}
+	return &proxy.ClientError{Err: err}
+}
+
+// appError turns a login failure into what the app is told.
+func (p *Protocol) appError(err error, path health.Path, user string) *Error {
+	var ue *upstreamError
+	var ne *proxy.NoPathError
+	switch {
+	case errors.As(err, &ue):
+		r := ue.resp
+		return &Error{Severity: r.Severity, Code: r.Code, Message: r.Message,
+			Detail: fmt.Sprintf("%s the database refused the login on path %q", sidecarMessagePrefix, path.Name), Err: err}
+	case errors.As(err, &ne) && ne.All(auth.IsTokenError):
+		e := newError(codeInvalidAuthSpec, "cannot get an IAM auth token for user %q: %v", user, ne)
+		e.Hint = "check the pod's AWS credentials (IRSA role, web identity token) and STS reachability"
+		e.Err = err
+		return e
+	case errors.As(err, &ne):
+		e := newError(codeUnableToConnect, "cannot connect to the database: %v", ne)
+		e.Err = err
+		return e
+	}
+	e := newError(codeConnectionFailure, "%v", err)
+	e.Err = err
+	return e
+}
+
+// writeGreeting tells the app it is logged in: AuthenticationOk, what the upstream said after
+// login, and the sidecar's own BackendKeyData before the final ReadyForQuery.
+func writeGreeting(w io.Writer, up *upstreamConn, key pgproto3.BackendKeyData) error {
+	out, err := (&pgproto3.AuthenticationOk{}).Encode(make([]byte, 0, len(up.greet)+32))
+	if err != nil {
+		return err
+	}
+	const rfqLen = 6 // 'Z', int32 length, status: always the last message of the greeting
+	out = append(out, up.greet[:len(up.greet)-rfqLen]...)
+	if out, err = key.Encode(out); err != nil {
+		return err
+	}
+	out = append(out, up.greet[len(up.greet)-rfqLen:]...)
+	_, err = w.Write(out)
+	return err
+}
+
+// maxPasswordMessageLength bounds the app's password message, refused before it is read.
+const maxPasswordMessageLength = 1024
+
+func (p *Protocol) checkLocalPassword(client net.Conn, user string) error {
+	want, err := os.ReadFile(p.cfg.LocalPasswordFile)
+	if err == nil && trimNewline(string(want)) == "" {
+		// An empty file (a Secret mounted before it was filled) would let any app in with an
+		// empty password: refuse everyone until it holds one.
+		err = errors.New("the file is empty")
+	}
+	if err != nil {
+		e := newError(codeInternalError, "cannot read the local password file")
+		_ = writeError(client, e)
+		return fmt.Errorf("read local password file: %w", err)
+	}
+	b, _ := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
+	if _, err := client.Write(b); err != nil {
+		return &proxy.ClientError{Err: err}
+	}
+	var hdr [5]byte
+	if _, err := io.ReadFull(client, hdr[:]); err != nil {
+		return &proxy.ClientError{Err: fmt.Errorf("read password message: %w", err)}
+	}
+	n := int(hdr[1])<<24 | int(hdr[2])<<16 | int(hdr[3])<<8 | int(hdr[4])
+	var e *Error
+	switch {
+	case hdr[0] != 'p':
+		e = newError(codeProtocolViolation, "expected a password message, got message type %q", hdr[0])
+	case n < 5 || n > maxPasswordMessageLength:
+		e = newError(codeProtocolViolation, "password message length %d is outside 5..%d", n, maxPasswordMessageLength)
+	}
+	if e != nil {
+		_ = writeError(client, e)
+		return &proxy.ClientError{Err: e}
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(client, body); err != nil {
+		return &proxy.ClientError{Err: fmt.Errorf("read password message: %w", err)}
+	}
+	got, rest, terminated := bytes.Cut(body, []byte{0})
+	if !terminated || len(rest) != 0 {
+		// Not one NUL-terminated string: refused like a wrong password, never trimmed into one
+		// (found by FuzzHandshake: "local-pwX" passed as "local-pw").
+		e := newError(codeProtocolViolation, "malformed password message")
+		_ = writeError(client, e)
+		return &proxy.ClientError{Err: e}
+	}
+	wantPw := []byte(trimNewline(string(want)))
+	if subtle.ConstantTimeCompare(got, wantPw) != 1 {
+		e := newError(codeInvalidPassword, "password authentication failed for user %q", user)
+		_ = writeError(client, e)
+		return &proxy.ClientError{Err: e}
+	}
+	return nil
+}
+
+func trimNewline(s string) string {
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// forwardCancel sends the app's cancel to the upstream session it names, on the same path.
+func (p *Protocol) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest, paths proxy.Paths) {
+	m := p.cfg.Metrics.cancels
+	target, ok := p.cancels.lookup(cr.ProcessID, cr.SecretKey)
+	if !ok {
+		m.WithLabelValues(p.cfg.Listener, "unknown_key").Inc()
+		p.cfg.Log.Info("cancel request for an unknown session key ignored")
+		return
+	}
+	path, ok := paths.Lookup(target.path)
+	if !ok {
+		m.WithLabelValues(p.cfg.Listener, "failed").Inc()
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, cancelTimeout)
+	defer cancel()
+	tc, err := dialTLS(ctx, p.cfg.Dialer, path.Address, p.cfg.TLS.For(path.TLSServerName))
+	if err != nil {
+		m.WithLabelValues(p.cfg.Listener, "failed").Inc()
+		p.cfg.Log.Warn("cannot forward cancel request", zap.String("path", path.Name), zap.Error(err))
+		return
+	}
+	defer tc.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = tc.SetDeadline(dl)
+	}
+	b, _ := (&pgproto3.CancelRequest{ProcessID: target.key.ProcessID, SecretKey: target.key.SecretKey}).Encode(nil)
+	if _, err := tc.Write(b); err != nil {
+		m.WithLabelValues(p.cfg.Listener, "failed").Inc()
+		p.cfg.Log.Warn("cannot forward cancel request", zap.String("path", path.Name), zap.Error(err))
+		return
+	}
+	// The server closes once it has acted on the request; waiting for that keeps the cancel
+	// from racing the app's next query.
+	_, _ = io.Copy(io.Discard, io.LimitReader(tc, 1024))
+	m.WithLabelValues(p.cfg.Listener, "forwarded").Inc()
+}
