@@ -84,6 +84,8 @@ type faultOptions struct {
 	// block.
 	connectTimeout time.Duration
 	health         string
+	// handshakeTimeout, when set, replaces the listeners' handshake_timeout.
+	handshakeTimeout time.Duration
 }
 
 func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
@@ -154,6 +156,9 @@ func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	}
 	if o.health != "" {
 		health = o.health
+	}
+	if o.handshakeTimeout > 0 {
+		handshake = o.handshakeTimeout
 	}
 	cfg := fmt.Sprintf(`
 log: {level: debug}
