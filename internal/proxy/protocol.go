@@ -9,20 +9,69 @@ import (
 	"fmt"
 	"net"
 	"strings"
-
-	"github.com/rdsvalet/rds-valet/internal/health"
 )
 
-// Protocol is one engine's side of a connection: the handshakes, and errors in the app's own
-// protocol. wire/pg and wire/mysql implement it.
+// A connection goes through three steps, each with one owner (docs/architecture.md):
+//
+//  1. Protocol.Accept (wire/<engine>) reads the app's startup and says who the app is, a
+//     Startup, without touching the network upstream.
+//  2. Source.Open (internal/upstream, and later sources) returns a logged-in upstream Session
+//     for that Startup: which path, which secret, TLS, the login.
+//  3. Protocol.Greet (wire/<engine>) greets the app from that Session and hands the relay an
+//     Upstream.
+//
+// The Startup flows one way, from the listener through these steps to the relay.
+
+// Protocol is one engine's side of a connection toward the app: its startup, its greeting, and
+// errors in its own protocol. wire/pg and wire/mysql implement it.
 type Protocol interface {
-	// Handshake runs the app-facing startup, logs in upstream through paths, and greets the
-	// app. On failure it has already told the app why, in its protocol. A nil Upstream with a
-	// nil error means the connection was served out of band (a Postgres cancel request).
-	Handshake(ctx context.Context, client net.Conn, paths Paths) (*Upstream, error)
+	// Accept runs the app-facing startup and returns who the app is. It never dials
+	// upstream. On failure it has already told the app why, in its protocol. A nil Startup
+	// with a nil error means the connection was served out of band (a Postgres cancel
+	// request).
+	Accept(ctx context.Context, client net.Conn) (*Startup, error)
+	// Greet tells the app it is logged in, from the upstream session s, and returns what the
+	// relay needs. On failure s is closed.
+	Greet(client net.Conn, st *Startup, s *Session) (*Upstream, error)
+	// Reject tells the app, in its protocol, why no upstream session could be had for st
+	// (err is what Source.Open returned).
+	Reject(client net.Conn, st *Startup, err error)
 	// Refuse tells a client that will not be served why (too many connections, shutting
 	// down), reading as much of its startup as the protocol needs first.
 	Refuse(ctx context.Context, client net.Conn, reason error)
+}
+
+// Startup is who an app said it is, as its engine read it: the identity an upstream session
+// is asked for.
+type Startup struct {
+	// User is the database user to log in as (after the listener's force_user), Database the
+	// database the app named (or its engine's default).
+	User, Database string
+	// Engine is the engine's own record of the startup: what its login upstream and its
+	// greeting need (Postgres startup parameters, MySQL capabilities and attributes). Only
+	// the engine that made it reads it.
+	Engine any
+}
+
+// Source hands out logged-in upstream sessions (step 2). It reports the outcome of what it
+// tried to the health of its paths; its errors are ClientError, a *PathError wrapping a
+// FinalError (the database answered on that path), or a NoPathError.
+type Source interface {
+	Open(ctx context.Context, st *Startup) (*Session, error)
+}
+
+// Session is a logged-in upstream session, before the app is greeted.
+type Session struct {
+	// Path is the name of the path the session runs on.
+	Path string
+	// Conn is the upstream connection (a *tls.Conn over a socket the relay can take over).
+	Conn net.Conn
+	// Leftover is what the login read from Conn past its end (see Leftover): the app gets it
+	// first.
+	Leftover []byte
+	// Engine is what the engine's login learnt that its greeting needs (the server's
+	// parameters, its key, the transaction status).
+	Engine any
 }
 
 // Upstream is a logged-in upstream session, ready for the relay.
@@ -72,13 +121,6 @@ func FarewellText(reason, path string) string {
 // own error code), rather than a lost or abandoned upstream.
 func ShuttingDown(reason string) bool { return reason == CloseDrain || reason == CloseCut }
 
-// Paths lets an engine reach the upstream: Try calls login with each candidate path, best
-// first, until one succeeds, reporting the outcome of each attempt to the health set.
-type Paths interface {
-	Try(ctx context.Context, login func(ctx context.Context, p health.Path) error) (health.Path, error)
-	Lookup(name string) (health.Path, bool)
-}
-
 // Reasons a client is refused before its handshake.
 var (
 	ErrTooManyConnections = errors.New("too many connections to the sidecar")
@@ -98,6 +140,15 @@ type FinalError struct{ Err error }
 func (e *FinalError) Error() string { return e.Err.Error() }
 func (e *FinalError) Unwrap() error { return e.Err }
 
+// IncompatibleError marks a path whose upstream cannot serve what the app was already
+// promised (a MySQL capability offered in the sidecar's own greeting): the path works, this
+// session cannot run on it. A Source moves on to the next path and does not count it against
+// this one's health.
+type IncompatibleError struct{ Err error }
+
+func (e *IncompatibleError) Error() string { return e.Err.Error() }
+func (e *IncompatibleError) Unwrap() error { return e.Err }
+
 // PathError is one failed attempt on one path.
 type PathError struct {
 	Path string
@@ -106,6 +157,16 @@ type PathError struct {
 
 func (e *PathError) Error() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
 func (e *PathError) Unwrap() error { return e.Err }
+
+// AnsweredOn is the path whose database answered a failed Source.Open (a *PathError around a
+// FinalError), or "" when no single path did.
+func AnsweredOn(err error) string {
+	var pe *PathError
+	if errors.As(err, &pe) {
+		return pe.Path
+	}
+	return ""
+}
 
 // NoPathError says that every path was tried and failed; its message lists each one.
 type NoPathError struct {

@@ -13,7 +13,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
 )
 
@@ -28,6 +27,9 @@ type Config struct {
 	// KillGrace is how long busy sessions on a path that went down may run before they are
 	// cut; idle ones are closed at once.
 	KillGrace time.Duration
+	// OnNetworkFailure hears of a relayed session that died on a network error (passive
+	// health: it says as much about the path as a failed dial); nil ignores it.
+	OnNetworkFailure func(path string, err error)
 }
 
 // refuseTimeout bounds how long a refused client may take to send the startup we answer.
@@ -35,11 +37,11 @@ const refuseTimeout = 5 * time.Second
 
 // Server serves one listener.
 type Server struct {
-	cfg   Config
-	proto Protocol
-	paths *health.Set
-	log   *zap.Logger
-	m     *Metrics
+	cfg    Config
+	proto  Protocol
+	source Source
+	log    *zap.Logger
+	m      *Metrics
 
 	ln   net.Listener
 	live atomic.Int64 // connections accepted and not yet closed
@@ -54,21 +56,17 @@ type Server struct {
 	empty    chan struct{} // closed when draining and no connection is left
 }
 
-// NewServer returns a server for cfg; Listen binds it and Serve runs it.
-func NewServer(cfg Config, proto Protocol, paths *health.Set, log *zap.Logger, m *Metrics) *Server {
+// NewServer returns a server for cfg that serves apps with proto and gets their upstream
+// sessions from source; Listen binds it and Serve runs it. Whoever watches the paths' health
+// calls EvictPath when one goes down.
+func NewServer(cfg Config, proto Protocol, source Source, log *zap.Logger, m *Metrics) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	m.init(cfg.Name, cfg.Engine)
-	s := &Server{
-		cfg: cfg, proto: proto, paths: paths, m: m, ctx: ctx, cancel: cancel,
+	return &Server{
+		cfg: cfg, proto: proto, source: source, m: m, ctx: ctx, cancel: cancel,
 		log:      log.With(zap.String("listener", cfg.Name), zap.String("engine", cfg.Engine)),
 		sessions: map[*session]struct{}{},
 	}
-	paths.Watch(func(path string, st health.State) {
-		if st == health.Down {
-			s.EvictPath(path)
-		}
-	})
-	return s
 }
 
 // EvictPath moves the sessions pinned to a path that went down off it, so that their apps
@@ -289,13 +287,14 @@ func (s *Server) handle(c net.Conn) {
 	}
 }
 
-// startSession runs the handshakes and hands the session to a relay loop; true if the loop
-// has it (and will run ss.finish when it ends).
+// startSession runs the connection's three steps (app startup, upstream session, greeting)
+// and hands the session to a relay loop; true if the loop has it (and will run ss.finish when
+// it ends).
 func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) bool {
 	c := ss.client
 	_ = c.SetDeadline(start.Add(s.cfg.HandshakeTimeout))
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout+s.cfg.ConnectTimeout)
-	up, err := s.proto.Handshake(ctx, c, pathTryer{set: s.paths, listener: s.cfg.Name, m: s.m, connectTimeout: s.cfg.ConnectTimeout})
+	up, err := Handshake(ctx, s.proto, s.source, c)
 	cancel()
 	result := classify(err)
 	if err == nil && up == nil {
@@ -341,14 +340,34 @@ func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) boo
 	return true
 }
 
+// Handshake runs the three steps of docs/architecture.md on an accepted connection: the
+// engine reads who the app is, the source logs in upstream for that identity, the engine
+// greets the app. A nil Upstream with a nil error is a connection served out of band. Every
+// failure has been told to the app in its protocol.
+func Handshake(ctx context.Context, proto Protocol, source Source, c net.Conn) (*Upstream, error) {
+	st, err := proto.Accept(ctx, c)
+	if err != nil || st == nil {
+		return nil, err
+	}
+	// The startup is in; from here the upstream login is bounded by ctx, not the app.
+	_ = c.SetDeadline(time.Time{})
+	sess, err := source.Open(ctx, st)
+	if err != nil {
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		proto.Reject(c, st, err)
+		return nil, err
+	}
+	return proto.Greet(c, st, sess)
+}
+
 // sessionEnded is the end of a relayed session, called by its loop.
 func (s *Server) sessionEnded(ss *session, reason string, e sockloop.End) {
 	if ss.up.OnClose != nil {
 		ss.up.OnClose()
 	}
-	if reason == CloseUpstream && isNetworkFailure(e.UpstreamErr) {
+	if reason == CloseUpstream && s.cfg.OnNetworkFailure != nil && isNetworkFailure(e.UpstreamErr) {
 		// A session dying on a network error says as much about the path as a failed dial.
-		s.paths.ReportFailure(ss.up.Path, e.UpstreamErr)
+		s.cfg.OnNetworkFailure(ss.up.Path, e.UpstreamErr)
 	}
 	s.m.closed.WithLabelValues(s.cfg.Name, reason).Inc()
 	ss.log.Debug("session ended", zap.String("reason", reason), zap.Int64("bytes_from_app", e.FromApp), zap.Int64("bytes_to_app", e.ToApp))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/rdsvalet/rds-valet/internal/health"
@@ -23,7 +24,7 @@ import (
 // every upstream line its response. A session is idle when every request has its response.
 type lineProto struct{}
 
-func (lineProto) Handshake(ctx context.Context, client net.Conn, paths Paths) (*Upstream, error) {
+func (lineProto) Accept(_ context.Context, client net.Conn) (*Startup, error) {
 	br := bufio.NewReader(client)
 	line, err := br.ReadString('\n')
 	if err != nil || line != "HELLO\n" {
@@ -31,26 +32,51 @@ func (lineProto) Handshake(ctx context.Context, client net.Conn, paths Paths) (*
 		_, _ = client.Write([]byte("ERR bad hello\n"))
 		return nil, &ClientError{Err: errors.New("bad hello")}
 	}
-	var conn net.Conn
-	_, err = paths.Try(ctx, func(ctx context.Context, p health.Path) error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", p.Address)
-		conn = c
-		return err
-	})
-	if err != nil {
-		_, _ = client.Write([]byte("ERR " + err.Error() + "\n"))
-		return nil, err
-	}
-	_ = client.SetDeadline(time.Time{})
+	return &Startup{User: "app"}, nil
+}
+
+func (lineProto) Greet(client net.Conn, _ *Startup, s *Session) (*Upstream, error) {
 	if _, err := client.Write([]byte("WELCOME\n")); err != nil {
+		_ = s.Conn.Close()
 		return nil, err
 	}
-	return &Upstream{Conn: conn, Path: "p1", Tracker: &lineTracker{}}, nil
+	return &Upstream{Conn: s.Conn, Path: s.Path, Tracker: &lineTracker{}}, nil
+}
+
+func (lineProto) Reject(client net.Conn, _ *Startup, err error) {
+	_, _ = client.Write([]byte("ERR " + err.Error() + "\n"))
 }
 
 func (lineProto) Refuse(_ context.Context, client net.Conn, reason error) {
 	_, _ = client.Write([]byte("ERR " + reason.Error() + "\n"))
+}
+
+// dialSource logs in by dialing its one path, reporting to the path's health.
+type dialSource struct{ set *health.Set }
+
+func (d dialSource) Open(ctx context.Context, _ *Startup) (*Session, error) {
+	p := d.set.Candidates()[0]
+	var nd net.Dialer
+	c, err := nd.DialContext(ctx, "tcp", p.Address)
+	if err != nil {
+		d.set.ReportFailure(p.Name, err)
+		return nil, &NoPathError{Attempts: []*PathError{{Path: p.Name, Err: err}}}
+	}
+	d.set.ReportSuccess(p.Name)
+	return &Session{Path: p.Name, Conn: c}, nil
+}
+
+// newLineServer wires a server over set as the listener set does: sessions from the set's
+// path, eviction when a path goes down, passive health from relayed sessions.
+func newLineServer(cfg Config, set *health.Set, log *zap.Logger, m *Metrics) *Server {
+	cfg.OnNetworkFailure = set.ReportFailure
+	s := NewServer(cfg, lineProto{}, dialSource{set}, log, m)
+	set.Watch(func(path string, st health.State) {
+		if st == health.Down {
+			s.EvictPath(path)
+		}
+	})
+	return s
 }
 
 type lineTracker struct{ req, resp int }
@@ -110,8 +136,9 @@ func startUpstream(t *testing.T) *upstream {
 
 type testServer struct {
 	*Server
-	reg  *prometheus.Registry
-	done chan struct{}
+	paths *health.Set
+	reg   *prometheus.Registry
+	done  chan struct{}
 }
 
 func startServer(t *testing.T, up *upstream, cfg Config) *testServer {
@@ -125,11 +152,11 @@ func startServer(t *testing.T, up *upstream, cfg Config) *testServer {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
-	s := NewServer(cfg, lineProto{}, set, zaptest.NewLogger(t), NewMetrics(reg))
+	s := newLineServer(cfg, set, zaptest.NewLogger(t), NewMetrics(reg))
 	if err := s.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{Server: s, reg: reg, done: make(chan struct{})}
+	ts := &testServer{Server: s, paths: set, reg: reg, done: make(chan struct{})}
 	go func() { _ = s.Serve(); close(ts.done) }()
 	t.Cleanup(func() { s.Close(); <-ts.done })
 	return ts

@@ -45,7 +45,7 @@ func hdr(n int, seq byte) []byte { return []byte{byte(n), byte(n >> 8), byte(n >
 // with an error naming the length and the limit, without allocating the payload.
 func TestOversizedPacketsAreRefusedBeforeAllocating(t *testing.T) {
 	p := New(Config{Listener: "t"})
-	g := &Greeting{ServerVersion: "8.0.36", Scramble: bytes.Repeat([]byte{'a'}, 20), Capabilities: allCaps, AuthPlugin: gm.AUTH_NATIVE_PASSWORD}
+	g := &serverInfo{version: "8.0.36", caps: allCaps}
 	upstreamGreeting := func(c *endlessConn) error {
 		_, err := dialGreeting(context.Background(), c, "db.test:3306")
 		return err

@@ -24,6 +24,7 @@ func (p *Protocol) ProbeTLS(ctx context.Context, path health.Path) error {
 		return err
 	}
 	defer gc.raw.Close()
+	p.learn(gc.greet) // what the next apps are greeted with
 	if dl, ok := ctx.Deadline(); ok {
 		_ = gc.raw.SetDeadline(dl)
 	}
@@ -52,13 +53,14 @@ func (p *Protocol) ProbeLogin(ctx context.Context, path health.Path) error {
 		return err
 	}
 	defer gc.raw.Close()
+	p.learn(gc.greet) // what the next apps are greeted with
 	caps := probeCapabilities & gc.greet.Capabilities
 	if p.cfg.ProbeDatabase != "" {
 		caps |= gm.CLIENT_CONNECT_WITH_DB
 	}
 	resp := HandshakeResponse{Capabilities: caps, MaxPacketSize: 1 << 24, Charset: gc.greet.Charset, User: user, Database: p.cfg.ProbeDatabase}
 	up, err := login(ctx, gc, p.cfg.TLS.For(path.TLSServerName), resp, func(ctx context.Context) (string, error) {
-		return p.cfg.Secret(ctx, path, user)
+		return p.cfg.ProbeSecret(ctx, path, user)
 	})
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
@@ -31,7 +32,9 @@ type Config struct {
 	Listener string
 	TLS      *wire.TLSConfigs
 	Dialer   Dialer
-	Secret   SecretFunc
+	// ProbeSecret answers the password request of a login probe; sessions get theirs from
+	// their source (internal/upstream).
+	ProbeSecret SecretFunc
 	// ForceUser, when set, replaces the user the app names.
 	ForceUser string
 	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
@@ -90,6 +93,45 @@ const passthroughCaps = gm.CLIENT_LONG_PASSWORD | gm.CLIENT_FOUND_ROWS | gm.CLIE
 // Protocol implements proxy.Protocol for MySQL and MariaDB.
 type Protocol struct {
 	cfg Config
+	// server is what apps are greeted with: the newest greeting an upstream of this listener
+	// sent (a probe's or a login's), or defaultServer before the first.
+	server atomic.Pointer[serverInfo]
+	connID atomic.Uint32
+}
+
+// serverInfo is what the sidecar's own greeting tells an app about the server behind it.
+type serverInfo struct {
+	version string
+	caps    uint32 // the server's capability flags
+	charset byte
+	status  uint16
+}
+
+// defaultServer greets apps before any upstream greeting has been seen (the first probe runs
+// within one probe interval of the start): a MySQL 8.0 version string, and the capabilities
+// that MySQL 5.7 and later and MariaDB 10.2 and later all have, so that what the app picks
+// from it is almost surely served; the utf8mb4_general_ci collation, known to both.
+var defaultServer = serverInfo{
+	version: "8.0.0-rds-valet",
+	caps:    passthroughCaps &^ gm.CLIENT_QUERY_ATTRIBUTES,
+	charset: 45,
+	status:  gm.SERVER_STATUS_AUTOCOMMIT,
+}
+
+// learn records an upstream's greeting as what the next apps are greeted with.
+func (p *Protocol) learn(g *Greeting) {
+	cur := p.server.Load()
+	if cur != nil && cur.version == g.ServerVersion && cur.caps == g.Capabilities && cur.charset == g.Charset && cur.status == g.Status {
+		return
+	}
+	p.server.Store(&serverInfo{version: g.ServerVersion, caps: g.Capabilities, charset: g.Charset, status: g.Status})
+}
+
+func (p *Protocol) serverInfo() *serverInfo {
+	if s := p.server.Load(); s != nil {
+		return s
+	}
+	return &defaultServer
 }
 
 // New returns the MySQL protocol for one listener.
@@ -119,80 +161,85 @@ type appConn struct {
 	resp    *HandshakeResponse
 	user    string
 	caps    uint32 // what the session believes in after login (app's flags within what we offered)
-	upCaps  uint32 // the flags sent upstream
 }
 
-// Handshake implements proxy.Protocol.
+// Accept implements proxy.Protocol.
 //
-// MySQL servers speak first, and the app may only ask for capabilities the greeting offers,
-// while after login the sidecar relays raw packets. So the sidecar dials the first path and
-// reads the upstream's greeting before greeting the app: it offers the app what it supports
-// itself among what the upstream offers, mirrors the upstream's version string (drivers branch
-// on it), then logs in upstream with exactly the flags the app chose. The cost is one upstream
-// round trip before the app sees a greeting. If a later path must be tried, its greeting must
-// offer every flag the app chose.
-func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.Paths) (*proxy.Upstream, error) {
+// MySQL servers speak first, and the app may only ask for capabilities the greeting offers.
+// The sidecar greets the app itself, with the server version and capabilities the upstream's
+// greetings showed (its probes read one on every path; defaultServer before the first), so
+// that a client that connects and says nothing costs the database nothing. The upstream login
+// waits for the app's answer; Login then checks that the upstream still offers every flag the
+// app chose.
+func (p *Protocol) Accept(_ context.Context, client net.Conn) (*proxy.Startup, error) {
 	app := &appConn{conn: client}
-	var up *upstreamConn
-	path, err := paths.Try(ctx, func(ctx context.Context, path health.Path) error {
-		gc, err := dialGreeting(ctx, p.cfg.Dialer, path.Address)
-		if err != nil {
-			return classifyUpstream(err)
-		}
-		if !app.greeted {
-			if err := p.serveApp(app, gc.greet); err != nil {
-				_ = gc.raw.Close()
-				return err
-			}
-		} else if missing := app.upCaps &^ handledCaps & passthroughCaps &^ gc.greet.Capabilities; missing != 0 {
-			_ = gc.raw.Close()
-			return fmt.Errorf("path %q lacks capabilities 0x%08x the session already agreed on with the app", path.Name, missing)
-		}
-		resp := HandshakeResponse{
-			Capabilities:  app.upCaps & (gc.greet.Capabilities | gm.CLIENT_CONNECT_WITH_DB),
-			MaxPacketSize: app.resp.MaxPacketSize,
-			Charset:       app.resp.Charset,
-			User:          app.user,
-			Database:      app.resp.Database,
-			Attrs:         append(append([]Attr(nil), app.resp.Attrs...), Attr{"_proxy", "rds-valet"}),
-		}
-		if resp.Charset == 0 {
-			resp.Charset = gc.greet.Charset
-		}
-		u, err := login(ctx, gc, p.cfg.TLS.For(path.TLSServerName), resp, func(ctx context.Context) (string, error) {
-			return p.cfg.Secret(ctx, path, app.user)
-		})
-		if err != nil {
-			_ = gc.raw.Close()
-			return classifyUpstream(err)
-		}
-		up = u
-		return nil
-	})
-	if err != nil {
-		var ce *proxy.ClientError
-		if !errors.As(err, &ce) {
-			e := p.appError(err, path, app.user)
-			seq := byte(0)
-			if app.greeted {
-				seq = app.seq + 1
-			}
-			_ = client.SetWriteDeadline(time.Now().Add(time.Second))
-			_ = writeErr(client, seq, &e.Err)
-		}
+	if err := p.serveApp(app, p.serverInfo()); err != nil {
 		return nil, err
 	}
-	// The login's final OK goes to the app as the answer to its own last packet.
+	return &proxy.Startup{User: app.user, Database: app.resp.Database, Engine: app}, nil
+}
+
+// Login implements upstream.Login: the server's greeting, TLS, then the login as the app
+// asked for it, with exactly the flags the app chose.
+func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error) {
+	app := st.Engine.(*appConn)
+	gc, err := dialGreeting(ctx, p.cfg.Dialer, path.Address)
+	if err != nil {
+		return nil, classifyUpstream(err)
+	}
+	g := gc.greet
+	p.learn(g)
+	if missing := app.caps & passthroughCaps &^ g.Capabilities; missing != 0 {
+		_ = gc.raw.Close()
+		return nil, &proxy.IncompatibleError{Err: fmt.Errorf(
+			"the server on path %q lacks capabilities 0x%08x that the app chose from the sidecar's greeting (the server changed since its last greeting was seen); connect again", path.Name, missing)}
+	}
+	upCaps := (app.caps & passthroughCaps) | gm.CLIENT_PROTOCOL_41 | gm.CLIENT_SECURE_CONNECTION |
+		(g.Capabilities & (gm.CLIENT_PLUGIN_AUTH | gm.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | gm.CLIENT_CONNECT_ATTRS))
+	if app.resp.Database != "" {
+		upCaps |= gm.CLIENT_CONNECT_WITH_DB
+	}
+	resp := HandshakeResponse{
+		Capabilities:  upCaps & (g.Capabilities | gm.CLIENT_CONNECT_WITH_DB),
+		MaxPacketSize: app.resp.MaxPacketSize,
+		Charset:       app.resp.Charset,
+		User:          app.user,
+		Database:      app.resp.Database,
+		Attrs:         append(append([]Attr(nil), app.resp.Attrs...), Attr{"_proxy", "rds-valet"}),
+	}
+	if resp.Charset == 0 {
+		resp.Charset = g.Charset
+	}
+	u, err := login(ctx, gc, p.cfg.TLS.For(path.TLSServerName), resp, secret)
+	if err != nil {
+		_ = gc.raw.Close()
+		return nil, classifyUpstream(err)
+	}
+	return &proxy.Session{Path: path.Name, Conn: u.conn, Leftover: proxy.Leftover(u.br), Engine: u}, nil
+}
+
+// Greet implements proxy.Protocol: the login's final OK goes to the app as the answer to its
+// own last packet.
+func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (*proxy.Upstream, error) {
+	app, up := st.Engine.(*appConn), s.Engine.(*upstreamConn)
 	if err := WritePacket(client, app.seq+1, up.ok); err != nil {
-		_ = up.conn.Close()
+		_ = s.Conn.Close()
 		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
 	}
 	tr := newTracker(app.caps, up.status)
+	path := s.Path
 	return &proxy.Upstream{
-		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: tr,
-		Farewell: func(reason string) []byte { return farewell(tr, reason, path.Name) },
+		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path) },
 		User:     app.user, Database: app.resp.Database,
 	}, nil
+}
+
+// Reject implements proxy.Protocol: an ERR as the answer to the app's last packet.
+func (p *Protocol) Reject(client net.Conn, st *proxy.Startup, err error) {
+	app := st.Engine.(*appConn)
+	e := p.appError(err, proxy.AnsweredOn(err), app.user)
+	_ = writeErr(client, app.seq+1, &e.Err)
 }
 
 // classifyUpstream marks refusals another path would not change as final.
@@ -208,19 +255,21 @@ func classifyUpstream(err error) error {
 	return err
 }
 
-// serveApp greets the app with what the upstream greeting g allows, reads its handshake
-// response and applies the local auth policy. Every failure is a ClientError the app has
-// already been told about.
-func (p *Protocol) serveApp(app *appConn, g *Greeting) error {
-	offer := handledCaps | (g.Capabilities & passthroughCaps)
+// serveApp greets the app as the server si would, within what the sidecar handles, reads its
+// handshake response and applies the local auth policy. Every failure is a ClientError the
+// app has already been told about.
+func (p *Protocol) serveApp(app *appConn, si *serverInfo) error {
+	offer := handledCaps | (si.caps & passthroughCaps)
 	ours := &Greeting{
-		ServerVersion: g.ServerVersion,
-		ConnectionID:  g.ConnectionID,
-		Scramble:      newScramble(),
-		Capabilities:  offer,
-		Charset:       g.Charset,
-		Status:        g.Status,
-		AuthPlugin:    gm.AUTH_NATIVE_PASSWORD,
+		ServerVersion: si.version,
+		// The sidecar's own numbering: the upstream session does not exist yet. KILL with
+		// this id would not find the session; CONNECTION_ID() gives the server's.
+		ConnectionID: p.connID.Add(1),
+		Scramble:     newScramble(),
+		Capabilities: offer,
+		Charset:      si.charset,
+		Status:       si.status,
+		AuthPlugin:   gm.AUTH_NATIVE_PASSWORD,
 	}
 	if p.cfg.HandshakeTimeout > 0 {
 		// The app cannot start before it is greeted; its time starts now.
@@ -262,11 +311,6 @@ func (p *Protocol) serveApp(app *appConn, g *Greeting) error {
 	// The response is in; from here the login is bounded by the context, not the client.
 	_ = app.conn.SetDeadline(wire.NoDeadline)
 	app.caps = resp.Capabilities & offer
-	app.upCaps = (app.caps & passthroughCaps) | gm.CLIENT_PROTOCOL_41 | gm.CLIENT_SECURE_CONNECTION |
-		(g.Capabilities & (gm.CLIENT_PLUGIN_AUTH | gm.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | gm.CLIENT_CONNECT_ATTRS))
-	if resp.Database != "" {
-		app.upCaps |= gm.CLIENT_CONNECT_WITH_DB
-	}
 	return nil
 }
 
@@ -359,16 +403,16 @@ func (p *Protocol) Refuse(_ context.Context, client net.Conn, reason error) {
 }
 
 // appError turns a login failure into what the app is told.
-func (p *Protocol) appError(err error, path health.Path, user string) *Error {
+func (p *Protocol) appError(err error, path, user string) *Error {
 	var ue *upstreamError
 	var pe *unsupportedPluginError
 	var ne *proxy.NoPathError
 	switch {
 	case errors.As(err, &ue):
 		return &Error{Err: Err{Code: ue.Code, State: ue.State,
-			Message: fmt.Sprintf("%s (%sthe database refused the login on path %q)", ue.Message, sidecarPrefix, path.Name)}, Cause: err}
+			Message: fmt.Sprintf("%s (%sthe database refused the login on path %q)", ue.Message, sidecarPrefix, path)}, Cause: err}
 	case errors.As(err, &pe):
-		e := newError(codeNotSupportedAuth, "on path %q: %v", path.Name, pe)
+		e := newError(codeNotSupportedAuth, "on path %q: %v", path, pe)
 		e.Cause = err
 		return e
 	case errors.As(err, &ne) && ne.All(auth.IsTokenError):

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,16 +15,16 @@ import (
 
 	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/upstream"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 )
 
-// onePath is a proxy.Paths with a single path and no health bookkeeping.
-type onePath struct{ p health.Path }
-
-func (o onePath) Try(ctx context.Context, login func(context.Context, health.Path) error) (health.Path, error) {
-	return o.p, login(ctx, o.p)
+// onePath is the path source over a single path, logging in with password "pw".
+func onePath(p *Protocol, path health.Path) proxy.Source {
+	return upstream.New(upstream.Config{Listener: "t", Engine: p,
+		Paths:  health.NewSet("t", []health.Path{path}, health.Thresholds{Rise: 1, Fall: 1}, nil),
+		Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
 }
-func (o onePath) Lookup(string) (health.Path, bool) { return o.p, true }
 
 func TestHandshakeAgreesCapabilities(t *testing.T) {
 	srvTLS, _ := testTLS(t)
@@ -38,8 +40,9 @@ func TestHandshakeAgreesCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(Config{Listener: "t", TLS: tlsCfgs, HandshakeTimeout: 5 * time.Second,
-		Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
+	p := New(Config{Listener: "t", TLS: tlsCfgs, HandshakeTimeout: 5 * time.Second})
+	// What a probe of this server would have recorded: the app is greeted from it.
+	p.learn(&Greeting{ServerVersion: "8.0.36", ConnectionID: 7, Capabilities: upCaps, Charset: 45, Status: gm.SERVER_STATUS_AUTOCOMMIT})
 	app, side := net.Pipe()
 	defer app.Close()
 	type res struct {
@@ -48,7 +51,7 @@ func TestHandshakeAgreesCapabilities(t *testing.T) {
 	}
 	done := make(chan res, 1)
 	go func() {
-		up, err := p.Handshake(context.Background(), side, onePath{health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}})
+		up, err := proxy.Handshake(context.Background(), p, onePath(p, health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}), side)
 		if up != nil {
 			_ = up.Conn.Close()
 			done <- res{up.User, err}
@@ -65,8 +68,8 @@ func TestHandshakeAgreesCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.ServerVersion != "8.0.36" || g.ConnectionID != 7 {
-		t.Errorf("greeting version %q id %d, want the upstream's", g.ServerVersion, g.ConnectionID)
+	if g.ServerVersion != "8.0.36" || g.ConnectionID == 7 || g.ConnectionID == 0 {
+		t.Errorf("greeting version %q id %d, want the upstream's version and the sidecar's own id", g.ServerVersion, g.ConnectionID)
 	}
 	for name, c := range map[string]uint32{"CLIENT_SSL": gm.CLIENT_SSL, "CLIENT_COMPRESS": gm.CLIENT_COMPRESS, "CLIENT_DEPRECATE_EOF": gm.CLIENT_DEPRECATE_EOF} {
 		if g.Capabilities&c != 0 {
@@ -128,13 +131,13 @@ func TestLocalPasswordSwitchesOtherPluginsToNative(t *testing.T) {
 			addr, _ := fakeServer(t, srvTLS, allCaps, gm.AUTH_NATIVE_PASSWORD, func(c net.Conn, g *Greeting, r *HandshakeResponse) error {
 				return WritePacket(c, 3, AppendOK(nil, gm.SERVER_STATUS_AUTOCOMMIT))
 			})
-			p := New(Config{Listener: "t", TLS: tlsCfgs, LocalPasswordFile: pwFile,
-				Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
+			p := New(Config{Listener: "t", TLS: tlsCfgs, LocalPasswordFile: pwFile})
+			p.learn(&Greeting{ServerVersion: "8.0.36", Capabilities: allCaps, Charset: 45})
 			app, side := net.Pipe()
 			defer app.Close()
 			errc := make(chan error, 1)
 			go func() {
-				up, err := p.Handshake(context.Background(), side, onePath{health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}})
+				up, err := proxy.Handshake(context.Background(), p, onePath(p, health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}), side)
 				if up != nil {
 					_ = up.Conn.Close()
 				}
@@ -182,5 +185,133 @@ func TestLocalPasswordSwitchesOtherPluginsToNative(t *testing.T) {
 				t.Fatalf("handshake error %v is not a ClientError", herr)
 			}
 		})
+	}
+}
+
+// countingSource fails every open and counts them.
+type countingSource struct{ opens atomic.Int32 }
+
+func (c *countingSource) Open(context.Context, *proxy.Startup) (*proxy.Session, error) {
+	c.opens.Add(1)
+	return nil, errors.New("no upstream in this test")
+}
+
+// An app is greeted before anything is asked of the upstream, with the default server until
+// an upstream greeting has been seen and with that greeting's version and flags after; an app
+// that never answers the greeting costs no upstream session.
+func TestGreetsTheAppWithoutTheUpstream(t *testing.T) {
+	p := New(Config{Listener: "t"})
+	src := &countingSource{}
+	greet := func() (*Greeting, net.Conn, chan error) {
+		t.Helper()
+		app, side := net.Pipe()
+		t.Cleanup(func() { app.Close() })
+		errc := make(chan error, 1)
+		go func() {
+			_, err := proxy.Handshake(context.Background(), p, src, side)
+			_ = side.Close()
+			errc <- err
+		}()
+		_ = app.SetDeadline(time.Now().Add(10 * time.Second))
+		_, pkt, err := ReadPacket(app, MaxHandshakePacket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := ParseGreeting(pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g, app, errc
+	}
+
+	g, app, errc := greet()
+	if g.ServerVersion != defaultServer.version || g.Capabilities&gm.CLIENT_QUERY_ATTRIBUTES != 0 || g.Capabilities&gm.CLIENT_TRANSACTIONS == 0 {
+		t.Errorf("first greeting: version %q flags %#x; want the default server's", g.ServerVersion, g.Capabilities)
+	}
+	if n := src.opens.Load(); n != 0 {
+		t.Fatalf("greeting the app opened %d upstream sessions", n)
+	}
+	_ = app.Close() // says nothing and leaves
+	if err := <-errc; err == nil {
+		t.Fatal("a silent app's handshake succeeded")
+	}
+	if n := src.opens.Load(); n != 0 {
+		t.Fatalf("an app that never answered cost %d upstream sessions", n)
+	}
+
+	p.learn(&Greeting{ServerVersion: "10.11.6-MariaDB", Capabilities: allCaps &^ gm.CLIENT_DEPRECATE_EOF, Charset: 33, Status: gm.SERVER_STATUS_AUTOCOMMIT})
+	g, app, errc = greet()
+	if g.ServerVersion != "10.11.6-MariaDB" || g.Charset != 33 || g.Capabilities&gm.CLIENT_DEPRECATE_EOF != 0 || g.Capabilities&gm.CLIENT_TRANSACTIONS == 0 {
+		t.Errorf("greeting after an upstream's: version %q charset %d flags %#x", g.ServerVersion, g.Charset, g.Capabilities)
+	}
+	resp := HandshakeResponse{Capabilities: g.Capabilities &^ gm.CLIENT_SSL, MaxPacketSize: 1 << 24, Charset: 33, User: "app", AuthData: make([]byte, 20)}
+	if err := WritePacket(app, 1, resp.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	seq, pkt, err := ReadPacket(app, MaxHandshakePacket)
+	if err != nil || seq != 2 || pkt[0] != gm.ERR_HEADER {
+		t.Fatalf("after the response: seq %d %q, %v; want the source's failure as ERR seq 2", seq, pkt, err)
+	}
+	<-errc
+	if n := src.opens.Load(); n != 1 {
+		t.Fatalf("an app that answered opened %d upstream sessions, want 1", n)
+	}
+}
+
+// An upstream that lacks a flag the app already chose (the server changed since the greeting
+// the app was greeted from) gets the app a clear ERR, not a session whose framing the two
+// sides disagree on; the path is not blamed, and the next app is offered what the server has.
+func TestUpstreamLackingAnAgreedCapabilityIsAClearError(t *testing.T) {
+	srvTLS, _ := testTLS(t)
+	addr, _ := fakeServer(t, srvTLS, allCaps&^gm.CLIENT_DEPRECATE_EOF, gm.AUTH_NATIVE_PASSWORD, func(c net.Conn, g *Greeting, r *HandshakeResponse) error {
+		return WritePacket(c, 3, AppendOK(nil, gm.SERVER_STATUS_AUTOCOMMIT))
+	})
+	tlsCfgs, _ := wire.NewTLSConfigs(wire.Insecure, "")
+	p := New(Config{Listener: "t", TLS: tlsCfgs})
+	p.learn(&Greeting{ServerVersion: "8.0.36", Capabilities: allCaps, Charset: 45})
+	set := health.NewSet("t", []health.Path{{Name: "p1", Address: addr, TLSServerName: "db.test"}}, health.Thresholds{Rise: 1, Fall: 1}, nil)
+	src := upstream.New(upstream.Config{Listener: "t", Engine: p, Paths: set,
+		Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
+	app, side := net.Pipe()
+	defer app.Close()
+	errc := make(chan error, 1)
+	go func() {
+		up, err := proxy.Handshake(context.Background(), p, src, side)
+		if up != nil {
+			_ = up.Conn.Close()
+		}
+		_ = side.Close()
+		errc <- err
+	}()
+	_ = app.SetDeadline(time.Now().Add(10 * time.Second))
+	_, pkt, err := ReadPacket(app, MaxHandshakePacket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := ParseGreeting(pkt)
+	if g.Capabilities&gm.CLIENT_DEPRECATE_EOF == 0 {
+		t.Fatal("the app was not offered CLIENT_DEPRECATE_EOF, which the learnt server has")
+	}
+	resp := HandshakeResponse{Capabilities: g.Capabilities, MaxPacketSize: 1 << 24, Charset: 45, User: "app", AuthData: make([]byte, 20)}
+	if err := WritePacket(app, 1, resp.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	seq, pkt, err := ReadPacket(app, MaxHandshakePacket)
+	if err != nil || seq != 2 || pkt[0] != gm.ERR_HEADER {
+		t.Fatalf("got seq %d %q, %v; want an ERR with seq 2", seq, pkt, err)
+	}
+	if e := ParseErr(pkt); e.Code != codeConnHostError || !strings.Contains(e.Message, "lacks capabilities") || !strings.Contains(e.Message, `"p1"`) {
+		t.Fatalf("ERR %v does not say the path lacks the agreed capabilities", e)
+	}
+	var inc *proxy.IncompatibleError
+	var ne *proxy.NoPathError
+	if err := <-errc; !errors.As(err, &ne) || !ne.All(func(e error) bool { return errors.As(e, &inc) }) {
+		t.Fatalf("handshake error %v is not an IncompatibleError on every path", err)
+	}
+	if !set.AnyUp() {
+		t.Fatal("a capability mismatch marked the path down")
+	}
+	if p.serverInfo().caps&gm.CLIENT_DEPRECATE_EOF != 0 {
+		t.Fatal("the server's new greeting was not learnt")
 	}
 }

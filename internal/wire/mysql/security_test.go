@@ -17,7 +17,7 @@ func serveAppOnPipe(t *testing.T, p *Protocol, resp HandshakeResponse) ([]byte, 
 	t.Helper()
 	app, side := net.Pipe()
 	defer app.Close()
-	g := &Greeting{ServerVersion: "8.0.36", Scramble: bytes.Repeat([]byte{'a'}, 20), Capabilities: allCaps, AuthPlugin: gm.AUTH_NATIVE_PASSWORD}
+	g := &serverInfo{version: "8.0.36", caps: allCaps}
 	errc := make(chan error, 1)
 	go func() {
 		err := p.serveApp(&appConn{conn: side}, g)

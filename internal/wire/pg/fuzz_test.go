@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/wire/wiretest"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
 )
@@ -251,7 +252,7 @@ func FuzzHandshake(f *testing.F) {
 	p := New(Config{Listener: "fuzz", LocalPasswordFile: pwFile, Log: zap.NewNop()})
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		paths := &noPaths{}
-		up, _ := p.Handshake(context.Background(), &scriptedConn{r: bytes.NewReader(stream)}, paths)
+		up, _ := proxy.Handshake(context.Background(), p, paths, &scriptedConn{r: bytes.NewReader(stream)})
 		if up != nil {
 			t.Fatal("a handshake without an upstream returned one")
 		}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/wire/wiretest"
 )
 
@@ -83,7 +84,7 @@ func TestOversizedStartupGetsProtocolViolation(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		defer sc.Close()
-		_, herr = p.Handshake(context.Background(), sc, nil)
+		_, herr = proxy.Handshake(context.Background(), p, &noPaths{}, sc)
 	}()
 	_ = cc.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := cc.Write([]byte{0xff, 0xff, 0xff, 0xff}); err != nil {
@@ -118,7 +119,7 @@ func TestOversizedPasswordMessageIsRefused(t *testing.T) {
 		paths := &noPaths{}
 		a := wiretest.Allocated(20, func() {
 			c = &scriptedConn{r: &wiretest.Endless{Head: append(bytes.Clone(startup), lenMsg('p', n)...)}}
-			_, herr = p.Handshake(context.Background(), c, paths)
+			_, herr = proxy.Handshake(context.Background(), p, paths, c)
 		})
 		want := fmt.Sprintf("password message length %d is outside 5..1024", n)
 		if herr == nil || !strings.Contains(herr.Error(), want) || !bytes.Contains(c.out.Bytes(), []byte("C08P01\x00")) ||

@@ -40,7 +40,7 @@ func (p *Protocol) ProbeLogin(ctx context.Context, path health.Path) error {
 	}
 	defer tc.Close()
 	params := map[string]string{"user": user, "database": db, "application_name": "rds-valet-probe"}
-	up, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.Secret(ctx, path, user) }, p.salted)
+	up, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.ProbeSecret(ctx, path, user) }, p.salted)
 	if err != nil {
 		return err
 	}

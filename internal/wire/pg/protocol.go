@@ -25,15 +25,24 @@ import (
 const cancelTimeout = 10 * time.Second
 
 // SecretFunc returns what to answer the upstream's password request with on path for user:
-// an IAM token, or a static password.
+// an IAM token, or a static password (upstream.Secret has its shape).
 type SecretFunc func(ctx context.Context, path health.Path, user string) (string, error)
+
+// PathLookup finds a path by name: a cancel request goes to the path its session runs on.
+type PathLookup interface {
+	Lookup(name string) (health.Path, bool)
+}
 
 // Config is what a Postgres listener needs.
 type Config struct {
 	Listener string
 	TLS      *wire.TLSConfigs
 	Dialer   Dialer
-	Secret   SecretFunc
+	// Paths finds the path a cancel request's session runs on.
+	Paths PathLookup
+	// ProbeSecret answers the password request of a login probe; sessions get theirs from
+	// their source (internal/upstream).
+	ProbeSecret SecretFunc
 	// ForceUser, when set, replaces the user the app names.
 	ForceUser string
 	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
@@ -84,14 +93,21 @@ func New(cfg Config) *Protocol {
 
 var _ proxy.Protocol = (*Protocol)(nil)
 
-// Handshake implements proxy.Protocol.
-func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.Paths) (*proxy.Upstream, error) {
+// startup is what Accept read that the login and the greeting need.
+type startup struct {
+	params map[string]string // the startup parameters sent upstream, user and database set
+}
+
+// Accept implements proxy.Protocol: it reads the app's startup (answering encryption
+// requests, negotiating the protocol version, serving a cancel request), applies the local
+// auth policy, and never touches the upstream but to forward a cancel.
+func (p *Protocol) Accept(ctx context.Context, client net.Conn) (*proxy.Startup, error) {
 	msg, err := readStartup(client, client)
 	if err != nil {
 		return nil, p.failStartup(client, err)
 	}
 	if cr, ok := msg.(*pgproto3.CancelRequest); ok {
-		p.forwardCancel(ctx, cr, paths)
+		p.forwardCancel(ctx, cr)
 		return nil, nil
 	}
 	sm := msg.(*pgproto3.StartupMessage)
@@ -126,45 +142,52 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 			return nil, err
 		}
 	}
-	// The startup is in; from here the upstream login is bounded by ctx, not the client.
-	_ = client.SetDeadline(wire.NoDeadline)
+	return &proxy.Startup{User: user, Database: params["database"], Engine: &startup{params: params}}, nil
+}
 
-	var up *upstreamConn
-	path, err := paths.Try(ctx, func(ctx context.Context, path health.Path) error {
-		tc, err := dialTLS(ctx, p.cfg.Dialer, path.Address, p.cfg.TLS.For(path.TLSServerName))
-		if err != nil {
-			return err
-		}
-		u, err := login(ctx, tc, params, func(ctx context.Context) (string, error) { return p.cfg.Secret(ctx, path, user) }, p.salted)
-		if err != nil {
-			_ = tc.Close()
-			var ue *upstreamError
-			if errors.As(err, &ue) && !retryableOnAnotherPath(ue.resp.Code) {
-				return &proxy.FinalError{Err: err}
-			}
-			return err
-		}
-		up = u
-		return nil
-	})
+// Login implements upstream.Login: TLS to the path, then the startup st names, answering a
+// password request with secret.
+func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error) {
+	tc, err := dialTLS(ctx, p.cfg.Dialer, path.Address, p.cfg.TLS.For(path.TLSServerName))
 	if err != nil {
-		_ = writeError(client, p.appError(err, path, user))
 		return nil, err
 	}
+	u, err := login(ctx, tc, st.Engine.(*startup).params, secret, p.salted)
+	if err != nil {
+		_ = tc.Close()
+		var ue *upstreamError
+		if errors.As(err, &ue) && !retryableOnAnotherPath(ue.resp.Code) {
+			return nil, &proxy.FinalError{Err: err}
+		}
+		return nil, err
+	}
+	return &proxy.Session{Path: path.Name, Conn: u.conn, Leftover: proxy.Leftover(u.br), Engine: u}, nil
+}
 
-	key := p.cancels.add(path.Name, up.key)
+// Greet implements proxy.Protocol: AuthenticationOk, what the server said after login, the
+// sidecar's own BackendKeyData (so that a cancel comes back through the sidecar), and the
+// server's ReadyForQuery.
+func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (*proxy.Upstream, error) {
+	up := s.Engine.(*upstreamConn)
+	key := p.cancels.add(s.Path, up.key)
 	if err := writeGreeting(client, up, key); err != nil {
 		p.cancels.remove(key.ProcessID)
-		_ = up.conn.Close()
+		_ = s.Conn.Close()
 		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
 	}
 	tr := newTracker(up.status)
+	path := s.Path
 	return &proxy.Upstream{
-		Conn: up.conn, Leftover: proxy.Leftover(up.br), Path: path.Name, Tracker: tr,
+		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
 		OnClose:  func() { p.cancels.remove(key.ProcessID) },
-		Farewell: func(reason string) []byte { return farewell(tr, reason, path.Name) },
-		User:     user, Database: params["database"],
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path) },
+		User:     st.User, Database: st.Database,
 	}, nil
+}
+
+// Reject implements proxy.Protocol.
+func (p *Protocol) Reject(client net.Conn, st *proxy.Startup, err error) {
+	_ = writeError(client, p.appError(err, proxy.AnsweredOn(err), st.User))
 }
 
 // Refuse implements proxy.Protocol: it reads the startup (answering encryption requests), so
@@ -217,14 +240,14 @@ func (p *Protocol) failStartup(client net.Conn, err error) error {
 }
 
 // appError turns a login failure into what the app is told.
-func (p *Protocol) appError(err error, path health.Path, user string) *Error {
+func (p *Protocol) appError(err error, path, user string) *Error {
 	var ue *upstreamError
 	var ne *proxy.NoPathError
 	switch {
 	case errors.As(err, &ue):
 		r := ue.resp
 		return &Error{Severity: r.Severity, Code: r.Code, Message: r.Message,
-			Detail: fmt.Sprintf("%s the database refused the login on path %q", sidecarMessagePrefix, path.Name), Err: err}
+			Detail: fmt.Sprintf("%s the database refused the login on path %q", sidecarMessagePrefix, path), Err: err}
 	case errors.As(err, &ne) && ne.All(auth.IsTokenError):
 		e := newError(codeInvalidAuthSpec, "cannot get an IAM auth token for user %q: %v", user, ne)
 		e.Hint = "check the pod's AWS credentials (IRSA role, web identity token) and STS reachability"
@@ -321,7 +344,7 @@ func trimNewline(s string) string {
 }
 
 // forwardCancel sends the app's cancel to the upstream session it names, on the same path.
-func (p *Protocol) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest, paths proxy.Paths) {
+func (p *Protocol) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest) {
 	m := p.cfg.Metrics.cancels
 	target, ok := p.cancels.lookup(cr.ProcessID, cr.SecretKey)
 	if !ok {
@@ -329,7 +352,10 @@ func (p *Protocol) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest
 		p.cfg.Log.Info("cancel request for an unknown session key ignored")
 		return
 	}
-	path, ok := paths.Lookup(target.path)
+	path, ok := health.Path{}, false
+	if p.cfg.Paths != nil {
+		path, ok = p.cfg.Paths.Lookup(target.path)
+	}
 	if !ok {
 		m.WithLabelValues(p.cfg.Listener, "failed").Inc()
 		return

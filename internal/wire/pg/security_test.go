@@ -14,18 +14,17 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
 )
 
-// noPaths fails every login and counts the attempts: a handshake that reaches it has let the
-// app through the local checks.
+// noPaths is a source that fails every open and counts them: a handshake that reaches it has
+// let the app through the local checks.
 type noPaths struct{ tries atomic.Int32 }
 
-func (n *noPaths) Try(context.Context, func(context.Context, health.Path) error) (health.Path, error) {
+func (n *noPaths) Open(context.Context, *proxy.Startup) (*proxy.Session, error) {
 	n.tries.Add(1)
-	return health.Path{}, errors.New("no path in this test")
+	return nil, errors.New("no path in this test")
 }
-func (n *noPaths) Lookup(string) (health.Path, bool) { return health.Path{}, false }
 
 // TestEmptyLocalPasswordFileLetsNobodyIn: a local password file that is empty (a Secret mounted
 // before it was filled) must not turn into "the empty password is right".
@@ -40,7 +39,7 @@ func TestEmptyLocalPasswordFileLetsNobodyIn(t *testing.T) {
 	defer app.Close()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := p.Handshake(context.Background(), side, paths)
+		_, err := proxy.Handshake(context.Background(), p, paths, side)
 		_ = side.Close()
 		errc <- err
 	}()

@@ -1,0 +1,401 @@
+// Package sidecar is the daemon as a library: from a validated config it builds every
+// listener (its health set and probes, its engine, its upstream source and secret), binds
+// them and the admin server, runs them, and drains them on shutdown. cmd/sidecar keeps only
+// flags, config loading, the logger and signals.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/rdsvalet/rds-valet/internal/admin"
+	"github.com/rdsvalet/rds-valet/internal/auth"
+	"github.com/rdsvalet/rds-valet/internal/config"
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/upstream"
+	"github.com/rdsvalet/rds-valet/internal/wire"
+	"github.com/rdsvalet/rds-valet/internal/wire/mysql"
+	"github.com/rdsvalet/rds-valet/internal/wire/pg"
+)
+
+// Exit codes of Run besides shutdown.exit_code_on_cut.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+)
+
+// adminShutdownTimeout bounds the admin server's own shutdown once the sessions are gone.
+const adminShutdownTimeout = 2 * time.Second
+
+// Deps are what a sidecar is built with besides its config.
+type Deps struct {
+	Log *zap.Logger
+	// Registry receives every metric and serves /metrics.
+	Registry *prometheus.Registry
+	// Credentials loads the AWS credentials IAM listeners sign tokens with; nil uses the SDK's
+	// default chain (IRSA, EKS Pod Identity, ...), as auth.LoadCredentials does.
+	Credentials func(ctx context.Context, region string, refreshWindow time.Duration) (aws.CredentialsProvider, error)
+}
+
+// Sidecar is every listener of one config and the admin server, bound and ready to run.
+type Sidecar struct {
+	cfg       *config.Config
+	log       *zap.Logger
+	listeners []*listener
+	admin     *admin.Server
+
+	started, draining atomic.Bool
+	quit              chan struct{}
+	quitOnce          sync.Once
+}
+
+// listener is one configured listener: its server and the health of its paths.
+type listener struct {
+	cfg    config.Listener
+	srv    *proxy.Server
+	paths  *health.Set
+	prober health.Prober
+	probe  health.ProbeConfig
+}
+
+// New builds and binds everything cfg describes. On error nothing is left bound.
+func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
+	if d.Log == nil {
+		d.Log = zap.NewNop()
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	if d.Credentials == nil {
+		d.Credentials = auth.LoadCredentials
+	}
+	s := &Sidecar{cfg: cfg, log: d.Log, quit: make(chan struct{})}
+	tokens, err := newTokenCache(ctx, cfg, d)
+	if err != nil {
+		return nil, fmt.Errorf("set up upstream authentication: %w", err)
+	}
+	m := metrics{
+		proxy: proxy.NewMetrics(d.Registry), health: health.NewMetrics(d.Registry),
+		pg: pg.NewMetrics(d.Registry), mysql: mysql.NewMetrics(d.Registry),
+	}
+	for _, lc := range cfg.Listeners {
+		l, err := s.newListener(lc, tokens, m)
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	s.admin, err = admin.New(cfg.Admin.Listen, admin.Deps{
+		Gatherer: d.Registry,
+		Started:  s.started.Load,
+		Ready:    s.Ready,
+		Paths:    func() any { return s.PathsReport() },
+		Quit:     s.Quit,
+		Log:      s.log,
+	})
+	if err != nil {
+		s.closeListeners()
+		return nil, fmt.Errorf("admin server on %s: %w", cfg.Admin.Listen, err)
+	}
+	return s, nil
+}
+
+type metrics struct {
+	proxy  *proxy.Metrics
+	health *health.Metrics
+	pg     *pg.Metrics
+	mysql  *mysql.Metrics
+}
+
+// newTokenCache loads AWS credentials once for every IAM listener; nil when none uses IAM.
+func newTokenCache(ctx context.Context, cfg *config.Config, d Deps) (*auth.TokenCache, error) {
+	for _, l := range cfg.Listeners {
+		if l.Auth.Mode != config.AuthIAM {
+			continue
+		}
+		creds, err := d.Credentials(ctx, cfg.AWS.Region, cfg.AWS.CredentialsRefreshWindow)
+		if err != nil {
+			return nil, err
+		}
+		d.Log.Info("IAM authentication enabled", zap.String("region", cfg.AWS.Region))
+		return auth.NewTokenCache(auth.TokenCacheConfig{}, creds, d.Log, d.Registry), nil
+	}
+	return nil, nil
+}
+
+// secretFor is the upstream source's answer to a password request on one listener: an IAM
+// token for the path's token host, or the password file's content.
+func secretFor(lc config.Listener, tokens *auth.TokenCache, region string) upstream.Secret {
+	if lc.Auth.Mode == config.AuthPassword {
+		return upstream.PasswordSecret(auth.PasswordFile{Path: lc.Auth.PasswordFile})
+	}
+	return upstream.IAMSecret(tokens, region)
+}
+
+// engine is what a listener needs of its protocol: the app side, the login, the probes.
+type engine interface {
+	proxy.Protocol
+	upstream.Login
+	health.Prober
+}
+
+func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m metrics) (*listener, error) {
+	tlsCfgs, err := wire.NewTLSConfigs(lc.TLS.Mode, lc.TLS.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if w := tlsWarning(lc.TLS.Mode); w != "" {
+		s.log.Warn(w, zap.String("listener", lc.Name))
+	}
+	paths := make([]health.Path, len(lc.Paths))
+	for i, p := range lc.Paths {
+		paths[i] = health.Path{Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost}
+	}
+	set := health.NewSet(lc.Name, paths, health.Thresholds{Rise: lc.Health.Rise, Fall: lc.Health.Fall}, m.health)
+	dialer := newDialer(s.cfg.DNS.Server)
+	secret := secretFor(lc, tokens, s.cfg.AWS.Region)
+	log := s.log.With(zap.String("listener", lc.Name))
+	var eng engine
+	switch lc.Engine {
+	case config.EnginePostgres:
+		eng = pg.New(pg.Config{
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Paths: set,
+			ProbeSecret: pg.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
+			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
+			Log: log, Metrics: m.pg,
+		})
+	case config.EngineMySQL:
+		eng = mysql.New(mysql.Config{
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer,
+			ProbeSecret: mysql.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
+			HandshakeTimeout: lc.HandshakeTimeout,
+			ProbeUser:        lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
+			Log: log, Metrics: m.mysql,
+		})
+	default:
+		return nil, fmt.Errorf("engine %q is not supported by this build", lc.Engine)
+	}
+	source := upstream.New(upstream.Config{
+		Listener: lc.Name, Paths: set, Engine: eng, Secret: secret,
+		ConnectTimeout: lc.ConnectTimeout, Observer: m.proxy,
+	})
+	srv := proxy.NewServer(proxy.Config{
+		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
+		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
+		OnNetworkFailure: set.ReportFailure,
+	}, eng, source, s.log, m.proxy)
+	set.Watch(func(path string, st health.State) {
+		if st == health.Down {
+			srv.EvictPath(path)
+		}
+	})
+	if err := srv.Listen(); err != nil {
+		return nil, err
+	}
+	if err := checkBound(srv.Addr(), lc.AllowNonLoopback); err != nil {
+		srv.Close()
+		return nil, err
+	}
+	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: health.ProbeConfig{
+		Interval: lc.Health.Interval, TLSInterval: lc.Health.TLSInterval, LoginInterval: lc.Health.LoginInterval,
+		Timeout: lc.Health.Timeout, Dialer: dialer, Log: s.log,
+	}}, nil
+}
+
+// checkBound refuses a plain-text listener bound beyond loopback unless allowed. config
+// checks the address as written; a name (localhost) is checked again as bound, so that a
+// hosts file mapping it elsewhere cannot open the plain-text side to the network.
+func checkBound(a net.Addr, allowNonLoopback bool) error {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || allowNonLoopback || ta.IP.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("bound %s, which is not a loopback address; set allow_non_loopback to listen beyond the pod", ta)
+}
+
+// newDialer resolves on every dial (net.Dialer keeps no cache) and tries each address of a
+// name in turn, giving each a share of the time left; dnsServer, if set, is asked instead of
+// the system's resolver.
+func newDialer(dnsServer string) *net.Dialer {
+	d := &net.Dialer{KeepAlive: 30 * time.Second}
+	if dnsServer != "" {
+		d.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var rd net.Dialer
+			return rd.DialContext(ctx, network, dnsServer)
+		}}
+	}
+	return d
+}
+
+// Addr is the bound address of the named listener, nil if there is none.
+func (s *Sidecar) Addr(listener string) net.Addr {
+	for _, l := range s.listeners {
+		if l.cfg.Name == listener {
+			return l.srv.Addr()
+		}
+	}
+	return nil
+}
+
+// AdminAddr is the admin server's bound address.
+func (s *Sidecar) AdminAddr() net.Addr { return s.admin.Addr() }
+
+// Quit starts the graceful shutdown, as SIGTERM does (/quitquitquit calls it).
+func (s *Sidecar) Quit() { s.quitOnce.Do(func() { close(s.quit) }) }
+
+// Run serves every listener and the admin server, probes every path, and when ctx ends or
+// Quit is called drains (see drain); it returns the process exit code.
+func (s *Sidecar) Run(ctx context.Context) int {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.admin.Serve(); err != nil {
+			s.log.Error("admin server failed", zap.Error(err))
+		}
+	}()
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	defer stopProbes()
+	for _, l := range s.listeners {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_ = l.srv.Serve()
+		}()
+		go func() {
+			defer wg.Done()
+			l.paths.Run(probeCtx, l.prober, l.probe)
+		}()
+		s.log.Info("listening", zap.String("listener", l.cfg.Name), zap.String("addr", l.srv.Addr().String()))
+	}
+	s.started.Store(true)
+	s.log.Info("sidecar started", zap.String("admin", s.admin.Addr().String()), zap.Int("listeners", len(s.listeners)))
+
+	select {
+	case <-ctx.Done():
+		s.log.Info("shutdown signal received")
+	case <-s.quit: // the admin server logged the request
+	}
+	code := s.drain()
+	stopProbes()
+	sctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
+	_ = s.admin.Shutdown(sctx)
+	cancel()
+	wg.Wait()
+	return code
+}
+
+// drain runs the shutdown of docs/architecture.md: readiness 503 at once, listeners open for
+// min_delay, then closed; sessions end as they go idle until max_delay, then the rest are cut.
+func (s *Sidecar) drain() int {
+	sc := s.cfg.Shutdown
+	s.draining.Store(true)
+	if sc.MinDelay > 0 {
+		s.log.Info("draining: readiness is 503, listeners stay open", zap.Duration("min_delay", sc.MinDelay))
+		time.Sleep(sc.MinDelay) // the point: endpoints controllers need this long to stop sending
+	}
+	for _, l := range s.listeners {
+		l.srv.StopAccepting()
+	}
+	s.log.Info("draining: listeners closed, waiting for sessions", zap.Duration("max_delay", sc.MaxDelay))
+	ctx, cancel := context.WithTimeout(context.Background(), sc.MaxDelay)
+	defer cancel()
+	var cut atomic.Int64
+	var wg sync.WaitGroup
+	for _, l := range s.listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cut.Add(int64(l.srv.Drain(ctx)))
+		}()
+	}
+	wg.Wait()
+	if n := cut.Load(); n > 0 {
+		s.log.Warn("shutdown cut busy sessions", zap.Int64("sessions", n))
+		return sc.ExitCodeOnCut
+	}
+	s.log.Info("shutdown complete: every session ended cleanly")
+	return ExitOK
+}
+
+// Close stops everything at once, without draining: for a sidecar that never ran.
+func (s *Sidecar) Close() {
+	s.closeListeners()
+	if s.admin != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
+		_ = s.admin.Shutdown(ctx)
+		cancel()
+	}
+}
+
+func (s *Sidecar) closeListeners() {
+	for _, l := range s.listeners {
+		l.srv.Close()
+	}
+}
+
+// ErrDraining is the readiness verdict of a sidecar that is shutting down.
+var ErrDraining = errors.New("draining")
+
+// Ready is the readiness verdict: not while draining, and under the healthy-path policy not
+// while any listener has no healthy path.
+func (s *Sidecar) Ready() error {
+	if s.draining.Load() {
+		return ErrDraining
+	}
+	if s.cfg.Admin.Readiness == config.ReadyWhenHealthy {
+		for _, l := range s.listeners {
+			if !l.paths.AnyUp() {
+				return fmt.Errorf("listener %s has no healthy path", l.cfg.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// ListenerReport is one listener's entry in /paths.
+type ListenerReport struct {
+	Listener string              `json:"listener"`
+	Engine   string              `json:"engine"`
+	TLSMode  string              `json:"tls_mode"`
+	Warning  string              `json:"warning,omitempty"`
+	Paths    []health.PathStatus `json:"paths"`
+}
+
+// PathsReport is what /paths shows: every listener's paths and their health.
+func (s *Sidecar) PathsReport() []ListenerReport {
+	out := make([]ListenerReport, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = ListenerReport{Listener: l.cfg.Name, Engine: l.cfg.Engine, TLSMode: l.cfg.TLS.Mode,
+			Warning: tlsWarning(l.cfg.TLS.Mode), Paths: l.paths.Snapshot()}
+	}
+	return out
+}
+
+const (
+	insecureWarning = "upstream TLS certificates are NOT verified (tls.mode insecure): anyone on the network path can impersonate the database"
+	verifyCAWarning = "upstream TLS certificate names are NOT checked (tls.mode verify-ca): any server with a certificate from the CA bundle can impersonate the database"
+)
+
+// tlsWarning is what the start log and /paths say about a verification mode weaker than
+// verify-full; empty for verify-full.
+func tlsWarning(mode string) string {
+	switch mode {
+	case config.TLSInsecure:
+		return insecureWarning
+	case config.TLSVerifyCA:
+		return verifyCAWarning
+	}
+	return ""
+}

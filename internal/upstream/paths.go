@@ -1,0 +1,130 @@
+// Package upstream holds the first proxy.Source: logged-in upstream sessions over a listener's
+// network paths, tried best first by their health, each login answering the database's
+// password request with the listener's secret (an IAM token or a password file).
+package upstream
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rdsvalet/rds-valet/internal/auth"
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
+)
+
+// minAttemptTimeout keeps a per-path attempt long enough for a TLS handshake and a login over
+// a slow link even when many paths share the connect timeout.
+const minAttemptTimeout = 2 * time.Second
+
+// Login is an engine's client side: dial path, negotiate TLS and log in as st says, answering
+// a password request with secret. wire/pg and wire/mysql implement it. Errors another path
+// would not change are proxy.FinalError; a path that cannot serve what the app was promised
+// is proxy.IncompatibleError.
+type Login interface {
+	Login(ctx context.Context, p health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error)
+}
+
+// Secret answers the upstream's password request for user on path p.
+type Secret func(ctx context.Context, p health.Path, user string) (string, error)
+
+// IAMSecret signs an RDS IAM auth token for user at the path's token host (the RDS endpoint's
+// real name, even when the dialed address is a VPC endpoint), cached and shared across
+// connections by tokens.
+func IAMSecret(tokens *auth.TokenCache, region string) Secret {
+	return func(ctx context.Context, p health.Path, user string) (string, error) {
+		return tokens.Token(ctx, auth.Key{Endpoint: p.TokenHost, Region: region, User: user})
+	}
+}
+
+// PasswordSecret reads a static password from a file on every login, so that a rotated
+// Secret volume takes effect without a restart.
+func PasswordSecret(f auth.PasswordFile) Secret {
+	return func(ctx context.Context, _ health.Path, _ string) (string, error) { return f.Password(ctx) }
+}
+
+// LoginObserver records each login attempt (proxy.Metrics does).
+type LoginObserver interface {
+	ObserveLogin(listener, path string, ok bool, seconds float64)
+}
+
+// Config is one listener's path source.
+type Config struct {
+	Listener string
+	Paths    *health.Set
+	Engine   Login
+	Secret   Secret
+	// ConnectTimeout bounds one Open over every path: dial, TLS and login.
+	ConnectTimeout time.Duration
+	Observer       LoginObserver // nil records nothing
+}
+
+// Paths is a proxy.Source over health-ordered network paths.
+type Paths struct{ cfg Config }
+
+var _ proxy.Source = (*Paths)(nil)
+
+// New returns the path source for cfg.
+func New(cfg Config) *Paths { return &Paths{cfg: cfg} }
+
+// Open implements proxy.Source: it logs in on each candidate path, best first, until one
+// succeeds, and reports each attempt's outcome to the health set.
+func (s *Paths) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, error) {
+	if s.cfg.ConnectTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+		defer cancel()
+	}
+	set := s.cfg.Paths
+	cands := set.Candidates()
+	nerr := &proxy.NoPathError{}
+	for i, p := range cands {
+		if ctx.Err() != nil {
+			nerr.Attempts = append(nerr.Attempts, &proxy.PathError{Path: p.Name, Err: ctx.Err()})
+			continue
+		}
+		actx, cancel := attemptContext(ctx, len(cands)-i)
+		start := time.Now()
+		sess, err := s.cfg.Engine.Login(actx, p, st, func(ctx context.Context) (string, error) { return s.cfg.Secret(ctx, p, st.User) })
+		cancel()
+		if s.cfg.Observer != nil {
+			s.cfg.Observer.ObserveLogin(s.cfg.Listener, p.Name, err == nil, time.Since(start).Seconds())
+		}
+		if err == nil {
+			set.ReportSuccess(p.Name)
+			return sess, nil
+		}
+		var final *proxy.FinalError
+		var ce *proxy.ClientError
+		var inc *proxy.IncompatibleError
+		switch {
+		case errors.As(err, &final):
+			// The upstream answered: the path works, the request does not.
+			set.ReportSuccess(p.Name)
+			return nil, &proxy.PathError{Path: p.Name, Err: err}
+		case errors.As(err, &ce):
+			return nil, err
+		case errors.As(err, &inc):
+			// The path answered too; another path may serve the session.
+			set.ReportSuccess(p.Name)
+		case !auth.IsTokenError(err):
+			// A login that could not get its IAM token says nothing about the network path;
+			// counted against it, a credential outage would mark healthy paths down and close
+			// their idle sessions.
+			set.ReportFailure(p.Name, err)
+		}
+		nerr.Attempts = append(nerr.Attempts, &proxy.PathError{Path: p.Name, Err: err})
+	}
+	return nil, nerr
+}
+
+// attemptContext gives one attempt an equal share of what is left of the connect timeout, so a
+// blackholed first path cannot eat the whole budget.
+func attemptContext(ctx context.Context, remaining int) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok || remaining <= 1 {
+		return context.WithCancel(ctx)
+	}
+	share := max(time.Until(dl)/time.Duration(remaining), minAttemptTimeout)
+	return context.WithTimeout(ctx, share)
+}

@@ -1,0 +1,100 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rdsvalet/rds-valet/internal/auth"
+	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy"
+)
+
+// loginFunc is an engine whose login is a function.
+type loginFunc func(ctx context.Context, p health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error)
+
+func (f loginFunc) Login(ctx context.Context, p health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error) {
+	return f(ctx, p, st, secret)
+}
+
+func failWith(err error) loginFunc {
+	return func(context.Context, health.Path, *proxy.Startup, func(context.Context) (string, error)) (*proxy.Session, error) {
+		return nil, err
+	}
+}
+
+func source(set *health.Set, l Login) *Paths {
+	return New(Config{Listener: "pg", Paths: set, Engine: l, ConnectTimeout: time.Second,
+		Secret: func(_ context.Context, p health.Path, user string) (string, error) {
+			return p.TokenHost + "/" + user, nil
+		}})
+}
+
+// A login that fails for want of an IAM token (STS down, token file gone) must not count
+// against the path: with fall 1, one such failure would otherwise mark it down and evict every
+// idle session on it. A network failure still counts.
+func TestOpenDoesNotBlameThePathForTokenErrors(t *testing.T) {
+	set := health.NewSet("pg", []health.Path{{Name: "only", Address: "127.0.0.1:1"}}, health.Thresholds{Rise: 1, Fall: 1}, nil)
+	tokenErr := &auth.TokenError{Key: auth.Key{Endpoint: "db:5432", Region: "us-east-1", User: "app"}, Err: errors.New("get AWS credentials: STS unavailable")}
+	for range 3 {
+		_, err := source(set, failWith(tokenErr)).Open(context.Background(), &proxy.Startup{User: "app"})
+		var ne *proxy.NoPathError
+		if !errors.As(err, &ne) || !ne.All(auth.IsTokenError) {
+			t.Fatalf("want a NoPathError of token errors, got %v", err)
+		}
+	}
+	if !set.AnyUp() {
+		t.Fatal("token errors marked the path down")
+	}
+	_, _ = source(set, failWith(errors.New("dial: connection refused"))).Open(context.Background(), &proxy.Startup{User: "app"})
+	if set.AnyUp() {
+		t.Fatal("a network failure did not count against the path")
+	}
+}
+
+// Open walks the paths best first, hands each login the startup and the secret for that
+// path and user, stops at the first success, and names the path a final answer came from.
+func TestOpenTriesPathsInOrder(t *testing.T) {
+	paths := []health.Path{{Name: "a", TokenHost: "a:5432"}, {Name: "b", TokenHost: "b:5432"}, {Name: "c", TokenHost: "c:5432"}}
+	set := health.NewSet("pg", paths, health.Thresholds{Rise: 1, Fall: 1}, nil)
+	var tried, secrets []string
+	st := &proxy.Startup{User: "app", Database: "db"}
+	login := loginFunc(func(ctx context.Context, p health.Path, got *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error) {
+		if got != st {
+			t.Errorf("login got startup %+v, want the one Open was given", got)
+		}
+		tried = append(tried, p.Name)
+		s, _ := secret(ctx)
+		secrets = append(secrets, s)
+		switch p.Name {
+		case "a":
+			return nil, errors.New("dial a: connection refused")
+		case "b":
+			return nil, &proxy.IncompatibleError{Err: errors.New("b lacks a capability")}
+		}
+		return &proxy.Session{Path: p.Name}, nil
+	})
+	sess, err := source(set, login).Open(context.Background(), st)
+	if err != nil || sess.Path != "c" {
+		t.Fatalf("Open = %+v, %v; want a session on c", sess, err)
+	}
+	if want := "a b c"; strings.Join(tried, " ") != want || strings.Join(secrets, " ") != "a:5432/app b:5432/app c:5432/app" {
+		t.Fatalf("tried %v with secrets %v, want %s", tried, secrets, want)
+	}
+	snap := map[string]string{}
+	for _, ps := range set.Snapshot() {
+		snap[ps.Name] = ps.State
+	}
+	if snap["a"] != "down" || snap["b"] != "up" || snap["c"] != "up" {
+		t.Fatalf("path states %v: want a down (network), b up (it answered), c up", snap)
+	}
+
+	final := &proxy.FinalError{Err: errors.New("database \"nope\" does not exist")}
+	tried = nil
+	_, err = source(set, failWith(final)).Open(context.Background(), st)
+	if got := proxy.AnsweredOn(err); got != "b" || !errors.As(err, &final) {
+		t.Fatalf("a final answer: AnsweredOn = %q (err %v), want b, the best path left", got, err)
+	}
+}
