@@ -90,6 +90,12 @@ const passthroughCaps = gm.CLIENT_LONG_PASSWORD | gm.CLIENT_FOUND_ROWS | gm.CLIE
 	gm.CLIENT_MULTI_STATEMENTS | gm.CLIENT_MULTI_RESULTS | gm.CLIENT_PS_MULTI_RESULTS |
 	gm.CLIENT_SESSION_TRACK | gm.CLIENT_DEPRECATE_EOF | gm.CLIENT_QUERY_ATTRIBUTES
 
+// framingCaps change the bytes of the session after login (EOF packets, OK packets, the
+// COM_QUERY layout): the app and the server must agree on them, so an upstream that lacks
+// one the app chose cannot serve the session. The other passthrough flags are requests the
+// server may simply not honour (LOAD DATA LOCAL, found rows, ...): it is sent those it offers.
+const framingCaps = gm.CLIENT_DEPRECATE_EOF | gm.CLIENT_SESSION_TRACK | gm.CLIENT_QUERY_ATTRIBUTES
+
 // Protocol implements proxy.Protocol for MySQL and MariaDB.
 type Protocol struct {
 	cfg Config
@@ -189,10 +195,10 @@ func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startu
 	}
 	g := gc.greet
 	p.learn(g)
-	if missing := app.caps & passthroughCaps &^ g.Capabilities; missing != 0 {
+	if missing := app.caps & framingCaps &^ g.Capabilities; missing != 0 {
 		_ = gc.raw.Close()
 		return nil, &proxy.IncompatibleError{Err: fmt.Errorf(
-			"the server on path %q lacks capabilities 0x%08x that the app chose from the sidecar's greeting (the server changed since its last greeting was seen); connect again", path.Name, missing)}
+			"the server on path %q lacks capabilities 0x%08x that the app chose from the sidecar's greeting and that change the protocol (the server differs from the greeting the sidecar last saw); connect again", path.Name, missing)}
 	}
 	upCaps := (app.caps & passthroughCaps) | gm.CLIENT_PROTOCOL_41 | gm.CLIENT_SECURE_CONNECTION |
 		(g.Capabilities & (gm.CLIENT_PLUGIN_AUTH | gm.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | gm.CLIENT_CONNECT_ATTRS))
