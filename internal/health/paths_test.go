@@ -2,7 +2,10 @@ package health
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -10,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/rdsvalet/rds-valet/internal/auth"
 )
 
 func names(ps []Path) []string {
@@ -192,7 +197,27 @@ func TestReason(t *testing.T) {
 	if got := Reason(err); got != "dns" {
 		t.Errorf("dns: %q (%v)", got, err)
 	}
+	// By type, not by words: an error that only says "authentication" or "tls:" is other.
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("login: %w", selfClassified("auth")), "auth"},
+		{&auth.TokenError{Key: auth.Key{User: "app"}, Err: errors.New("STS down")}, "auth"},
+		{fmt.Errorf("handshake: %w", tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}), "tls"},
+		{fmt.Errorf("verify: %w", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), "tls"},
+		{errors.New("password authentication failed; tls: x509: Access denied"), "other"},
+	} {
+		if got := Reason(tc.err); got != tc.want {
+			t.Errorf("Reason(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
 }
+
+type selfClassified string
+
+func (s selfClassified) Error() string        { return "classified " + string(s) }
+func (s selfClassified) HealthReason() string { return string(s) }
 
 // tlsFails is a prober whose TLS probe always fails, as on a path that accepts TCP connections
 // but resets or blackholes everything after.

@@ -3,15 +3,17 @@ package health
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"math/rand/v2"
 	"net"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/rdsvalet/rds-valet/internal/auth"
 )
 
 // Probe kinds.
@@ -154,10 +156,25 @@ func jitter(d time.Duration) time.Duration {
 	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
 }
 
-// Reason classifies a failure for metrics: timeout, refused, reset, dns, tls, auth or other.
+// Classified is an error that names its own failure reason (one of Reason's): an engine's
+// errors know whether the database refused a login or TLS could not be agreed, which no
+// generic error type says.
+type Classified interface {
+	error
+	HealthReason() string
+}
+
+// Reason classifies a failure for metrics, by type: timeout, refused, reset, dns, tls, auth
+// or other.
 func Reason(err error) string {
 	var dnsErr *net.DNSError
 	var certErr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	var alert tls.AlertError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var own Classified
 	var ne net.Error
 	switch {
 	case errors.As(err, &dnsErr):
@@ -168,9 +185,12 @@ func Reason(err error) string {
 		return "reset"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
-	case errors.As(err, &certErr), strings.Contains(err.Error(), "tls:"), strings.Contains(err.Error(), "x509:"):
+	case errors.As(err, &certErr), errors.As(err, &recErr), errors.As(err, &alert),
+		errors.As(err, &unknownCA), errors.As(err, &hostErr), errors.As(err, &invalid):
 		return "tls"
-	case strings.Contains(err.Error(), "authentication"), strings.Contains(err.Error(), "IAM token"), strings.Contains(err.Error(), "Access denied"):
+	case errors.As(err, &own):
+		return own.HealthReason()
+	case auth.IsTokenError(err):
 		return "auth"
 	}
 	return "other"

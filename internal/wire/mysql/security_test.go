@@ -9,6 +9,8 @@ import (
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/rdsvalet/rds-valet/internal/health"
 )
 
 // serveAppOnPipe runs serveApp against an app that sends resp as its handshake response and
@@ -50,5 +52,22 @@ func TestEmptyLocalPasswordFileLetsNobodyIn(t *testing.T) {
 	}
 	if len(last) == 0 || last[0] != gm.ERR_HEADER || !bytes.Contains(last, []byte("local password file")) {
 		t.Fatalf("app got %q, want an ERR about the local password file", last)
+	}
+}
+
+// Probe failures are classified by type: access denied is auth, an unknown plugin too, any
+// other refusal is the database's business.
+func TestFailureReasons(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{&upstreamError{Err{Code: 1045, State: "28000"}}, "auth"},
+		{&upstreamError{Err{Code: 1049, State: "42000"}}, "other"},
+		{&unsupportedPluginError{plugin: "auth_gssapi_client"}, "auth"},
+	} {
+		if got := health.Reason(tc.err); got != tc.want {
+			t.Errorf("health.Reason(%v) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }

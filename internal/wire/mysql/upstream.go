@@ -27,8 +27,21 @@ func (e *upstreamError) Error() string {
 	return fmt.Sprintf("upstream refused the login: ERROR %d (%s): %s", e.Code, e.State, e.Message)
 }
 
+// HealthReason implements health.Classified: access denied (a wrong password or token, no
+// grant on the database) is an auth failure.
+func (e *upstreamError) HealthReason() string {
+	switch e.Code {
+	case gm.ER_ACCESS_DENIED_ERROR, gm.ER_DBACCESS_DENIED_ERROR, gm.ER_ACCESS_DENIED_NO_PASSWORD_ERROR:
+		return "auth"
+	}
+	return "other"
+}
+
 // unsupportedPluginError says the upstream asked for an auth plugin the sidecar cannot answer.
 type unsupportedPluginError struct{ plugin string }
+
+// HealthReason implements health.Classified.
+func (e *unsupportedPluginError) HealthReason() string { return "auth" }
 
 func (e *unsupportedPluginError) Error() string {
 	return fmt.Sprintf("upstream asks for auth plugin %q; the sidecar answers mysql_clear_password, mysql_native_password and caching_sha2_password only", e.plugin)
@@ -75,7 +88,7 @@ func dialGreeting(ctx context.Context, d Dialer, addr string) (*greeted, error) 
 	case g.Capabilities&gm.CLIENT_PROTOCOL_41 == 0 || g.Capabilities&gm.CLIENT_SECURE_CONNECTION == 0:
 		return nil, fmt.Errorf("upstream %s does not speak protocol 4.1 with secure connection", addr)
 	case g.Capabilities&gm.CLIENT_SSL == 0:
-		return nil, fmt.Errorf("upstream %s does not offer TLS (CLIENT_SSL unset); the sidecar never logs in without TLS", addr)
+		return nil, &wire.NoTLSError{Msg: fmt.Sprintf("upstream %s does not offer TLS (CLIENT_SSL unset); the sidecar never logs in without TLS", addr)}
 	}
 	_ = raw.SetDeadline(wire.NoDeadline)
 	ok = true

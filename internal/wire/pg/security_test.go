@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/wire"
 )
 
 // noPaths is a source that fails every open and counts them: a handshake that reaches it has
@@ -66,5 +69,22 @@ func TestEmptyLocalPasswordFileLetsNobodyIn(t *testing.T) {
 	}
 	if typ != 'E' || !bytes.Contains(body, []byte("local password file")) {
 		t.Fatalf("got %q %q, want an ErrorResponse about the local password file", typ, body)
+	}
+}
+
+// Probe failures are classified by type: the database's own answer says whether it refused
+// the credentials, and an upstream without TLS is a TLS failure.
+func TestFailureReasons(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("login: %w", &upstreamError{resp: pgproto3.ErrorResponse{Code: "28P01"}}), "auth"},
+		{&upstreamError{resp: pgproto3.ErrorResponse{Code: "3D000"}}, "other"},
+		{&wire.NoTLSError{Msg: "answered 'N'"}, "tls"},
+	} {
+		if got := health.Reason(tc.err); got != tc.want {
+			t.Errorf("health.Reason(%v) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }

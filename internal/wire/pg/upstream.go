@@ -51,6 +51,15 @@ func (e *upstreamError) Error() string {
 	return fmt.Sprintf("upstream refused the login: %s %s: %s", e.resp.Severity, e.resp.Code, e.resp.Message)
 }
 
+// HealthReason implements health.Classified: class 28 is "invalid authorization
+// specification" (a wrong password or token, no such role).
+func (e *upstreamError) HealthReason() string {
+	if strings.HasPrefix(e.resp.Code, "28") {
+		return "auth"
+	}
+	return "other"
+}
+
 // Dialer opens TCP connections to the upstream.
 type Dialer = wire.Dialer
 
@@ -86,13 +95,14 @@ func dialTLS(ctx context.Context, d Dialer, addr string, cfg *tls.Config) (*tls.
 	switch resp[0] {
 	case 'S':
 	case 'N':
-		return nil, fmt.Errorf("upstream %s refused TLS (answered 'N' to SSLRequest); the sidecar never logs in without TLS", addr)
+		return nil, &wire.NoTLSError{Msg: fmt.Sprintf("upstream %s refused TLS (answered 'N' to SSLRequest); the sidecar never logs in without TLS", addr)}
 	default:
 		return nil, fmt.Errorf("upstream %s answered SSLRequest with %q; not a PostgreSQL server speaking TLS", addr, resp[0])
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		if strings.Contains(err.Error(), "first record does not look like a TLS handshake") {
+		var rec tls.RecordHeaderError
+		if errors.As(err, &rec) {
 			return nil, fmt.Errorf("TLS handshake with %s: upstream sent data that is not TLS after accepting SSLRequest: %w", addr, err)
 		}
 		return nil, fmt.Errorf("TLS handshake with %s (server name %q): %w", addr, cfg.ServerName, wire.CtxErr(ctx, err))
