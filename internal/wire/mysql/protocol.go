@@ -3,6 +3,7 @@ package mysql
 import (
 	"context"
 	"crypto/rand"
+	mrand "math/rand/v2"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -105,6 +106,10 @@ type Protocol struct {
 	connID atomic.Uint32
 }
 
+// firstConnID is the lowest connection id the sidecar greets with: far above the thread ids a
+// server hands out in practice.
+const firstConnID = 1 << 31
+
 // serverInfo is what the sidecar's own greeting tells an app about the server behind it.
 type serverInfo struct {
 	version string
@@ -154,7 +159,11 @@ func New(cfg Config) *Protocol {
 	for _, r := range []string{reasonBadPacket, reasonTimeout, reasonClosed, reasonTLSRequested, reasonLocalAuth, reasonNoUser, reasonUnsupportedApp} {
 		cfg.Metrics.handshakeErrors.WithLabelValues(cfg.Listener, r)
 	}
-	return &Protocol{cfg: cfg}
+	p := &Protocol{cfg: cfg}
+	// Greeting ids start high and at random: a client that sends KILL with one (the mysql
+	// CLI on Ctrl-C) must find no session rather than another session with the same number.
+	p.connID.Store(firstConnID + mrand.Uint32N(1<<30))
+	return p
 }
 
 var _ proxy.Protocol = (*Protocol)(nil)
