@@ -3,11 +3,11 @@ package mysql
 import (
 	"context"
 	"crypto/rand"
-	mrand "math/rand/v2"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"strings"
