@@ -130,8 +130,8 @@ type TLS struct {
 }
 
 // Path is one network route to the database: what to dial, what name the certificate must
-// carry, and which host:port the IAM token is signed for (see DESIGN.md, "A path is three
-// names").
+// carry, and which host:port the IAM token is signed for (see docs/architecture.md, "A path is
+// three names, not one").
 type Path struct {
 	Name          string `mapstructure:"name"`
 	Address       string `mapstructure:"address"`
@@ -146,7 +146,7 @@ const (
 	DefaultConnectTimeout   = 10 * time.Second
 )
 
-// Default probe settings (DESIGN.md, "Failure semantics").
+// Default probe settings (docs/architecture.md, "Failure semantics").
 const (
 	DefaultProbeInterval      = 2 * time.Second
 	DefaultProbeTimeout       = 1500 * time.Millisecond

@@ -20,7 +20,7 @@ type Outputs struct {
 	Users    []UserOut
 }
 
-// PathOut is one path with its three names (DESIGN.md, "A path is three names").
+// PathOut is one path with its three names (docs/architecture.md, "A path is three names, not one").
 type PathOut struct {
 	Name          string `yaml:"name"`
 	Address       string `yaml:"address"`
