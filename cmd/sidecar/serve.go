@@ -21,6 +21,7 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 	"github.com/rdsvalet/rds-valet/internal/wire/mysql"
 	"github.com/rdsvalet/rds-valet/internal/wire/pg"
@@ -51,9 +52,17 @@ func serve(cfg *config.Config, log *zap.Logger) int {
 		return exitFailure
 	}
 	pm, hm, pgm, mym := proxy.NewMetrics(reg), health.NewMetrics(reg), pg.NewMetrics(reg), mysql.NewMetrics(reg)
+	// One set of relay loops for every listener; deferred, it closes after the drain (or the
+	// servers' Close on a failed start), when no session is left on it.
+	loops, err := sockloop.New(0)
+	if err != nil {
+		log.Error("cannot start the relay loops", zap.Error(err))
+		return exitFailure
+	}
+	defer loops.Close()
 	var ls []listener
 	for _, lc := range cfg.Listeners {
-		l, err := newListener(lc, cfg.DNS.Server, cfg.Shutdown.KillGrace, secrets, log, pm, hm, pgm, mym)
+		l, err := newListener(lc, cfg.DNS.Server, cfg.Shutdown.KillGrace, loops, secrets, log, pm, hm, pgm, mym)
 		if err != nil {
 			log.Error("cannot start listener", zap.String("listener", lc.Name), zap.Error(err))
 			for _, o := range ls {
@@ -216,7 +225,7 @@ func newDialer(dnsServer string) *net.Dialer {
 	return d
 }
 
-func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics, mym *mysql.Metrics) (listener, error) {
+func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, loops *sockloop.Loops, secrets *secrets, log *zap.Logger, pm *proxy.Metrics, hm *health.Metrics, pgm *pg.Metrics, mym *mysql.Metrics) (listener, error) {
 	tlsCfgs, err := wire.NewTLSConfigs(lc.TLS.Mode, lc.TLS.CAFile)
 	if err != nil {
 		return listener{}, err
@@ -256,6 +265,7 @@ func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, 
 	srv := proxy.NewServer(proxy.Config{
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: killGrace,
+		Loops: loops,
 	}, proto, set, log, pm)
 	if err := srv.Listen(); err != nil {
 		return listener{}, err

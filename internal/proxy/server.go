@@ -28,6 +28,8 @@ type Config struct {
 	// KillGrace is how long busy sessions on a path that went down may run before they are
 	// cut; idle ones are closed at once.
 	KillGrace time.Duration
+	// Loops relay the logged-in sessions; the process owns them and closes them after drain.
+	Loops *sockloop.Loops
 }
 
 // refuseTimeout bounds how long a refused client may take to send the startup we answer.
@@ -328,7 +330,7 @@ func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) boo
 	ss.log = log
 	ss.toUpstream.c = s.m.bytes.WithLabelValues(s.cfg.Name, "upstream")
 	ss.toApp.c = s.m.bytes.WithLabelValues(s.cfg.Name, "downstream")
-	r, err := sockloop.Start(c, up.Conn, up.Leftover, ss)
+	r, err := s.cfg.Loops.Start(c, up.Conn, up.Leftover, ss)
 	if err != nil {
 		log.Error("cannot relay the session", zap.Error(err))
 		if up.OnClose != nil {
