@@ -244,7 +244,7 @@ func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, 
 	switch lc.Engine {
 	case config.EnginePostgres:
 		p := pg.New(pg.Config{
-			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer,
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Wrap: sockloop.Wrap,
 			Secret: secrets.forListener(lc), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
 			Log: log.With(zap.String("listener", lc.Name)), Metrics: pgm,
@@ -252,7 +252,7 @@ func newListener(lc config.Listener, dnsServer string, killGrace time.Duration, 
 		proto, prober = p, p
 	case config.EngineMySQL:
 		p := mysql.New(mysql.Config{
-			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer,
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Wrap: sockloop.Wrap,
 			Secret: mysql.SecretFunc(secrets.forListener(lc)), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			HandshakeTimeout: lc.HandshakeTimeout,
 			ProbeUser:        lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,

@@ -31,7 +31,10 @@ type Config struct {
 	Listener string
 	TLS      *wire.TLSConfigs
 	Dialer   Dialer
-	Secret   SecretFunc
+	// Wrap, if set, wraps each session's upstream socket before TLS starts on it, so that the
+	// relay can take the socket over (sockloop.Wrap); probes and cancels are not wrapped.
+	Wrap   func(net.Conn) net.Conn
+	Secret SecretFunc
 	// ForceUser, when set, replaces the user the app names.
 	ForceUser string
 	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
@@ -135,7 +138,7 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 	app := &appConn{conn: client}
 	var up *upstreamConn
 	path, err := paths.Try(ctx, func(ctx context.Context, path health.Path) error {
-		gc, err := dialGreeting(ctx, p.cfg.Dialer, path.Address)
+		gc, err := dialGreeting(ctx, wire.WrapDialer{D: p.cfg.Dialer, Wrap: p.cfg.Wrap}, path.Address)
 		if err != nil {
 			return classifyUpstream(err)
 		}

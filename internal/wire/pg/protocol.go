@@ -33,7 +33,10 @@ type Config struct {
 	Listener string
 	TLS      *wire.TLSConfigs
 	Dialer   Dialer
-	Secret   SecretFunc
+	// Wrap, if set, wraps each session's upstream socket before TLS starts on it, so that the
+	// relay can take the socket over (sockloop.Wrap); probes and cancels are not wrapped.
+	Wrap   func(net.Conn) net.Conn
+	Secret SecretFunc
 	// ForceUser, when set, replaces the user the app names.
 	ForceUser string
 	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
@@ -131,7 +134,7 @@ func (p *Protocol) Handshake(ctx context.Context, client net.Conn, paths proxy.P
 
 	var up *upstreamConn
 	path, err := paths.Try(ctx, func(ctx context.Context, path health.Path) error {
-		tc, err := dialTLS(ctx, p.cfg.Dialer, path.Address, p.cfg.TLS.For(path.TLSServerName))
+		tc, err := dialTLS(ctx, wire.WrapDialer{D: p.cfg.Dialer, Wrap: p.cfg.Wrap}, path.Address, p.cfg.TLS.For(path.TLSServerName))
 		if err != nil {
 			return err
 		}
