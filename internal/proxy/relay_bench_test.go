@@ -66,7 +66,7 @@ func benchServer(b *testing.B, upstream string) string {
 	reg := prometheus.NewRegistry()
 	set := health.NewSet("l", []health.Path{{Name: "p1", Address: upstream}}, health.Thresholds{Rise: 1, Fall: 1}, health.NewMetrics(reg))
 	cfg := Config{Name: "l", Engine: "line", Listen: "127.0.0.1:0", HandshakeTimeout: 5 * time.Second,
-		ConnectTimeout: 5 * time.Second, MaxConnections: 100000}
+		ConnectTimeout: 5 * time.Second, MaxConnections: 100000, Loops: newLoops(b)}
 	s := newLineServer(cfg, set, zap.NewNop(), NewMetrics(reg))
 	if err := s.Listen(); err != nil {
 		b.Fatal(err)

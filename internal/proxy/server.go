@@ -30,6 +30,8 @@ type Config struct {
 	// OnNetworkFailure hears of a relayed session that died on a network error (passive
 	// health: it says as much about the path as a failed dial); nil ignores it.
 	OnNetworkFailure func(path string, err error)
+	// Loops relay the logged-in sessions; the process owns them and closes them after drain.
+	Loops *sockloop.Loops
 }
 
 // refuseTimeout bounds how long a refused client may take to send the startup we answer.
@@ -327,7 +329,7 @@ func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) boo
 	ss.log = log
 	ss.toUpstream.c = s.m.bytes.WithLabelValues(s.cfg.Name, "upstream")
 	ss.toApp.c = s.m.bytes.WithLabelValues(s.cfg.Name, "downstream")
-	r, err := sockloop.Start(c, up.Conn, up.Leftover, ss)
+	r, err := s.cfg.Loops.Start(c, up.Conn, up.Leftover, ss)
 	if err != nil {
 		log.Error("cannot relay the session", zap.Error(err))
 		if up.OnClose != nil {

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
 )
 
 // lineProto is a minimal line protocol for testing the proxy alone: the app says "HELLO\n",
@@ -134,6 +135,18 @@ func startUpstream(t *testing.T) *upstream {
 	return u
 }
 
+// newLoops returns relay loops closed at the end of the test, after the servers it registers
+// later (cleanups run last first).
+func newLoops(t testing.TB) *sockloop.Loops {
+	t.Helper()
+	ls, err := sockloop.New(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ls.Close)
+	return ls
+}
+
 type testServer struct {
 	*Server
 	paths *health.Set
@@ -152,6 +165,7 @@ func startServer(t *testing.T, up *upstream, cfg Config) *testServer {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
+	cfg.Loops = newLoops(t)
 	s := newLineServer(cfg, set, zaptest.NewLogger(t), NewMetrics(reg))
 	if err := s.Listen(); err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy"
+	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
 	"github.com/rdsvalet/rds-valet/internal/upstream"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 	"github.com/rdsvalet/rds-valet/internal/wire/mysql"
@@ -53,6 +54,8 @@ type Sidecar struct {
 	log       *zap.Logger
 	listeners []*listener
 	admin     *admin.Server
+	// loops relay every listener's sessions; closed once no session is left on them.
+	loops *sockloop.Loops
 
 	started, draining atomic.Bool
 	quit              chan struct{}
@@ -84,6 +87,9 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 	if err != nil {
 		return nil, fmt.Errorf("set up upstream authentication: %w", err)
 	}
+	if s.loops, err = sockloop.New(0); err != nil {
+		return nil, fmt.Errorf("start the relay loops: %w", err)
+	}
 	m := metrics{
 		proxy: proxy.NewMetrics(d.Registry), health: health.NewMetrics(d.Registry),
 		pg: pg.NewMetrics(d.Registry), mysql: mysql.NewMetrics(d.Registry),
@@ -92,6 +98,7 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 		l, err := s.newListener(lc, tokens, m)
 		if err != nil {
 			s.closeListeners()
+			s.loops.Close()
 			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 		}
 		s.listeners = append(s.listeners, l)
@@ -106,6 +113,7 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 	})
 	if err != nil {
 		s.closeListeners()
+		s.loops.Close()
 		return nil, fmt.Errorf("admin server on %s: %w", cfg.Admin.Listen, err)
 	}
 	return s, nil
@@ -170,14 +178,14 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	switch lc.Engine {
 	case config.EnginePostgres:
 		eng = pg.New(pg.Config{
-			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Paths: set,
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Paths: set, Wrap: sockloop.Wrap,
 			ProbeSecret: pg.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
 			Log: log, Metrics: m.pg,
 		})
 	case config.EngineMySQL:
 		eng = mysql.New(mysql.Config{
-			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer,
+			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Wrap: sockloop.Wrap,
 			ProbeSecret: mysql.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			HandshakeTimeout: lc.HandshakeTimeout,
 			ProbeUser:        lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
@@ -193,7 +201,7 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	srv := proxy.NewServer(proxy.Config{
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
-		OnNetworkFailure: set.ReportFailure,
+		OnNetworkFailure: set.ReportFailure, Loops: s.loops,
 	}, eng, source, s.log, m.proxy)
 	set.Watch(func(path string, st health.State) {
 		if st == health.Down {
@@ -288,6 +296,7 @@ func (s *Sidecar) Run(ctx context.Context) int {
 	case <-s.quit: // the admin server logged the request
 	}
 	code := s.drain()
+	s.loops.Close() // every server has drained: no session is left on them
 	stopProbes()
 	sctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
 	_ = s.admin.Shutdown(sctx)
@@ -332,6 +341,7 @@ func (s *Sidecar) drain() int {
 // Close stops everything at once, without draining: for a sidecar that never ran.
 func (s *Sidecar) Close() {
 	s.closeListeners()
+	s.loops.Close()
 	if s.admin != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
 		_ = s.admin.Shutdown(ctx)

@@ -1,5 +1,10 @@
 package sockloop
 
+import "errors"
+
+// ErrClosed is what Start returns once the Loops are being closed.
+var ErrClosed = errors.New("sockloop: the relay loops are closed")
+
 // Side names what ended a relay.
 type Side int
 

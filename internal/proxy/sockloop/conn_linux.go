@@ -38,7 +38,8 @@ func Wrap(c net.Conn) net.Conn {
 
 // errWouldBlock is what a detached Conn's Read returns when the socket has nothing more for
 // now. It is a temporary net.Error, which crypto/tls hands back without breaking the
-// connection (a partial record stays buffered for the next Read).
+// connection (a partial record stays buffered for the next Read). Return it unwrapped:
+// crypto/tls tests err.(net.Error), not errors.As. tlsassumptions_test.go pins all this.
 var errWouldBlock net.Error = wouldBlock{}
 
 type wouldBlock struct{}

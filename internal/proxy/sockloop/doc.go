@@ -12,9 +12,16 @@
 // descriptor only when none of its sockets has anything to do. An idle session is then a
 // few hundred bytes of state plus its TLS connection.
 //
-// The upstream side may be TLS: the protocol code wraps the dialed socket with Wrap before
-// starting TLS on it; once the session is handed to a loop, the wrapped socket's Read and
-// Write become non-blocking (a Read that would block returns a temporary error, which
-// crypto/tls passes through without breaking the connection), so the loop drives the
-// tls.Conn that sits on top.
+// Ownership: the package keeps no state. New starts a set of loops (Loops), one per P by
+// default; the process creates one set, hands it to every listener's server, and closes it
+// after the servers have drained. Close stops each loop goroutine and waits for it; a relay
+// still running then is cut (Farewell(ByHandler), then Ended), and Start fails with ErrClosed.
+//
+// The upstream side may be TLS: the socket must be wrapped with Wrap before TLS starts on it.
+// Wrap is a pure function, passed in by the assembly (the protocols' Config.Wrap), so that no
+// protocol package imports the relay. Once the session is handed to a loop, the wrapped
+// socket's Read and Write become non-blocking: a Read that would block returns a temporary
+// net.Error, which crypto/tls passes through without breaking the connection or losing a
+// partial record, and a Write the socket cannot take is queued, so the loop drives the
+// tls.Conn that sits on top. tlsassumptions_test.go pins that crypto/tls behaviour.
 package sockloop

@@ -15,7 +15,7 @@ func BenchmarkTLSRelayRoundTrip(b *testing.B) {
 	h := newRecorder()
 	appSide, app := pipePair(b)
 	up := tlsPair(b, func(c *tls.Conn) { echo(c) })
-	if _, err := Start(appSide, up, nil, h); err != nil {
+	if _, err := newLoops(b).Start(appSide, up, nil, h); err != nil {
 		b.Fatal(err)
 	}
 	br := bufio.NewReader(app)

@@ -15,7 +15,7 @@ import (
 
 // Relay is a session being relayed by a loop.
 type Relay struct {
-	loop *Loop
+	loop *loop
 	h    Handler
 	slot int32
 
@@ -36,26 +36,32 @@ type Relay struct {
 	pokeQueued     atomic.Bool
 }
 
-// Start hands a session to a loop. app is the app's connection (a *net.TCPConn); up is the
-// upstream's: a *tls.Conn over a socket wrapped with Wrap, or a TCP connection. leftover is
-// what the login read from the upstream past its end, which the app gets first. From here on
-// the loop owns both connections, and calls h until it calls h.Ended; if Start fails it has
-// closed both and h is never called.
-func Start(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
+// Start hands a session to one of the loops (round robin). app is the app's connection (a
+// *net.TCPConn); up is the upstream's: a *tls.Conn over a socket wrapped with Wrap, or a TCP
+// connection. leftover is what the login read from the upstream past its end, which the app
+// gets first. From here on the loop owns both connections, and calls h until it calls
+// h.Ended; if Start fails (ErrClosed once Close has begun) it has closed both and h is never
+// called.
+func (ls *Loops) Start(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
+	if ls == nil {
+		// A server assembled without loops: refuse the session rather than crash the process.
+		_ = app.Close()
+		_ = up.Close()
+		return nil, errors.New("sockloop: no relay loops configured")
+	}
 	r, err := newRelay(app, up, leftover, h)
 	if err != nil {
 		_ = app.Close()
 		_ = up.Close()
 		return nil, err
 	}
-	l, err := pick()
-	if err != nil {
+	l := ls.loops[int(ls.next.Add(1))%len(ls.loops)]
+	r.loop = l
+	if !l.enqueue(func() { l.start(r) }) {
 		_ = r.app.Close()
 		_ = r.closeUpstream()
-		return nil, err
+		return nil, ErrClosed
 	}
-	r.loop = l
-	l.enqueue(func() { l.start(r) })
 	return r, nil
 }
 
@@ -94,6 +100,7 @@ func newRelay(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
 // Poke makes the loop ask the handler's Check soon; any goroutine may call it.
 func (r *Relay) Poke() {
 	if r.pokeQueued.CompareAndSwap(false, true) {
+		// Refused once the loop is stopping: Close ends every relay anyway.
 		r.loop.enqueue(func() {
 			r.pokeQueued.Store(false)
 			if !r.ended && r.h.Check() {
@@ -126,8 +133,8 @@ const bufSize = 16 << 10
 // not hold up the others on its loop (level-triggered epoll reports it again).
 const maxUpstreamReads = 16
 
-// Loop relays sessions from one goroutine.
-type Loop struct {
+// loop relays sessions from one goroutine.
+type loop struct {
 	epfd int
 	evfd int
 	// epFile is the epoll descriptor as Go's poller sees it: the loop parks on it.
@@ -146,41 +153,64 @@ type Loop struct {
 	// again lists relays whose upstream read stopped at maxUpstreamReads with data maybe
 	// left inside the TLS connection: served again before the loop parks.
 	again []*Relay
+	// stopped: the loop's last task has run; run returns after this batch.
+	stopped bool
 
 	mu      sync.Mutex
 	queue   []func()
 	spare   []func()
 	wakeSet bool // the eventfd has been written since the loop last read it
+	// stopping: the loop's last task is queued; enqueue refuses more, so nothing writes to
+	// the eventfd once the loop may have closed it.
+	stopping bool
 }
 
-var (
-	loopsOnce sync.Once
-	loops     []*Loop
-	loopsErr  error
-	nextLoop  atomic.Uint32
-)
+// Loops is a set of event loops that relay sessions. Its owner (the process's listener set)
+// creates it with New before serving and closes it after the servers have drained.
+type Loops struct {
+	loops []*loop
+	next  atomic.Uint32
+	wg    sync.WaitGroup // one per loop goroutine
+	once  sync.Once
+}
 
-// pick returns the loop for a new relay: one loop per P (GOMAXPROCS at first use), round robin.
-func pick() (*Loop, error) {
-	loopsOnce.Do(func() {
-		n := max(runtime.GOMAXPROCS(0), 1)
-		for range n {
-			l, err := newLoop()
-			if err != nil {
-				loopsErr = fmt.Errorf("sockloop: start the relay loop: %w", err)
-				return
-			}
-			loops = append(loops, l)
-			go l.run()
-		}
-	})
-	if loopsErr != nil {
-		return nil, loopsErr
+// New starts n loops, each on its own goroutine; n <= 0 means one per P (GOMAXPROCS now).
+func New(n int) (*Loops, error) {
+	if n <= 0 {
+		n = max(runtime.GOMAXPROCS(0), 1)
 	}
-	return loops[int(nextLoop.Add(1))%len(loops)], nil
+	ls := &Loops{}
+	for range n {
+		l, err := newLoop()
+		if err != nil {
+			ls.Close()
+			return nil, fmt.Errorf("sockloop: start the relay loop: %w", err)
+		}
+		ls.loops = append(ls.loops, l)
+		ls.wg.Add(1)
+		go func() {
+			defer ls.wg.Done()
+			l.run()
+		}()
+	}
+	return ls, nil
 }
 
-func newLoop() (*Loop, error) {
+// Close stops every loop and waits for its goroutine to return; Start fails with ErrClosed
+// from then on. Relays still running are cut: each ends as if its handler had asked (its
+// Farewell(ByHandler) is sent if nothing else is queued for the app, then both sockets close
+// and Ended reports ByHandler), so no handler waits forever for its Ended. The owner closes
+// after draining its servers, when normally none is left. Close is idempotent.
+func (ls *Loops) Close() {
+	ls.once.Do(func() {
+		for _, l := range ls.loops {
+			l.stop()
+		}
+		ls.wg.Wait()
+	})
+}
+
+func newLoop() (*loop, error) {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -199,27 +229,60 @@ func newLoop() (*Loop, error) {
 	// A non-blocking descriptor given to os.NewFile joins Go's poller, which reports it
 	// readable when any socket of the loop has an event.
 	if err := syscall.SetNonblock(epfd, true); err != nil {
+		_ = syscall.Close(epfd)
+		_ = syscall.Close(evfd)
 		return nil, os.NewSyscallError("setnonblock", err)
 	}
 	f := os.NewFile(uintptr(epfd), "sockloop-epoll")
 	rc, err := f.SyscallConn()
 	if err != nil {
+		_ = f.Close()
+		_ = syscall.Close(evfd)
 		return nil, err
 	}
-	l := &Loop{epfd: epfd, evfd: evfd, epFile: f, rc: rc, buf: make([]byte, bufSize),
+	l := &loop{epfd: epfd, evfd: evfd, epFile: f, rc: rc, buf: make([]byte, bufSize),
 		events: make([]syscall.EpollEvent, 128)}
 	l.poll = l.pollOnce
 	return l, nil
 }
 
-// enqueue runs fn on the loop goroutine soon.
-func (l *Loop) enqueue(fn func()) {
+// enqueue runs fn on the loop goroutine soon; false (fn dropped) once the loop is stopping.
+func (l *loop) enqueue(fn func()) bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopping {
+		return false
+	}
+	l.pushLocked(fn)
+	return true
+}
+
+// stop queues the loop's last task, after every Start and Poke already queued and, in the
+// same critical section, refuses any later one: the task cuts the relays still running, and
+// run returns once it has run.
+func (l *loop) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopping {
+		return
+	}
+	l.pushLocked(func() {
+		for _, r := range l.relays {
+			if r != nil && !r.ended {
+				r.end(ByHandler, nil)
+			}
+		}
+		l.stopped = true
+	})
+	l.stopping = true
+}
+
+func (l *loop) pushLocked(fn func()) {
 	l.queue = append(l.queue, fn)
-	wake := !l.wakeSet
-	l.wakeSet = true
-	l.mu.Unlock()
-	if wake {
+	if !l.wakeSet {
+		l.wakeSet = true
+		// Written under the lock, so that no write can follow stop and reach a closed (or
+		// reused) descriptor. Only Start, Poke and stop get here, not the relaying.
 		one := [8]byte{1}
 		if e := rawWrite(l.evfd, one[:]); e != 0 {
 			// The counter cannot overflow with one write per wake-up; anything else is a bug.
@@ -228,7 +291,12 @@ func (l *Loop) enqueue(fn func()) {
 	}
 }
 
-func (l *Loop) run() {
+// run serves the loop until stop's task has run, then closes the loop's descriptors.
+func (l *loop) run() {
+	defer func() {
+		_ = l.epFile.Close()
+		_ = syscall.Close(l.evfd)
+	}()
 	for {
 		var n int
 		parked := false
@@ -262,6 +330,9 @@ func (l *Loop) run() {
 			l.free = append(l.free, s)
 		}
 		l.retired = l.retired[:0]
+		if l.stopped {
+			return
+		}
 		if !parked {
 			// Busy: let the handshakes and probes waiting for the P have it between batches.
 			runtime.Gosched()
@@ -270,7 +341,7 @@ func (l *Loop) run() {
 }
 
 // wait returns the next batch of events, parking in Go's poller while there is none.
-func (l *Loop) wait() (n int, parked bool) {
+func (l *loop) wait() (n int, parked bool) {
 	l.polls, l.ready = 0, 0
 	if err := l.rc.Read(l.poll); err != nil {
 		panic(fmt.Sprintf("sockloop: wait on epoll: %v", err))
@@ -279,7 +350,7 @@ func (l *Loop) wait() (n int, parked bool) {
 }
 
 // pollNow returns the ready events without parking.
-func (l *Loop) pollNow() int {
+func (l *loop) pollNow() int {
 	for {
 		n, e := epollPoll(l.epfd, l.events)
 		if e == syscall.EINTR {
@@ -294,7 +365,7 @@ func (l *Loop) pollNow() int {
 
 // poll is wait's attempt: false (park until the epoll descriptor is readable) when nothing is
 // ready. It is bound once (l.poll) so that waiting allocates nothing.
-func (l *Loop) pollOnce(uintptr) bool {
+func (l *loop) pollOnce(uintptr) bool {
 	l.polls++
 	n, e := epollPoll(l.epfd, l.events)
 	if e != 0 && e != syscall.EINTR {
@@ -304,7 +375,7 @@ func (l *Loop) pollOnce(uintptr) bool {
 	return n > 0
 }
 
-func (l *Loop) runQueue() {
+func (l *loop) runQueue() {
 	var b [8]byte
 	_, _ = rawRead(l.evfd, b[:])
 	l.mu.Lock()
@@ -323,7 +394,7 @@ func (l *Loop) runQueue() {
 	l.mu.Unlock()
 }
 
-func (l *Loop) start(r *Relay) {
+func (l *loop) start(r *Relay) {
 	if len(l.free) > 0 {
 		r.slot = l.free[len(l.free)-1]
 		l.free = l.free[:len(l.free)-1]
@@ -495,7 +566,7 @@ func (r *Relay) sync() {
 	}
 }
 
-func (l *Loop) register(fd int, slot int32, side int, old, want uint32) error {
+func (l *loop) register(fd int, slot int32, side int, old, want uint32) error {
 	ev := syscall.EpollEvent{Events: want, Fd: slot, Pad: int32(side)}
 	op := syscall.EPOLL_CTL_MOD
 	switch {

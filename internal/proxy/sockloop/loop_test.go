@@ -63,6 +63,17 @@ func (h *recorder) wait(t *testing.T) End {
 	}
 }
 
+// newLoops returns loops closed at the end of the test.
+func newLoops(t testing.TB) *Loops {
+	t.Helper()
+	ls, err := New(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ls.Close)
+	return ls
+}
+
 // listen returns a loopback listener closed at the end of the test.
 func listen(t *testing.T) net.Listener {
 	t.Helper()
@@ -146,7 +157,7 @@ func plainRelay(t *testing.T, h Handler, serve func(net.Conn)) (app net.Conn, r 
 	appSide, app := pipePair(t)
 	upConn, upSide := pipePair(t)
 	go serve(upConn)
-	r, err := Start(appSide, upSide, nil, h)
+	r, err := newLoops(t).Start(appSide, upSide, nil, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +261,7 @@ func TestCheckAtStartEndsRelayAfterLeftover(t *testing.T) {
 	appSide, app := pipePair(t)
 	upConn, upSide := pipePair(t)
 	defer upConn.Close()
-	if _, err := Start(appSide, upSide, []byte("first words\n"), h); err != nil {
+	if _, err := newLoops(t).Start(appSide, upSide, []byte("first words\n"), h); err != nil {
 		t.Fatal(err)
 	}
 	got, err := io.ReadAll(app)
@@ -322,7 +333,7 @@ func TestRelayTLSRoundTripsWithLeftoverAndBufferedRecords(t *testing.T) {
 		leftover, _ = br.Peek(n)
 		leftover = bytes.Clone(leftover)
 	}
-	if _, err := Start(appSide, up, leftover, h); err != nil {
+	if _, err := newLoops(t).Start(appSide, up, leftover, h); err != nil {
 		t.Fatal(err)
 	}
 	abr := bufio.NewReader(app)
@@ -354,7 +365,7 @@ func TestRelayTLSManySmallRecordsBufferedAtOnce(t *testing.T) {
 		_, _ = io.Copy(io.Discard, c)
 	})
 	<-written
-	if _, err := Start(appSide, up, nil, h); err != nil {
+	if _, err := newLoops(t).Start(appSide, up, nil, h); err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(app)
@@ -395,7 +406,7 @@ func TestRelayTLSBulkWithSlowApp(t *testing.T) {
 		wg.Wait()
 		_ = c.Close()
 	})
-	if _, err := Start(appSide, up, nil, h); err != nil {
+	if _, err := newLoops(t).Start(appSide, up, nil, h); err != nil {
 		t.Fatal(err)
 	}
 	go func() { _, _ = app.Write(payload) }()
@@ -465,6 +476,7 @@ func TestManyConcurrentRelays(t *testing.T) {
 			}
 		}()
 	}
+	ls := newLoops(t)
 	hs := make([]*recorder, n)
 	for i := range hs {
 		a, err := front.Accept()
@@ -476,7 +488,7 @@ func TestManyConcurrentRelays(t *testing.T) {
 			t.Fatal(err)
 		}
 		hs[i] = newRecorder()
-		if _, err := Start(a, u, nil, hs[i]); err != nil {
+		if _, err := ls.Start(a, u, nil, hs[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -496,7 +508,7 @@ func TestStartRefusesWhatItCannotRelayAndClosesIt(t *testing.T) {
 	p1, p2 := net.Pipe()
 	defer p2.Close()
 	up, upPeer := pipePair(t)
-	_, err := Start(p1, up, nil, newRecorder())
+	_, err := newLoops(t).Start(p1, up, nil, newRecorder())
 	if err == nil {
 		t.Fatal("Start accepted a net.Pipe as the app connection")
 	}
@@ -510,22 +522,23 @@ func TestStartRefusesWhatItCannotRelayAndClosesIt(t *testing.T) {
 	// A TLS connection over a socket nobody wrapped cannot be driven by the loop.
 	a, _ := pipePair(t)
 	_, raw := pipePair(t)
-	if _, err := Start(a, tls.Client(raw, &tls.Config{}), nil, newRecorder()); err == nil {
+	if _, err := newLoops(t).Start(a, tls.Client(raw, &tls.Config{}), nil, newRecorder()); err == nil {
 		t.Error("Start accepted a TLS connection over an unwrapped socket")
 	}
 }
 
 func TestEndedRelaysLeaveNoDescriptors(t *testing.T) {
+	ls := newLoops(t)
 	before := -1
 	for i := 0; i <= 20; i++ {
 		if i == 1 {
-			before = openFDs(t) // after the first relay, which starts the loops
+			before = openFDs(t) // after the first relay: the test's own sockets stay open
 		}
 		h := newRecorder()
 		appSide, app := pipePair(t)
 		upConn, upSide := pipePair(t)
 		go echo(upConn)
-		if _, err := Start(appSide, upSide, nil, h); err != nil {
+		if _, err := ls.Start(appSide, upSide, nil, h); err != nil {
 			t.Fatal(err)
 		}
 		roundTrip(t, bufio.NewReader(app), app, "x")

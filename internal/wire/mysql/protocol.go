@@ -33,6 +33,9 @@ type Config struct {
 	Listener string
 	TLS      *wire.TLSConfigs
 	Dialer   Dialer
+	// Wrap, if set, wraps each session's upstream socket before TLS starts on it, so that the
+	// relay can take the socket over (sockloop.Wrap); probes and cancels are not wrapped.
+	Wrap func(net.Conn) net.Conn
 	// ProbeSecret answers the password request of a login probe; sessions get theirs from
 	// their source (internal/upstream).
 	ProbeSecret SecretFunc
@@ -198,7 +201,7 @@ func (p *Protocol) Accept(_ context.Context, client net.Conn) (*proxy.Startup, e
 // asked for it, with exactly the flags the app chose.
 func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error) {
 	app := st.Engine.(*appConn)
-	gc, err := dialGreeting(ctx, p.cfg.Dialer, path.Address)
+	gc, err := dialGreeting(ctx, wire.WrapDialer{D: p.cfg.Dialer, Wrap: p.cfg.Wrap}, path.Address)
 	if err != nil {
 		return nil, classifyUpstream(err)
 	}

@@ -11,7 +11,6 @@ import (
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 
-	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 )
 
@@ -62,8 +61,6 @@ func dialGreeting(ctx context.Context, d Dialer, addr string) (*greeted, error) 
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	// Wrapped so that the relay loop can take the socket over under the TLS connection.
-	raw = sockloop.Wrap(raw)
 	ok := false
 	defer func() {
 		if !ok {

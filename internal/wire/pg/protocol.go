@@ -40,6 +40,9 @@ type Config struct {
 	Dialer   Dialer
 	// Paths finds the path a cancel request's session runs on.
 	Paths PathLookup
+	// Wrap, if set, wraps each session's upstream socket before TLS starts on it, so that the
+	// relay can take the socket over (sockloop.Wrap); probes and cancels are not wrapped.
+	Wrap func(net.Conn) net.Conn
 	// ProbeSecret answers the password request of a login probe; sessions get theirs from
 	// their source (internal/upstream).
 	ProbeSecret SecretFunc
@@ -148,7 +151,7 @@ func (p *Protocol) Accept(ctx context.Context, client net.Conn) (*proxy.Startup,
 // Login implements upstream.Login: TLS to the path, then the startup st names, answering a
 // password request with secret.
 func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error) {
-	tc, err := dialTLS(ctx, p.cfg.Dialer, path.Address, p.cfg.TLS.For(path.TLSServerName))
+	tc, err := dialTLS(ctx, wire.WrapDialer{D: p.cfg.Dialer, Wrap: p.cfg.Wrap}, path.Address, p.cfg.TLS.For(path.TLSServerName))
 	if err != nil {
 		return nil, err
 	}

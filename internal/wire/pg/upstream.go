@@ -14,7 +14,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 )
 
@@ -71,8 +70,6 @@ func dialTLS(ctx context.Context, d Dialer, addr string, cfg *tls.Config) (*tls.
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	// Wrapped so that the relay loop can take the socket over under the TLS connection.
-	raw = sockloop.Wrap(raw)
 	ok := false
 	defer func() {
 		if !ok {
