@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,8 +16,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
 	"github.com/rdsvalet/rds-valet/internal/inject"
 	"github.com/rdsvalet/rds-valet/internal/inject/waitready"
+	"github.com/rdsvalet/rds-valet/internal/logging"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
@@ -62,15 +64,16 @@ func run(ctx context.Context, args []string) error {
 		runAsUser     = fs.Int64("run-as-user", 65532, "sidecar UID (and GID)")
 		waitTimeout   = fs.Duration("wait-timeout", 60*time.Second, "classic sidecars: how long postStart holds the app for the sidecar")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat     = fs.String("log-format", "json", "json or console")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := logging.New(os.Stderr, *logLevel, *logFormat)
+	if err != nil {
+		return fmt.Errorf("--log-level/--log-format: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	defer func() { _ = log.Sync() }()
 
 	var errs []error
 	native, err := inject.SupportsNativeSidecar(*k8sVersion)
@@ -114,7 +117,7 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	log.Info("starting", "kubernetes_version", *k8sVersion, "native_sidecar", native, "image", *image, "failure_policy", *failure)
+	log.Info("starting", zap.String("kubernetes_version", *k8sVersion), zap.Bool("native_sidecar", native), zap.String("image", *image), zap.String("failure_policy", *failure))
 	return inject.Serve(ctx, inject.ServerConfig{
 		Listen:           *listen,
 		MetricsListen:    *metricsListen,

@@ -27,8 +27,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
+	"github.com/rdsvalet/rds-valet/internal/logging"
 	"github.com/rdsvalet/rds-valet/internal/provision"
 )
 
@@ -128,23 +128,11 @@ func newFlags(o *options, out io.Writer) *flag.FlagSet {
 }
 
 func newLogger(level, format string, out io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
+	log, err := logging.New(out, level, format)
 	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("--log-level/--log-format: %w", err)
 	}
-	ec := zap.NewProductionEncoderConfig()
-	ec.EncodeTime = zapcore.ISO8601TimeEncoder
-	ec.EncodeDuration = zapcore.StringDurationEncoder
-	var enc zapcore.Encoder
-	switch format {
-	case "json":
-		enc = zapcore.NewJSONEncoder(ec)
-	case "console":
-		enc = zapcore.NewConsoleEncoder(ec)
-	default:
-		return nil, fmt.Errorf("--log-format %q: want console or json", format)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(out), lvl)), nil
+	return log, nil
 }
 
 func clients(ctx context.Context, region string, o options) (provision.Clients, error) {
