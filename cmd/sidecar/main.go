@@ -25,13 +25,20 @@ const (
 
 func main() { os.Exit(run(os.Args[1:])) }
 
-func run(args []string) int {
+// newFlags is the sidecar's flag set; docs/configuration.md's flag table is checked against it.
+func newFlags() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("sidecar", pflag.ContinueOnError)
 	config.AddFlags(fs)
+	return fs
+}
+
+func run(args []string) int {
+	fs := newFlags()
 	if err := fs.Parse(args); err != nil {
 		if err == pflag.ErrHelp {
 			return exitOK
 		}
+		fmt.Fprintln(os.Stderr, "sidecar:", err) // pflag leaves printing to us with ContinueOnError
 		return exitConfig
 	}
 	cfg, err := config.Load(fs)
