@@ -14,9 +14,9 @@ func TestFlagTablesInInjectionDoc(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, err := range flagdoc.Check(doc, "### Flags of `injector`", newFlags(&options{})) {
-		t.Error("docs/injection.md: ", err)
+		t.Errorf("docs/injection.md: %v", err)
 	}
 	for _, err := range flagdoc.Check(doc, "### Flags of `injector wait`", waitready.NewFlagSet(&waitready.Flags{})) {
-		t.Error("docs/injection.md: ", err)
+		t.Errorf("docs/injection.md: %v", err)
 	}
 }

@@ -14,6 +14,6 @@ func TestFlagTableInProvisionerDoc(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, err := range flagdoc.Check(doc, "## Flags", newFlags(&options{}, io.Discard)) {
-		t.Error("docs/provisioner.md: ", err)
+		t.Errorf("docs/provisioner.md: %v", err)
 	}
 }

@@ -13,6 +13,6 @@ func TestFlagTableInConfigurationDoc(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, err := range flagdoc.Check(doc, "## Flags", newFlags()) {
-		t.Error("docs/configuration.md: ", err)
+		t.Errorf("docs/configuration.md: %v", err)
 	}
 }
