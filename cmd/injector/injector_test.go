@@ -565,7 +565,7 @@ func TestWaitSubcommand(t *testing.T) {
 		{"becomes ready", []string{"--url", srv.URL + "/startupz", "--interval", "10ms", "--timeout", "20s"}, 0, ""},
 		{"never ready", []string{"--url", srv.URL + "/other", "--interval", "10ms", "--timeout", "300ms"}, 1, "503 Service Unavailable"},
 		{"nothing listening", []string{"--url", "http://127.0.0.1:1/startupz", "--interval", "10ms", "--timeout", "300ms"}, 1, "not ready before the deadline"},
-		{"bad flag", []string{"--nope"}, 2, "flag provided but not defined"},
+		{"bad flag", []string{"--nope"}, 2, "unknown flag: --nope"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -6,9 +6,7 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,8 +15,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
 	"github.com/rdsvalet/rds-valet/internal/inject"
 	"github.com/rdsvalet/rds-valet/internal/inject/waitready"
+	"github.com/rdsvalet/rds-valet/internal/logging"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
@@ -32,7 +34,7 @@ func main() {
 		os.Exit(code)
 	}
 	if err := run(ctx, os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, pflag.ErrHelp) {
 			return
 		}
 		fmt.Fprintln(os.Stderr, "injector:", err)
@@ -41,39 +43,55 @@ func main() {
 	}
 }
 
+// options are the injector's flags.
+type options struct {
+	listen, metricsListen, certFile, keyFile, k8sVersion, image, pullPolicy, failure, skip string
+	cpuReq, memReq, cpuLim, memLim, logLevel, logFormat                                    string
+	certPoll, waitTimeout                                                                  time.Duration
+	adminPort                                                                              int
+	runAsUser                                                                              int64
+}
+
+// newFlags registers the injector's flags, writing into o; docs/injection.md's flag table is
+// checked against it.
+func newFlags(o *options) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("injector", pflag.ContinueOnError)
+	fs.StringVar(&o.listen, "listen", ":8443", "HTTPS address for /mutate, /healthz, /readyz")
+	fs.StringVar(&o.metricsListen, "metrics-listen", ":9091", "HTTP address for /metrics (empty disables)")
+	fs.StringVar(&o.certFile, "cert-file", "/etc/rds-valet/tls/tls.crt", "serving certificate (PEM), re-read when it changes")
+	fs.StringVar(&o.keyFile, "key-file", "/etc/rds-valet/tls/tls.key", "serving key (PEM), re-read when it changes")
+	fs.DurationVar(&o.certPoll, "cert-poll-interval", 10*time.Second, "how often to check the certificate files for changes")
+	fs.StringVar(&o.k8sVersion, "kubernetes-version", "", "cluster version, e.g. 1.30; >= 1.29 injects a native sidecar (required)")
+	fs.StringVar(&o.image, "image", "", "sidecar image (required)")
+	fs.StringVar(&o.pullPolicy, "image-pull-policy", "IfNotPresent", "sidecar imagePullPolicy")
+	fs.StringVar(&o.failure, "failure-policy", "Fail", "Fail denies pods that cannot be injected; Ignore admits them without the sidecar (match the webhook's failurePolicy)")
+	fs.StringVar(&o.skip, "skip-namespaces", "", "comma-separated namespaces never injected (kube-system always is)")
+	fs.IntVar(&o.adminPort, "admin-port", inject.DefaultAdmin, "sidecar admin port (probes, metrics)")
+	fs.StringVar(&o.cpuReq, "cpu-request", "50m", "sidecar CPU request")
+	fs.StringVar(&o.memReq, "memory-request", "64Mi", "sidecar memory request")
+	fs.StringVar(&o.cpuLim, "cpu-limit", "", "sidecar CPU limit (empty: none)")
+	fs.StringVar(&o.memLim, "memory-limit", "128Mi", "sidecar memory limit (empty: none)")
+	fs.Int64Var(&o.runAsUser, "run-as-user", 65532, "sidecar UID (and GID)")
+	fs.DurationVar(&o.waitTimeout, "wait-timeout", 60*time.Second, "classic sidecars: how long postStart holds the app for the sidecar")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "json", "json or console")
+	return fs
+}
+
 func run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("injector", flag.ContinueOnError)
-	var (
-		listen        = fs.String("listen", ":8443", "HTTPS address for /mutate, /healthz, /readyz")
-		metricsListen = fs.String("metrics-listen", ":9091", "HTTP address for /metrics (empty disables)")
-		certFile      = fs.String("cert-file", "/etc/rds-valet/tls/tls.crt", "serving certificate (PEM), re-read when it changes")
-		keyFile       = fs.String("key-file", "/etc/rds-valet/tls/tls.key", "serving key (PEM), re-read when it changes")
-		certPoll      = fs.Duration("cert-poll-interval", 10*time.Second, "how often to check the certificate files for changes")
-		k8sVersion    = fs.String("kubernetes-version", "", "cluster version, e.g. 1.30; >= 1.29 injects a native sidecar (required)")
-		image         = fs.String("image", "", "sidecar image (required)")
-		pullPolicy    = fs.String("image-pull-policy", "IfNotPresent", "sidecar imagePullPolicy")
-		failure       = fs.String("failure-policy", "Fail", "Fail denies pods that cannot be injected; Ignore admits them without the sidecar (match the webhook's failurePolicy)")
-		skip          = fs.String("skip-namespaces", "", "comma-separated namespaces never injected (kube-system always is)")
-		adminPort     = fs.Int("admin-port", inject.DefaultAdmin, "sidecar admin port (probes, metrics)")
-		cpuReq        = fs.String("cpu-request", "50m", "sidecar CPU request")
-		memReq        = fs.String("memory-request", "64Mi", "sidecar memory request")
-		cpuLim        = fs.String("cpu-limit", "", "sidecar CPU limit (empty: none)")
-		memLim        = fs.String("memory-limit", "128Mi", "sidecar memory limit (empty: none)")
-		runAsUser     = fs.Int64("run-as-user", 65532, "sidecar UID (and GID)")
-		waitTimeout   = fs.Duration("wait-timeout", 60*time.Second, "classic sidecars: how long postStart holds the app for the sidecar")
-		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
-	)
+	var o options
+	fs := newFlags(&o)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := logging.New(os.Stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return fmt.Errorf("--log-level/--log-format: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	defer func() { _ = log.Sync() }()
 
 	var errs []error
-	native, err := inject.SupportsNativeSidecar(*k8sVersion)
+	native, err := inject.SupportsNativeSidecar(o.k8sVersion)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--kubernetes-version: %w", err))
 	}
@@ -83,8 +101,8 @@ func run(ctx context.Context, args []string) error {
 		list      corev1.ResourceList
 		name      corev1.ResourceName
 	}{
-		{"cpu-request", *cpuReq, res.Requests, corev1.ResourceCPU}, {"memory-request", *memReq, res.Requests, corev1.ResourceMemory},
-		{"cpu-limit", *cpuLim, res.Limits, corev1.ResourceCPU}, {"memory-limit", *memLim, res.Limits, corev1.ResourceMemory},
+		{"cpu-request", o.cpuReq, res.Requests, corev1.ResourceCPU}, {"memory-request", o.memReq, res.Requests, corev1.ResourceMemory},
+		{"cpu-limit", o.cpuLim, res.Limits, corev1.ResourceCPU}, {"memory-limit", o.memLim, res.Limits, corev1.ResourceMemory},
 	} {
 		if q.val == "" {
 			continue
@@ -97,16 +115,16 @@ func run(ctx context.Context, args []string) error {
 		q.list[q.name] = v
 	}
 	var skipNS []string
-	for ns := range strings.SplitSeq(*skip, ",") {
+	for ns := range strings.SplitSeq(o.skip, ",") {
 		if ns = strings.TrimSpace(ns); ns != "" {
 			skipNS = append(skipNS, ns)
 		}
 	}
-	if *image == "" {
+	if o.image == "" {
 		errs = append(errs, errors.New("--image: required"))
 	}
-	if *adminPort < 1 || *adminPort > 65535 {
-		errs = append(errs, fmt.Errorf("--admin-port %d: out of range", *adminPort))
+	if o.adminPort < 1 || o.adminPort > 65535 {
+		errs = append(errs, fmt.Errorf("--admin-port %d: out of range", o.adminPort))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -114,26 +132,26 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	log.Info("starting", "kubernetes_version", *k8sVersion, "native_sidecar", native, "image", *image, "failure_policy", *failure)
+	log.Info("starting", zap.String("kubernetes_version", o.k8sVersion), zap.Bool("native_sidecar", native), zap.String("image", o.image), zap.String("failure_policy", o.failure))
 	return inject.Serve(ctx, inject.ServerConfig{
-		Listen:           *listen,
-		MetricsListen:    *metricsListen,
-		CertFile:         *certFile,
-		KeyFile:          *keyFile,
-		CertPollInterval: *certPoll,
+		Listen:           o.listen,
+		MetricsListen:    o.metricsListen,
+		CertFile:         o.certFile,
+		KeyFile:          o.keyFile,
+		CertPollInterval: o.certPoll,
 		Logger:           log,
 		Registry:         reg,
 		Handler: inject.HandlerConfig{
-			FailurePolicy: inject.FailurePolicy(*failure),
+			FailurePolicy: inject.FailurePolicy(o.failure),
 			Inject: inject.Config{
-				Image:           *image,
-				ImagePullPolicy: corev1.PullPolicy(*pullPolicy),
+				Image:           o.image,
+				ImagePullPolicy: corev1.PullPolicy(o.pullPolicy),
 				NativeSidecar:   native,
 				Resources:       res,
-				AdminPort:       int32(*adminPort),
-				RunAsUser:       *runAsUser,
-				RunAsGroup:      *runAsUser,
-				WaitTimeout:     *waitTimeout,
+				AdminPort:       int32(o.adminPort),
+				RunAsUser:       o.runAsUser,
+				RunAsGroup:      o.runAsUser,
+				WaitTimeout:     o.waitTimeout,
 				SkipNamespaces:  skipNS,
 			},
 		},

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -26,9 +25,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/rds"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
+	"github.com/rdsvalet/rds-valet/internal/logging"
 	"github.com/rdsvalet/rds-valet/internal/provision"
 )
 
@@ -66,6 +66,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := newFlags(&o, stderr)
 	if err := fs.Parse(args[1:]); err != nil {
+		if err != pflag.ErrHelp {
+			fmt.Fprintln(stderr, err) // pflag leaves printing to us with ContinueOnError
+		}
 		return 2
 	}
 	switch cmd {
@@ -75,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if o.file == "" {
-		fmt.Fprintln(stderr, "-f database.yaml is required")
+		fmt.Fprintln(stderr, "-f/--file database.yaml is required")
 		return 2
 	}
 	log, err := newLogger(o.logLevel, o.logFormat, stderr)
@@ -103,16 +106,18 @@ type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
 
-func newFlags(o *options, out io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("provisioner", flag.ContinueOnError)
+// newFlags registers the provisioner's flags, writing into o; docs/provisioner.md's flag table
+// is checked against it.
+func newFlags(o *options, out io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("provisioner", pflag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&o.file, "f", "", "database spec (YAML)")
-	fs.StringVar(&o.output, "output", "table", "plan/status/destroy output: table | json")
+	fs.StringVarP(&o.file, "file", "f", "", "database spec (YAML)")
+	fs.StringVar(&o.output, "output", "table", "plan/status/destroy output: table or json")
 	fs.StringVar(&o.configOut, "config-out", "", "apply/status: write the sidecar config here")
 	fs.StringVar(&o.configMapOut, "configmap-out", "", "apply/status: write the sidecar ConfigMap manifest(s) here")
 	fs.StringVar(&o.configMapName, "configmap-name", "", "ConfigMap name (default rdsvalet-NAME)")
 	fs.StringVar(&o.configMapNS, "configmap-namespace", "", "ConfigMap namespace (default: one per ServiceAccount namespace)")
-	fs.StringVar(&o.proxyIPs, "proxy-ips", "eni", "how to find the RDS Proxy's IPs: eni (EC2 DescribeNetworkInterfaces) | dns (resolve the proxy endpoint; run inside the VPC)")
+	fs.StringVar(&o.proxyIPs, "proxy-ips", "eni", "how to find the RDS Proxy's IPs: eni (EC2 DescribeNetworkInterfaces) or dns (resolve the proxy endpoint; run inside the VPC)")
 	fs.BoolVar(&o.force, "force-deletion-protection", false, "destroy: turn deletion protection off and delete anyway")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "destroy: only print what would be deleted")
 	fs.BoolVar(&o.skipFinalSnapshot, "skip-final-snapshot", false, "destroy: delete the instance without a final snapshot")
@@ -122,29 +127,17 @@ func newFlags(o *options, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", 60*time.Minute, "longest wait for one resource to become available")
 	fs.IntVar(&o.awsMaxAttempts, "aws-max-attempts", 10, "attempts per AWS call (throttling and transient errors are retried)")
 	fs.DurationVar(&o.awsMaxBackoff, "aws-max-backoff", 20*time.Second, "longest backoff between retries of one AWS call")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
-	fs.StringVar(&o.logFormat, "log-format", "console", "console | json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "console", "console or json")
 	return fs
 }
 
 func newLogger(level, format string, out io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
+	log, err := logging.New(out, level, format)
 	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("--log-level/--log-format: %w", err)
 	}
-	ec := zap.NewProductionEncoderConfig()
-	ec.EncodeTime = zapcore.ISO8601TimeEncoder
-	ec.EncodeDuration = zapcore.StringDurationEncoder
-	var enc zapcore.Encoder
-	switch format {
-	case "json":
-		enc = zapcore.NewJSONEncoder(ec)
-	case "console":
-		enc = zapcore.NewConsoleEncoder(ec)
-	default:
-		return nil, fmt.Errorf("--log-format %q: want console or json", format)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(out), lvl)), nil
+	return log, nil
 }
 
 func clients(ctx context.Context, region string, o options) (provision.Clients, error) {

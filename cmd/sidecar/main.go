@@ -6,12 +6,14 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/rdsvalet/rds-valet/internal/config"
+	"github.com/rdsvalet/rds-valet/internal/logging"
 )
 
 // Exit codes besides shutdown.exit_code_on_cut.
@@ -23,13 +25,20 @@ const (
 
 func main() { os.Exit(run(os.Args[1:])) }
 
-func run(args []string) int {
+// newFlags is the sidecar's flag set; docs/configuration.md's flag table is checked against it.
+func newFlags() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("sidecar", pflag.ContinueOnError)
 	config.AddFlags(fs)
+	return fs
+}
+
+func run(args []string) int {
+	fs := newFlags()
 	if err := fs.Parse(args); err != nil {
 		if err == pflag.ErrHelp {
 			return exitOK
 		}
+		fmt.Fprintln(os.Stderr, "sidecar:", err) // pflag leaves printing to us with ContinueOnError
 		return exitConfig
 	}
 	cfg, err := config.Load(fs)
@@ -46,18 +55,14 @@ func run(args []string) int {
 	return serve(cfg, log)
 }
 
+// newLogger samples repeated messages (100 a second each, then 1 in 100), as zap's production
+// config did before: a storm of failing sessions must not turn into a storm of log lines.
 func newLogger(c config.Log) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(c.Level)
+	log, err := logging.New(os.Stderr, c.Level, c.Format)
 	if err != nil {
 		return nil, err
 	}
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.Encoding = c.Format
-	zc.EncoderConfig.TimeKey = "ts"
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	if c.Format == "console" {
-		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
-	}
-	return zc.Build()
+	return log.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Second, 100, 100)
+	})), nil
 }

@@ -38,105 +38,105 @@ const (
 
 // Config is the whole sidecar configuration.
 type Config struct {
-	Log       Log        `mapstructure:"log"`
-	Admin     Admin      `mapstructure:"admin"`
-	AWS       AWS        `mapstructure:"aws"`
-	Shutdown  Shutdown   `mapstructure:"shutdown"`
-	DNS       DNS        `mapstructure:"dns"`
-	Listeners []Listener `mapstructure:"listeners"`
+	Log       Log        `mapstructure:"log" yaml:"log,omitempty"`
+	Admin     Admin      `mapstructure:"admin" yaml:"admin,omitempty"`
+	AWS       AWS        `mapstructure:"aws" yaml:"aws,omitempty"`
+	Shutdown  Shutdown   `mapstructure:"shutdown" yaml:"shutdown,omitempty"`
+	DNS       DNS        `mapstructure:"dns" yaml:"dns,omitempty"`
+	Listeners []Listener `mapstructure:"listeners" yaml:"listeners,omitempty"`
 }
 
 // DNS configures how upstream names are resolved. Names are resolved on every dial (no
 // caching in the sidecar), so a changed record is followed at the next connection.
 type DNS struct {
 	// Server, when set (host:port), is asked instead of the servers in /etc/resolv.conf.
-	Server string `mapstructure:"server"`
+	Server string `mapstructure:"server" yaml:"server,omitempty"`
 }
 
 // Log configures the zap logger.
 type Log struct {
-	Level  string `mapstructure:"level"`
-	Format string `mapstructure:"format"`
+	Level  string `mapstructure:"level" yaml:"level,omitempty"`
+	Format string `mapstructure:"format" yaml:"format,omitempty"`
 }
 
 // Admin configures the HTTP server for metrics, probes and /quitquitquit.
 type Admin struct {
-	Listen string `mapstructure:"listen"`
+	Listen string `mapstructure:"listen" yaml:"listen,omitempty"`
 	// Readiness is "process" (ready once listening) or "healthy-path" (ready only while at
 	// least one upstream path of every listener is healthy).
-	Readiness string `mapstructure:"readiness"`
+	Readiness string `mapstructure:"readiness" yaml:"readiness,omitempty"`
 }
 
 // AWS holds what the IAM token signer needs beyond the SDK's own credential chain.
 type AWS struct {
-	Region string `mapstructure:"region"`
+	Region string `mapstructure:"region" yaml:"region,omitempty"`
 	// CredentialsRefreshWindow is how long before expiry session credentials are renewed.
-	CredentialsRefreshWindow time.Duration `mapstructure:"credentials_refresh_window"`
+	CredentialsRefreshWindow time.Duration `mapstructure:"credentials_refresh_window" yaml:"credentials_refresh_window,omitempty"`
 }
 
 // Shutdown configures the drain after SIGTERM or /quitquitquit.
 type Shutdown struct {
-	MinDelay      time.Duration `mapstructure:"min_delay"`
-	MaxDelay      time.Duration `mapstructure:"max_delay"`
-	KillGrace     time.Duration `mapstructure:"kill_grace"`
-	ExitCodeOnCut int           `mapstructure:"exit_code_on_cut"`
+	MinDelay      time.Duration `mapstructure:"min_delay" yaml:"min_delay,omitempty"`
+	MaxDelay      time.Duration `mapstructure:"max_delay" yaml:"max_delay,omitempty"`
+	KillGrace     time.Duration `mapstructure:"kill_grace" yaml:"kill_grace,omitempty"`
+	ExitCodeOnCut int           `mapstructure:"exit_code_on_cut" yaml:"exit_code_on_cut,omitempty"`
 }
 
 // Listener is one local endpoint that apps connect to and the upstream paths behind it.
 type Listener struct {
-	Name              string        `mapstructure:"name"`
-	Engine            string        `mapstructure:"engine"`
-	Listen            string        `mapstructure:"listen"`
-	AllowNonLoopback  bool          `mapstructure:"allow_non_loopback"`
-	MaxConnections    int           `mapstructure:"max_connections"`
-	HandshakeTimeout  time.Duration `mapstructure:"handshake_timeout"`
-	ConnectTimeout    time.Duration `mapstructure:"connect_timeout"`
-	LocalPasswordFile string        `mapstructure:"local_password_file"`
-	Auth              Auth          `mapstructure:"auth"`
-	TLS               TLS           `mapstructure:"tls"`
-	Health            Health        `mapstructure:"health"`
-	Paths             []Path        `mapstructure:"paths"`
+	Name              string        `mapstructure:"name" yaml:"name,omitempty"`
+	Engine            string        `mapstructure:"engine" yaml:"engine,omitempty"`
+	Listen            string        `mapstructure:"listen" yaml:"listen,omitempty"`
+	AllowNonLoopback  bool          `mapstructure:"allow_non_loopback" yaml:"allow_non_loopback,omitempty"`
+	MaxConnections    int           `mapstructure:"max_connections" yaml:"max_connections,omitempty"`
+	HandshakeTimeout  time.Duration `mapstructure:"handshake_timeout" yaml:"handshake_timeout,omitempty"`
+	ConnectTimeout    time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout,omitempty"`
+	LocalPasswordFile string        `mapstructure:"local_password_file" yaml:"local_password_file,omitempty"`
+	Auth              Auth          `mapstructure:"auth" yaml:"auth,omitempty"`
+	TLS               TLS           `mapstructure:"tls" yaml:"tls,omitempty"`
+	Health            Health        `mapstructure:"health" yaml:"health,omitempty"`
+	Paths             []Path        `mapstructure:"paths" yaml:"paths,omitempty"`
 }
 
 // Health configures the active probes of a listener's paths.
 type Health struct {
 	// Interval between TCP and TLS probes of each path; 0 means the default. Active probes
 	// cannot be turned off: passive reports alone would leave a dead path up until apps hit it.
-	Interval time.Duration `mapstructure:"interval"`
-	Timeout  time.Duration `mapstructure:"timeout"`
+	Interval time.Duration `mapstructure:"interval" yaml:"interval,omitempty"`
+	Timeout  time.Duration `mapstructure:"timeout" yaml:"timeout,omitempty"`
 	// TLSInterval is how often the probe goes as far as a TLS handshake; 0 means the default.
-	TLSInterval time.Duration `mapstructure:"tls_interval"`
-	Rise        int           `mapstructure:"rise"`
-	Fall        int           `mapstructure:"fall"`
+	TLSInterval time.Duration `mapstructure:"tls_interval" yaml:"tls_interval,omitempty"`
+	Rise        int           `mapstructure:"rise" yaml:"rise,omitempty"`
+	Fall        int           `mapstructure:"fall" yaml:"fall,omitempty"`
 	// LoginInterval is how often a full login with a trivial query probes each path; it needs
 	// LoginUser. 0 disables login probes.
-	LoginInterval time.Duration `mapstructure:"login_interval"`
-	LoginUser     string        `mapstructure:"login_user"`
-	LoginDatabase string        `mapstructure:"login_database"`
+	LoginInterval time.Duration `mapstructure:"login_interval" yaml:"login_interval,omitempty"`
+	LoginUser     string        `mapstructure:"login_user" yaml:"login_user,omitempty"`
+	LoginDatabase string        `mapstructure:"login_database" yaml:"login_database,omitempty"`
 }
 
 // Auth says how the sidecar logs in upstream.
 type Auth struct {
-	Mode         string `mapstructure:"mode"`
-	PasswordFile string `mapstructure:"password_file"`
+	Mode         string `mapstructure:"mode" yaml:"mode,omitempty"`
+	PasswordFile string `mapstructure:"password_file" yaml:"password_file,omitempty"`
 	// User, when set, is the database user for every session, whatever the app asked for.
-	User string `mapstructure:"user"`
+	User string `mapstructure:"user" yaml:"user,omitempty"`
 }
 
 // TLS says how the upstream's certificate is verified.
 type TLS struct {
-	Mode   string `mapstructure:"mode"`
-	CAFile string `mapstructure:"ca_file"`
+	Mode   string `mapstructure:"mode" yaml:"mode,omitempty"`
+	CAFile string `mapstructure:"ca_file" yaml:"ca_file,omitempty"`
 }
 
 // Path is one network route to the database: what to dial, what name the certificate must
 // carry, and which host:port the IAM token is signed for (see docs/architecture.md, "A path is
 // three names, not one").
 type Path struct {
-	Name          string `mapstructure:"name"`
-	Address       string `mapstructure:"address"`
-	TLSServerName string `mapstructure:"tls_server_name"`
-	TokenHost     string `mapstructure:"token_host"`
+	Name          string `mapstructure:"name" yaml:"name,omitempty"`
+	Address       string `mapstructure:"address" yaml:"address,omitempty"`
+	TLSServerName string `mapstructure:"tls_server_name" yaml:"tls_server_name,omitempty"`
+	TokenHost     string `mapstructure:"token_host" yaml:"token_host,omitempty"`
 }
 
 // Default listener settings.

@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"mime"
 	"net/http"
 
+	"go.uber.org/zap"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,7 +33,7 @@ const maxReviewBytes = 8 << 20
 type HandlerConfig struct {
 	Inject        Config
 	FailurePolicy FailurePolicy
-	Logger        *slog.Logger
+	Logger        *zap.Logger
 	Metrics       *Metrics // optional
 }
 
@@ -41,7 +41,7 @@ type HandlerConfig struct {
 type Handler struct {
 	cfg     Config
 	policy  FailurePolicy
-	log     *slog.Logger
+	log     *zap.Logger
 	metrics *Metrics
 }
 
@@ -58,7 +58,7 @@ func NewHandler(c HandlerConfig) (*Handler, error) {
 		return nil, fmt.Errorf("failure policy %q: want Fail or Ignore", c.FailurePolicy)
 	}
 	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+		c.Logger = zap.NewNop()
 	}
 	return &Handler{cfg: c.Inject, policy: c.FailurePolicy, log: c.Logger, metrics: c.Metrics}, nil
 }
@@ -105,7 +105,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) fail(w http.ResponseWriter, code int, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	h.log.Warn("bad admission request", "status", code, "error", msg)
+	h.log.Warn("bad admission request", zap.Int("status", code), zap.String("error", msg))
 	h.metrics.observe("malformed")
 	http.Error(w, msg, code)
 }
@@ -133,10 +133,10 @@ func decodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
 // and must not block the cluster.
 func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
-	log := h.log.With("uid", req.UID, "namespace", req.Namespace, "name", podName(req))
+	log := h.log.With(zap.String("uid", string(req.UID)), zap.String("namespace", req.Namespace), zap.String("name", podName(req)))
 	podGVK := metav1.GroupVersionKind{Group: "", Version: "v1", Kind: "Pod"}
 	if req.Kind != podGVK || req.Operation != admissionv1.Create || req.SubResource != "" {
-		log.Debug("not a pod create; allowed untouched", "kind", req.Kind, "operation", req.Operation)
+		log.Debug("not a pod create; allowed untouched", zap.String("kind", req.Kind.String()), zap.String("operation", string(req.Operation)))
 		h.metrics.observe("ignored")
 		return resp
 	}
@@ -156,7 +156,7 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 		return h.refuse(resp, log, http.StatusInternalServerError, err.Error())
 	}
 	if outcome != OutcomeInjected {
-		log.Debug("pod left alone", "outcome", outcome)
+		log.Debug("pod left alone", zap.String("outcome", string(outcome)))
 		h.metrics.observe(string(outcome))
 		return resp
 	}
@@ -166,20 +166,20 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	resp.Patch, resp.PatchType = patch, &pt
-	log.Info("sidecar injected", "native", h.cfg.NativeSidecar)
+	log.Info("sidecar injected", zap.Bool("native", h.cfg.NativeSidecar))
 	h.metrics.observe(string(OutcomeInjected))
 	return resp
 }
 
 // refuse denies the pod, or admits it uninjected with a warning when the policy is Ignore.
-func (h *Handler) refuse(resp *admissionv1.AdmissionResponse, log *slog.Logger, code int32, msg string) *admissionv1.AdmissionResponse {
+func (h *Handler) refuse(resp *admissionv1.AdmissionResponse, log *zap.Logger, code int32, msg string) *admissionv1.AdmissionResponse {
 	if h.policy == FailurePolicyIgnore {
-		log.Warn("not injecting; pod admitted without the sidecar (failure policy Ignore)", "reason", msg)
+		log.Warn("not injecting; pod admitted without the sidecar (failure policy Ignore)", zap.String("reason", msg))
 		h.metrics.observe("failed-open")
 		resp.Warnings = append(resp.Warnings, msg+" (admitted without the rds-valet sidecar)")
 		return resp
 	}
-	log.Warn("pod denied", "reason", msg)
+	log.Warn("pod denied", zap.String("reason", msg))
 	h.metrics.observe("denied")
 	resp.Allowed = false
 	resp.Result = &metav1.Status{Status: metav1.StatusFailure, Code: code, Message: msg, Reason: metav1.StatusReasonForbidden}

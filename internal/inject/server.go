@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
 	"github.com/rdsvalet/rds-valet/internal/inject/tlsreload"
 )
 
@@ -25,7 +26,7 @@ type ServerConfig struct {
 	CertPollInterval time.Duration
 	ShutdownTimeout  time.Duration
 	Handler          HandlerConfig
-	Logger           *slog.Logger
+	Logger           *zap.Logger
 	Registry         *prometheus.Registry
 }
 
@@ -33,7 +34,7 @@ type ServerConfig struct {
 // the bound addresses (useful with port 0) once both listeners accept connections.
 func Serve(ctx context.Context, c ServerConfig) error {
 	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+		c.Logger = zap.NewNop()
 	}
 	if c.CertPollInterval <= 0 {
 		c.CertPollInterval = 10 * time.Second
@@ -59,6 +60,11 @@ func Serve(ctx context.Context, c ServerConfig) error {
 		return fmt.Errorf("loading the serving certificate: %w", err)
 	}
 
+	// net/http reports TLS handshake failures and the like here: warnings, not errors.
+	errorLog, err := zap.NewStdLogAt(c.Logger, zap.WarnLevel)
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/mutate", h)
 	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) }
@@ -70,7 +76,7 @@ func Serve(ctx context.Context, c ServerConfig) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(c.Logger.Handler(), slog.LevelWarn),
+		ErrorLog:          errorLog,
 	}
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -78,7 +84,7 @@ func Serve(ctx context.Context, c ServerConfig) error {
 	}
 	servers := []*http.Server{srv}
 	listeners := []net.Listener{tls.NewListener(ln, srv.TLSConfig)}
-	attrs := []any{"addr", ln.Addr().String()}
+	fields := []zap.Field{zap.String("addr", ln.Addr().String())}
 	if c.MetricsListen != "" {
 		mln, err := net.Listen("tcp", c.MetricsListen)
 		if err != nil {
@@ -89,7 +95,7 @@ func Serve(ctx context.Context, c ServerConfig) error {
 		mmux.Handle("/metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{}))
 		servers = append(servers, &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second})
 		listeners = append(listeners, mln)
-		attrs = append(attrs, "metrics_addr", mln.Addr().String())
+		fields = append(fields, zap.String("metrics_addr", mln.Addr().String()))
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -105,7 +111,7 @@ func Serve(ctx context.Context, c ServerConfig) error {
 			}
 		})
 	}
-	c.Logger.Info("listening", attrs...)
+	c.Logger.Info("listening", fields...)
 
 	<-ctx.Done()
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), c.ShutdownTimeout)

@@ -83,7 +83,7 @@ func startFake(t *testing.T, readyAfter int) *fakeaws.Server {
 
 func exampleSpec(t *testing.T) *provision.Spec {
 	t.Helper()
-	s, err := provision.LoadSpec("../docs/examples/orders.yaml")
+	s, err := provision.LoadSpec("../../docs/examples/orders.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

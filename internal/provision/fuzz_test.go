@@ -8,7 +8,7 @@ import (
 // FuzzParseSpec runs the spec loader (strict YAML decoding, defaults, Validate) on fuzzed
 // documents: none may panic it, and whatever it accepts passes Validate again unchanged.
 func FuzzParseSpec(f *testing.F) {
-	for _, p := range []string{"../docs/examples/orders.yaml", "../docs/examples/billing-mysql.yaml"} {
+	for _, p := range []string{"../../docs/examples/orders.yaml", "../../docs/examples/billing-mysql.yaml"} {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			f.Fatal(err)

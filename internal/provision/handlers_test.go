@@ -7,7 +7,7 @@ import (
 
 func testEnv(t *testing.T, out map[string]string) *env {
 	t.Helper()
-	s, err := LoadSpec("../docs/examples/orders.yaml")
+	s, err := LoadSpec("../../docs/examples/orders.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

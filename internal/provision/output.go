@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/rdsvalet/rds-valet/internal/config"
 )
 
 // Outputs is what the sidecar needs to reach this database.
@@ -20,13 +22,10 @@ type Outputs struct {
 	Users    []UserOut
 }
 
-// PathOut is one path with its three names (docs/architecture.md, "A path is three names, not one").
-type PathOut struct {
-	Name          string `yaml:"name"`
-	Address       string `yaml:"address"`
-	TLSServerName string `yaml:"tls_server_name,omitempty"`
-	TokenHost     string `yaml:"token_host,omitempty"`
-}
+// PathOut is one path with its three names (docs/architecture.md, "A path is three names, not
+// one"); it is the sidecar config's own path type, so what the provisioner finds is what the
+// sidecar reads.
+type PathOut = config.Path
 
 // UserOut is one ServiceAccount allowed in, its db user and IRSA role.
 type UserOut struct {
@@ -58,32 +57,6 @@ func (e *env) outputs() *Outputs {
 	return o
 }
 
-type sidecarConfig struct {
-	AWS       sidecarAWS        `yaml:"aws"`
-	Listeners []sidecarListener `yaml:"listeners"`
-}
-
-type sidecarAWS struct {
-	Region string `yaml:"region"`
-}
-
-type sidecarListener struct {
-	Name   string      `yaml:"name"`
-	Engine string      `yaml:"engine"`
-	Listen string      `yaml:"listen"`
-	Auth   sidecarAuth `yaml:"auth"`
-	TLS    sidecarTLS  `yaml:"tls"`
-	Paths  []PathOut   `yaml:"paths"`
-}
-
-type sidecarAuth struct {
-	Mode string `yaml:"mode"`
-}
-
-type sidecarTLS struct {
-	Mode string `yaml:"mode"`
-}
-
 // SidecarConfig renders the sidecar's config file for this database (docs/configuration.md).
 // The db user is the app's choice at login; the comment lists which users each ServiceAccount's
 // IRSA role may connect as.
@@ -91,14 +64,11 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 	if len(o.Paths) == 0 {
 		return nil, fmt.Errorf("database %s: no path is known yet (nothing created?); run apply first", o.Database)
 	}
-	cfg := sidecarConfig{AWS: sidecarAWS{Region: o.Region}, Listeners: []sidecarListener{{
+	body, err := config.Marshal(&config.Config{AWS: config.AWS{Region: o.Region}, Listeners: []config.Listener{{
 		Name: o.Database, Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.Port),
-		Auth: sidecarAuth{Mode: "iam"}, TLS: sidecarTLS{Mode: "verify-full"}, Paths: o.Paths}}}
-	var body bytes.Buffer
-	enc := yaml.NewEncoder(&body)
-	enc.SetIndent(2)
-	if err := enc.Encode(cfg); err != nil {
-		return nil, fmt.Errorf("render sidecar config: %w", err)
+		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: o.Paths}}})
+	if err != nil {
+		return nil, err
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Sidecar config for database %s, written by the rds-valet provisioner; re-run apply instead of editing.\n", o.Database)
@@ -106,7 +76,7 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 	for _, u := range o.Users {
 		fmt.Fprintf(&b, "#   %s/%s -> %s (%s)\n", u.Namespace, u.ServiceAccount, u.DBUser, u.RoleARN)
 	}
-	b.Write(body.Bytes())
+	b.Write(body)
 	return b.Bytes(), nil
 }
 

@@ -8,6 +8,8 @@ import (
 
 	"github.com/aws/smithy-go"
 	"gopkg.in/yaml.v3"
+
+	"github.com/rdsvalet/rds-valet/internal/config"
 )
 
 func TestVersionAtLeast(t *testing.T) {
@@ -62,22 +64,16 @@ func TestOutputsRenderThreeNamesPerPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cfg struct {
-		AWS       struct{ Region string }
-		Listeners []struct {
-			Listen string
-			Paths  []map[string]string
-		}
-	}
+	var cfg config.Config
 	if err := yaml.Unmarshal(b, &cfg); err != nil {
 		t.Fatal(err)
 	}
 	ps := cfg.Listeners[0].Paths
 	if cfg.AWS.Region != "eu-west-1" || cfg.Listeners[0].Listen != "127.0.0.1:5432" || len(ps) != 3 ||
-		ps[0]["address"] != "vpce-1.vpce-svc-2.eu-west-1.vpce.amazonaws.com:5432" ||
-		ps[0]["tls_server_name"] != "orders.proxy-x.eu-west-1.rds.amazonaws.com" ||
-		ps[0]["token_host"] != "orders.proxy-x.eu-west-1.rds.amazonaws.com:5432" ||
-		ps[2]["token_host"] != "orders.x.eu-west-1.rds.amazonaws.com:5432" {
+		ps[0].Address != "vpce-1.vpce-svc-2.eu-west-1.vpce.amazonaws.com:5432" ||
+		ps[0].TLSServerName != "orders.proxy-x.eu-west-1.rds.amazonaws.com" ||
+		ps[0].TokenHost != "orders.proxy-x.eu-west-1.rds.amazonaws.com:5432" ||
+		ps[2].TokenHost != "orders.x.eu-west-1.rds.amazonaws.com:5432" {
 		t.Fatalf("config:\n%s", b)
 	}
 	cms, err := o.ConfigMaps("", "")

@@ -9,7 +9,7 @@ import (
 )
 
 func TestExampleSpecIsValid(t *testing.T) {
-	s, err := LoadSpec("../docs/examples/orders.yaml")
+	s, err := LoadSpec("../../docs/examples/orders.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,7 +19,7 @@ func TestExampleSpecIsValid(t *testing.T) {
 }
 
 func TestEveryExampleIsValid(t *testing.T) {
-	files, err := filepath.Glob("../docs/examples/*.yaml")
+	files, err := filepath.Glob("../../docs/examples/*.yaml")
 	if err != nil || len(files) < 2 {
 		t.Fatalf("examples: %v %v", files, err)
 	}
@@ -31,7 +31,7 @@ func TestEveryExampleIsValid(t *testing.T) {
 }
 
 func TestUnknownFieldRejected(t *testing.T) {
-	b, err := os.ReadFile("../docs/examples/orders.yaml")
+	b, err := os.ReadFile("../../docs/examples/orders.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,16 +8,17 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"os"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Reloader holds the current key pair and swaps it when the files change.
 type Reloader struct {
 	certFile, keyFile string
-	log               *slog.Logger
+	log               *zap.Logger
 
 	mu              sync.RWMutex
 	cert            *tls.Certificate
@@ -25,9 +26,9 @@ type Reloader struct {
 }
 
 // New loads the key pair once; a process that cannot serve TLS at start should not start.
-func New(certFile, keyFile string, log *slog.Logger) (*Reloader, error) {
+func New(certFile, keyFile string, log *zap.Logger) (*Reloader, error) {
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = zap.NewNop()
 	}
 	r := &Reloader{certFile: certFile, keyFile: keyFile, log: log}
 	if _, err := r.Reload(); err != nil {
@@ -57,9 +58,9 @@ func (r *Reloader) Run(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 			changed, err := r.Reload()
 			if err != nil {
-				r.log.Warn("certificate reload failed; still serving the previous one", "error", err)
+				r.log.Warn("certificate reload failed; still serving the previous one", zap.Error(err))
 			} else if changed {
-				r.log.Info("certificate reloaded", "cert_file", r.certFile, "not_after", r.notAfter())
+				r.log.Info("certificate reloaded", zap.String("cert_file", r.certFile), zap.Time("not_after", r.notAfter()))
 			}
 		}
 	}

@@ -7,11 +7,12 @@ package waitready
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // Options for Wait.
@@ -59,24 +60,41 @@ func Wait(ctx context.Context, o Options) error {
 	}
 }
 
+// Flags are the "wait" subcommand's flags.
+type Flags struct {
+	URL               string
+	Timeout, Interval time.Duration
+}
+
+// NewFlagSet registers the "wait" flags, writing into f; the docs' flag table is checked
+// against it.
+func NewFlagSet(f *Flags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("wait", pflag.ContinueOnError)
+	fs.StringVar(&f.URL, "url", "http://127.0.0.1:9090/startupz", "endpoint that answers 200 when ready")
+	fs.DurationVar(&f.Timeout, "timeout", 60*time.Second, "give up after this long")
+	fs.DurationVar(&f.Interval, "interval", 200*time.Millisecond, "time between attempts")
+	return fs
+}
+
 // Main runs the "wait" subcommand: wait --url URL [--timeout 60s] [--interval 200ms].
 // It returns the process exit code (0 ready, 1 not ready in time, 2 usage).
 func Main(ctx context.Context, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("wait", flag.ContinueOnError)
+	var f Flags
+	fs := NewFlagSet(&f)
 	fs.SetOutput(stderr)
-	url := fs.String("url", "http://127.0.0.1:9090/startupz", "endpoint that answers 200 when ready")
-	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
-	interval := fs.Duration("interval", 200*time.Millisecond, "time between attempts")
 	if err := fs.Parse(args); err != nil {
+		if err != pflag.ErrHelp {
+			fmt.Fprintln(stderr, "wait:", err) // pflag leaves printing to us with ContinueOnError
+		}
 		return 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "wait: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, f.Timeout)
 	defer cancel()
-	if err := Wait(ctx, Options{URL: *url, Interval: *interval}); err != nil {
+	if err := Wait(ctx, Options{URL: f.URL, Interval: f.Interval}); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}

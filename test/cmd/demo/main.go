@@ -17,10 +17,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/rdsvalet/rds-valet/internal/config"
+	"github.com/rdsvalet/rds-valet/test/cmd/demo/democonfig"
 	"github.com/rdsvalet/rds-valet/test/harness/faultnet"
 	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
@@ -73,39 +74,25 @@ func run() error {
 		return err
 	}
 	defer tn.Close()
-	var paths, myPaths strings.Builder
+	in := democonfig.Input{AdminListen: *adminListen, Region: w.Region, CAFile: w.CAFile, PostgresListen: *pgListen, MySQLListen: *myListen}
 	for _, name := range []string{"privatelink", "rds-proxy", "instance"} {
 		addr, err := tn.AddPath(name, "", w.Address)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", name, addr, w.TLSServerName, w.TokenHost)
+		in.PostgresPaths = append(in.PostgresPaths, config.Path{Name: name, Address: addr, TLSServerName: w.TLSServerName, TokenHost: w.TokenHost})
 		myName := "mysql-" + name
 		if addr, err = tn.AddPath(myName, "", w.MySQLAddress); err != nil {
 			return err
 		}
-		fmt.Fprintf(&myPaths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", myName, addr, w.MySQLTLSServerName, w.MySQLTokenHost)
+		in.MySQLPaths = append(in.MySQLPaths, config.Path{Name: myName, Address: addr, TLSServerName: w.MySQLTLSServerName, TokenHost: w.MySQLTokenHost})
 	}
 	cfgFile := filepath.Join(w.Dir, "sidecar.yaml")
-	cfg := fmt.Sprintf(`# written by the demo; see docs/configuration.md
-log: {level: info}
-admin: {listen: %q}
-aws: {region: %s}
-shutdown: {max_delay: 5s}
-listeners:
-  - name: postgres
-    engine: postgres
-    listen: %q
-    tls: {mode: verify-full, ca_file: %q}
-    health: {interval: 1s, tls_interval: 2s}
-    paths:
-%s  - name: mysql
-    engine: mysql
-    listen: %q
-    tls: {mode: verify-full, ca_file: %q}
-    health: {interval: 1s, tls_interval: 2s}
-    paths:
-%s`, *adminListen, w.Region, *pgListen, w.CAFile, paths.String(), *myListen, w.CAFile, myPaths.String())
+	body, err := config.Marshal(democonfig.Build(in))
+	if err != nil {
+		return err
+	}
+	cfg := "# written by the demo; see docs/configuration.md\n" + string(body)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		return err
 	}

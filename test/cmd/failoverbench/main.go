@@ -24,6 +24,7 @@ import (
 	toxiclient "github.com/Shopify/toxiproxy/v2/client"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/test/harness/faultnet"
 	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
@@ -66,28 +67,25 @@ func run(runs int, sidecarBin, out string) error {
 		return err
 	}
 	defer n.Close()
-	var paths strings.Builder
+	var paths []config.Path
 	for _, name := range []string{"privatelink", "rds-proxy", "instance"} {
 		addr, err := n.AddPath(name, "", w.Address)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", name, addr, w.TLSServerName, w.TokenHost)
+		paths = append(paths, config.Path{Name: name, Address: addr, TLSServerName: w.TLSServerName, TokenHost: w.TokenHost})
 	}
 	pgAddr, admin := freeAddr(), freeAddr()
 	// Default health settings: what a user gets without tuning.
-	cfg := fmt.Sprintf(`
-log: {level: warn}
-admin: {listen: %q}
-aws: {region: %s}
-listeners:
-  - name: pg
-    listen: %q
-    tls: {ca_file: %q}
-    paths:
-%s`, admin, w.Region, pgAddr, w.CAFile, paths.String())
+	cfg, err := config.Marshal(&config.Config{
+		Log: config.Log{Level: "warn"}, Admin: config.Admin{Listen: admin}, AWS: config.AWS{Region: w.Region},
+		Listeners: []config.Listener{{Name: "pg", Listen: pgAddr, TLS: config.TLS{CAFile: w.CAFile}, Paths: paths}},
+	})
+	if err != nil {
+		return err
+	}
 	cfgFile := filepath.Join(w.Dir, "bench.yaml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+	if err := os.WriteFile(cfgFile, cfg, 0o644); err != nil {
 		return err
 	}
 	cmd := exec.Command(sidecarBin, "--config", cfgFile)

@@ -35,6 +35,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/test/harness/mariadb"
 	"github.com/rdsvalet/rds-valet/test/harness/pgserver"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
@@ -546,35 +547,32 @@ func (b *bench) startSidecar() error {
 	b.sidePG = fmt.Sprintf("127.0.0.1:%d", freePort())
 	b.sideMy = fmt.Sprintf("127.0.0.1:%d", freePort())
 	b.admin = fmt.Sprintf("127.0.0.1:%d", freePort())
-	cfg := fmt.Sprintf(`admin: {listen: %q}
-listeners:
-  - name: pg
-    listen: %q
-    max_connections: %d
-    auth: {mode: password, password_file: %q}
-    tls: {ca_file: %q}
-    paths:
-      - {name: direct, address: %q, tls_server_name: localhost}
-`, b.admin, b.sidePG, b.o.idle+100, pwFile, b.caFile, b.pg.Addr())
+	cfg := config.Config{Admin: config.Admin{Listen: b.admin}, Listeners: []config.Listener{{
+		Name: "pg", Listen: b.sidePG, MaxConnections: b.o.idle + 100,
+		Auth:  config.Auth{Mode: config.AuthPassword, PasswordFile: pwFile},
+		TLS:   config.TLS{CAFile: b.caFile},
+		Paths: []config.Path{{Name: "direct", Address: b.pg.Addr(), TLSServerName: "localhost"}},
+	}}}
 	if b.my != nil {
 		myPw := filepath.Join(b.dir, "my-password")
 		if err := os.WriteFile(myPw, []byte(myPassword+"\n"), 0o600); err != nil {
 			return err
 		}
-		cfg += fmt.Sprintf(`  - name: mysql
-    engine: mysql
-    listen: %q
-    auth: {mode: password, password_file: %q}
-    tls: {mode: verify-full, ca_file: %q}
-    paths:
-      - {name: direct, address: %q, tls_server_name: localhost, token_host: %q}
-`, b.sideMy, myPw, b.caFile, b.my.Addr(), b.my.Addr())
+		cfg.Listeners = append(cfg.Listeners, config.Listener{
+			Name: "mysql", Engine: config.EngineMySQL, Listen: b.sideMy,
+			Auth:  config.Auth{Mode: config.AuthPassword, PasswordFile: myPw},
+			TLS:   config.TLS{Mode: config.TLSVerifyFull, CAFile: b.caFile},
+			Paths: []config.Path{{Name: "direct", Address: b.my.Addr(), TLSServerName: "localhost", TokenHost: b.my.Addr()}},
+		})
 	}
-	file := filepath.Join(b.dir, "sidecar.yaml")
-	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+	body, err := config.Marshal(&cfg)
+	if err != nil {
 		return err
 	}
-	var err error
+	file := filepath.Join(b.dir, "sidecar.yaml")
+	if err := os.WriteFile(file, body, 0o600); err != nil {
+		return err
+	}
 	if b.sideLog, err = os.Create(filepath.Join(b.dir, "sidecar.log")); err != nil {
 		return err
 	}
@@ -594,7 +592,7 @@ listeners:
 		return err
 	}
 	b.cmd(strings.TrimSpace(b.o.sideEnv+" "+b.o.sidecar) + " --config sidecar.yaml   # config in the notes below")
-	b.notes = append(b.notes, "Sidecar config:\n\n```yaml\n"+cfg+"```")
+	b.notes = append(b.notes, "Sidecar config:\n\n```yaml\n"+string(body)+"```")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get("http://" + b.admin + "/readyz")

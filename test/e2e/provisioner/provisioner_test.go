@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/test/fakeaws"
 )
 
@@ -292,17 +293,7 @@ func TestApplyFromEmptyCreatesLinkedResourcesAndIsIdempotent(t *testing.T) {
 	}
 
 	// The sidecar config: three paths with their three names.
-	var cfg struct {
-		AWS       struct{ Region string }
-		Listeners []struct {
-			Name, Engine, Listen string
-			Paths                []struct {
-				Name, Address string
-				TLSServerName string `yaml:"tls_server_name"`
-				TokenHost     string `yaml:"token_host"`
-			}
-		}
-	}
+	var cfg config.Config
 	raw, err := os.ReadFile(filepath.Join(h.dir, "sidecar.yaml"))
 	if err != nil {
 		t.Fatal(err)
