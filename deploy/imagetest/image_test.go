@@ -14,27 +14,11 @@ import (
 	"testing"
 
 	"github.com/rdsvalet/rds-valet/internal/inject"
+	"github.com/rdsvalet/rds-valet/test/harness/repo"
 )
 
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("no go.mod above the test")
-		}
-		dir = filepath.Dir(dir)
-	}
-}
-
 func TestDockerfileContract(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	b, err := os.ReadFile(filepath.Join(repo.Root(t), "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +58,7 @@ func TestDockerfileContract(t *testing.T) {
 func TestStaticBuild(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "injector")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./cmd/injector")
-	cmd.Dir = repoRoot(t)
+	cmd.Dir = repo.Root(t)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, b)

@@ -105,3 +105,14 @@ func firstNonEmpty(s ...string) string {
 	}
 	return ""
 }
+
+// LoadFile is Load with --config set to path and no other flag: what the sidecar makes of that
+// file (the environment still applies). Tests of the configs the project ships use it.
+func LoadFile(path string) (*Config, error) {
+	fs := pflag.NewFlagSet("sidecar", pflag.ContinueOnError)
+	AddFlags(fs)
+	if err := fs.Parse([]string{"--config", path}); err != nil {
+		return nil, err
+	}
+	return Load(fs)
+}

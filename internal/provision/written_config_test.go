@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 
 	"github.com/rdsvalet/rds-valet/internal/config"
@@ -20,12 +19,7 @@ func loadSidecarConfig(t *testing.T, b []byte) (*config.Config, error) {
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fs := pflag.NewFlagSet("sidecar", pflag.ContinueOnError)
-	config.AddFlags(fs)
-	if err := fs.Parse([]string{"--config", p}); err != nil {
-		t.Fatal(err)
-	}
-	return config.Load(fs)
+	return config.LoadFile(p)
 }
 
 // TestWrittenSidecarConfigsLoad renders the sidecar config (file and ConfigMap) for every

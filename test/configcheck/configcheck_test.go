@@ -9,8 +9,6 @@ import (
 	"regexp"
 	"testing"
 
-	"github.com/spf13/pflag"
-
 	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/test/cmd/demo/democonfig"
 )
@@ -26,12 +24,7 @@ func load(t *testing.T, b []byte) (*config.Config, error) {
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fs := pflag.NewFlagSet("sidecar", pflag.ContinueOnError)
-	config.AddFlags(fs)
-	if err := fs.Parse([]string{"--config", p}); err != nil {
-		t.Fatal(err)
-	}
-	return config.Load(fs)
+	return config.LoadFile(p)
 }
 
 var (

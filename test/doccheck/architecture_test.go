@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/rdsvalet/rds-valet/test/harness/repo"
 )
 
 const (
@@ -34,7 +36,7 @@ var (
 // TestArchitectureNamesEveryPackage fails when a Go package exists that the package list does
 // not name, or the list names a package that does not exist.
 func TestArchitectureNamesEveryPackage(t *testing.T) {
-	root := moduleRoot(t)
+	root := repo.Root(t)
 	pkgs := modulePackages(t, root)
 	named := packageList(t, filepath.Join(root, archDoc))
 
@@ -53,7 +55,7 @@ func TestArchitectureNamesEveryPackage(t *testing.T) {
 // TestNothingPointsOutsideTheRepo fails when a file in the repository refers to the design
 // document's old location outside it (or by its old name): the design is docs/architecture.md.
 func TestNothingPointsOutsideTheRepo(t *testing.T) {
-	root := moduleRoot(t)
+	root := repo.Root(t)
 	// Spelt in pieces so that this file does not match itself.
 	needles := []string{".." + "/shared", "DESIGN" + ".md"}
 	for _, rel := range repoFiles(t, root) {
@@ -74,24 +76,6 @@ func TestNothingPointsOutsideTheRepo(t *testing.T) {
 				}
 			}
 		}
-	}
-}
-
-// moduleRoot is the nearest directory above the test's working directory holding go.mod.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = filepath.Dir(dir)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/rdsvalet/rds-valet/test/harness/repo"
 )
 
 // The identity of a connection flows one way (docs/architecture.md, "One connection"):
@@ -64,7 +66,7 @@ func listDeps(t *testing.T) (imports, deps map[string]map[string]bool) {
 func list(t *testing.T, field string) map[string]map[string]bool {
 	t.Helper()
 	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .`+field+` " "}}`, "./...")
-	cmd.Dir = moduleRoot(t)
+	cmd.Dir = repo.Root(t)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)

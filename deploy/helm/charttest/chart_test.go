@@ -26,30 +26,14 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/rdsvalet/rds-valet/test/harness/repo"
 )
 
 const (
 	release   = "rv"
 	namespace = "rds-valet"
 )
-
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
 
 // helmBinary is the pinned helm that `make` installs into bin/, or $HELM. A missing helm is a
 // failure, not a skip: the chart would otherwise go untested without anyone noticing.
@@ -58,7 +42,7 @@ func helmBinary(t *testing.T) string {
 	if h := os.Getenv("HELM"); h != "" {
 		return h
 	}
-	h := filepath.Join(repoRoot(t), "bin", "helm")
+	h := filepath.Join(repo.Root(t), "bin", "helm")
 	if _, err := os.Stat(h); err != nil {
 		t.Fatalf("helm not found at %s (and HELM is not set): run `make helm` (or `make test`, which installs the pinned helm) first", h)
 	}
@@ -74,7 +58,7 @@ func newHelm(t *testing.T) *helm {
 	home := t.TempDir()
 	return &helm{
 		bin:   helmBinary(t),
-		chart: filepath.Join(repoRoot(t), "deploy", "helm", "rds-valet"),
+		chart: filepath.Join(repo.Root(t), "deploy", "helm", "rds-valet"),
 		// Keep helm away from the user's config, cache and repositories.
 		env: append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config",
 			"HELM_DATA_HOME="+home+"/data", "KUBECONFIG="+home+"/no-kubeconfig"),
