@@ -133,23 +133,7 @@ func TestLocalPasswordSwitchesOtherPluginsToNative(t *testing.T) {
 			})
 			p := New(Config{Listener: "t", TLS: tlsCfgs, LocalPasswordFile: pwFile})
 			p.learn(&Greeting{ServerVersion: "8.0.36", Capabilities: allCaps, Charset: 45})
-			app, side := net.Pipe()
-			defer app.Close()
-			errc := make(chan error, 1)
-			go func() {
-				up, err := proxy.Handshake(context.Background(), p, onePath(p, health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}), side)
-				if up != nil {
-					_ = up.Conn.Close()
-				}
-				_ = side.Close()
-				errc <- err
-			}()
-			_ = app.SetDeadline(time.Now().Add(10 * time.Second))
-			_, pkt, err := ReadPacket(app, MaxHandshakePacket)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, _ := ParseGreeting(pkt)
+			app, g, errc := greetOnPipe(t, p, onePath(p, health.Path{Name: "p1", Address: addr, TLSServerName: "db.test"}))
 			resp := HandshakeResponse{Capabilities: g.Capabilities, MaxPacketSize: 1 << 24, Charset: 33, User: "app",
 				AuthPlugin: gm.AUTH_CACHING_SHA2_PASSWORD, AuthData: gm.CalcCachingSha2Password(g.Scramble, tc.answer)}
 			if err := WritePacket(app, 1, resp.Encode()); err != nil {
@@ -188,6 +172,32 @@ func TestLocalPasswordSwitchesOtherPluginsToNative(t *testing.T) {
 	}
 }
 
+// greetOnPipe runs a connection's handshake through p and src on a pipe and returns the app's
+// end once the app has read its greeting; errc gets the handshake's outcome.
+func greetOnPipe(t *testing.T, p *Protocol, src proxy.Source) (app net.Conn, g *Greeting, errc <-chan error) {
+	t.Helper()
+	app, side := net.Pipe()
+	t.Cleanup(func() { app.Close() })
+	ch := make(chan error, 1)
+	go func() {
+		up, err := proxy.Handshake(context.Background(), p, src, side)
+		if up != nil {
+			_ = up.Conn.Close()
+		}
+		_ = side.Close()
+		ch <- err
+	}()
+	_ = app.SetDeadline(time.Now().Add(10 * time.Second))
+	_, pkt, err := ReadPacket(app, MaxHandshakePacket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err = ParseGreeting(pkt); err != nil {
+		t.Fatal(err)
+	}
+	return app, g, ch
+}
+
 // countingSource fails every open and counts them.
 type countingSource struct{ opens atomic.Int32 }
 
@@ -202,29 +212,7 @@ func (c *countingSource) Open(context.Context, *proxy.Startup) (*proxy.Session, 
 func TestGreetsTheAppWithoutTheUpstream(t *testing.T) {
 	p := New(Config{Listener: "t"})
 	src := &countingSource{}
-	greet := func() (*Greeting, net.Conn, chan error) {
-		t.Helper()
-		app, side := net.Pipe()
-		t.Cleanup(func() { app.Close() })
-		errc := make(chan error, 1)
-		go func() {
-			_, err := proxy.Handshake(context.Background(), p, src, side)
-			_ = side.Close()
-			errc <- err
-		}()
-		_ = app.SetDeadline(time.Now().Add(10 * time.Second))
-		_, pkt, err := ReadPacket(app, MaxHandshakePacket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g, err := ParseGreeting(pkt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g, app, errc
-	}
-
-	g, app, errc := greet()
+	app, g, errc := greetOnPipe(t, p, src)
 	if g.ServerVersion != defaultServer.version || g.Capabilities&gm.CLIENT_QUERY_ATTRIBUTES != 0 || g.Capabilities&gm.CLIENT_TRANSACTIONS == 0 {
 		t.Errorf("first greeting: version %q flags %#x; want the default server's", g.ServerVersion, g.Capabilities)
 	}
@@ -240,7 +228,7 @@ func TestGreetsTheAppWithoutTheUpstream(t *testing.T) {
 	}
 
 	p.learn(&Greeting{ServerVersion: "10.11.6-MariaDB", Capabilities: allCaps &^ gm.CLIENT_DEPRECATE_EOF, Charset: 33, Status: gm.SERVER_STATUS_AUTOCOMMIT})
-	g, app, errc = greet()
+	app, g, errc = greetOnPipe(t, p, src)
 	if g.ServerVersion != "10.11.6-MariaDB" || g.Charset != 33 || g.Capabilities&gm.CLIENT_DEPRECATE_EOF != 0 || g.Capabilities&gm.CLIENT_TRANSACTIONS == 0 {
 		t.Errorf("greeting after an upstream's: version %q charset %d flags %#x", g.ServerVersion, g.Charset, g.Capabilities)
 	}
@@ -272,23 +260,7 @@ func TestUpstreamLackingAnAgreedCapabilityIsAClearError(t *testing.T) {
 	set := health.NewSet("t", []health.Path{{Name: "p1", Address: addr, TLSServerName: "db.test"}}, health.Thresholds{Rise: 1, Fall: 1}, nil)
 	src := upstream.New(upstream.Config{Listener: "t", Engine: p, Paths: set,
 		Secret: func(context.Context, health.Path, string) (string, error) { return "pw", nil }})
-	app, side := net.Pipe()
-	defer app.Close()
-	errc := make(chan error, 1)
-	go func() {
-		up, err := proxy.Handshake(context.Background(), p, src, side)
-		if up != nil {
-			_ = up.Conn.Close()
-		}
-		_ = side.Close()
-		errc <- err
-	}()
-	_ = app.SetDeadline(time.Now().Add(10 * time.Second))
-	_, pkt, err := ReadPacket(app, MaxHandshakePacket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, _ := ParseGreeting(pkt)
+	app, g, errc := greetOnPipe(t, p, src)
 	if g.Capabilities&gm.CLIENT_DEPRECATE_EOF == 0 {
 		t.Fatal("the app was not offered CLIENT_DEPRECATE_EOF, which the learnt server has")
 	}
