@@ -187,8 +187,7 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		eng = mysql.New(mysql.Config{
 			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Wrap: sockloop.Wrap,
 			ProbeSecret: mysql.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
-			HandshakeTimeout: lc.HandshakeTimeout,
-			ProbeUser:        lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
+			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
 			Log: log, Metrics: m.mysql,
 		})
 	default:

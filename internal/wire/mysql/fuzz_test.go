@@ -258,7 +258,7 @@ func FuzzServeApp(f *testing.F) {
 	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o600); err != nil {
 		f.Fatal(err)
 	}
-	p := New(Config{Listener: "fuzz", LocalPasswordFile: pwFile, HandshakeTimeout: 5 * time.Second})
+	p := New(Config{Listener: "fuzz", LocalPasswordFile: pwFile})
 	si := &serverInfo{version: "8.0.36", caps: allCaps}
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		c := &scriptedConn{r: bytes.NewReader(stream)}

@@ -43,9 +43,6 @@ type Config struct {
 	ForceUser string
 	// LocalPasswordFile, when set, holds a password apps must present to the sidecar.
 	LocalPasswordFile string
-	// HandshakeTimeout bounds the app's answer to the sidecar's greeting (0: no bound here;
-	// the proxy's own deadline still applies).
-	HandshakeTimeout time.Duration
 	// ProbeUser and ProbeDatabase are what login probes log in as.
 	ProbeUser, ProbeDatabase string
 	Log                      *zap.Logger
@@ -103,9 +100,9 @@ const framingCaps = gm.CLIENT_DEPRECATE_EOF | gm.CLIENT_SESSION_TRACK | gm.CLIEN
 // Protocol implements proxy.Protocol for MySQL and MariaDB.
 type Protocol struct {
 	cfg Config
-	// server is what apps are greeted with: the newest greeting an upstream of this listener
+	// learnt is what apps are greeted with: the newest greeting an upstream of this listener
 	// sent (a probe's or a login's), or defaultServer before the first.
-	server atomic.Pointer[serverInfo]
+	learnt atomic.Pointer[serverInfo]
 	connID atomic.Uint32
 }
 
@@ -134,15 +131,15 @@ var defaultServer = serverInfo{
 
 // learn records an upstream's greeting as what the next apps are greeted with.
 func (p *Protocol) learn(g *Greeting) {
-	cur := p.server.Load()
+	cur := p.learnt.Load()
 	if cur != nil && cur.version == g.ServerVersion && cur.caps == g.Capabilities && cur.charset == g.Charset && cur.status == g.Status {
 		return
 	}
-	p.server.Store(&serverInfo{version: g.ServerVersion, caps: g.Capabilities, charset: g.Charset, status: g.Status})
+	p.learnt.Store(&serverInfo{version: g.ServerVersion, caps: g.Capabilities, charset: g.Charset, status: g.Status})
 }
 
-func (p *Protocol) serverInfo() *serverInfo {
-	if s := p.server.Load(); s != nil {
+func (p *Protocol) greeting() *serverInfo {
+	if s := p.learnt.Load(); s != nil {
 		return s
 	}
 	return &defaultServer
@@ -173,12 +170,11 @@ var _ proxy.Protocol = (*Protocol)(nil)
 
 // appConn is the app side of one handshake.
 type appConn struct {
-	conn    net.Conn
-	greeted bool
-	seq     byte // the last sequence id the app sent
-	resp    *HandshakeResponse
-	user    string
-	caps    uint32 // what the session believes in after login (app's flags within what we offered)
+	conn net.Conn
+	seq  byte // the last sequence id the app sent
+	resp *HandshakeResponse
+	user string
+	caps uint32 // what the session believes in after login (app's flags within what we offered)
 }
 
 // Accept implements proxy.Protocol.
@@ -191,7 +187,7 @@ type appConn struct {
 // app chose.
 func (p *Protocol) Accept(_ context.Context, client net.Conn) (*proxy.Startup, error) {
 	app := &appConn{conn: client}
-	if err := p.serveApp(app, p.serverInfo()); err != nil {
+	if err := p.serveApp(app, p.greeting()); err != nil {
 		return nil, err
 	}
 	return &proxy.Startup{User: app.user, Database: app.resp.Database, Engine: app}, nil
@@ -289,14 +285,9 @@ func (p *Protocol) serveApp(app *appConn, si *serverInfo) error {
 		Status:       si.status,
 		AuthPlugin:   gm.AUTH_NATIVE_PASSWORD,
 	}
-	if p.cfg.HandshakeTimeout > 0 {
-		// The app cannot start before it is greeted; its time starts now.
-		_ = app.conn.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
-	}
 	if err := WritePacket(app.conn, 0, ours.Encode()); err != nil {
 		return p.clientFail(app, reasonClosed, fmt.Errorf("greet app: %w", err), nil)
 	}
-	app.greeted = true
 	seq, pkt, err := ReadPacket(app.conn, MaxHandshakePacket)
 	if err != nil {
 		return p.readFail(app, seq, err)

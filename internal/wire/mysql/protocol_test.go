@@ -40,7 +40,7 @@ func TestHandshakeAgreesCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(Config{Listener: "t", TLS: tlsCfgs, HandshakeTimeout: 5 * time.Second})
+	p := New(Config{Listener: "t", TLS: tlsCfgs})
 	// What a probe of this server would have recorded: the app is greeted from it.
 	p.learn(&Greeting{ServerVersion: "8.0.36", ConnectionID: 7, Capabilities: upCaps, Charset: 45, Status: gm.SERVER_STATUS_AUTOCOMMIT})
 	app, side := net.Pipe()
@@ -283,7 +283,7 @@ func TestUpstreamLackingAnAgreedCapabilityIsAClearError(t *testing.T) {
 	if !set.AnyUp() {
 		t.Fatal("a capability mismatch marked the path down")
 	}
-	if p.serverInfo().caps&gm.CLIENT_DEPRECATE_EOF != 0 {
+	if p.greeting().caps&gm.CLIENT_DEPRECATE_EOF != 0 {
 		t.Fatal("the server's new greeting was not learnt")
 	}
 }
