@@ -1,6 +1,7 @@
-// Package proxy accepts app connections on a listener, enforces limits, hands each connection to
-// its engine's Protocol for the handshakes, then relays bytes both ways while tracking whether
-// the session is idle, so that draining and path failover close sessions between transactions.
+// Package proxy accepts app connections on a listener, enforces limits, runs each connection's
+// three steps (the engine's Accept, a Source's Open, the engine's Greet), then relays bytes
+// both ways while tracking whether the session is idle, so that draining and path failover
+// close sessions between transactions.
 package proxy
 
 import (
