@@ -5,6 +5,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -51,11 +52,25 @@ type PasswordFile struct {
 func (p PasswordFile) Password(context.Context) (string, error) {
 	b, err := os.ReadFile(p.Path)
 	if err != nil {
-		return "", fmt.Errorf("read password file: %w", err)
+		return "", &PasswordFileError{Err: fmt.Errorf("read password file: %w", err)}
 	}
 	pw := strings.TrimRight(string(b), "\r\n")
 	if pw == "" {
-		return "", fmt.Errorf("read password file %s: file is empty", p.Path)
+		return "", &PasswordFileError{Err: fmt.Errorf("read password file %s: file is empty", p.Path)}
 	}
 	return pw, nil
+}
+
+// PasswordFileError is a failure to read the password file; it says nothing about the
+// database or the network path to it.
+type PasswordFileError struct{ Err error }
+
+func (e *PasswordFileError) Error() string { return e.Err.Error() }
+func (e *PasswordFileError) Unwrap() error { return e.Err }
+
+// IsSecretError reports whether err is the sidecar failing to get its own secret (an IAM token
+// or the password file), not anything the database or the network did.
+func IsSecretError(err error) bool {
+	var pe *PasswordFileError
+	return IsTokenError(err) || errors.As(err, &pe)
 }

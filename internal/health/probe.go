@@ -142,13 +142,27 @@ func (s *Set) probeOnce(ctx context.Context, p Path, kind string, pr Prober, cfg
 		ps.lastProbe = start
 	}
 	s.mu.Unlock()
-	if err != nil {
-		reason := Reason(err)
-		s.metrics.probeFailures.WithLabelValues(s.listener, p.Name, kind, reason).Inc()
+	if err == nil {
+		s.record(p.Name, kind, nil, true)
+		return nil
+	}
+	reason, class := Reason(err), ClassOf(err)
+	s.metrics.probeFailures.WithLabelValues(s.listener, p.Name, kind, reason).Inc()
+	switch class {
+	case ClassAnswered:
+		// The database answered (it is full, the probe user is refused): the path reached it.
+		cfg.Log.Debug("probe answered by the database: the path works", zap.String("listener", s.listener),
+			zap.String("path", p.Name), zap.String("kind", kind), zap.Error(err))
+		s.record(p.Name, kind, nil, true)
+	case ClassSecret:
+		// No token or password to log in with: nothing learnt about the path either way.
+		cfg.Log.Debug("probe could not get its secret", zap.String("listener", s.listener),
+			zap.String("path", p.Name), zap.String("kind", kind), zap.Error(err))
+	default:
 		cfg.Log.Debug("probe failed", zap.String("listener", s.listener), zap.String("path", p.Name),
 			zap.String("kind", kind), zap.String("reason", reason), zap.Error(err))
+		s.record(p.Name, kind, err, false)
 	}
-	s.record(p.Name, kind, err, err == nil)
 	return err
 }
 

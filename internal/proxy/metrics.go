@@ -51,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"listener", "engine", "result"}),
 		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "rdsvalet_proxy_upstream_login_duration_seconds",
-			Help:    "Time to dial, TLS-handshake and log in upstream on one path, by outcome.",
+			Help:    "Time to dial, TLS-handshake and log in upstream on one path, by result: ok, or the failure's class (path: the path is broken; answered: the database refused; secret: no token or password).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"listener", "path", "result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -69,13 +69,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// ObserveLogin records one upstream login attempt; engines call it through Server.
-func (m *Metrics) ObserveLogin(listener, path string, ok bool, seconds float64) {
-	r := "ok"
-	if !ok {
-		r = "error"
-	}
-	m.upstreamDur.WithLabelValues(listener, path, r).Observe(seconds)
+// ObserveLogin records one upstream login attempt by result: "ok" or the failure's class
+// (path, answered, secret; see docs/reliability.md).
+func (m *Metrics) ObserveLogin(listener, path, result string, seconds float64) {
+	m.upstreamDur.WithLabelValues(listener, path, result).Observe(seconds)
 }
 
 func (m *Metrics) init(listener, engine string) {

@@ -55,8 +55,8 @@ type Startup struct {
 }
 
 // Source hands out logged-in upstream sessions (step 2). It reports the outcome of what it
-// tried to the health of its paths; its errors are ClientError, a *PathError wrapping a
-// FinalError (the database answered on that path), or a NoPathError.
+// tried to the health of its paths; its errors are ClientError, a *PathError wrapping an
+// AnsweredError (the database answered on that path), or a NoPathError.
 type Source interface {
 	Open(ctx context.Context, st *Startup) (*Session, error)
 }
@@ -134,12 +134,20 @@ type ClientError struct{ Err error }
 func (e *ClientError) Error() string { return e.Err.Error() }
 func (e *ClientError) Unwrap() error { return e.Err }
 
-// FinalError marks an upstream answer that another path would not change (the database said
-// the user has no access, the database does not exist): Try stops at it.
-type FinalError struct{ Err error }
+// AnsweredError marks a login the database answered with a refusal (an ErrorResponse, an ERR
+// packet): the path works, the request did not. The app gets the database's own code and
+// message. Retry, when set, says why another path could change the answer (the server behind
+// this one is shutting down); otherwise a Source stops at it.
+type AnsweredError struct {
+	Err   error
+	Retry string
+}
 
-func (e *FinalError) Error() string { return e.Err.Error() }
-func (e *FinalError) Unwrap() error { return e.Err }
+func (e *AnsweredError) Error() string { return e.Err.Error() }
+func (e *AnsweredError) Unwrap() error { return e.Err }
+
+// DatabaseAnswered marks the error as the database's answer (health.Answer).
+func (e *AnsweredError) DatabaseAnswered() {}
 
 // IncompatibleError marks a path whose upstream cannot serve what the app was already
 // promised (a MySQL capability offered in the sidecar's own greeting): the path works, this
@@ -150,6 +158,9 @@ type IncompatibleError struct{ Err error }
 func (e *IncompatibleError) Error() string { return e.Err.Error() }
 func (e *IncompatibleError) Unwrap() error { return e.Err }
 
+// DatabaseAnswered marks the error as the database's answer (its greeting): see health.Answer.
+func (e *IncompatibleError) DatabaseAnswered() {}
+
 // PathError is one failed attempt on one path.
 type PathError struct {
 	Path string
@@ -159,8 +170,8 @@ type PathError struct {
 func (e *PathError) Error() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
 func (e *PathError) Unwrap() error { return e.Err }
 
-// AnsweredOn is the path whose database answered a failed Source.Open (a *PathError around a
-// FinalError), or "" when no single path did.
+// AnsweredOn is the path whose database answered a failed Source.Open (a *PathError around an
+// AnsweredError), or "" when no single path did.
 func AnsweredOn(err error) string {
 	var pe *PathError
 	if errors.As(err, &pe) {

@@ -309,7 +309,7 @@ func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) boo
 		if result == ResultClientError {
 			lvl = log.Info
 		}
-		lvl("connection failed before the session started", zap.String("result", result), zap.Error(err))
+		lvl(failureWords[result], zap.String("result", result), zap.Error(err))
 		return false
 	}
 	if up == nil {
@@ -395,12 +395,20 @@ func isNetworkFailure(err error) bool {
 	return errors.As(err, &ne) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
+// failureWords logs each failure class in words of its own (docs/reliability.md): a refusal
+// from the database is not a broken network, and neither is an app's bad input.
+var failureWords = map[string]string{
+	ResultClientError:     "refused the app's startup (the app's input or connection)",
+	ResultUpstreamRefused: "the database answered the login with a refusal; the path works",
+	ResultNoPath:          "no path reached the database",
+}
+
 func classify(err error) string {
 	if err == nil {
 		return ResultOK
 	}
 	var ce *ClientError
-	var fe *FinalError
+	var fe *AnsweredError
 	var ne *NoPathError
 	switch {
 	case errors.As(err, &ce):

@@ -18,9 +18,10 @@ import (
 const minAttemptTimeout = 2 * time.Second
 
 // Login is an engine's client side: dial path, negotiate TLS and log in as st says, answering
-// a password request with secret. wire/pg and wire/mysql implement it. Errors another path
-// would not change are proxy.FinalError; a path that cannot serve what the app was promised
-// is proxy.IncompatibleError.
+// a password request with secret. wire/pg and wire/mysql implement it. The database's answers
+// are proxy.AnsweredError (with Retry set when another path could change them); a path that
+// cannot serve what the app was promised is proxy.IncompatibleError; any other error is the
+// path's (health.ClassOf).
 type Login interface {
 	Login(ctx context.Context, p health.Path, st *proxy.Startup, secret func(context.Context) (string, error)) (*proxy.Session, error)
 }
@@ -43,9 +44,10 @@ func PasswordSecret(f auth.PasswordFile) Secret {
 	return func(ctx context.Context, _ health.Path, _ string) (string, error) { return f.Password(ctx) }
 }
 
-// LoginObserver records each login attempt (proxy.Metrics does).
+// LoginObserver records each login attempt (proxy.Metrics does): result is "ok" or the
+// failure's class (health.ClassPath, ClassAnswered, ClassSecret).
 type LoginObserver interface {
-	ObserveLogin(listener, path string, ok bool, seconds float64)
+	ObserveLogin(listener, path, result string, seconds float64)
 }
 
 // Config is one listener's path source.
@@ -78,6 +80,7 @@ func (s *Paths) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, er
 	set := s.cfg.Paths
 	cands := set.Candidates()
 	nerr := &proxy.NoPathError{}
+	var answer *proxy.PathError // the last answer that sent Open on (AnsweredError.Retry)
 	for i, p := range cands {
 		if ctx.Err() != nil {
 			nerr.Attempts = append(nerr.Attempts, &proxy.PathError{Path: p.Name, Err: ctx.Err()})
@@ -87,33 +90,46 @@ func (s *Paths) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, er
 		start := time.Now()
 		sess, err := s.cfg.Engine.Login(actx, p, st, func(ctx context.Context) (string, error) { return s.cfg.Secret(ctx, p, st.User) })
 		cancel()
-		if s.cfg.Observer != nil {
-			s.cfg.Observer.ObserveLogin(s.cfg.Listener, p.Name, err == nil, time.Since(start).Seconds())
+		result := "ok"
+		var ce *proxy.ClientError
+		switch {
+		case err == nil:
+		case errors.As(err, &ce):
+			// The app went away or misbehaved mid-login: nothing learnt about the path.
+			return nil, err
+		default:
+			result = health.ClassOf(err)
 		}
-		if err == nil {
+		if s.cfg.Observer != nil {
+			s.cfg.Observer.ObserveLogin(s.cfg.Listener, p.Name, result, time.Since(start).Seconds())
+		}
+		switch result {
+		case "ok":
 			set.ReportSuccess(p.Name)
 			return sess, nil
-		}
-		var final *proxy.FinalError
-		var ce *proxy.ClientError
-		var inc *proxy.IncompatibleError
-		switch {
-		case errors.As(err, &final):
-			// The upstream answered: the path works, the request does not.
+		case health.ClassAnswered:
+			// The database answered: the path works. Its answer is the app's, unless another
+			// path could really change it (the server behind this one is going away).
 			set.ReportSuccess(p.Name)
-			return nil, &proxy.PathError{Path: p.Name, Err: err}
-		case errors.As(err, &ce):
-			return nil, err
-		case errors.As(err, &inc):
-			// The path answered too; another path may serve the session.
-			set.ReportSuccess(p.Name)
-		case !auth.IsTokenError(err):
-			// A login that could not get its IAM token says nothing about the network path;
-			// counted against it, a credential outage would mark healthy paths down and close
-			// their idle sessions.
+			var inc *proxy.IncompatibleError
+			if errors.As(err, &inc) {
+				break // it is told as a path that could not serve the session, if none can
+			}
+			answer = &proxy.PathError{Path: p.Name, Err: err}
+			var ae *proxy.AnsweredError
+			if !errors.As(err, &ae) || ae.Retry == "" {
+				return nil, answer
+			}
+		case health.ClassPath:
 			set.ReportFailure(p.Name, err)
 		}
+		// ClassSecret: a login that could not get its IAM token or password says nothing about
+		// the path; counted against it, a credential outage would mark healthy paths down.
 		nerr.Attempts = append(nerr.Attempts, &proxy.PathError{Path: p.Name, Err: err})
+	}
+	if answer != nil {
+		// A database's answer tells the app more than the other paths' failures do.
+		return nil, answer
 	}
 	return nil, nerr
 }

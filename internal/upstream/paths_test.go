@@ -91,10 +91,77 @@ func TestOpenTriesPathsInOrder(t *testing.T) {
 		t.Fatalf("path states %v: want a down (network), b up (it answered), c up", snap)
 	}
 
-	final := &proxy.FinalError{Err: errors.New("database \"nope\" does not exist")}
+	final := &proxy.AnsweredError{Err: errors.New("database \"nope\" does not exist")}
 	tried = nil
 	_, err = source(set, failWith(final)).Open(context.Background(), st)
 	if got := proxy.AnsweredOn(err); got != "b" || !errors.As(err, &final) {
 		t.Fatalf("a final answer: AnsweredOn = %q (err %v), want b, the best path left", got, err)
 	}
+}
+
+// answerErr is an engine's refusal: the database's own answer (health.Answer).
+type answerErr struct{ code string }
+
+func (e *answerErr) Error() string     { return "upstream refused the login: FATAL " + e.code }
+func (e *answerErr) DatabaseAnswered() {}
+
+// A database's answer proves the path works: it never counts against it, is not retried on
+// another path unless it is one another path could change (Retry), and reaches the app as the
+// database's own. With fall 1, one answer counted as a failure would mark the path down.
+func TestOpenNeverBlamesThePathForTheDatabasesAnswer(t *testing.T) {
+	paths := []health.Path{{Name: "a"}, {Name: "b"}}
+	set := health.NewSet("pg", paths, health.Thresholds{Rise: 1, Fall: 1}, nil)
+	var tried []string
+	answers := map[string]error{
+		"a": &proxy.AnsweredError{Err: &answerErr{"53300"}},
+	}
+	login := loginFunc(func(_ context.Context, p health.Path, _ *proxy.Startup, _ func(context.Context) (string, error)) (*proxy.Session, error) {
+		tried = append(tried, p.Name)
+		return nil, answers[p.Name]
+	})
+	obs := &observer{}
+	src := source(set, login)
+	src.cfg.Observer = obs
+	for range 5 {
+		_, err := src.Open(context.Background(), &proxy.Startup{User: "app"})
+		var ue *answerErr
+		if !errors.As(err, &ue) || ue.code != "53300" || proxy.AnsweredOn(err) != "a" {
+			t.Fatalf("Open = %v; want the database's own 53300, answered on a", err)
+		}
+	}
+	if got := strings.Join(tried, " "); got != "a a a a a" {
+		t.Fatalf("tried %q: a full database is not retried on another path", got)
+	}
+	if !allUp(set) || obs.results["a answered"] != 5 {
+		t.Fatalf("paths %v, observed %v: want every path up and 5 answered logins", set.Snapshot(), obs.results)
+	}
+
+	// A server going away (57P03) is an answer another path may change: Open moves on, the
+	// path is still not blamed, and when every path says so the app gets the answer.
+	tried = nil
+	answers["a"] = &proxy.AnsweredError{Err: &answerErr{"57P03"}, Retry: "the server is starting up"}
+	answers["b"] = &proxy.AnsweredError{Err: &answerErr{"57P03"}, Retry: "the server is starting up"}
+	_, err := src.Open(context.Background(), &proxy.Startup{User: "app"})
+	var ue *answerErr
+	if !errors.As(err, &ue) || ue.code != "57P03" || strings.Join(tried, " ") != "a b" || !allUp(set) {
+		t.Fatalf("Open = %v after trying %v, paths %v; want 57P03 from b after a and b, all up", err, tried, set.Snapshot())
+	}
+}
+
+type observer struct{ results map[string]int }
+
+func (o *observer) ObserveLogin(_, path, result string, _ float64) {
+	if o.results == nil {
+		o.results = map[string]int{}
+	}
+	o.results[path+" "+result]++
+}
+
+func allUp(set *health.Set) bool {
+	for _, ps := range set.Snapshot() {
+		if ps.State != "up" {
+			return false
+		}
+	}
+	return true
 }

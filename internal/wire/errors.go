@@ -1,5 +1,11 @@
 package wire
 
+import (
+	"errors"
+	"io"
+	"syscall"
+)
+
 // NoTLSError says an upstream would not agree to TLS, which the sidecar never goes without.
 type NoTLSError struct{ Msg string }
 
@@ -7,3 +13,16 @@ func (e *NoTLSError) Error() string { return e.Msg }
 
 // HealthReason implements health.Classified.
 func (e *NoTLSError) HealthReason() string { return "tls" }
+
+// ClosedByPeer reports whether err is the other end closing the connection (an EOF or a
+// reset), as opposed to silence (a timeout) or a local failure. During a login that has
+// already passed TLS it is a server hanging up, not a broken network path.
+func ClosedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// HungUpRetry is why a login that the server hung up on after TLS is tried on the next path:
+// the server behind this path is going away (a restart, a failover), and another path may
+// lead to one that is up.
+const HungUpRetry = "the server closed the connection during login"

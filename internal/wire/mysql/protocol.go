@@ -256,15 +256,17 @@ func (p *Protocol) Reject(client net.Conn, st *proxy.Startup, err error) {
 	_ = writeErr(client, app.seq+1, &e.Err)
 }
 
-// classifyUpstream marks refusals another path would not change as final.
+// classifyUpstream sorts a failed login (docs/reliability.md): an ERR packet or an auth
+// plugin request is the database's answer; the server hanging up after TLS is an answer
+// another path may change; silence and anything else stay the path's.
 func classifyUpstream(err error) error {
 	var ue *upstreamError
-	if errors.As(err, &ue) && !retryableOnAnotherPath(&ue.Err) {
-		return &proxy.FinalError{Err: err}
-	}
 	var pe *unsupportedPluginError
-	if errors.As(err, &pe) {
-		return &proxy.FinalError{Err: err}
+	switch {
+	case errors.As(err, &ue):
+		return &proxy.AnsweredError{Err: err, Retry: answerRetry(&ue.Err)}
+	case errors.As(err, &pe):
+		return &proxy.AnsweredError{Err: err}
 	}
 	return err
 }

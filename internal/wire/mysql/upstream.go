@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 
+	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 )
 
@@ -25,6 +25,9 @@ type upstreamError struct {
 func (e *upstreamError) Error() string {
 	return fmt.Sprintf("upstream refused the login: ERROR %d (%s): %s", e.Code, e.State, e.Message)
 }
+
+// DatabaseAnswered implements health.Answer: the database refused, so the path reached it.
+func (e *upstreamError) DatabaseAnswered() {}
 
 // HealthReason implements health.Classified: access denied (a wrong password or token, no
 // grant on the database) is an auth failure.
@@ -41,6 +44,9 @@ type unsupportedPluginError struct{ plugin string }
 
 // HealthReason implements health.Classified.
 func (e *unsupportedPluginError) HealthReason() string { return "auth" }
+
+// DatabaseAnswered implements health.Answer: the server asked for a plugin, so it answered.
+func (e *unsupportedPluginError) DatabaseAnswered() {}
 
 func (e *unsupportedPluginError) Error() string {
 	return fmt.Sprintf("upstream asks for auth plugin %q; the sidecar answers mysql_clear_password, mysql_native_password and caching_sha2_password only", e.plugin)
@@ -143,7 +149,12 @@ func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResp
 	for {
 		seq, p, err := ReadPacket(br, MaxHandshakePacket)
 		if err != nil {
-			return nil, fmt.Errorf("read login response: %w", wire.CtxErr(ctx, err))
+			err = fmt.Errorf("read login response: %w", wire.CtxErr(ctx, err))
+			if wire.ClosedByPeer(err) {
+				// Past TLS, a server that hangs up has answered (it is going away).
+				return nil, &proxy.AnsweredError{Err: err, Retry: wire.HungUpRetry}
+			}
+			return nil, err
 		}
 		if len(p) == 0 {
 			return nil, errors.New("upstream sent an empty packet during login")
@@ -217,13 +228,28 @@ func authData(plugin string, scramble []byte, pw string) ([]byte, bool) {
 	return nil, false
 }
 
-// retryableOnAnotherPath tells upstream refusals that concern the path (a full or stopping
-// server, a blocked host, a network error) from those that concern the request.
-func retryableOnAnotherPath(e *Err) bool {
+// answerRetry says why another path could change the server's refusal e, or "" when it would
+// not: the server is going away (behind another path may be the new writer), or it judges the
+// client's host, which differs per path (the RDS Proxy's address rather than the pod's). A
+// full server (1040), a bad password (1045) or an unknown database (1049) is the same on every
+// path.
+func answerRetry(e *Err) string {
 	switch e.Code {
-	case gm.ER_CON_COUNT_ERROR, gm.ER_SERVER_SHUTDOWN, gm.ER_HOST_IS_BLOCKED, gm.ER_HOST_NOT_PRIVILEGED,
-		gm.ER_OUT_OF_RESOURCES:
-		return true
+	case gm.ER_SERVER_SHUTDOWN:
+		return "the server is shutting down (1053)"
+	case erConnectionKilled:
+		return "the server killed the connection (1927)"
+	case erServerOfflineMode:
+		return "the server is in offline mode (3032)"
+	case gm.ER_HOST_IS_BLOCKED, gm.ER_HOST_NOT_PRIVILEGED:
+		return fmt.Sprintf("the server refuses the client host (%d), which differs per path", e.Code)
 	}
-	return strings.HasPrefix(e.State, "08")
+	return ""
 }
+
+// Error codes go-mysql does not name: MariaDB's ER_CONNECTION_KILLED and MySQL's
+// ER_SERVER_OFFLINE_MODE.
+const (
+	erConnectionKilled  = 1927
+	erServerOfflineMode = 3032
+)

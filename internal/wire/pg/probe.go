@@ -58,9 +58,9 @@ func (p *Protocol) ProbeLogin(ctx context.Context, path health.Path) error {
 		}
 		switch typ {
 		case 'E':
-			var e pgproto3.ErrorResponse
-			_ = e.Decode(body)
-			return fmt.Errorf("probe query: %s %s", e.Code, e.Message)
+			ue := &upstreamError{}
+			_ = ue.resp.Decode(body)
+			return fmt.Errorf("probe query: %w", ue)
 		case 'Z':
 			x, _ := (&pgproto3.Terminate{}).Encode(nil)
 			_, _ = tc.Write(x)

@@ -158,11 +158,7 @@ func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startu
 	u, err := login(ctx, tc, st.Engine.(*startup).params, secret, p.salted)
 	if err != nil {
 		_ = tc.Close()
-		var ue *upstreamError
-		if errors.As(err, &ue) && !retryableOnAnotherPath(ue.resp.Code) {
-			return nil, &proxy.FinalError{Err: err}
-		}
-		return nil, err
+		return nil, classifyLogin(err)
 	}
 	return &proxy.Session{Path: path.Name, Conn: u.conn, Leftover: proxy.Leftover(u.br), Engine: u}, nil
 }
@@ -211,16 +207,29 @@ func (p *Protocol) Refuse(ctx context.Context, client net.Conn, reason error) {
 	_ = writeError(client, e)
 }
 
-// retryableOnAnotherPath tells upstream refusals that concern the path (a full or starting
-// proxy, a connection problem) from those that concern the request.
-func retryableOnAnotherPath(code string) bool {
-	switch {
-	case code == codeTooManyConnections, code == codeCannotConnectNow, code == "57P01", code == "53000":
-		return true
-	case len(code) == 5 && code[:2] == "08":
-		return true
+// classifyLogin sorts a failed login (docs/reliability.md): an ErrorResponse is the
+// database's answer; login itself marks a server hanging up after TLS; silence and anything
+// else stay the path's.
+func classifyLogin(err error) error {
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		return &proxy.AnsweredError{Err: err, Retry: answerRetry(ue.resp.Code)}
 	}
-	return false
+	return err
+}
+
+// answerRetry says why another path could change a refusal with SQLSTATE code, or "" when it
+// would not. Only a server that is going away qualifies: behind another path (the RDS Proxy
+// rather than the instance endpoint) may be the new writer. A full database (53300), a bad
+// password (28P01) or a malformed startup (08P01) is the same on every path.
+func answerRetry(code string) string {
+	switch code {
+	case codeCannotConnectNow:
+		return "the server is starting up or shutting down (57P03)"
+	case codeAdminShutdown:
+		return "the server is shutting down (57P01)"
+	}
+	return ""
 }
 
 func (p *Protocol) failStartup(client net.Conn, err error) error {

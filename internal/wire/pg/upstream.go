@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 )
 
@@ -49,6 +50,9 @@ type upstreamError struct {
 func (e *upstreamError) Error() string {
 	return fmt.Sprintf("upstream refused the login: %s %s: %s", e.resp.Severity, e.resp.Code, e.resp.Message)
 }
+
+// DatabaseAnswered implements health.Answer: the database refused, so the path reached it.
+func (e *upstreamError) DatabaseAnswered() {}
 
 // HealthReason implements health.Classified: class 28 is "invalid authorization
 // specification" (a wrong password or token, no such role).
@@ -129,7 +133,12 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 	for {
 		typ, body, err := readMessage(br, maxUpstreamLoginMsgLength)
 		if err != nil {
-			return nil, fmt.Errorf("read login response: %w", wire.CtxErr(ctx, err))
+			err = fmt.Errorf("read login response: %w", wire.CtxErr(ctx, err))
+			if wire.ClosedByPeer(err) {
+				// Past TLS, a server that hangs up has answered (it is going away).
+				return nil, &proxy.AnsweredError{Err: err, Retry: wire.HungUpRetry}
+			}
+			return nil, err
 		}
 		switch typ {
 		case 'E':
