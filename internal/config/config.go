@@ -84,13 +84,17 @@ type Shutdown struct {
 
 // Listener is one local endpoint that apps connect to and the upstream paths behind it.
 type Listener struct {
-	Name              string        `mapstructure:"name" yaml:"name,omitempty"`
-	Engine            string        `mapstructure:"engine" yaml:"engine,omitempty"`
-	Listen            string        `mapstructure:"listen" yaml:"listen,omitempty"`
-	AllowNonLoopback  bool          `mapstructure:"allow_non_loopback" yaml:"allow_non_loopback,omitempty"`
-	MaxConnections    int           `mapstructure:"max_connections" yaml:"max_connections,omitempty"`
-	HandshakeTimeout  time.Duration `mapstructure:"handshake_timeout" yaml:"handshake_timeout,omitempty"`
-	ConnectTimeout    time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout,omitempty"`
+	Name             string        `mapstructure:"name" yaml:"name,omitempty"`
+	Engine           string        `mapstructure:"engine" yaml:"engine,omitempty"`
+	Listen           string        `mapstructure:"listen" yaml:"listen,omitempty"`
+	AllowNonLoopback bool          `mapstructure:"allow_non_loopback" yaml:"allow_non_loopback,omitempty"`
+	MaxConnections   int           `mapstructure:"max_connections" yaml:"max_connections,omitempty"`
+	HandshakeTimeout time.Duration `mapstructure:"handshake_timeout" yaml:"handshake_timeout,omitempty"`
+	ConnectTimeout   time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout,omitempty"`
+	// SessionTimeout ends a session whose request has waited this long with no byte from
+	// upstream while its path is down and no other path is up (docs/failover.md).
+	SessionTimeout    time.Duration `mapstructure:"session_timeout" yaml:"session_timeout,omitempty"`
+	UpstreamTCP       UpstreamTCP   `mapstructure:"upstream_tcp" yaml:"upstream_tcp,omitempty"`
 	LocalPasswordFile string        `mapstructure:"local_password_file" yaml:"local_password_file,omitempty"`
 	Auth              Auth          `mapstructure:"auth" yaml:"auth,omitempty"`
 	TLS               TLS           `mapstructure:"tls" yaml:"tls,omitempty"`
@@ -113,6 +117,13 @@ type Health struct {
 	LoginInterval time.Duration `mapstructure:"login_interval" yaml:"login_interval,omitempty"`
 	LoginUser     string        `mapstructure:"login_user" yaml:"login_user,omitempty"`
 	LoginDatabase string        `mapstructure:"login_database" yaml:"login_database,omitempty"`
+}
+
+// UpstreamTCP bounds how long the kernel keeps a connection to a dead upstream peer: unacked
+// data (TCP_USER_TIMEOUT) and an idle session's keepalive probes.
+type UpstreamTCP struct {
+	UserTimeout time.Duration `mapstructure:"user_timeout" yaml:"user_timeout,omitempty"`
+	Keepalive   time.Duration `mapstructure:"keepalive" yaml:"keepalive,omitempty"`
 }
 
 // Auth says how the sidecar logs in upstream.
@@ -144,6 +155,9 @@ const (
 	DefaultMaxConnections   = 1000
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultConnectTimeout   = 10 * time.Second
+	DefaultSessionTimeout   = 15 * time.Second
+	DefaultTCPUserTimeout   = 10 * time.Second
+	DefaultTCPKeepalive     = 5 * time.Second
 )
 
 // Default probe settings (docs/architecture.md, "Failure semantics").
@@ -191,6 +205,15 @@ func (c *Config) applyListenerDefaults() {
 		}
 		if l.ConnectTimeout == 0 {
 			l.ConnectTimeout = DefaultConnectTimeout
+		}
+		if l.SessionTimeout == 0 {
+			l.SessionTimeout = DefaultSessionTimeout
+		}
+		if l.UpstreamTCP.UserTimeout == 0 {
+			l.UpstreamTCP.UserTimeout = DefaultTCPUserTimeout
+		}
+		if l.UpstreamTCP.Keepalive == 0 {
+			l.UpstreamTCP.Keepalive = min(DefaultTCPKeepalive, l.UpstreamTCP.UserTimeout)
 		}
 		if l.Auth.Mode == "" {
 			l.Auth.Mode = AuthIAM
@@ -309,6 +332,15 @@ func (c *Config) Validate() error {
 		}
 		if l.ConnectTimeout < 0 {
 			bad(key+".connect_timeout", "must not be negative")
+		}
+		if l.SessionTimeout < 0 {
+			bad(key+".session_timeout", "must not be negative")
+		}
+		switch t := l.UpstreamTCP; {
+		case t.UserTimeout < time.Second:
+			bad(key+".upstream_tcp.user_timeout", "must be at least 1s (got %s)", t.UserTimeout)
+		case t.Keepalive < time.Second || t.Keepalive > t.UserTimeout:
+			bad(key+".upstream_tcp.keepalive", "must be between 1s and user_timeout %s (got %s)", t.UserTimeout, t.Keepalive)
 		}
 		switch l.Auth.Mode {
 		case AuthIAM:

@@ -19,6 +19,7 @@ func full() *Config {
 		Listeners: []Listener{{
 			Name: "orders", Engine: EngineMySQL, Listen: "0.0.0.0:3307", AllowNonLoopback: true,
 			MaxConnections: 7, HandshakeTimeout: 4 * time.Second, ConnectTimeout: 6 * time.Second,
+			SessionTimeout: 20 * time.Second, UpstreamTCP: UpstreamTCP{UserTimeout: 12 * time.Second, Keepalive: 3 * time.Second},
 			LocalPasswordFile: "/run/local-pw",
 			Auth:              Auth{Mode: AuthPassword, PasswordFile: "/run/pw", User: "app"},
 			TLS:               TLS{Mode: TLSVerifyCA, CAFile: "/run/ca.pem"},

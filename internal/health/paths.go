@@ -51,6 +51,9 @@ type Set struct {
 	paths    []*pathState
 	best     string // the path new connections go to first, for the switch metric
 	watchers []func(path string, s State)
+	movers   []func(path string)
+	// received, if set, is when a live session on the path last received data from upstream.
+	received func(path string) time.Time
 }
 
 type pathState struct {
@@ -69,6 +72,8 @@ type pathState struct {
 	escalated bool
 	failures  uint64
 	successes uint64
+	// moved: the movers were told to take the sessions off this down path (once per outage).
+	moved bool
 }
 
 // NewSet returns the paths of one listener, all assumed up until told otherwise.
@@ -99,6 +104,33 @@ func (s *Set) Watch(fn func(path string, st State)) {
 	s.mu.Lock()
 	s.watchers = append(s.watchers, fn)
 	s.mu.Unlock()
+}
+
+// WatchMoves registers fn to be told when the sessions on a path should move off it: the path
+// is down and another path is up, so there is somewhere better for them. It is told once per
+// outage, when both hold (the path going down, or another coming up while it is down). While no
+// path is up it is never told: sessions stay where they are, each ended only by its own evidence
+// of death (docs/failover.md). fn runs on the reporting goroutine and must not block.
+func (s *Set) WatchMoves(fn func(path string)) {
+	s.mu.Lock()
+	s.movers = append(s.movers, fn)
+	s.mu.Unlock()
+}
+
+// SetReceived tells the set when live sessions on a path last received data from upstream: a
+// probe that timed out while they were receiving data is a slow probe, not a dead path.
+func (s *Set) SetReceived(fn func(path string) time.Time) {
+	s.mu.Lock()
+	s.received = fn
+	s.mu.Unlock()
+}
+
+// IsDown reports whether the named path is marked down.
+func (s *Set) IsDown(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.find(name)
+	return p != nil && p.state == Down
 }
 
 // Candidates returns the paths new connections should try, in order: healthy paths by
@@ -188,8 +220,13 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 		}
 	}
 	var watchers []func(string, State)
+	var moves []string
 	st := p.state
 	if changed {
+		if st == Up {
+			p.moved = false
+		}
+		moves = s.movesLocked()
 		v := 0.0
 		if st == Up {
 			v = 1
@@ -201,10 +238,32 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 			s.best = best
 		}
 	}
+	movers := s.movers
 	s.mu.Unlock()
 	for _, w := range watchers {
 		w(name, st)
 	}
+	for _, m := range moves {
+		for _, fn := range movers {
+			fn(m)
+		}
+	}
+}
+
+// movesLocked returns the down paths whose sessions should move now (another path is up) and
+// were not told so yet in this outage.
+func (s *Set) movesLocked() []string {
+	if s.bestLocked() == "" {
+		return nil
+	}
+	var out []string
+	for _, p := range s.paths {
+		if p.state == Down && !p.moved {
+			p.moved = true
+			out = append(out, p.Name)
+		}
+	}
+	return out
 }
 
 // escalated reports whether the path's next probe must go at least as far as TLS.

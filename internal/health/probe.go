@@ -159,11 +159,26 @@ func (s *Set) probeOnce(ctx context.Context, p Path, kind string, pr Prober, cfg
 		cfg.Log.Debug("probe could not get its secret", zap.String("listener", s.listener),
 			zap.String("path", p.Name), zap.String("kind", kind), zap.Error(err))
 	default:
+		if reason == "timeout" && s.receivedSince(p.Name, start) {
+			// Sessions on the path got data from upstream while the probe waited: the path is
+			// slow, not dead, and marking it down would only end sessions that work.
+			cfg.Log.Debug("probe timed out while sessions on the path were receiving data: not counted",
+				zap.String("listener", s.listener), zap.String("path", p.Name), zap.String("kind", kind))
+			break
+		}
 		cfg.Log.Debug("probe failed", zap.String("listener", s.listener), zap.String("path", p.Name),
 			zap.String("kind", kind), zap.String("reason", reason), zap.Error(err))
 		s.record(p.Name, kind, err, false)
 	}
 	return err
+}
+
+// receivedSince reports whether a live session on the path received upstream data after t.
+func (s *Set) receivedSince(path string, t time.Time) bool {
+	s.mu.Lock()
+	fn := s.received
+	s.mu.Unlock()
+	return fn != nil && fn(path).After(t)
 }
 
 func jitter(d time.Duration) time.Duration {

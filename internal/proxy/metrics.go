@@ -15,12 +15,13 @@ const (
 
 // Reasons a session ended, the "reason" label of rdsvalet_proxy_sessions_closed_total.
 const (
-	CloseClient   = "client"    // the app closed or the connection to it failed
-	CloseUpstream = "upstream"  // the database closed or the connection to it failed
-	CloseDrain    = "drain"     // closed while idle because the sidecar is draining
-	CloseCut      = "cut"       // cut busy at the drain's deadline
-	ClosePathDown = "path_down" // its path went down: closed when idle, or cut after kill_grace
-	CloseBothDone = "completed" // both sides finished together
+	CloseClient   = "client"          // the app closed or the connection to it failed
+	CloseUpstream = "upstream"        // the database closed or the connection to it failed
+	CloseDrain    = "drain"           // closed while idle because the sidecar is draining
+	CloseCut      = "cut"             // cut busy at the drain's deadline
+	ClosePathDown = "path_down"       // its path went down: closed when idle, or cut after kill_grace
+	CloseSilent   = "upstream_silent" // its request got no byte within session_timeout on a down path
+	CloseBothDone = "completed"       // both sides finished together
 )
 
 // Metrics are the proxy's Prometheus metrics, shared by every listener.
@@ -83,7 +84,7 @@ func (m *Metrics) init(listener, engine string) {
 	for _, d := range []string{"upstream", "downstream"} {
 		m.bytes.WithLabelValues(listener, d)
 	}
-	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseBothDone} {
+	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseSilent, CloseBothDone} {
 		m.closed.WithLabelValues(listener, r)
 	}
 }

@@ -114,6 +114,8 @@ func FarewellText(reason, path string) string {
 		return fmt.Sprintf("terminating connection because its upstream path %q is down; a new connection goes to a healthy path", path)
 	case CloseUpstream:
 		return fmt.Sprintf("the connection to the database on path %q was lost", path)
+	case CloseSilent:
+		return fmt.Sprintf("terminating connection because the database on path %q sent nothing within session_timeout and the path is down", path)
 	}
 	return "terminating connection"
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -30,6 +31,9 @@ type session struct {
 	relay  *sockloop.Relay // set once the loop has the session
 	closed bool
 	reason string
+	// When the app last sent bytes and the upstream last did (UnixNano), for the silent-session
+	// check and the health set's "sessions are receiving data".
+	lastFromApp, lastFromUpstream int64
 
 	// Set before the loop has the session, then used by the loop only.
 	log               *zap.Logger
@@ -68,6 +72,27 @@ func (ss *session) relayed(r *sockloop.Relay) {
 	if closed {
 		r.Poke()
 	}
+}
+
+// silentSince returns when the session's outstanding request was sent, if it has waited since
+// with no byte from upstream; ok is false when nothing is waiting.
+func (ss *session) silentSince() (since time.Time, path string, ok bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed || ss.up == nil || ss.up.Tracker.Idle() || ss.lastFromApp <= ss.lastFromUpstream {
+		return time.Time{}, "", false
+	}
+	return time.Unix(0, ss.lastFromApp), ss.up.Path, true
+}
+
+// received returns when the session last got bytes from upstream on its path.
+func (ss *session) received() (path string, at int64) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.up == nil {
+		return "", 0
+	}
+	return ss.up.Path, ss.lastFromUpstream
 }
 
 // closeIdleLocked closes the session if it is between transactions with nothing outstanding.
@@ -122,6 +147,7 @@ func (ss *session) FromApp(p []byte) bool {
 		return false
 	}
 	ss.up.Tracker.FromClient(p)
+	ss.lastFromApp = time.Now().UnixNano()
 	ss.mu.Unlock()
 	ss.toUpstream.add(len(p))
 	return true
@@ -131,6 +157,7 @@ func (ss *session) FromApp(p []byte) bool {
 func (ss *session) FromUpstream(p []byte) {
 	ss.mu.Lock()
 	ss.up.Tracker.FromServer(p)
+	ss.lastFromUpstream = time.Now().UnixNano()
 	ss.mu.Unlock()
 	ss.toApp.add(len(p))
 }

@@ -32,6 +32,12 @@ type Config struct {
 	OnNetworkFailure func(path string, err error)
 	// Loops relay the logged-in sessions; the process owns them and closes them after drain.
 	Loops *sockloop.Loops
+	// SessionTimeout ends a session whose request has waited this long with no byte from
+	// upstream while PathDown says its path is down (a blackhole the kernel cannot see: the
+	// peer still acknowledges). 0 disables it. On a path that is up, a long query is a long
+	// query and is left alone.
+	SessionTimeout time.Duration
+	PathDown       func(path string) bool
 }
 
 // refuseTimeout bounds how long a refused client may take to send the startup we answer.
@@ -110,6 +116,72 @@ func (s *Server) EvictPath(path string) {
 	}()
 }
 
+// LastReceived is when a live session on path last received bytes from upstream (zero if
+// none has): the health set's evidence that a slow probe is not a dead path.
+func (s *Server) LastReceived(path string) time.Time {
+	s.mu.Lock()
+	list := s.snapshotLocked()
+	s.mu.Unlock()
+	var last int64
+	for _, ss := range list {
+		if p, at := ss.received(); p == path && at > last {
+			last = at
+		}
+	}
+	if last == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, last)
+}
+
+// watchSilent ends, every tick, the sessions whose request has waited past SessionTimeout with
+// no byte from upstream on a path that is down: their own evidence of death, when there was
+// no better path to move them to and so no eviction.
+func (s *Server) watchSilent() {
+	defer s.wg.Done()
+	if s.cfg.SessionTimeout <= 0 || s.cfg.PathDown == nil {
+		return
+	}
+	t := time.NewTicker(silentCheckEvery(s.cfg.SessionTimeout))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case now := <-t.C:
+			s.endSilent(now)
+		}
+	}
+}
+
+// silentCheckEvery is the silent-session check's period: a tenth of the timeout, within
+// 100 ms..1 s, so a session ends at most that long after its bound.
+func silentCheckEvery(timeout time.Duration) time.Duration {
+	return min(max(timeout/10, 100*time.Millisecond), time.Second)
+}
+
+func (s *Server) endSilent(now time.Time) {
+	s.mu.Lock()
+	list := s.snapshotLocked()
+	s.mu.Unlock()
+	down := map[string]bool{}
+	for _, ss := range list {
+		since, path, ok := ss.silentSince()
+		if !ok || now.Sub(since) < s.cfg.SessionTimeout {
+			continue
+		}
+		d, seen := down[path]
+		if !seen {
+			d = s.cfg.PathDown(path)
+			down[path] = d
+		}
+		if d && ss.shut(CloseSilent) {
+			s.log.Warn("ended a session whose request got no byte from upstream within session_timeout on a path that is down",
+				zap.String("path", path), zap.Duration("session_timeout", s.cfg.SessionTimeout), zap.Duration("waited", now.Sub(since)))
+		}
+	}
+}
+
 // Listen binds the listener's address.
 func (s *Server) Listen() error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
@@ -128,6 +200,8 @@ func (s *Server) Name() string { return s.cfg.Name }
 
 // Serve accepts connections until the listener is closed.
 func (s *Server) Serve() error {
+	s.wg.Add(1)
+	go s.watchSilent()
 	var backoff time.Duration
 	for {
 		c, err := s.ln.Accept()
@@ -189,8 +263,8 @@ func (s *Server) Drain(ctx context.Context) int {
 				cut++
 			}
 		}
-		s.cancel()
 	}
+	s.cancel() // nothing is left to serve: stops the silent-session watch too
 	s.wg.Wait()
 	return cut
 }

@@ -171,7 +171,7 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		paths[i] = health.Path{Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost}
 	}
 	set := health.NewSet(lc.Name, paths, health.Thresholds{Rise: lc.Health.Rise, Fall: lc.Health.Fall}, m.health)
-	dialer := newDialer(s.cfg.DNS.Server)
+	dialer := newDialer(s.cfg.DNS.Server, lc.UpstreamTCP.UserTimeout, lc.UpstreamTCP.Keepalive)
 	secret := secretFor(lc, tokens, s.cfg.AWS.Region)
 	log := s.log.With(zap.String("listener", lc.Name))
 	var eng engine
@@ -201,12 +201,12 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
 		OnNetworkFailure: set.ReportFailure, Loops: s.loops,
+		SessionTimeout: lc.SessionTimeout, PathDown: set.IsDown,
 	}, eng, source, s.log, m.proxy)
-	set.Watch(func(path string, st health.State) {
-		if st == health.Down {
-			srv.EvictPath(path)
-		}
-	})
+	// Sessions leave a down path only when another path is up; with none up they stay, each
+	// ended by its own evidence of death (the kernel's dead-peer bound, session_timeout).
+	set.WatchMoves(srv.EvictPath)
+	set.SetReceived(srv.LastReceived)
 	if err := srv.Listen(); err != nil {
 		return nil, err
 	}
@@ -229,20 +229,6 @@ func checkBound(a net.Addr, allowNonLoopback bool) error {
 		return nil
 	}
 	return fmt.Errorf("bound %s, which is not a loopback address; set allow_non_loopback to listen beyond the pod", ta)
-}
-
-// newDialer resolves on every dial (net.Dialer keeps no cache) and tries each address of a
-// name in turn, giving each a share of the time left; dnsServer, if set, is asked instead of
-// the system's resolver.
-func newDialer(dnsServer string) *net.Dialer {
-	d := &net.Dialer{KeepAlive: 30 * time.Second}
-	if dnsServer != "" {
-		d.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var rd net.Dialer
-			return rd.DialContext(ctx, network, dnsServer)
-		}}
-	}
-	return d
 }
 
 // Addr is the bound address of the named listener, nil if there is none.

@@ -1,0 +1,131 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rdsvalet/rds-valet/internal/auth"
+)
+
+// Sessions move off a down path only when another path is up, once per outage: with every
+// path down there is nowhere better to go, and the sessions stay.
+func TestWatchMovesOnlyWhenAnotherPathIsUp(t *testing.T) {
+	s := NewSet("pg", threePaths(), Thresholds{Rise: 1, Fall: 1}, nil)
+	var moved []string
+	s.WatchMoves(func(p string) { moved = append(moved, p) })
+	fail := func(p string) { s.ReportFailure(p, errors.New("dial: connection refused")) }
+
+	fail("privatelink")
+	fail("privatelink") // already down: not told again
+	if got := strings.Join(moved, " "); got != "privatelink" {
+		t.Fatalf("moves %q after privatelink went down with two paths up, want privatelink once", got)
+	}
+	moved = nil
+	fail("proxy")
+	fail("instance") // the last path up goes down: nobody moves anywhere
+	if got := strings.Join(moved, " "); got != "proxy" {
+		t.Fatalf("moves %q; want proxy (instance was still up), and none once every path is down", got)
+	}
+	moved = nil
+	s.ReportSuccess("instance") // instance back: the down paths' sessions may move now
+	if got := strings.Join(moved, " "); got != "" {
+		t.Fatalf("moves %q: privatelink and proxy were already told in this outage", got)
+	}
+	s.ReportSuccess("proxy")
+	fail("proxy") // a new outage of proxy while instance is up
+	if got := strings.Join(moved, " "); got != "proxy" {
+		t.Fatalf("moves %q, want proxy for its new outage", got)
+	}
+}
+
+// The last path to go down has nowhere to send its sessions, so they stay; when another path
+// comes back they move to it.
+func TestWatchMovesWhenAPathComesBackAfterAllWentDown(t *testing.T) {
+	s := NewSet("pg", threePaths()[:2], Thresholds{Rise: 1, Fall: 1}, nil)
+	var moved []string
+	s.WatchMoves(func(p string) { moved = append(moved, p) })
+	s.ReportFailure("proxy", errors.New("timeout")) // privatelink is up: proxy's sessions move
+	s.ReportFailure("privatelink", errors.New("timeout"))
+	if got := strings.Join(moved, " "); got != "proxy" {
+		t.Fatalf("moves %q, want proxy only: privatelink went down with no path up", got)
+	}
+	moved = nil
+	s.ReportSuccess("proxy")
+	if got := strings.Join(moved, " "); got != "privatelink" {
+		t.Fatalf("moves %q once proxy came back, want privatelink", got)
+	}
+
+	one := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, nil)
+	moved = nil
+	one.WatchMoves(func(p string) { moved = append(moved, p) })
+	one.ReportFailure("a", errors.New("timeout"))
+	one.ReportSuccess("a")
+	if len(moved) != 0 {
+		t.Fatalf("moves %v: a single path has nowhere to move its sessions", moved)
+	}
+}
+
+// slowProber's TLS probe waits for its context: a probe that times out.
+type slowProber struct{}
+
+func (slowProber) ProbeTLS(ctx context.Context, _ Path) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (slowProber) ProbeLogin(ctx context.Context, p Path) error { return slowProber{}.ProbeTLS(ctx, p) }
+
+// A probe that times out while the path's sessions are receiving data is a slow probe, not a
+// dead path; with no data received, the same timeout counts.
+func TestSlowProbeOnAPathCarryingDataIsNotCounted(t *testing.T) {
+	s := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, nil)
+	cfg := ProbeConfig{Timeout: 20 * time.Millisecond}
+	s.SetReceived(func(string) time.Time { return time.Now() }) // data is flowing
+	if err := s.ProbeNow(context.Background(), "a", KindTLS, slowProber{}, cfg); err == nil {
+		t.Fatal("the probe did not time out")
+	}
+	if s.IsDown("a") {
+		t.Fatal("a slow probe marked down a path whose sessions are receiving data")
+	}
+	s.SetReceived(func(string) time.Time { return time.Now().Add(-time.Hour) })
+	_ = s.ProbeNow(context.Background(), "a", KindTLS, slowProber{}, cfg)
+	if !s.IsDown("a") {
+		t.Fatal("a probe timeout on a path whose sessions receive nothing did not count")
+	}
+}
+
+// answered is a database's refusal as the engines report it.
+type answered struct{}
+
+func (answered) Error() string     { return "FATAL 53300 sorry, too many clients already" }
+func (answered) DatabaseAnswered() {}
+
+// refusingProber's login probe is refused by the database.
+type refusingProber struct{ err error }
+
+func (p refusingProber) ProbeTLS(context.Context, Path) error   { return nil }
+func (p refusingProber) ProbeLogin(context.Context, Path) error { return p.err }
+
+// A login probe the database refuses (it is full) proves the path; one that could not get
+// its token says nothing; only the path's own failures count.
+func TestProbeClasses(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		err      error
+		wantDown bool
+	}{
+		{"answered", answered{}, false},
+		{"secret", &auth.TokenError{Key: auth.Key{User: "app"}, Err: errors.New("STS down")}, false},
+		{"path", errors.New("dial: connection refused"), true},
+	} {
+		s := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, nil)
+		for range 3 {
+			_ = s.ProbeNow(context.Background(), "a", KindLogin, refusingProber{tc.err}, ProbeConfig{})
+		}
+		if s.IsDown("a") != tc.wantDown {
+			t.Errorf("%s: down = %v, want %v (class %s)", tc.name, s.IsDown("a"), tc.wantDown, ClassOf(tc.err))
+		}
+	}
+}
