@@ -54,6 +54,9 @@ type Set struct {
 	movers   []func(path string)
 	// received, if set, is when a live session on the path last received data from upstream.
 	received func(path string) time.Time
+	// verify, set while Run probes, probes a path at once as deep as the probes go; a move
+	// waits for another path to pass it.
+	verify func(p Path) error
 }
 
 type pathState struct {
@@ -72,8 +75,6 @@ type pathState struct {
 	escalated bool
 	failures  uint64
 	successes uint64
-	// moved: the movers were told to take the sessions off this down path (once per outage).
-	moved bool
 }
 
 // NewSet returns the paths of one listener, all assumed up until told otherwise.
@@ -106,11 +107,12 @@ func (s *Set) Watch(fn func(path string, st State)) {
 	s.mu.Unlock()
 }
 
-// WatchMoves registers fn to be told when the sessions on a path should move off it: the path
-// is down and another path is up, so there is somewhere better for them. It is told once per
-// outage, when both hold (the path going down, or another coming up while it is down). While no
-// path is up it is never told: sessions stay where they are, each ended only by its own evidence
-// of death (docs/failover.md). fn runs on the reporting goroutine and must not block.
+// WatchMoves registers fn to be told when the sessions on a path that went down should move
+// off it: when it goes down, another path is up and passes a probe made then (while Run
+// probes; without it, being up is enough). A path that passes proves there is somewhere better
+// to go; one that fails too (every path slow at once) keeps the sessions where they are, each
+// ended only by its own evidence of death (docs/failover.md). fn runs on a goroutine of the set
+// and must not block.
 func (s *Set) WatchMoves(fn func(path string)) {
 	s.mu.Lock()
 	s.movers = append(s.movers, fn)
@@ -220,13 +222,16 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 		}
 	}
 	var watchers []func(string, State)
-	var moves []string
+	var others []Path // paths up when this one went down: where its sessions could go
 	st := p.state
 	if changed {
-		if st == Up {
-			p.moved = false
+		if st == Down {
+			for _, o := range s.paths {
+				if o.state == Up {
+					others = append(others, o.Path)
+				}
+			}
 		}
-		moves = s.movesLocked()
 		v := 0.0
 		if st == Up {
 			v = 1
@@ -238,32 +243,37 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 			s.best = best
 		}
 	}
-	movers := s.movers
+	movers, verify := s.movers, s.verify
 	s.mu.Unlock()
 	for _, w := range watchers {
 		w(name, st)
 	}
-	for _, m := range moves {
-		for _, fn := range movers {
-			fn(m)
+	if len(others) > 0 && len(movers) > 0 {
+		if verify == nil {
+			s.move(name, movers)
+		} else {
+			go s.verifyAndMove(name, others, verify, movers)
 		}
 	}
 }
 
-// movesLocked returns the down paths whose sessions should move now (another path is up) and
-// were not told so yet in this outage.
-func (s *Set) movesLocked() []string {
-	if s.bestLocked() == "" {
-		return nil
-	}
-	var out []string
-	for _, p := range s.paths {
-		if p.state == Down && !p.moved {
-			p.moved = true
-			out = append(out, p.Name)
+// verifyAndMove tells movers to move the sessions off the down path once one of the others
+// passes a probe, if the path is still down then.
+func (s *Set) verifyAndMove(down string, others []Path, verify func(Path) error, movers []func(string)) {
+	for _, o := range others {
+		if verify(o) == nil {
+			if s.IsDown(down) {
+				s.move(down, movers)
+			}
+			return
 		}
 	}
-	return out
+}
+
+func (s *Set) move(path string, movers []func(string)) {
+	for _, fn := range movers {
+		fn(path)
+	}
 }
 
 // escalated reports whether the path's next probe must go at least as far as TLS.

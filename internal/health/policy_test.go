@@ -41,30 +41,55 @@ func TestWatchMovesOnlyWhenAnotherPathIsUp(t *testing.T) {
 	}
 }
 
-// The last path to go down has nowhere to send its sessions, so they stay; when another path
-// comes back they move to it.
-func TestWatchMovesWhenAPathComesBackAfterAllWentDown(t *testing.T) {
+// The last path to go down has nowhere to send its sessions, so they stay, also when another
+// path comes back later: they are then ended only by their own evidence of death.
+func TestWatchMovesNeverWhenNoPathWasUp(t *testing.T) {
 	s := NewSet("pg", threePaths()[:2], Thresholds{Rise: 1, Fall: 1}, nil)
 	var moved []string
 	s.WatchMoves(func(p string) { moved = append(moved, p) })
 	s.ReportFailure("proxy", errors.New("timeout")) // privatelink is up: proxy's sessions move
 	s.ReportFailure("privatelink", errors.New("timeout"))
+	s.ReportSuccess("proxy")
 	if got := strings.Join(moved, " "); got != "proxy" {
 		t.Fatalf("moves %q, want proxy only: privatelink went down with no path up", got)
 	}
-	moved = nil
-	s.ReportSuccess("proxy")
-	if got := strings.Join(moved, " "); got != "privatelink" {
-		t.Fatalf("moves %q once proxy came back, want privatelink", got)
-	}
+}
 
-	one := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, nil)
-	moved = nil
-	one.WatchMoves(func(p string) { moved = append(moved, p) })
-	one.ReportFailure("a", errors.New("timeout"))
-	one.ReportSuccess("a")
-	if len(moved) != 0 {
-		t.Fatalf("moves %v: a single path has nowhere to move its sessions", moved)
+// While probes run, a move waits for another path to pass a probe made when the path went
+// down: a path that is up only because its failures have not been counted yet (every path slow
+// at once) is nowhere better to go.
+func TestWatchMovesVerifiesTheOtherPath(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		verify   error
+		wantMove bool
+	}{
+		{"the other path passes", nil, true},
+		{"the other path is slow too", context.DeadlineExceeded, false},
+	} {
+		s := NewSet("pg", threePaths()[:2], Thresholds{Rise: 1, Fall: 1}, nil)
+		verified := make(chan string, 2)
+		s.verify = func(p Path) error { verified <- p.Name; return tc.verify }
+		moved := make(chan string, 1)
+		s.WatchMoves(func(p string) { moved <- p })
+		s.ReportFailure("privatelink", errors.New("timeout"))
+		if got := <-verified; got != "proxy" {
+			t.Fatalf("%s: verified %s, want proxy", tc.name, got)
+		}
+		if tc.wantMove {
+			if got := <-moved; got != "privatelink" {
+				t.Fatalf("%s: moved %s, want privatelink", tc.name, got)
+			}
+			continue
+		}
+		// verify returned before this point; a move, had it been made, follows at once.
+		s.mu.Lock()
+		s.mu.Unlock()
+		select {
+		case p := <-moved:
+			t.Fatalf("%s: moved %s although no other path passed", tc.name, p)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 

@@ -59,6 +59,18 @@ func (s *Set) Run(ctx context.Context, pr Prober, cfg ProbeConfig) {
 	}
 	var wg sync.WaitGroup
 	s.mu.Lock()
+	deep := KindTLS
+	if cfg.LoginInterval > 0 {
+		deep = KindLogin
+	}
+	if pr != nil {
+		s.verify = func(p Path) error { return s.probeOnce(ctx, p, deep, pr, cfg) }
+		defer func() {
+			s.mu.Lock()
+			s.verify = nil
+			s.mu.Unlock()
+		}()
+	}
 	paths := make([]Path, len(s.paths))
 	for i, p := range s.paths {
 		paths[i] = p.Path

@@ -145,7 +145,8 @@ func TestFaultMySQLResetMidQuery(t *testing.T) {
 }
 
 // TestFaultMySQLBlackhole is TestFaultBlackhole for MySQL: the busy session fails within the
-// bound, the idle one is closed with ERR 2013, a new connection gets ERR 2003 within the connect timeout.
+// bound, the idle one is left alone and its next command ends with ERR 2013 after
+// session_timeout, a new connection gets ERR 2003 within the connect timeout.
 func TestFaultMySQLBlackhole(t *testing.T) {
 	e := startFaultEnv(t, faultOptions{tightProbes: true})
 	e.warmBaseline(t)
@@ -168,15 +169,18 @@ func TestFaultMySQLBlackhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("busy session failed after %v (bound %v): %v", d, blackholeBound, err)
-	_, err = within(t, faultSlack, "the idle session's next query", func() error {
+	var silent *mysql.MySQLError
+	if !errors.As(err, &silent) || silent.Number != 2013 || !strings.Contains(silent.Message, "session_timeout") {
+		t.Fatalf("busy session: %v; want the sidecar's ERR 2013 naming session_timeout", err)
+	}
+	// The idle session was left alone (there is no better path); its next command waits for an
+	// answer that cannot come and ends the same way, after session_timeout.
+	_, err = within(t, faultSessionTimeout+faultSlack, "the idle session's next query", func() error {
 		_, err := idle.ExecContext(ctxTimeout(t, time.Minute), "DO 1")
 		return err
 	})
-	// The idle session was evicted from the dead path and told so as the answer to its next
-	// command (the busy one above had a command outstanding: it just lost its connection).
-	var evicted *mysql.MySQLError
-	if !errors.As(err, &evicted) || evicted.Number != 2013 || !strings.Contains(evicted.Message, "is down") {
-		t.Fatalf("idle session's next query: %v; want the sidecar's ERR 2013 saying its path is down", err)
+	if !errors.As(err, &silent) || silent.Number != 2013 || !strings.Contains(silent.Message, "session_timeout") {
+		t.Fatalf("idle session's next query: %v; want the sidecar's ERR 2013 naming session_timeout", err)
 	}
 	d, err = within(t, faultConnectTimeout+faultSlack, "connect over the blackhole", func() error {
 		db := openMy(t, e.s, nil)
@@ -188,8 +192,11 @@ func TestFaultMySQLBlackhole(t *testing.T) {
 		t.Fatalf("connect over the blackhole: want ERR 2003, got %v", err)
 	}
 	t.Logf("new connection refused after %v: %v", d, myErr)
-	if v := e.s.metric("rdsvalet_proxy_sessions_closed_total", `listener="mysql"`, `reason="path_down"`); v < 2 {
-		t.Errorf("sessions closed as path_down = %v, want 2", v)
+	if v := e.s.metric("rdsvalet_proxy_sessions_closed_total", `listener="mysql"`, `reason="upstream_silent"`); v < 2 {
+		t.Errorf("sessions closed as upstream_silent = %v, want 2", v)
+	}
+	if v := e.s.metric("rdsvalet_proxy_sessions_closed_total", `listener="mysql"`, `reason="path_down"`); v != 0 {
+		t.Errorf("sessions closed as path_down = %v: with no other path up, none may be evicted", v)
 	}
 	if err := e.net.Restore("my"); err != nil {
 		t.Fatal(err)

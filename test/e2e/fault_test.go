@@ -49,10 +49,14 @@ const (
 	leakFDs        = 6
 )
 
-// blackholeBound is how long a busy session on a blackholed path may take to fail: the TLS
-// probes must fail `fall` times (each waiting for its timeout), then busy sessions get
-// kill_grace.
-const blackholeBound = faultProbeEvery*(faultFall+1) + faultProbeTimeout + faultKillGrace + faultSlack
+// faultSessionTimeout is the listeners' session_timeout in the fault suite.
+const faultSessionTimeout = 3 * time.Second
+
+// blackholeBound is how long a busy session on a blackholed only path may take to fail: the
+// TLS probes must fail `fall` times (each waiting for its timeout) to mark the path down, and
+// the session's request must have waited session_timeout with no byte back (checked every
+// tenth of it); there is no other path to move it to, so no kill_grace.
+const blackholeBound = faultProbeEvery*(faultFall+1) + faultProbeTimeout + faultSessionTimeout + faultSessionTimeout/10 + faultSlack
 
 // faultEnv is one fault test's setup: the suite's shared world (PostgreSQL, MariaDB, fake STS),
 // fresh stand-ins in front of its databases, a toxiproxy path to each, and a sidecar.
@@ -171,6 +175,7 @@ listeners:
     listen: "{{PG}}"
     handshake_timeout: %s
     connect_timeout: %s
+    session_timeout: %s
 %s
     tls: {ca_file: %q}
     health: %s
@@ -181,14 +186,15 @@ listeners:
     listen: "{{MYSQL}}"
     handshake_timeout: %s
     connect_timeout: %s
+    session_timeout: %s
 %s
     tls: {ca_file: %q}
     health: %s
     paths:
       - {name: db, address: %q, tls_server_name: %q, token_host: %q}
 `, w.Region, o.refreshWindow, o.shutdown,
-		handshake, connectTimeout, o.pgExtra, w.CAFile, health, pgPath, w.TLSServerName, w.TokenHost,
-		handshake, connectTimeout, o.myExtra, w.CAFile, health, myPath, w.MySQLTLSServerName, w.MySQLTokenHost)
+		handshake, connectTimeout, faultSessionTimeout, o.pgExtra, w.CAFile, health, pgPath, w.TLSServerName, w.TokenHost,
+		handshake, connectTimeout, faultSessionTimeout, o.myExtra, w.CAFile, health, myPath, w.MySQLTLSServerName, w.MySQLTokenHost)
 	e.s = startSidecar(t, cfg, w.Env)
 	return e
 }
@@ -611,17 +617,22 @@ func TestFaultBlackhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("busy session failed after %v (bound %v): %v", d, blackholeBound, err)
-	_, err = within(t, faultSlack, "the idle session's next query", func() error {
+	// Ended by its own evidence, with its farewell: the only path is down, so nothing moved it.
+	var silent *pgconn.PgError
+	if !errors.As(err, &silent) || silent.Code != "08006" || !strings.Contains(silent.Message, "session_timeout") {
+		t.Fatalf("busy session: %v; want the sidecar's FATAL 08006 naming session_timeout", err)
+	}
+	// The idle session was left alone (there is no better path); its next query waits for an
+	// answer that cannot come and ends the same way, after session_timeout.
+	_, err = within(t, faultSessionTimeout+faultSlack, "the idle session's next query", func() error {
 		_, err := idle.Exec(ctxTimeout(t, time.Minute), "SELECT 1")
 		return err
 	})
 	if err := connLost(idle, err); err != nil {
 		t.Fatal(err)
 	}
-	// Evicted from the dead path, and told so.
-	var evicted *pgconn.PgError
-	if !errors.As(err, &evicted) || evicted.Code != "08006" || !strings.Contains(evicted.Message, "is down") {
-		t.Fatalf("idle session's next query: %v; want the sidecar's FATAL 08006 saying its path is down", err)
+	if !errors.As(err, &silent) || silent.Code != "08006" || !strings.Contains(silent.Message, "session_timeout") {
+		t.Fatalf("idle session's next query: %v; want the sidecar's FATAL 08006 naming session_timeout", err)
 	}
 	d, err = within(t, faultConnectTimeout+faultSlack, "connect over the blackhole", func() error {
 		_, err := pgx.Connect(ctxTimeout(t, time.Minute), e.dsn())
@@ -632,8 +643,11 @@ func TestFaultBlackhole(t *testing.T) {
 		t.Fatalf("connect over the blackhole: want 08001, got %v", err)
 	}
 	t.Logf("new connection refused after %v: %s", d, pgErr.Message)
-	if v := e.s.metric("rdsvalet_proxy_sessions_closed_total", `listener="pg"`, `reason="path_down"`); v < 2 {
-		t.Errorf("sessions closed as path_down = %v, want 2", v)
+	if v := e.s.metric("rdsvalet_proxy_sessions_closed_total", `listener="pg"`, `reason="upstream_silent"`); v < 2 {
+		t.Errorf("sessions closed as upstream_silent = %v, want 2", v)
+	}
+	if v := e.s.metric("rdsvalet_proxy_sessions_closed_total", `listener="pg"`, `reason="path_down"`); v != 0 {
+		t.Errorf("sessions closed as path_down = %v: with no other path up, none may be evicted", v)
 	}
 	if err := e.net.Restore("pg"); err != nil {
 		t.Fatal(err)

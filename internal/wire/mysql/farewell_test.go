@@ -24,7 +24,9 @@ func TestFarewell(t *testing.T) {
 		{name: "cut inside a transaction, between commands", fromApp: query("INSERT 1"), fromServer: ok(1, inTrans), reason: proxy.CloseCut, wantCode: 1053, wantMsg: "shutting down"},
 		{name: "path down", reason: proxy.ClosePathDown, wantCode: 2013, wantMsg: `path "privatelink" is down`},
 		{name: "upstream lost", fromApp: query("SELECT 1"), fromServer: ok(1, auto), reason: proxy.CloseUpstream, wantCode: 2013, wantMsg: `database on path "privatelink" was lost`},
-		{name: "not while a command waits for its answer", fromApp: query("SELECT SLEEP(9)"), reason: proxy.ClosePathDown},
+		{name: "as the answer to a command nothing has answered", fromApp: query("SELECT SLEEP(9)"), reason: proxy.CloseSilent, wantCode: 2013, wantMsg: "session_timeout"},
+		{name: "not once the answer has begun", fromApp: query("SELECT a"), fromServer: pkt(1, 1), reason: proxy.CloseSilent},
+		{name: "not while two commands wait", fromApp: cat(query("SELECT SLEEP(9)"), query("SELECT 1")), reason: proxy.CloseSilent},
 		{name: "not inside a resultset", fromApp: query("SELECT a"), fromServer: cat(pkt(1, 1), coldef(2), row(3, "x")), reason: proxy.CloseUpstream},
 		{name: "not after COM_QUIT", fromApp: pkt(0, comQuit), reason: proxy.CloseUpstream},
 	}

@@ -64,6 +64,8 @@ type tracker struct {
 	status       uint16
 	lost         bool
 	quit         bool // the app sent COM_QUIT
+	answering    bool // a packet of the answer to cmds[0] has arrived
+	cliSeq       byte // the sequence id of the app's last packet
 }
 
 // framer splits one direction into packets, keeping the head of each payload.
@@ -126,6 +128,7 @@ func (t *tracker) FromClient(p []byte) {
 }
 
 func (t *tracker) clientPacket(seq byte, head []byte, length int, cont bool) {
+	t.cliSeq = seq
 	if t.lost || cont {
 		return
 	}
@@ -170,6 +173,7 @@ func (t *tracker) push(cmd byte) {
 
 // begin sets the response state for the command now being answered.
 func (t *tracker) begin(cmd byte) {
+	t.answering = false
 	switch cmd {
 	case comQuery, comStmtExecute:
 		t.state = stFirst
@@ -241,6 +245,7 @@ func (t *tracker) endResult(head []byte, length int) {
 }
 
 func (t *tracker) serverPacket(_ byte, head []byte, length int, cont bool) {
+	t.answering = true
 	if t.lost || cont {
 		return
 	}
@@ -388,6 +393,13 @@ func (t *tracker) startPrepCols() {
 // answer to its next command.
 func (t *tracker) betweenCommands() bool {
 	return !t.lost && !t.quit && t.cli.atBoundary() && t.srv.atBoundary() && len(t.cmds) == 0 && t.state == stIdle
+}
+
+// awaitingAnswer reports whether one command, sent as a single packet, is outstanding and no
+// byte of its answer has come: an ERR with sequence id 1 is then a well-formed answer to it.
+func (t *tracker) awaitingAnswer() bool {
+	return !t.lost && !t.quit && t.cli.atBoundary() && t.srv.atBoundary() && len(t.cmds) == 1 && !t.answering &&
+		t.state != stInfile && t.cliSeq == 0
 }
 
 func (t *tracker) Idle() bool {

@@ -104,6 +104,14 @@ func (s *Server) serveMySQL(raw net.Conn) {
 		log("rdsstandin: mysql: backend greeting: %v", err)
 		return
 	}
+	if len(gp) > 0 && gp[0] == 0xff {
+		// The backend refused before greeting (ERR 1040 "Too many connections", 1129 host
+		// blocked): MySQL sends that ERR in place of the handshake, and so does RDS.
+		s.failed(ReasonBackend)
+		log("rdsstandin: mysql: backend refused before its greeting: %q", gp[min(len(gp), 9):])
+		_ = writePacket(raw, 0, gp)
+		return
+	}
 	g, err := parseGreeting(gp)
 	if err != nil {
 		s.failed(ReasonBackend)
