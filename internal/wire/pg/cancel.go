@@ -147,14 +147,3 @@ func (r *cancelRegistry) remove(e *cancelEntry) {
 		r.m[e.app.pid] = es
 	}
 }
-
-// len is how many sessions are registered.
-func (r *cancelRegistry) len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, es := range r.m {
-		n += len(es)
-	}
-	return n
-}
