@@ -145,8 +145,9 @@ func TestPgxThroughSidecar(t *testing.T) {
 			t.Fatalf("got %d rows, %d bytes", count, total)
 		}
 	})
-	t.Run("protocol 3.2 client is negotiated down to 3.0", func(t *testing.T) {
-		// What libpq 18 sends with max_protocol_version=latest, plus a protocol option.
+	t.Run("protocol 3.2 client with an option keeps 3.2", func(t *testing.T) {
+		// What libpq 18 sends with max_protocol_version=latest, plus a protocol option: 3.2 is
+		// spoken (pg_pid_test.go checks its long cancel key), the option is refused.
 		c := rawConn(t, s)
 		startup := startupPacket("user", "app", "database", "app", "_pq_.test_option", "on")
 		binary.BigEndian.PutUint32(startup[4:], 3<<16|2)
@@ -158,8 +159,8 @@ func TestPgxThroughSidecar(t *testing.T) {
 		if err != nil || typ != 'v' {
 			t.Fatalf("first message %q %q (%v), want NegotiateProtocolVersion", typ, body, err)
 		}
-		if want := "\x00\x00\x00\x00\x00\x00\x00\x01_pq_.test_option\x00"; string(body) != want {
-			t.Fatalf("NegotiateProtocolVersion %q, want %q (newest minor 0, the option refused)", body, want)
+		if want := "\x00\x03\x00\x02\x00\x00\x00\x01_pq_.test_option\x00"; string(body) != want {
+			t.Fatalf("NegotiateProtocolVersion %q, want %q (version 3.2, the option refused)", body, want)
 		}
 		if typ, body, err := p.read(); err != nil || typ != 'R' || binary.BigEndian.Uint32(body) != 0 {
 			t.Fatalf("got %q %q (%v), want AuthenticationOk", typ, body, err)

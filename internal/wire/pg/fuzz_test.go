@@ -29,6 +29,9 @@ func FuzzReadStartup(f *testing.F) {
 	f.Add(append(packet(sslRequestCode), startup...))
 	f.Add(append(append(packet(gssEncRequestCode), packet(sslRequestCode)...), startup...))
 	f.Add(packet(cancelRequestCode, 0, 0, 0, 1, 0, 0, 0, 2))
+	f.Add(packet(cancelRequestCode, append([]byte{0, 0, 0, 1}, bytes.Repeat([]byte{2}, secretLen32)...)...))
+	f.Add(packet(cancelRequestCode, append([]byte{0, 0, 0, 1}, make([]byte, maxSecretLen+1)...)...))
+	f.Add(packet(cancelRequestCode, 0, 0, 0, 1, 2))
 	f.Add(packet(1234<<16 | 5678))
 	f.Add(startupVersion(3<<16|2, "user", "app", "_pq_.x", "1"))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 3, 0, 0}) // the 4 GB length trick
@@ -54,7 +57,10 @@ func FuzzReadStartup(f *testing.F) {
 			if m.ProtocolVersion>>16 != 3 {
 				t.Fatalf("accepted protocol %x", m.ProtocolVersion)
 			}
-		case *pgproto3.CancelRequest:
+		case *cancelRequest:
+			if n := len(m.key.secret); n < minSecretLen || n > maxSecretLen {
+				t.Fatalf("accepted a cancel key of %d bytes", n)
+			}
 		default:
 			t.Fatalf("unexpected message %T", m)
 		}
@@ -244,6 +250,7 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(cat(startup, []byte("p\xff\xff\xff\xff")))
 	f.Add(cat(startupBytes(map[string]string{"user": "app", "replication": "database"}), pw(local)))
 	f.Add(packet(cancelRequestCode, 0, 0, 0, 1, 0, 0, 0, 2))
+	f.Add(packet(cancelRequestCode, append([]byte{0, 0, 0, 1}, bytes.Repeat([]byte{2}, secretLen32)...)...))
 
 	pwFile := f.TempDir() + "/local"
 	if err := os.WriteFile(pwFile, []byte(local+"\n"), 0o600); err != nil {

@@ -98,7 +98,8 @@ var _ proxy.Protocol = (*Protocol)(nil)
 
 // startup is what Accept read that the login and the greeting need.
 type startup struct {
-	params map[string]string // the startup parameters sent upstream, user and database set
+	params  map[string]string // the startup parameters sent upstream, user and database set
+	version uint32            // the protocol version agreed with the app (negotiateProtocol)
 }
 
 // Accept implements proxy.Protocol: it reads the app's startup (answering encryption
@@ -109,7 +110,7 @@ func (p *Protocol) Accept(ctx context.Context, client net.Conn) (*proxy.Startup,
 	if err != nil {
 		return nil, p.failStartup(client, err)
 	}
-	if cr, ok := msg.(*pgproto3.CancelRequest); ok {
+	if cr, ok := msg.(*cancelRequest); ok {
 		p.forwardCancel(ctx, cr)
 		return nil, nil
 	}
@@ -145,7 +146,7 @@ func (p *Protocol) Accept(ctx context.Context, client net.Conn) (*proxy.Startup,
 			return nil, err
 		}
 	}
-	return &proxy.Startup{User: user, Database: params["database"], Engine: &startup{params: params}}, nil
+	return &proxy.Startup{User: user, Database: params["database"], Engine: &startup{params: params, version: sm.ProtocolVersion}}, nil
 }
 
 // Login implements upstream.Login: TLS to the path, then the startup st names, answering a
@@ -163,14 +164,23 @@ func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startu
 	return &proxy.Session{Path: path.Name, Conn: u.conn, Leftover: proxy.Leftover(u.br), Engine: u}, nil
 }
 
-// Greet implements proxy.Protocol: AuthenticationOk, what the server said after login, the
-// sidecar's own BackendKeyData (so that a cancel comes back through the sidecar), and the
-// server's ReadyForQuery.
+// Greet implements proxy.Protocol: AuthenticationOk, what the server said after login, a
+// BackendKeyData with the server's pid and the sidecar's own secret (so that a cancel comes
+// back through the sidecar), and the server's ReadyForQuery.
 func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (*proxy.Upstream, error) {
 	up := s.Engine.(*upstreamConn)
-	key := p.cancels.add(s.Path, up.key)
+	var key *cancelEntry
+	if up.key.secret != nil {
+		// A server that sent no key cannot be cancelled: the app gets none either.
+		key = p.cancels.add(s.Path, up.key, secretLenFor(st.Engine.(*startup).version))
+	}
+	forget := func() {
+		if key != nil {
+			p.cancels.remove(key)
+		}
+	}
 	if err := writeGreeting(client, up, key); err != nil {
-		p.cancels.remove(key.ProcessID)
+		forget()
 		_ = s.Conn.Close()
 		return nil, &proxy.ClientError{Err: fmt.Errorf("greet app: %w", err)}
 	}
@@ -178,7 +188,7 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 	path := s.Path
 	return &proxy.Upstream{
 		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
-		OnClose:  func() { p.cancels.remove(key.ProcessID) },
+		OnClose:  forget,
 		Farewell: func(reason string) []byte { return farewell(tr, reason, path) },
 		User:     st.User, Database: st.Database,
 	}, nil
@@ -196,7 +206,7 @@ func (p *Protocol) Refuse(ctx context.Context, client net.Conn, reason error) {
 	if err != nil {
 		return
 	}
-	if _, ok := msg.(*pgproto3.CancelRequest); ok {
+	if _, ok := msg.(*cancelRequest); ok {
 		// A cancel asks nothing of the pool; it is not served while refusing either.
 		return
 	}
@@ -276,16 +286,16 @@ func (p *Protocol) appError(err error, path, user string) *Error {
 }
 
 // writeGreeting tells the app it is logged in: AuthenticationOk, what the upstream said after
-// login, and the sidecar's own BackendKeyData before the final ReadyForQuery.
-func writeGreeting(w io.Writer, up *upstreamConn, key pgproto3.BackendKeyData) error {
+// login, and key's BackendKeyData (if any) before the final ReadyForQuery.
+func writeGreeting(w io.Writer, up *upstreamConn, key *cancelEntry) error {
 	out, err := (&pgproto3.AuthenticationOk{}).Encode(make([]byte, 0, len(up.greet)+32))
 	if err != nil {
 		return err
 	}
 	const rfqLen = 6 // 'Z', int32 length, status: always the last message of the greeting
 	out = append(out, up.greet[:len(up.greet)-rfqLen]...)
-	if out, err = key.Encode(out); err != nil {
-		return err
+	if key != nil {
+		out = appendBackendKeyData(out, key.app)
 	}
 	out = append(out, up.greet[len(up.greet)-rfqLen:]...)
 	_, err = w.Write(out)
@@ -356,12 +366,13 @@ func trimNewline(s string) string {
 }
 
 // forwardCancel sends the app's cancel to the upstream session it names, on the same path.
-func (p *Protocol) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest) {
+func (p *Protocol) forwardCancel(ctx context.Context, cr *cancelRequest) {
 	m := p.cfg.Metrics.cancels
-	target, ok := p.cancels.lookup(cr.ProcessID, cr.SecretKey)
+	target, ok := p.cancels.lookup(cr.key)
 	if !ok {
 		m.WithLabelValues(p.cfg.Listener, "unknown_key").Inc()
-		p.cfg.Log.Info("cancel request for an unknown session key ignored")
+		p.cfg.Log.Info("cancel request for an unknown session key ignored",
+			zap.Uint32("pid", cr.key.pid), zap.Int("secret_bytes", len(cr.key.secret)))
 		return
 	}
 	path, ok := health.Path{}, false
@@ -384,7 +395,7 @@ func (p *Protocol) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest
 	if dl, ok := ctx.Deadline(); ok {
 		_ = tc.SetDeadline(dl)
 	}
-	b, _ := (&pgproto3.CancelRequest{ProcessID: target.key.ProcessID, SecretKey: target.key.SecretKey}).Encode(nil)
+	b, _ := (&cancelRequest{key: target.upstream}).Encode(nil)
 	if _, err := tc.Write(b); err != nil {
 		m.WithLabelValues(p.cfg.Listener, "failed").Inc()
 		p.cfg.Log.Warn("cannot forward cancel request", zap.String("path", path.Name), zap.Error(err))

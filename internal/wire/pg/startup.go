@@ -29,7 +29,7 @@ var errStartup = errors.New("invalid startup packet")
 
 // readStartup reads the app's startup sequence from r, answering SSLRequest and GSSENCRequest
 // with 'N' on w (the link to the app is loopback, in plain text). It returns a
-// *pgproto3.StartupMessage or a *pgproto3.CancelRequest. It reads exactly the bytes of each
+// *pgproto3.StartupMessage or a *cancelRequest. It reads exactly the bytes of each
 // packet, so nothing the app sends after its startup is consumed here.
 func readStartup(r io.Reader, w io.Writer) (pgproto3.FrontendMessage, error) {
 	for i := range maxNegotiations + 1 {
@@ -51,14 +51,14 @@ func readStartup(r io.Reader, w io.Writer) (pgproto3.FrontendMessage, error) {
 				return nil, err
 			}
 		case code == cancelRequestCode:
-			m := &pgproto3.CancelRequest{}
+			m := &cancelRequest{}
 			if err := m.Decode(body); err != nil {
 				return nil, fmt.Errorf("%w: %v", errStartup, err)
 			}
 			return m, nil
 		case code>>16 == 3:
-			// Any 3.x is accepted, as PostgreSQL does: a newer minor is answered with
-			// NegotiateProtocolVersion (negotiateProtocol) and the session speaks 3.0.
+			// Any 3.x is accepted, as PostgreSQL does: a minor above 3.2 is answered with
+			// NegotiateProtocolVersion (negotiateProtocol) and the session speaks 3.2.
 			// pgproto3 decodes 3.0 only, so the version is read as that and restored.
 			binary.BigEndian.PutUint32(body, protocolVersion3)
 			m := &pgproto3.StartupMessage{}
@@ -96,19 +96,21 @@ func readStartupPacket(r io.Reader) ([]byte, error) {
 type unsupportedVersionError struct{ major, minor uint32 }
 
 func (e *unsupportedVersionError) Error() string {
-	return fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0", e.major, e.minor)
+	return fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", e.major, e.minor)
 }
 
 // protocolOptionPrefix marks startup parameters that are protocol options (PostgreSQL 14+),
 // not settings: they are negotiated with the sidecar, never sent on to the server.
 const protocolOptionPrefix = "_pq_."
 
-// negotiateProtocol removes protocol options from sm's parameters and returns the
-// NegotiateProtocolVersion message the app must get before anything else when it asked for
-// more than the sidecar speaks (a minor version above 3.0, or any protocol option), or nil.
-// The sidecar logs in upstream with 3.0 and issues its own 4-byte cancel keys, so it offers
-// 3.0 and no options whatever the server would: libpq 18 asking for 3.2 then goes on in 3.0,
-// as against a PostgreSQL 17 server.
+// negotiateProtocol removes protocol options from sm's parameters, sets sm.ProtocolVersion to
+// the version the app and the sidecar agree on, and returns the NegotiateProtocolVersion
+// message the app must get before anything else when it asked for more than the sidecar
+// speaks (a minor version above 3.2, or any protocol option), or nil.
+// 3.2 (PostgreSQL 18) differs from 3.0 only in its variable-length cancel key, which the
+// sidecar issues itself (cancel.go): so it speaks 3.2 with the app whatever the server speaks,
+// and logs in upstream with 3.0. Like PostgreSQL 18 it takes any minor up to 3.2 as asked;
+// 3.1 was never used and gets 3.0's short key.
 func negotiateProtocol(sm *pgproto3.StartupMessage) []byte {
 	var options []string
 	for k := range sm.Parameters {
@@ -117,12 +119,16 @@ func negotiateProtocol(sm *pgproto3.StartupMessage) []byte {
 			delete(sm.Parameters, k)
 		}
 	}
-	if sm.ProtocolVersion == protocolVersion3 && len(options) == 0 {
+	asked := sm.ProtocolVersion
+	sm.ProtocolVersion = min(asked, protocolVersion32)
+	if asked <= protocolVersion32 && len(options) == 0 {
 		return nil
 	}
 	slices.Sort(options)
 	b := []byte{'v', 0, 0, 0, 0}
-	b = binary.BigEndian.AppendUint32(b, protocolVersion3&0xffff) // newest minor: 0
+	// The version agreed, in full (3<<16 | minor): what PostgreSQL sends (FrontendProtocol) and
+	// libpq reads, although the protocol docs call the field "newest minor protocol version".
+	b = binary.BigEndian.AppendUint32(b, sm.ProtocolVersion)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(options)))
 	for _, o := range options {
 		b = append(append(b, o...), 0)

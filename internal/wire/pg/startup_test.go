@@ -37,15 +37,21 @@ func TestReadStartup(t *testing.T) {
 		// wantVersion is the protocol the startup asked for, 3.0 when zero.
 		wantVersion uint32
 		cancel      bool
+		wantSecret  []byte // the cancel's secret key; its pid is always 7
 		wantErr     func(error) bool
 	}{
 		{name: "plain startup", in: startup, wantUser: "app"},
 		{name: "ssl then startup", in: append(packet(sslRequestCode), startup...), wantReply: "N", wantUser: "app"},
 		{name: "gssenc then ssl then startup", in: append(append(packet(gssEncRequestCode), packet(sslRequestCode)...), startup...), wantReply: "NN", wantUser: "app"},
 		{name: "bytes after startup are left unread", in: append(append([]byte{}, startup...), trailing...), wantUser: "app"},
-		{name: "cancel", in: packet(cancelRequestCode, 0, 0, 0, 7, 0, 0, 0, 9), cancel: true},
+		{name: "cancel", in: packet(cancelRequestCode, 0, 0, 0, 7, 0, 0, 0, 9), cancel: true, wantSecret: []byte{0, 0, 0, 9}},
+		{name: "cancel with a 3.2 key", in: packet(cancelRequestCode, append([]byte{0, 0, 0, 7}, bytes.Repeat([]byte{0xab}, 32)...)...), cancel: true, wantSecret: bytes.Repeat([]byte{0xab}, 32)},
+		{name: "cancel with the longest key", in: packet(cancelRequestCode, append([]byte{0, 0, 0, 7}, bytes.Repeat([]byte{1}, maxSecretLen)...)...), cancel: true, wantSecret: bytes.Repeat([]byte{1}, maxSecretLen)},
+		{name: "cancel with a key over 256 bytes", in: packet(cancelRequestCode, append([]byte{0, 0, 0, 7}, make([]byte, maxSecretLen+1)...)...), wantErr: func(err error) bool { return errors.Is(err, errStartup) }},
+		{name: "cancel with a 3-byte key", in: packet(cancelRequestCode, 0, 0, 0, 7, 0, 0, 9), wantErr: func(err error) bool { return errors.Is(err, errStartup) }},
+		{name: "cancel without a pid", in: packet(cancelRequestCode, 0, 0), wantErr: func(err error) bool { return errors.Is(err, errStartup) }},
 		{name: "protocol 2", in: packet(2 << 16), wantErr: func(err error) bool { var v *unsupportedVersionError; return errors.As(err, &v) }},
-		{name: "protocol 3.2 is read, to be negotiated down", in: startupVersion(3<<16|2, "user", "app"), wantUser: "app", wantVersion: 3<<16 | 2},
+		{name: "protocol 3.2 is read", in: startupVersion(3<<16|2, "user", "app"), wantUser: "app", wantVersion: 3<<16 | 2},
 		{name: "protocol 4.0", in: packet(4 << 16), wantErr: func(err error) bool { var v *unsupportedVersionError; return errors.As(err, &v) }},
 		{name: "garbage", in: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), wantErr: func(err error) bool { return err != nil }},
 		{name: "oversized length", in: binary.BigEndian.AppendUint32(nil, 1<<31), wantErr: func(err error) bool { return errors.Is(err, errStartup) }},
@@ -72,8 +78,8 @@ func TestReadStartup(t *testing.T) {
 				t.Errorf("reply %q, want %q", w.String(), tt.wantReply)
 			}
 			if tt.cancel {
-				cr, ok := msg.(*pgproto3.CancelRequest)
-				if !ok || cr.ProcessID != 7 || cr.SecretKey != 9 {
+				cr, ok := msg.(*cancelRequest)
+				if !ok || cr.key.pid != 7 || !bytes.Equal(cr.key.secret, tt.wantSecret) {
 					t.Fatalf("got %#v", msg)
 				}
 				return
@@ -108,16 +114,22 @@ func TestNegotiateProtocol(t *testing.T) {
 		params     map[string]string
 		want       []string // the options listed as unrecognized; nil: no NegotiateProtocolVersion
 		wantParams int
+		agreed     uint32 // the version the session speaks
 	}{
-		{name: "3.0 without options", version: protocolVersion3, params: map[string]string{"user": "app", "database": "db"}, wantParams: 2},
-		{name: "3.2 (libpq 18)", version: 3<<16 | 2, params: map[string]string{"user": "app"}, want: []string{}, wantParams: 1},
-		{name: "3.0 with options", version: protocolVersion3, params: map[string]string{"user": "app", "_pq_.b": "1", "_pq_.a": "x"}, want: []string{"_pq_.a", "_pq_.b"}, wantParams: 1},
-		{name: "3.9999 with an option", version: 3<<16 | 9999, params: map[string]string{"_pq_.x": "", "application_name": "_pq_.not"}, want: []string{"_pq_.x"}, wantParams: 1},
+		{name: "3.0 without options", version: protocolVersion3, params: map[string]string{"user": "app", "database": "db"}, wantParams: 2, agreed: protocolVersion3},
+		{name: "3.2 (libpq 18) is spoken", version: 3<<16 | 2, params: map[string]string{"user": "app"}, wantParams: 1, agreed: protocolVersion32},
+		{name: "3.1 is taken as asked, as PostgreSQL 18 does", version: 3<<16 | 1, params: map[string]string{"user": "app"}, wantParams: 1, agreed: 3<<16 | 1},
+		{name: "3.3 is negotiated down to 3.2", version: 3<<16 | 3, params: map[string]string{"user": "app"}, want: []string{}, wantParams: 1, agreed: protocolVersion32},
+		{name: "3.0 with options", version: protocolVersion3, params: map[string]string{"user": "app", "_pq_.b": "1", "_pq_.a": "x"}, want: []string{"_pq_.a", "_pq_.b"}, wantParams: 1, agreed: protocolVersion3},
+		{name: "3.9999 with an option", version: 3<<16 | 9999, params: map[string]string{"_pq_.x": "", "application_name": "_pq_.not"}, want: []string{"_pq_.x"}, wantParams: 1, agreed: protocolVersion32},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sm := &pgproto3.StartupMessage{ProtocolVersion: tt.version, Parameters: tt.params}
 			b := negotiateProtocol(sm)
+			if sm.ProtocolVersion != tt.agreed {
+				t.Errorf("agreed on %#x, want %#x", sm.ProtocolVersion, tt.agreed)
+			}
 			if len(sm.Parameters) != tt.wantParams {
 				t.Errorf("parameters left: %v, want %d", sm.Parameters, tt.wantParams)
 			}
@@ -132,12 +144,12 @@ func TestNegotiateProtocol(t *testing.T) {
 				}
 				return
 			}
-			// Decode it as a client would: 'v', length, newest minor, count, names.
+			// Decode it as libpq does: 'v', length, the version in full, count, names.
 			if len(b) < 13 || b[0] != 'v' || int(binary.BigEndian.Uint32(b[1:5])) != len(b)-1 {
 				t.Fatalf("malformed NegotiateProtocolVersion %q", b)
 			}
-			if minor := binary.BigEndian.Uint32(b[5:9]); minor != 0 {
-				t.Errorf("newest minor %d, want 0", minor)
+			if v := binary.BigEndian.Uint32(b[5:9]); v != tt.agreed {
+				t.Errorf("version %#x, want %#x", v, tt.agreed)
 			}
 			n := int(binary.BigEndian.Uint32(b[9:13]))
 			names := strings.Split(string(b[13:]), "\x00")

@@ -37,9 +37,9 @@ const maxUpstreamGreeting = 4 << 20
 type upstreamConn struct {
 	conn   *tls.Conn
 	br     *bufio.Reader
-	key    pgproto3.BackendKeyData
-	greet  []byte // ParameterStatus, NoticeResponse ... and ReadyForQuery, encoded, in order
-	status byte   // the transaction status of the final ReadyForQuery
+	key    backendKey // the server's cancel key; no secret if it sent none
+	greet  []byte     // ParameterStatus, NoticeResponse ... and ReadyForQuery, encoded, in order
+	status byte       // the transaction status of the final ReadyForQuery
 }
 
 // upstreamError is an ErrorResponse the upstream sent during login.
@@ -229,7 +229,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 				return nil, fmt.Errorf("send authentication response: %w", wire.CtxErr(ctx, err))
 			}
 		case 'K':
-			if err := up.key.Decode(body); err != nil {
+			if up.key, err = decodeBackendKeyData(body); err != nil {
 				return nil, fmt.Errorf("decode BackendKeyData: %w", err)
 			}
 		case 'Z':
