@@ -271,8 +271,8 @@ func classifyUpstream(err error) error {
 
 // serveApp greets the app as the server si would, within what the sidecar handles, reads its
 // handshake response, refuses what the servers would not accept as forwarded (limits.go) and
-// applies the local auth policy. Every failure is a ClientError the
-// app has already been told about.
+// applies the local auth policy. Every failure is a ClientError the app has already been told
+// about.
 func (p *Protocol) serveApp(app *appConn, si *serverInfo) error {
 	offer := handledCaps | (si.caps & passthroughCaps)
 	ours := &Greeting{
