@@ -253,6 +253,13 @@ func FuzzServeApp(f *testing.F) {
 	f.Add(AppendPacket(nil, 1, old.Encode()))
 	f.Add([]byte{0xff, 0xff, 0xff, 1})
 	f.Add([]byte{})
+	// Over the servers' limits as forwarded (limits.go): refused before the local password.
+	big := resp
+	big.Attrs = []Attr{{"k", strings.Repeat("x", 70000)}}
+	f.Add(AppendPacket(nil, 1, big.Encode()))
+	longUser := resp
+	longUser.User = strings.Repeat("u", maxUserNameChars+1)
+	f.Add(AppendPacket(nil, 1, longUser.Encode()))
 
 	pwFile := f.TempDir() + "/local"
 	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o600); err != nil {

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/wire/wiretest"
 )
 
@@ -121,5 +123,97 @@ func TestLengthEncodedFieldsBeyondThePacket(t *testing.T) {
 	b := append(attrs.Encode()[:len(attrs.Encode())-1], huge...)
 	if _, err := ParseHandshakeResponse(b); err == nil || !strings.Contains(err.Error(), "connection attributes of") {
 		t.Fatalf("attributes of 2^63 bytes: err = %v", err)
+	}
+}
+
+// TestAttrsLength: the length checkLimits computes is that of the block Encode writes.
+func TestAttrsLength(t *testing.T) {
+	for _, attrs := range [][]Attr{
+		nil,
+		{{"_client_name", "libmysql"}},
+		{{"k", strings.Repeat("v", 250)}, {strings.Repeat("k", 251), strings.Repeat("v", 70000)}},
+	} {
+		h := HandshakeResponse{Capabilities: allCaps &^ gm.CLIENT_SSL, User: "app", Attrs: attrs}
+		without := h
+		without.Capabilities &^= gm.CLIENT_CONNECT_ATTRS
+		n := attrsLength(attrs)
+		if got, want := len(h.Encode())-len(without.Encode()), lenencLen(n)+n; got != want {
+			t.Errorf("%d attributes: encoded %d bytes, computed %d", len(attrs), got, want)
+		}
+	}
+}
+
+// TestHandshakeLimits runs the app side of the handshake with responses that fit the
+// sidecar's packet limit but not, as forwarded, the servers': each is refused with an ERR
+// naming the limit, with the code the server would answer, and counted; those that fit pass.
+func TestHandshakeLimits(t *testing.T) {
+	long := func(s string, n int) string { return strings.Repeat(s, n) }
+	base := HandshakeResponse{Capabilities: allCaps &^ gm.CLIENT_SSL, MaxPacketSize: 1 << 24, Charset: 45, User: "app",
+		AuthPlugin: gm.AUTH_NATIVE_PASSWORD, AuthData: bytes.Repeat([]byte{1}, 20), Database: "db"}
+	with := func(f func(*HandshakeResponse)) HandshakeResponse { h := base; f(&h); return h }
+	// attrs returns one attribute that makes the forwarded block, _proxy included, n bytes.
+	attrs := func(n int) []Attr {
+		v := n - attrsLength([]Attr{proxyAttr}) - 2 - 3
+		return []Attr{{"k", long("x", v)}}
+	}
+	tests := []struct {
+		name      string
+		resp      HandshakeResponse
+		forceUser string
+		code      uint16 // 0 when the handshake must pass
+		reason    string
+		want      string
+	}{
+		{name: "user of 128 characters", resp: with(func(h *HandshakeResponse) { h.User = long("é", 128) })},
+		{name: "user of 129 characters", resp: with(func(h *HandshakeResponse) { h.User = long("u", 129) }),
+			code: gm.ER_WRONG_STRING_LENGTH, reason: reasonUserTooLong, want: "user name of 129 characters is too long (should be no longer than 128"},
+		{name: "force_user of 129 characters", resp: base, forceUser: long("u", 129),
+			code: gm.ER_WRONG_STRING_LENGTH, reason: reasonUserTooLong, want: "force_user"},
+		{name: "database of 64 characters", resp: with(func(h *HandshakeResponse) { h.Database = long("é", 64) })},
+		{name: "database of 65 characters", resp: with(func(h *HandshakeResponse) { h.Database = long("d", 65) }),
+			code: gm.ER_WRONG_DB_NAME, reason: reasonDatabaseTooLong, want: "65 characters, longer than the servers' limit of 64"},
+		{name: "attributes of 65,535 bytes forwarded", resp: with(func(h *HandshakeResponse) { h.Attrs = attrs(maxConnectAttrs) })},
+		{name: "attributes of 65,536 bytes forwarded", resp: with(func(h *HandshakeResponse) { h.Attrs = attrs(maxConnectAttrs + 1) }),
+			code: gm.ER_HANDSHAKE_ERROR, reason: reasonAttrsTooLong, want: "connection attributes of 65536 bytes as forwarded (the sidecar adds _proxy), over the servers' limit of 65535 bytes"},
+		{name: "attributes of 120 KiB", resp: with(func(h *HandshakeResponse) { h.Attrs = []Attr{{"k", long("x", 120<<10)}} }),
+			code: gm.ER_HANDSHAKE_ERROR, reason: reasonAttrsTooLong, want: "over the servers' limit of 65535 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewMetrics(nil)
+			p := New(Config{Listener: "t", ForceUser: tt.forceUser, Metrics: m})
+			c := &scriptedConn{r: bytes.NewReader(AppendPacket(nil, 1, tt.resp.Encode()))}
+			err := p.serveApp(&appConn{conn: c}, &serverInfo{version: "8.0.36", caps: allCaps})
+			if tt.code == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			var ce *proxy.ClientError
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want a ClientError", err)
+			}
+			_, _, _ = ReadPacket(&c.wrote, MaxHandshakePacket) // the sidecar's greeting
+			seq, errp, rerr := ReadPacket(&c.wrote, MaxHandshakePacket)
+			if rerr != nil || len(errp) == 0 || errp[0] != gm.ERR_HEADER || seq != 2 {
+				t.Fatalf("the app got no ERR with sequence 2: %v %q", rerr, errp)
+			}
+			if e := ParseErr(errp); e.Code != tt.code || e.State != sqlState(tt.code) || !strings.Contains(e.Message, tt.want) {
+				t.Fatalf("app got %v, want %d naming %q", e, tt.code, tt.want)
+			}
+			if bytes.Contains(errp, []byte(long("x", 64))) {
+				t.Fatal("the error echoes the oversized value")
+			}
+			for _, r := range limitReasons {
+				want := 0.0
+				if r == tt.reason {
+					want = 1
+				}
+				if got := testutil.ToFloat64(m.handshakeErrors.WithLabelValues("t", r)); got != want {
+					t.Errorf("%s = %v, want %v", r, got, want)
+				}
+			}
+		})
 	}
 }

@@ -69,7 +69,7 @@ const (
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{handshakeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rdsvalet_mysql_app_handshake_errors_total",
-		Help: "App-side MySQL handshakes that failed, by reason (bad_packet, timeout, closed, tls_requested, local_auth, no_user, unsupported_client).",
+		Help: "App-side MySQL handshakes that failed, by reason (bad_packet, timeout, closed, tls_requested, local_auth, no_user, unsupported_client, user_name_too_long, database_name_too_long, connect_attrs_too_long).",
 	}, []string{"listener", "reason"})}
 	if reg != nil {
 		reg.MustRegister(m.handshakeErrors)
@@ -156,7 +156,7 @@ func New(cfg Config) *Protocol {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	for _, r := range []string{reasonBadPacket, reasonTimeout, reasonClosed, reasonTLSRequested, reasonLocalAuth, reasonNoUser, reasonUnsupportedApp} {
+	for _, r := range append([]string{reasonBadPacket, reasonTimeout, reasonClosed, reasonTLSRequested, reasonLocalAuth, reasonNoUser, reasonUnsupportedApp}, limitReasons...) {
 		cfg.Metrics.handshakeErrors.WithLabelValues(cfg.Listener, r)
 	}
 	p := &Protocol{cfg: cfg}
@@ -219,7 +219,7 @@ func (p *Protocol) Login(ctx context.Context, path health.Path, st *proxy.Startu
 		Charset:       app.resp.Charset,
 		User:          app.user,
 		Database:      app.resp.Database,
-		Attrs:         append(append([]Attr(nil), app.resp.Attrs...), Attr{"_proxy", "rds-valet"}),
+		Attrs:         append(append([]Attr(nil), app.resp.Attrs...), proxyAttr),
 	}
 	if resp.Charset == 0 {
 		resp.Charset = g.Charset
@@ -272,8 +272,9 @@ func classifyUpstream(err error) error {
 }
 
 // serveApp greets the app as the server si would, within what the sidecar handles, reads its
-// handshake response and applies the local auth policy. Every failure is a ClientError the
-// app has already been told about.
+// handshake response, refuses what the servers would not accept as forwarded (limits.go) and
+// applies the local auth policy. Every failure is a ClientError the app has already been told
+// about.
 func (p *Protocol) serveApp(app *appConn, si *serverInfo) error {
 	offer := handledCaps | (si.caps & passthroughCaps)
 	ours := &Greeting{
@@ -313,6 +314,10 @@ func (p *Protocol) serveApp(app *appConn, si *serverInfo) error {
 	if app.user == "" {
 		e := newError(codeAccessDenied, "no user name given; name the database user to log in as")
 		return p.clientFail(app, reasonNoUser, e, e)
+	}
+	// Before the local password too: nothing is asked of an app whose login cannot be forwarded.
+	if err := p.checkLimits(app); err != nil {
+		return err
 	}
 	if p.cfg.LocalPasswordFile != "" {
 		if err := p.checkLocalPassword(app, ours.Scramble); err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -251,6 +252,11 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(cat(startupBytes(map[string]string{"user": "app", "replication": "database"}), pw(local)))
 	f.Add(packet(cancelRequestCode, 0, 0, 0, 1, 0, 0, 0, 2))
 	f.Add(packet(cancelRequestCode, append([]byte{0, 0, 0, 1}, bytes.Repeat([]byte{2}, secretLen32)...)...))
+	// Over PostgreSQL's limits as forwarded (limits.go): a long user, a long database, and a
+	// startup that only the defaulted database pushes past 10,000 bytes.
+	f.Add(cat(startupBytes(map[string]string{"user": strings.Repeat("u", 64)}), pw(local)))
+	f.Add(cat(startupBytes(map[string]string{"user": "app", "database": strings.Repeat("d", 64)}), pw(local)))
+	f.Add(cat(startupBytes(map[string]string{"user": "app", "application_name": strings.Repeat("a", 9970)}), pw(local)))
 
 	pwFile := f.TempDir() + "/local"
 	if err := os.WriteFile(pwFile, []byte(local+"\n"), 0o600); err != nil {
@@ -266,7 +272,35 @@ func FuzzHandshake(f *testing.F) {
 		if paths.tries.Load() > 0 && !bytes.Contains(stream, []byte(local+"\x00")) {
 			t.Fatal("an app got past the local password without sending it")
 		}
+		if paths.tries.Load() > 0 {
+			assertWithinLimits(t, stream)
+		}
 	})
+}
+
+// assertWithinLimits fails t unless the startup at the head of stream, forwarded as Accept
+// builds it (protocol options dropped, the database defaulted to the user), fits PostgreSQL's
+// limits: only such a startup may reach the source.
+func assertWithinLimits(t *testing.T, stream []byte) {
+	t.Helper()
+	m, err := readStartup(bytes.NewReader(stream), io.Discard)
+	sm, ok := m.(*pgproto3.StartupMessage)
+	if err != nil || !ok {
+		t.Fatalf("the source was asked for a startup that does not parse: %v", err)
+	}
+	params := map[string]string{}
+	for k, v := range sm.Parameters {
+		if !strings.HasPrefix(k, protocolOptionPrefix) {
+			params[k] = v
+		}
+	}
+	if params["database"] == "" {
+		params["database"] = params["user"]
+	}
+	if len(params["user"]) > maxIdentifierLength || len(params["database"]) > maxIdentifierLength || forwardedStartupLength(params) > maxForwardedStartup {
+		t.Fatalf("a startup over PostgreSQL's limits reached the source: user %d bytes, database %d bytes, %d bytes forwarded",
+			len(params["user"]), len(params["database"]), forwardedStartupLength(params))
+	}
 }
 
 // scriptedConn is an app that sends a fixed byte stream, then EOF, and swallows what it is sent.

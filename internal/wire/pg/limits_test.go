@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/wire/wiretest"
 )
@@ -162,4 +164,90 @@ func TestLoginGreetingIsBounded(t *testing.T) {
 		t.Fatalf("err = %v, want the greeting limit", err)
 	}
 	_ = tc.Close()
+}
+
+// TestForwardedStartupLength: the length checkLimits computes is that of the StartupMessage
+// login() encodes.
+func TestForwardedStartupLength(t *testing.T) {
+	for _, params := range []map[string]string{
+		{"user": "app"},
+		{"user": "app", "database": "db", "application_name": strings.Repeat("x", 5000), "options": "-c x=1"},
+		{"user": strings.Repeat("u", 63), "database": "", "DateStyle": "ISO"},
+	} {
+		if got, want := forwardedStartupLength(params), len(startupBytes(params)); got != want {
+			t.Errorf("%v: computed %d bytes, encoded %d", params, got, want)
+		}
+	}
+}
+
+// TestStartupLimits runs the app side of the handshake with startups that fit the sidecar's
+// own read limit but not, as forwarded, PostgreSQL's: each is refused with an ErrorResponse
+// naming the limit, counted, and never reaches the source; those that fit go on to it.
+func TestStartupLimits(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("x", n) }
+	// fill returns params with application_name sized so that the app's startup is n bytes.
+	fill := func(n int, params map[string]string) map[string]string {
+		params["application_name"] = ""
+		params["application_name"] = long(n - len(startupBytes(params)))
+		return params
+	}
+	tests := []struct {
+		name      string
+		params    map[string]string
+		forceUser string
+		code      string // "" when the startup must reach the source
+		reason    string
+		want      string
+	}{
+		{name: "user of 63 bytes, database defaulted to it", params: map[string]string{"user": long(63)}},
+		{name: "user of 64 bytes", params: map[string]string{"user": long(64), "database": "db"},
+			code: codeNameTooLong, reason: reasonUserTooLong, want: "user name of 64 bytes is longer than PostgreSQL's limit of 63 bytes (NAMEDATALEN-1)"},
+		{name: "user of 9,950 bytes, database defaulted to it", params: map[string]string{"user": long(9950)},
+			code: codeNameTooLong, reason: reasonUserTooLong, want: "user name of 9950 bytes"},
+		{name: "force_user of 64 bytes", params: map[string]string{"user": "app"}, forceUser: long(64),
+			code: codeNameTooLong, reason: reasonUserTooLong, want: "force_user"},
+		{name: "database of 64 bytes", params: map[string]string{"user": "app", "database": long(64)},
+			code: codeNameTooLong, reason: reasonDatabaseTooLong, want: "database name of 64 bytes is longer than PostgreSQL's limit of 63 bytes"},
+		{name: "10,000 bytes with the database", params: fill(maxStartupLength, map[string]string{"user": "app", "database": "db"})},
+		{name: "10,000 bytes, the defaulted database makes it 10,013", params: fill(maxStartupLength, map[string]string{"user": "app"}),
+			code: codeProtocolViolation, reason: reasonStartupTooLong, want: "it would be 10013 bytes, over PostgreSQL's limit of 10000 bytes (MAX_STARTUP_PACKET_LENGTH)"},
+		{name: "force_user longer than the app's user", params: fill(maxStartupLength, map[string]string{"user": "a", "database": "db"}), forceUser: "app",
+			code: codeProtocolViolation, reason: reasonStartupTooLong, want: "it would be 10002 bytes"},
+		{name: "protocol options are not forwarded", params: fill(maxStartupLength, map[string]string{"user": "app", "database": "db", "_pq_.opt": "on"})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewMetrics(nil)
+			p := New(Config{Listener: "t", ForceUser: tt.forceUser, Metrics: m})
+			paths := &noPaths{}
+			c := &scriptedConn{r: bytes.NewReader(startupBytes(tt.params))}
+			_, err := proxy.Handshake(context.Background(), p, paths, c)
+			if tt.code == "" {
+				if paths.tries.Load() != 1 {
+					t.Fatalf("the startup did not reach the source: %v, app got %q", err, c.out.Bytes())
+				}
+				return
+			}
+			var ce *proxy.ClientError
+			if !errors.As(err, &ce) || paths.tries.Load() != 0 {
+				t.Fatalf("err = %v (want a ClientError), source asked %d times", err, paths.tries.Load())
+			}
+			out := c.out.Bytes()
+			if !bytes.Contains(out, []byte("C"+tt.code+"\x00")) || !bytes.Contains(out, []byte(tt.want)) {
+				t.Fatalf("app got %q, want %s naming %q", out, tt.code, tt.want)
+			}
+			if bytes.Contains(out, []byte(long(64))) {
+				t.Fatal("the error echoes the oversized value")
+			}
+			for _, r := range limitReasons {
+				want := 0.0
+				if r == tt.reason {
+					want = 1
+				}
+				if got := testutil.ToFloat64(m.limits.WithLabelValues("t", r)); got != want {
+					t.Errorf("%s refusals = %v, want %v", r, got, want)
+				}
+			}
+		})
+	}
 }

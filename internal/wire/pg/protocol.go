@@ -59,6 +59,7 @@ type Config struct {
 // Metrics are the Postgres protocol's own metrics, shared by every Postgres listener.
 type Metrics struct {
 	cancels *prometheus.CounterVec
+	limits  *prometheus.CounterVec // startups refused by checkLimits (limits.go)
 }
 
 // NewMetrics registers the Postgres protocol metrics on reg.
@@ -66,9 +67,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rdsvalet_pg_cancel_requests_total",
 		Help: "CancelRequests from apps, by result (forwarded, unknown_key, failed).",
-	}, []string{"listener", "result"})}
+	}, []string{"listener", "result"}), limits: newLimitRefusals()}
 	if reg != nil {
-		reg.MustRegister(m.cancels)
+		reg.MustRegister(m.cancels, m.limits)
 	}
 	return m
 }
@@ -91,6 +92,9 @@ func New(cfg Config) *Protocol {
 	for _, r := range []string{"forwarded", "unknown_key", "failed"} {
 		cfg.Metrics.cancels.WithLabelValues(cfg.Listener, r)
 	}
+	for _, r := range limitReasons {
+		cfg.Metrics.limits.WithLabelValues(cfg.Listener, r)
+	}
 	return &Protocol{cfg: cfg, cancels: newCancelRegistry(), salted: newSaltedCache()}
 }
 
@@ -103,8 +107,9 @@ type startup struct {
 }
 
 // Accept implements proxy.Protocol: it reads the app's startup (answering encryption
-// requests, negotiating the protocol version, serving a cancel request), applies the local
-// auth policy, and never touches the upstream but to forward a cancel.
+// requests, negotiating the protocol version, serving a cancel request), refuses what
+// PostgreSQL would not accept as forwarded (limits.go), applies the local auth policy, and
+// never touches the upstream but to forward a cancel.
 func (p *Protocol) Accept(ctx context.Context, client net.Conn) (*proxy.Startup, error) {
 	msg, err := readStartup(client, client)
 	if err != nil {
@@ -140,6 +145,10 @@ func (p *Protocol) Accept(ctx context.Context, client net.Conn) (*proxy.Startup,
 		e := newError(codeFeatureNotSupported, "replication connections are not supported through the sidecar")
 		_ = writeError(client, e)
 		return nil, &proxy.ClientError{Err: e}
+	}
+	// Before the local password too: nothing is asked of an app whose login cannot be forwarded.
+	if err := p.checkLimits(client, params); err != nil {
+		return nil, err
 	}
 	if p.cfg.LocalPasswordFile != "" {
 		if err := p.checkLocalPassword(client, user); err != nil {
