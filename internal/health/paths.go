@@ -7,6 +7,8 @@ package health
 import (
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Path is one network route to the database. Address is dialed; the TLS certificate must name
@@ -57,6 +59,7 @@ type Set struct {
 	// verify, set while Run probes, probes a path at once as deep as the probes go; a move
 	// waits for another path to pass it.
 	verify func(p Path) error
+	log    *zap.Logger // the probes' logger while Run probes
 }
 
 type pathState struct {
@@ -88,7 +91,7 @@ func NewSet(listener string, paths []Path, th Thresholds, m *Metrics) *Set {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Set{listener: listener, th: th, now: time.Now, metrics: m}
+	s := &Set{listener: listener, th: th, now: time.Now, metrics: m, log: zap.NewNop()}
 	for _, p := range paths {
 		s.paths = append(s.paths, &pathState{Path: p, state: Up, succRun: th.Rise})
 		m.initPath(listener, p.Name)
@@ -261,12 +264,22 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 // passes a probe, if the path is still down then.
 func (s *Set) verifyAndMove(down string, others []Path, verify func(Path) error, movers []func(string)) {
 	for _, o := range others {
-		if verify(o) == nil {
-			if s.IsDown(down) {
+		start := time.Now()
+		err := verify(o)
+		s.mu.Lock()
+		log := s.log
+		s.mu.Unlock()
+		if err == nil {
+			stillDown := s.IsDown(down)
+			log.Info("path down: another path passed a probe, moving its sessions", zap.String("listener", s.listener),
+				zap.String("down", down), zap.String("passed", o.Name), zap.Duration("probe", time.Since(start)), zap.Bool("still_down", stillDown))
+			if stillDown {
 				s.move(down, movers)
 			}
 			return
 		}
+		log.Info("path down, but a path its sessions could move to failed a probe too", zap.String("listener", s.listener),
+			zap.String("down", down), zap.String("failed", o.Name), zap.Error(err))
 	}
 }
 

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -152,5 +153,52 @@ func TestProbeClasses(t *testing.T) {
 		if s.IsDown("a") != tc.wantDown {
 			t.Errorf("%s: down = %v, want %v (class %s)", tc.name, s.IsDown("a"), tc.wantDown, ClassOf(tc.err))
 		}
+	}
+}
+
+// Every path slow at once, under the real probe loop: each goes down, none passes the probe
+// a move waits for, so no sessions are moved.
+func TestEveryPathSlowMovesNothing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	paths := []Path{{Name: "a", Address: ln.Addr().String()}, {Name: "b", Address: ln.Addr().String()}, {Name: "c", Address: ln.Addr().String()}}
+	s := NewSet("pg", paths, Thresholds{Rise: 2, Fall: 2}, nil)
+	moved := make(chan string, 3)
+	s.WatchMoves(func(p string) { moved <- p })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		s.Run(ctx, slowProber{}, ProbeConfig{Interval: 50 * time.Millisecond, TLSInterval: 50 * time.Millisecond, Timeout: 40 * time.Millisecond})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.AnyUp() {
+		if time.Now().After(deadline) {
+			t.Fatal("the paths did not go down")
+		}
+		select {
+		case p := <-moved:
+			t.Fatalf("moved the sessions of %s although every path is slow", p)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// A move's verification takes one probe timeout.
+	select {
+	case p := <-moved:
+		t.Fatalf("moved the sessions of %s although every path is slow", p)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

@@ -63,6 +63,7 @@ func (s *Set) Run(ctx context.Context, pr Prober, cfg ProbeConfig) {
 	if cfg.LoginInterval > 0 {
 		deep = KindLogin
 	}
+	s.log = cfg.Log
 	if pr != nil {
 		s.verify = func(p Path) error { return s.probeOnce(ctx, p, deep, pr, cfg) }
 		defer func() {
