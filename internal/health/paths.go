@@ -111,8 +111,8 @@ func (s *Set) Watch(fn func(path string, st State)) {
 }
 
 // WatchMoves registers fn to be told when the sessions on a path that went down should move
-// off it: when it goes down, another path is up and passes a probe made then (while Run
-// probes; without it, being up is enough). A path that passes proves there is somewhere better
+// off it: when it goes down, another path is up with no failure in its current run, and passes
+// a probe made then (while Run probes; without it, being up and clean is enough). A path that passes proves there is somewhere better
 // to go; one that fails too (every path slow at once) keeps the sessions where they are, each
 // ended only by its own evidence of death (docs/failover.md). fn runs on a goroutine of the set
 // and must not block.
@@ -230,7 +230,9 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 	if changed {
 		if st == Down {
 			for _, o := range s.paths {
-				if o.state == Up {
+				// Up and clean: a path with failures of its own in its current run may be
+				// going the same way (every path slow at once).
+				if o.state == Up && o.failRun == 0 {
 					others = append(others, o.Path)
 				}
 			}
@@ -269,7 +271,7 @@ func (s *Set) verifyAndMove(down string, others []Path, verify func(Path) error,
 		s.mu.Lock()
 		log := s.log
 		s.mu.Unlock()
-		if err == nil {
+		if err == nil && !s.IsDown(o.Name) {
 			stillDown := s.IsDown(down)
 			log.Info("path down: another path passed a probe, moving its sessions", zap.String("listener", s.listener),
 				zap.String("down", down), zap.String("passed", o.Name), zap.Duration("probe", time.Since(start)), zap.Bool("still_down", stillDown))

@@ -202,3 +202,17 @@ func TestEveryPathSlowMovesNothing(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// A path that is up only because its own failures have not reached fall yet is nowhere to
+// move sessions to: every path failing at once moves nothing.
+func TestWatchMovesNotToAPathThatIsFailingToo(t *testing.T) {
+	s := NewSet("pg", threePaths()[:2], Thresholds{Rise: 1, Fall: 2}, nil)
+	var moved []string
+	s.WatchMoves(func(p string) { moved = append(moved, p) })
+	s.ReportFailure("proxy", errors.New("timeout"))
+	s.ReportFailure("privatelink", errors.New("timeout"))
+	s.ReportFailure("privatelink", errors.New("timeout")) // down; proxy is up with a failure
+	if len(moved) != 0 {
+		t.Fatalf("moved %v to a path that is failing too", moved)
+	}
+}
