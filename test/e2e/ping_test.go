@@ -28,10 +28,10 @@ func (s *sidecar) probeSessions(listener string) float64 {
 	return s.metric("rdsvalet_health_probe_sessions", `listener="`+listener+`"`, `path="db"`)
 }
 
-// TestPingDetectsBlackholeByDefault: default health settings plus a probe user; a blackhole
+// TestFaultPingBlackholeByDefault: default health settings plus a probe user; a blackhole
 // on the path is marked down within pingBlackholeBound, by ping timeouts; once the path lets
 // bytes through again a new probe session brings it back.
-func TestPingDetectsBlackholeByDefault(t *testing.T) {
+func TestFaultPingBlackholeByDefault(t *testing.T) {
 	e := startFaultEnv(t, faultOptions{health: "{login_user: app}"})
 	for _, l := range []string{"pg", "mysql"} {
 		waitFor(t, 20*time.Second, l+" probe session kept", func() error {
@@ -71,11 +71,11 @@ func TestPingDetectsBlackholeByDefault(t *testing.T) {
 	waitFor(t, 20*time.Second, "a new connection after the blackhole", func() error { return tryQuery(e.dsn(), "SELECT 1") })
 }
 
-// TestPingSessionEndedByServerIsNoFailure: the server ending the kept probe session
+// TestFaultPingSessionEndedByServer: the server ending the kept probe session
 // (pg_terminate_backend, KILL: what an idle timeout does too) is no evidence against the path.
 // With fall 1 a single counted failure would mark the path down; it stays up, nothing is
 // counted, and a new session (another backend) replaces the old one each time.
-func TestPingSessionEndedByServerIsNoFailure(t *testing.T) {
+func TestFaultPingSessionEndedByServer(t *testing.T) {
 	e := startFaultEnv(t, faultOptions{health: "{login_user: app, rise: 1, fall: 1}"})
 	pgBackend := func() (int, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
