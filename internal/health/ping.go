@@ -89,16 +89,22 @@ func (s *Set) pingLoop(ctx context.Context, p Path, pr Prober, sp SessionProber,
 				_ = s.probeOnce(ctx, p, KindTLS, pr, cfg)
 			}
 		case !opened && now.Sub(lastShallow) >= cfg.Interval:
-			// No session while the server refuses one: today's schedule, at its own pace.
+			// No session while the server refuses one: probeLoop's schedule, at its pace.
 			lastShallow = now
 			kind := KindTCP
 			switch {
+			case cfg.LoginInterval > 0 && now.Sub(lastLogin) >= cfg.LoginInterval:
+				kind, lastLogin, lastTLS = KindLogin, now, now
 			case s.isEscalated(p.Name) || (cfg.TLSInterval > 0 && now.Sub(lastTLS) >= cfg.TLSInterval):
 				kind, lastTLS = KindTLS, now
 			}
 			_ = s.probeOnce(ctx, p, kind, pr, cfg)
 		}
-		timer.Reset(jitter(cfg.PingInterval))
+		next := cfg.PingInterval
+		if k.sess == nil && time.Now().Before(k.openAfter) {
+			next = min(next, cfg.Interval)
+		}
+		timer.Reset(jitter(next))
 	}
 }
 

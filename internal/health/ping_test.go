@@ -255,14 +255,16 @@ func TestPingLateAnswerKeepsPathUp(t *testing.T) {
 // A server that refuses the probe session (a wrong probe user, a full database) proves the
 // path works: not counted, not retried every ping; the TCP/TLS schedule probes meanwhile.
 func TestPingRefusedOpenBacksOff(t *testing.T) {
-	m := NewMetrics(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
 	s := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, m)
 	down := downWatch(s)
 	f := &fakeEngine{mode: "ok", openErr: selfClassified("auth")}
 	runPing(t, s, f, ProbeConfig{TLSInterval: 2 * testPing})
-	poll(t, "TCP and TLS probes instead", func() bool {
+	poll(t, "TCP and TLS probes instead, the refusal counted once", func() bool {
 		_, _, _, tls := f.counts()
-		return tls >= 2 && testutil.ToFloat64(m.probeFailures.WithLabelValues("pg", "a", KindLogin, "auth")) == 1
+		return tls >= 2 && histCount(t, reg, KindTCP) >= 2 &&
+			testutil.ToFloat64(m.probeFailures.WithLabelValues("pg", "a", KindLogin, "auth")) == 1
 	})
 	if opens, _, _, _ := f.counts(); opens != 1 {
 		t.Errorf("%d opens, want 1 until refusedOpenRetry", opens)

@@ -183,9 +183,9 @@ measures, from the cut:
 	return os.WriteFile(out, []byte(b.String()), 0o644)
 }
 
-const reading = `Reading it: "down" and "reset_peer" fail fast: the kept probe session ends at the
-cut (or at its next ping), it is reopened at once, and the reopen and the next one fail, which
-is fall (2). toxiproxy's blackhole still accepts TCP connections and then swallows every byte,
+const reading = `Reading it: "down" and "reset_peer" fail fast: the reconnecting client's dials fail at
+once and count, and so does the reopen of the kept probe session, which ends at the cut or at
+its next ping. toxiproxy's blackhole still accepts TCP connections and then swallows every byte,
 so a TCP probe would pass; the kept session's ping goes unanswered instead: silence past
 ` + "`health.ping_timeout`" + ` (1 s) counts against the path, and so does each further second of the same
 silence, so the path is down two timeouts after the first unanswered ping, itself at most a
@@ -194,7 +194,8 @@ new connection waits for its per-path attempt timeout (the connect timeout share
 paths left) unless the path is already down, then lands on the next path. Without a probe user
 (no ` + "`health.login_user`" + `, no ` + "`auth.user`" + `) there is no kept session and a blackhole is caught by the
 next TLS probe (every ` + "`health.tls_interval`" + `, 10 s) or a real login's timeout: 5.5 s median in the
-previous run of this benchmark (2026-11-23).
+previous run of this benchmark (2026-11-23, TCP/TLS probes only, each cut in step with the
+probes).
 `
 
 func pct(ds []time.Duration, p int) float64 {
