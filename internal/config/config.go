@@ -117,6 +117,19 @@ type Health struct {
 	LoginInterval time.Duration `mapstructure:"login_interval" yaml:"login_interval,omitempty"`
 	LoginUser     string        `mapstructure:"login_user" yaml:"login_user,omitempty"`
 	LoginDatabase string        `mapstructure:"login_database" yaml:"login_database,omitempty"`
+	// Ping keeps one logged-in probe session per path (as the probe user: LoginUser, else
+	// auth.user) and pings it every PingInterval: a path that accepts TCP and then swallows
+	// every byte is seen within PingTimeout. nil means on; without a probe user there is no
+	// session and the TCP/TLS probes alone run.
+	Ping         *bool         `mapstructure:"ping" yaml:"ping,omitempty"`
+	PingInterval time.Duration `mapstructure:"ping_interval" yaml:"ping_interval,omitempty"`
+	PingTimeout  time.Duration `mapstructure:"ping_timeout" yaml:"ping_timeout,omitempty"`
+}
+
+// PingOn reports whether the listener keeps pinged probe sessions: ping is on and there is a
+// probe user.
+func (h Health) PingOn(a Auth) bool {
+	return (h.Ping == nil || *h.Ping) && (h.LoginUser != "" || a.User != "")
 }
 
 // UpstreamTCP bounds how long the kernel keeps a connection to a dead upstream peer: unacked
@@ -166,6 +179,10 @@ const (
 	DefaultProbeTimeout       = 1500 * time.Millisecond
 	DefaultLoginProbeInterval = 30 * time.Second
 	DefaultTLSProbeInterval   = 10 * time.Second
+	// A blackhole is marked down after fall (2) ping timeouts of silence: 1 s ping interval
+	// and timeout give 2-3 s.
+	DefaultPingInterval = time.Second
+	DefaultPingTimeout  = time.Second
 )
 
 // Defaults returns the configuration a file is laid over.
@@ -236,6 +253,12 @@ func (c *Config) applyListenerDefaults() {
 		}
 		if h.Fall == 0 {
 			h.Fall = 2
+		}
+		if h.PingInterval == 0 {
+			h.PingInterval = DefaultPingInterval
+		}
+		if h.PingTimeout == 0 {
+			h.PingTimeout = min(DefaultPingTimeout, h.PingInterval)
 		}
 		if h.LoginInterval == 0 && h.LoginUser != "" {
 			h.LoginInterval = DefaultLoginProbeInterval
@@ -374,6 +397,12 @@ func (c *Config) Validate() error {
 		}
 		if l.Health.TLSInterval < 0 {
 			bad(key+".health.tls_interval", "must not be negative")
+		}
+		if l.Health.PingInterval < 0 {
+			bad(key+".health.ping_interval", "must not be negative")
+		}
+		if l.Health.PingTimeout < 0 || (l.Health.PingInterval > 0 && l.Health.PingTimeout > l.Health.PingInterval) {
+			bad(key+".health.ping_timeout", "must be between 0 and health.ping_interval")
 		}
 		if l.Health.LoginInterval < 0 {
 			bad(key+".health.login_interval", "must not be negative")

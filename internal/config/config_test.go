@@ -55,6 +55,9 @@ func TestLoadDefaults(t *testing.T) {
 	if p.Name != "path1" || p.TLSServerName != "db.example.com" || p.TokenHost != "db.example.com:5432" {
 		t.Errorf("path defaults: %+v", p)
 	}
+	if h := l.Health; h.PingInterval != DefaultPingInterval || h.PingTimeout != DefaultPingTimeout || h.Ping != nil {
+		t.Errorf("ping defaults: %+v", h)
+	}
 	if c.Admin.Listen != ":9090" || c.Shutdown.MaxDelay != 30*time.Second || c.Log.Level != "info" {
 		t.Errorf("global defaults: %+v", c)
 	}
@@ -103,6 +106,7 @@ listeners:
     listen: 0.0.0.0:5432
     auth: {mode: password}
     tls: {mode: sometimes}
+    health: {ping_interval: 1s, ping_timeout: 2s}
     paths:
       - {name: p, address: "nope"}
       - {name: p, address: "db:5432", token_host: "db"}
@@ -117,7 +121,7 @@ listeners:
 		"log.level", "listeners[0].engine", "listeners[0].listen", "allow_non_loopback",
 		"listeners[0].auth.password_file", "listeners[0].tls.mode", "listeners[0].paths[0].address",
 		"listeners[0].paths[1].name", "listeners[0].paths[1].token_host", "listeners[1].name",
-		"listeners[1].paths", "aws.region",
+		"listeners[1].paths", "aws.region", "listeners[0].health.ping_timeout",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s:\n%v", want, err)
@@ -142,5 +146,23 @@ listeners:
 `
 	if _, err := load(t, writeConfig(t, body)); err != nil {
 		t.Fatalf("allow_non_loopback ignored: %v", err)
+	}
+}
+
+func TestPingOnNeedsAProbeUser(t *testing.T) {
+	off := false
+	for _, c := range []struct {
+		h    Health
+		a    Auth
+		want bool
+	}{
+		{Health{}, Auth{}, false},
+		{Health{LoginUser: "probe"}, Auth{}, true},
+		{Health{}, Auth{User: "app"}, true},
+		{Health{LoginUser: "probe", Ping: &off}, Auth{}, false},
+	} {
+		if got := c.h.PingOn(c.a); got != c.want {
+			t.Errorf("PingOn(%+v, %+v) = %v, want %v", c.h, c.a, got, c.want)
+		}
 	}
 }

@@ -24,7 +24,8 @@ func full() *Config {
 			Auth:              Auth{Mode: AuthPassword, PasswordFile: "/run/pw", User: "app"},
 			TLS:               TLS{Mode: TLSVerifyCA, CAFile: "/run/ca.pem"},
 			Health: Health{Interval: 3 * time.Second, Timeout: time.Second, TLSInterval: 11 * time.Second, Rise: 3, Fall: 4,
-				LoginInterval: 40 * time.Second, LoginUser: "probe", LoginDatabase: "postgres"},
+				LoginInterval: 40 * time.Second, LoginUser: "probe", LoginDatabase: "postgres",
+				Ping: new(bool), PingInterval: 3 * time.Second, PingTimeout: 2 * time.Second},
 			Paths: []Path{{Name: "direct", Address: "db.example.com:3306", TLSServerName: "cert.example.com", TokenHost: "token.example.com:3306"}},
 		}},
 	}

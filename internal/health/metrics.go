@@ -10,6 +10,7 @@ type Metrics struct {
 	switches        *prometheus.CounterVec
 	probeSeconds    *prometheus.HistogramVec
 	probeFailures   *prometheus.CounterVec
+	probeSessions   *prometheus.GaugeVec
 }
 
 // NewMetrics registers the health metrics on reg (nil: unregistered).
@@ -33,16 +34,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"listener", "to"}),
 		probeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "rdsvalet_health_probe_duration_seconds",
-			Help:    "Active probe latency by kind (tcp, tls, login).",
+			Help:    "Active probe latency by kind (tcp, tls, login, ping; opening a kept probe session is a login).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"listener", "path", "kind"}),
 		probeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rdsvalet_health_probe_failures_total",
 			Help: "Failed active probes by kind and reason (timeout, refused, reset, dns, tls, auth, other).",
 		}, []string{"listener", "path", "kind", "reason"}),
+		probeSessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rdsvalet_health_probe_sessions",
+			Help: "1 while a logged-in probe session is kept open on the path for pings, 0 when not.",
+		}, []string{"listener", "path"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.up, m.passiveFailures, m.lastLogin, m.switches, m.probeSeconds, m.probeFailures)
+		reg.MustRegister(m.up, m.passiveFailures, m.lastLogin, m.switches, m.probeSeconds, m.probeFailures, m.probeSessions)
 	}
 	return m
 }
@@ -51,4 +56,5 @@ func (m *Metrics) initPath(listener, path string) {
 	m.up.WithLabelValues(listener, path).Set(1)
 	m.passiveFailures.WithLabelValues(listener, path)
 	m.lastLogin.WithLabelValues(listener, path)
+	m.probeSessions.WithLabelValues(listener, path)
 }

@@ -36,7 +36,11 @@ type ProbeConfig struct {
 	TLSInterval   time.Duration // TLS handshake; 0 disables
 	LoginInterval time.Duration // full login; 0 disables
 	Timeout       time.Duration
-	Dialer        interface {
+	// PingInterval paces the pings of a kept probe session per path (see pingLoop), used when
+	// the Prober is also a SessionProber; 0 keeps no session (the TCP/TLS schedule alone).
+	PingInterval time.Duration
+	PingTimeout  time.Duration // per ping; 0 or beyond PingInterval means PingInterval
+	Dialer       interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 	Log *zap.Logger
@@ -56,6 +60,13 @@ func (s *Set) Run(ctx context.Context, pr Prober, cfg ProbeConfig) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
+	}
+	sp, _ := pr.(SessionProber)
+	if cfg.PingInterval <= 0 {
+		sp = nil
+	}
+	if cfg.PingTimeout <= 0 || cfg.PingTimeout > cfg.PingInterval {
+		cfg.PingTimeout = cfg.PingInterval
 	}
 	var wg sync.WaitGroup
 	s.mu.Lock()
@@ -81,6 +92,10 @@ func (s *Set) Run(ctx context.Context, pr Prober, cfg ProbeConfig) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if sp != nil {
+				s.pingLoop(ctx, p, pr, sp, cfg)
+				return
+			}
 			s.probeLoop(ctx, p, pr, cfg)
 		}()
 	}

@@ -214,10 +214,24 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		srv.Close()
 		return nil, err
 	}
-	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: health.ProbeConfig{
+	probe := health.ProbeConfig{
 		Interval: lc.Health.Interval, TLSInterval: lc.Health.TLSInterval, LoginInterval: lc.Health.LoginInterval,
 		Timeout: lc.Health.Timeout, Dialer: dialer, Log: s.log,
-	}}, nil
+	}
+	probe.PingInterval, probe.PingTimeout = pingSchedule(lc, log)
+	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: probe}, nil
+}
+
+// pingSchedule is the kept probe sessions' ping interval and timeout, 0 when the listener
+// keeps none; it says so once at startup, for a blackhole is then caught more slowly.
+func pingSchedule(lc config.Listener, log *zap.Logger) (interval, timeout time.Duration) {
+	if !lc.Health.PingOn(lc.Auth) {
+		log.Info("no kept probe sessions (health.ping off, or no probe user: health.login_user or auth.user): "+
+			"paths are probed by TCP and TLS only, so a path that accepts connections and then swallows every byte is caught by a TLS probe or a real login's timeout",
+			zap.Duration("tls_interval", lc.Health.TLSInterval))
+		return 0, 0
+	}
+	return lc.Health.PingInterval, lc.Health.PingTimeout
 }
 
 // checkBound refuses a plain-text listener bound beyond loopback unless allowed. config

@@ -37,3 +37,18 @@ func CtxErr(ctx context.Context, err error) error {
 	}
 	return err
 }
+
+// BindContextKept is BindContext for a connection that outlives ctx (a kept probe session):
+// unbind waits for a cancellation hook already started, so that a late one cannot cut the
+// deadline of the connection's next use.
+func BindContextKept(ctx context.Context, c net.Conn) (unbind func()) {
+	dl, _ := ctx.Deadline() // none: no deadline
+	_ = c.SetDeadline(dl)
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo); close(fired) })
+	return func() {
+		if !stop() {
+			<-fired
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -76,10 +78,12 @@ func run(runs int, sidecarBin, out string) error {
 		paths = append(paths, config.Path{Name: name, Address: addr, TLSServerName: w.TLSServerName, TokenHost: w.TokenHost})
 	}
 	pgAddr, admin := freeAddr(), freeAddr()
-	// Default health settings: what a user gets without tuning.
+	// Default health settings: what a user gets without tuning, with a probe user (which the
+	// kept, pinged probe sessions need).
 	cfg, err := config.Marshal(&config.Config{
 		Log: config.Log{Level: "warn"}, Admin: config.Admin{Listen: admin}, AWS: config.AWS{Region: w.Region},
-		Listeners: []config.Listener{{Name: "pg", Listen: pgAddr, TLS: config.TLS{CAFile: w.CAFile}, Paths: paths}},
+		Listeners: []config.Listener{{Name: "pg", Listen: pgAddr, TLS: config.TLS{CAFile: w.CAFile}, Paths: paths,
+			Health: config.Health{LoginUser: "app"}}},
 	})
 	if err != nil {
 		return err
@@ -108,6 +112,12 @@ func run(runs int, sidecarBin, out string) error {
 			if err := until(30*time.Second, func() bool { return preferred(admin) == "privatelink" }); err != nil {
 				return fmt.Errorf("privatelink never came back: %w", err)
 			}
+			if err := until(30*time.Second, func() bool { return probeSessions(admin) == 3 }); err != nil {
+				return fmt.Errorf("probe sessions not kept on every path: %w", err)
+			}
+			// The waits above end in step with the probes (the path came back at a probe);
+			// a real fault arrives at any point of their cycle.
+			time.Sleep(rand.N(2 * time.Second))
 			cut := time.Now()
 			if err := f.apply(n); err != nil {
 				return err
@@ -147,9 +157,11 @@ func run(runs int, sidecarBin, out string) error {
 	fmt.Fprintf(&b, `# Failover timing
 
 Measured by `+"`make bench-failover`"+` (test/cmd/failoverbench) on %s, %d CPUs, %s, on %s.
-The sidecar (default health settings: TCP probe every 2 s, TLS probe every 10 s, fall 2, rise 2,
-connect timeout 10 s) reaches the RDS stand-in over three toxiproxy paths. Each run cuts the
-preferred path one way and measures, from the cut:
+The sidecar (default health settings with a probe user, `+"`health.login_user: app`"+`: one kept
+probe session per path pinged every 1 s with a 1 s timeout, TLS probe every 10 s, login probe
+every 30 s, fall 2, rise 2, connect timeout 10 s) reaches the RDS stand-in over three toxiproxy
+paths. Each run cuts the preferred path one way, at a random point of the probe cycle, and
+measures, from the cut:
 
 - **detected**: until the sidecar marks the path down (`+"`/paths`"+`); from then on idle sessions on it
   are closed and new connections skip it;
@@ -171,15 +183,19 @@ preferred path one way and measures, from the cut:
 	return os.WriteFile(out, []byte(b.String()), 0o644)
 }
 
-const reading = `Reading it: "down" and "reset_peer" fail fast, so probes and real dials see them at once.
-toxiproxy's blackhole still accepts TCP connections and then swallows every byte, so the TCP
-probe passes; the path is caught by the first real connection that times out on it (which
-escalates the probes to TLS until one succeeds) or by the next TLS probe (every
-` + "`health.tls_interval`" + `, 10 s by default). The first new connection waits for its per-path attempt
-timeout (the connect timeout shared among the paths left), then lands on the next path. A
-network blackhole that also stops TCP connects (a route or security group gone) is caught by the
-TCP probe like "down". For faster detection of accept-then-stall faults, set ` + "`tls_interval`" + `
-equal to ` + "`interval`" + `, at the cost of a TLS handshake per probe (resumed sessions keep it cheap).
+const reading = `Reading it: "down" and "reset_peer" fail fast: the reconnecting client's dials fail at
+once and count, and so does the reopen of the kept probe session, which ends at the cut or at
+its next ping. toxiproxy's blackhole still accepts TCP connections and then swallows every byte,
+so a TCP probe would pass; the kept session's ping goes unanswered instead: silence past
+` + "`health.ping_timeout`" + ` (1 s) counts against the path, and so does each further second of the same
+silence, so the path is down two timeouts after the first unanswered ping, itself at most a
+` + "`health.ping_interval`" + ` (1 s) after the cut: 2 to 3 s, with no TLS handshake per probe. The first
+new connection waits for its per-path attempt timeout (the connect timeout shared among the
+paths left) unless the path is already down, then lands on the next path. Without a probe user
+(no ` + "`health.login_user`" + `, no ` + "`auth.user`" + `) there is no kept session and a blackhole is caught by the
+next TLS probe (every ` + "`health.tls_interval`" + `, 10 s) or a real login's timeout: 5.5 s median in the
+previous run of this benchmark (2026-11-23, TCP/TLS probes only, each cut in step with the
+probes).
 `
 
 func pct(ds []time.Duration, p int) float64 {
@@ -230,6 +246,26 @@ func preferred(admin string) string {
 		}
 	}
 	return ""
+}
+
+// probeSessions is the sum of rdsvalet_health_probe_sessions: every path's kept session.
+func probeSessions(admin string) float64 {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "rdsvalet_health_probe_sessions{") {
+			var v float64
+			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
 }
 
 func until(timeout time.Duration, cond func() bool) error {
