@@ -110,6 +110,8 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 		Paths:    func() any { return s.PathsReport() },
 		Quit:     s.Quit,
 		Log:      s.log,
+
+		Registerer: d.Registry,
 	})
 	if err != nil {
 		s.closeListeners()
