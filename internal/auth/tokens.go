@@ -157,15 +157,15 @@ func NewTokenCache(cfg TokenCacheConfig, creds aws.CredentialsProvider, log *zap
 		size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "rdsvalet_auth_token_cache_entries",
 			Help: "Keys (endpoint, region, user) the IAM token cache holds.",
-		}, c.Len)
+		}, c.held)
 		reg.MustRegister(m.mints, m.mintSeconds, m.stale, m.evictions, size)
 	}
 	return c
 }
 
-// Len is the number of entries held, after dropping those that are due (a scrape sweeps too,
-// so that the gauge falls back once logins stop).
-func (c *TokenCache) Len() float64 {
+// held is the number of entries, after dropping those that are due: a scrape sweeps too, so
+// that the gauge falls back once logins stop.
+func (c *TokenCache) held() float64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if now := c.now(); !now.Before(c.nextSweep) {
