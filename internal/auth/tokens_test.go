@@ -126,7 +126,11 @@ func TestTokenCacheServesStaleWhileCredentialsFail(t *testing.T) {
 		t.Fatal(err)
 	}
 	src.fail.Store(true)
-	clk.add(11 * time.Minute)
+	clk.add(9 * time.Minute)
+	if _, err := c.Token(ctx, key); err != nil { // in use, so not dropped as idle
+		t.Fatal(err)
+	}
+	clk.add(2 * time.Minute)
 	t2, err := c.Token(ctx, key)
 	if err != nil || t2 != t1 {
 		t.Fatalf("stale token not served while valid: %v", err)

@@ -72,6 +72,9 @@ type AWS struct {
 	Region string `mapstructure:"region" yaml:"region,omitempty"`
 	// CredentialsRefreshWindow is how long before expiry session credentials are renewed.
 	CredentialsRefreshWindow time.Duration `mapstructure:"credentials_refresh_window" yaml:"credentials_refresh_window,omitempty"`
+	// TokenCacheMaxEntries bounds the IAM tokens held, one per (endpoint, user); past it the
+	// least recently used goes.
+	TokenCacheMaxEntries int `mapstructure:"token_cache_max_entries" yaml:"token_cache_max_entries,omitempty"`
 }
 
 // Shutdown configures the drain after SIGTERM or /quitquitquit.
@@ -190,7 +193,7 @@ func Defaults() Config {
 	return Config{
 		Log:      Log{Level: "info", Format: "json"},
 		Admin:    Admin{Listen: ":9090", Readiness: ReadyWhenUp},
-		AWS:      AWS{CredentialsRefreshWindow: 5 * time.Minute},
+		AWS:      AWS{CredentialsRefreshWindow: 5 * time.Minute, TokenCacheMaxEntries: 1024},
 		Shutdown: Shutdown{MinDelay: 0, MaxDelay: 30 * time.Second, KillGrace: 5 * time.Second, ExitCodeOnCut: 1},
 	}
 }
@@ -311,6 +314,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AWS.CredentialsRefreshWindow <= 0 {
 		bad("aws.credentials_refresh_window", "must be positive")
+	}
+	if c.AWS.TokenCacheMaxEntries < 1 {
+		bad("aws.token_cache_max_entries", "must be at least 1")
 	}
 	if c.Shutdown.MinDelay < 0 {
 		bad("shutdown.min_delay", "must not be negative")

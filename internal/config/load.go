@@ -51,6 +51,7 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	v.SetDefault("admin.readiness", d.Admin.Readiness)
 	v.SetDefault("aws.region", firstNonEmpty(os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION")))
 	v.SetDefault("aws.credentials_refresh_window", d.AWS.CredentialsRefreshWindow)
+	v.SetDefault("aws.token_cache_max_entries", d.AWS.TokenCacheMaxEntries)
 	v.SetDefault("dns.server", "")
 	v.SetDefault("shutdown.min_delay", d.Shutdown.MinDelay)
 	v.SetDefault("shutdown.max_delay", d.Shutdown.MaxDelay)

@@ -13,7 +13,7 @@ func full() *Config {
 	return &Config{
 		Log:      Log{Level: "debug", Format: "console"},
 		Admin:    Admin{Listen: "127.0.0.1:9191", Readiness: ReadyWhenHealthy},
-		AWS:      AWS{Region: "eu-west-1", CredentialsRefreshWindow: 7 * time.Minute},
+		AWS:      AWS{Region: "eu-west-1", CredentialsRefreshWindow: 7 * time.Minute, TokenCacheMaxEntries: 300},
 		Shutdown: Shutdown{MinDelay: time.Second, MaxDelay: 9 * time.Second, KillGrace: 3 * time.Second, ExitCodeOnCut: 3},
 		DNS:      DNS{Server: "127.0.0.1:53"},
 		Listeners: []Listener{{

@@ -110,6 +110,8 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 		Paths:    func() any { return s.PathsReport() },
 		Quit:     s.Quit,
 		Log:      s.log,
+
+		Registerer: d.Registry,
 	})
 	if err != nil {
 		s.closeListeners()
@@ -137,7 +139,7 @@ func newTokenCache(ctx context.Context, cfg *config.Config, d Deps) (*auth.Token
 			return nil, err
 		}
 		d.Log.Info("IAM authentication enabled", zap.String("region", cfg.AWS.Region))
-		return auth.NewTokenCache(auth.TokenCacheConfig{}, creds, d.Log, d.Registry), nil
+		return auth.NewTokenCache(auth.TokenCacheConfig{MaxEntries: cfg.AWS.TokenCacheMaxEntries}, creds, d.Log, d.Registry), nil
 	}
 	return nil, nil
 }

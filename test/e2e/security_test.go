@@ -388,7 +388,10 @@ func TestQuitQuitQuitIsLoopbackOnly(t *testing.T) {
 	post := func(host string) (int, error) {
 		c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{
 			LocalAddr: &net.TCPAddr{IP: net.ParseIP(host)}}).DialContext}}
-		resp, err := c.Post(fmt.Sprintf("http://%s/quitquitquit", net.JoinHostPort(host, fmt.Sprint(port))), "text/plain", nil)
+		// No body and no Content-Type, as curl -X POST sends: text/plain would be refused as
+		// something a web page could send (TestQuitQuitQuitRefusesWebPages).
+		req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/quitquitquit", net.JoinHostPort(host, fmt.Sprint(port))), nil)
+		resp, err := c.Do(req)
 		if err != nil {
 			return 0, err
 		}
