@@ -80,11 +80,12 @@ func (s *Set) pingLoop(ctx context.Context, p Path, pr Prober, sp SessionProber,
 			if !opened {
 				k.ping(ctx)
 			}
-			switch {
-			case cfg.LoginInterval > 0 && now.Sub(lastLogin) >= cfg.LoginInterval:
-				lastLogin, lastTLS = now, now
+			// Each on its own pace, independent of the ping's: ticks are ping intervals here.
+			if cfg.LoginInterval > 0 && now.Sub(lastLogin) >= cfg.LoginInterval {
+				lastLogin = now
 				_ = s.probeOnce(ctx, p, KindLogin, pr, cfg)
-			case cfg.TLSInterval > 0 && now.Sub(lastTLS) >= cfg.TLSInterval:
+			}
+			if cfg.TLSInterval > 0 && now.Sub(lastTLS) >= cfg.TLSInterval {
 				lastTLS = now
 				_ = s.probeOnce(ctx, p, KindTLS, pr, cfg)
 			}
