@@ -9,7 +9,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/rdsvalet/rds-valet/internal/auth"
 )
 
 // KindPing is a ping on a kept probe session.
@@ -128,15 +127,19 @@ func (k *keeper) open(ctx context.Context) {
 	if err != nil {
 		reason := Reason(err)
 		s.metrics.probeFailures.WithLabelValues(s.listener, name, KindLogin, reason).Inc()
-		var answered Classified
-		refused := errors.As(err, &answered) || auth.IsTokenError(err)
+		class := ClassOf(err)
 		k.cfg.Log.Debug("probe session not opened", zap.String("listener", s.listener), zap.String("path", name),
-			zap.String("reason", reason), zap.Bool("counted", !refused), zap.Error(err))
-		if refused {
+			zap.String("reason", reason), zap.String("class", class), zap.Error(err))
+		switch class {
+		case ClassPath:
+			s.record(name, KindLogin, err, false)
+		case ClassAnswered:
+			// The database refused the probe user (or is full): the path reached it.
+			s.record(name, KindLogin, nil, true)
 			k.openAfter = time.Now().Add(refusedOpenRetry)
-			return
+		default: // no secret to log in with: nothing learnt about the path
+			k.openAfter = time.Now().Add(refusedOpenRetry)
 		}
-		s.record(name, KindLogin, err, false)
 		return
 	}
 	k.sess = sess
@@ -163,6 +166,11 @@ func (k *keeper) ping(ctx context.Context) {
 			// last-login metric keeps meaning a fresh login worked.
 			s.record(name, KindTLS, nil, true)
 			return
+		case isSilence(err) && s.receivedSince(name, start):
+			// Sessions on the path got data while the ping waited: the database is slow to
+			// answer the probe, the path is not dead. Keep waiting on the same ping.
+			k.cfg.Log.Debug("probe ping unanswered while sessions on the path receive data: not counted",
+				zap.String("listener", s.listener), zap.String("path", name))
 		case isSilence(err):
 			silent++
 			s.metrics.probeFailures.WithLabelValues(s.listener, name, KindPing, "timeout").Inc()

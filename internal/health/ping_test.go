@@ -259,7 +259,7 @@ func TestPingRefusedOpenBacksOff(t *testing.T) {
 	m := NewMetrics(reg)
 	s := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, m)
 	down := downWatch(s)
-	f := &fakeEngine{mode: "ok", openErr: selfClassified("auth")}
+	f := &fakeEngine{mode: "ok", openErr: refusedLogin{}}
 	runPing(t, s, f, ProbeConfig{TLSInterval: 2 * testPing})
 	poll(t, "TCP and TLS probes instead, the refusal counted once", func() bool {
 		_, _, _, tls := f.counts()
@@ -293,5 +293,36 @@ func TestPingClearsEscalation(t *testing.T) {
 	poll(t, "escalation cleared by a ping", func() bool { return !s.isEscalated("a") })
 	if got := s.Snapshot()[0].LastLoginAt; !got.Equal(login) {
 		t.Errorf("a ping moved the last login from %v to %v; only logins may", login, got)
+	}
+}
+
+// refusedLogin is the database refusing the probe user: an answer, classified auth.
+type refusedLogin struct{}
+
+func (refusedLogin) Error() string        { return "FATAL 28000 role \"probe\" does not exist" }
+func (refusedLogin) HealthReason() string { return "auth" }
+func (refusedLogin) DatabaseAnswered()    {}
+
+// A ping unanswered while the path's sessions receive data is a slow database, not a dead
+// path: nothing is counted however long the same ping waits.
+func TestPingSilenceWhileSessionsReceiveIsNotCounted(t *testing.T) {
+	s := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, nil)
+	s.SetReceived(func(string) time.Time { return time.Now() })
+	down := downWatch(s)
+	f := &fakeEngine{mode: "ok"}
+	runPing(t, s, f, ProbeConfig{TLSInterval: time.Hour})
+	poll(t, "a kept session", func() bool { _, p, _, _ := f.counts(); return p >= 1 })
+	f.set("silent", nil)
+	poll(t, "five pings unanswered", func() bool { _, p, _, _ := f.counts(); return p >= 6 })
+	select {
+	case <-down:
+		t.Fatal("unanswered pings marked down a path whose sessions are receiving data")
+	default:
+	}
+	s.SetReceived(func(string) time.Time { return time.Time{} })
+	select {
+	case <-down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("unanswered pings with no data flowing did not mark the path down")
 	}
 }
