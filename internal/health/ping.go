@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
 )
 
 // KindPing is a ping on a kept probe session.
