@@ -31,6 +31,18 @@ type Answer interface {
 	DatabaseAnswered()
 }
 
+// probeClass is ClassOf for the sidecar's own probe logins, with one exception: the database
+// refusing the probe's own credentials (reason auth) is the path's failure. The probe logs in as
+// the sidecar itself, with a token signed for this path's token host; refused here, every login
+// over this path will be (a wrong token_host, IAM auth off on that endpoint), while another path
+// may take them. An app's refused login is that app's answer, never the path's.
+func probeClass(err error) string {
+	if c := ClassOf(err); c != ClassAnswered || Reason(err) != "auth" {
+		return c
+	}
+	return ClassPath
+}
+
 // ClassOf says which class a failed attempt on a path belongs to: ClassAnswered, ClassSecret
 // or ClassPath (the app's input never reaches here; callers that see it say ClassInput).
 func ClassOf(err error) string {

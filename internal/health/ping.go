@@ -126,7 +126,7 @@ func (k *keeper) open(ctx context.Context) {
 	if err != nil {
 		reason := Reason(err)
 		s.metrics.probeFailures.WithLabelValues(s.listener, name, KindLogin, reason).Inc()
-		class := ClassOf(err)
+		class := probeClass(err)
 		k.cfg.Log.Debug("probe session not opened", zap.String("listener", s.listener), zap.String("path", name),
 			zap.String("reason", reason), zap.String("class", class), zap.Error(err))
 		switch class {

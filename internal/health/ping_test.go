@@ -259,12 +259,12 @@ func TestPingRefusedOpenBacksOff(t *testing.T) {
 	m := NewMetrics(reg)
 	s := NewSet("pg", []Path{{Name: "a"}}, Thresholds{Rise: 1, Fall: 1}, m)
 	down := downWatch(s)
-	f := &fakeEngine{mode: "ok", openErr: refusedLogin{}}
+	f := &fakeEngine{mode: "ok", openErr: answered{}}
 	runPing(t, s, f, ProbeConfig{TLSInterval: 2 * testPing})
 	poll(t, "TCP and TLS probes instead, the refusal counted once", func() bool {
 		_, _, _, tls := f.counts()
 		return tls >= 2 && histCount(t, reg, KindTCP) >= 2 &&
-			testutil.ToFloat64(m.probeFailures.WithLabelValues("pg", "a", KindLogin, "auth")) == 1
+			testutil.ToFloat64(m.probeFailures.WithLabelValues("pg", "a", KindLogin, "other")) == 1
 	})
 	if opens, _, _, _ := f.counts(); opens != 1 {
 		t.Errorf("%d opens, want 1 until refusedOpenRetry", opens)

@@ -143,6 +143,7 @@ func TestProbeClasses(t *testing.T) {
 		wantDown bool
 	}{
 		{"answered", answered{}, false},
+		{"the probe's own credentials refused", refusedLogin{}, true},
 		{"secret", &auth.TokenError{Key: auth.Key{User: "app"}, Err: errors.New("STS down")}, false},
 		{"path", errors.New("dial: connection refused"), true},
 	} {

@@ -174,7 +174,7 @@ func (s *Set) probeOnce(ctx context.Context, p Path, kind string, pr Prober, cfg
 		s.record(p.Name, kind, nil, true)
 		return nil
 	}
-	reason, class := Reason(err), ClassOf(err)
+	reason, class := Reason(err), probeClass(err)
 	s.metrics.probeFailures.WithLabelValues(s.listener, p.Name, kind, reason).Inc()
 	switch class {
 	case ClassAnswered:

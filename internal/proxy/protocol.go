@@ -163,6 +163,18 @@ func (e *IncompatibleError) Unwrap() error { return e.Err }
 // DatabaseAnswered marks the error as the database's answer (its greeting): see health.Answer.
 func (e *IncompatibleError) DatabaseAnswered() {}
 
+// HungUpError marks a login the server hung up on after TLS, without an answer (a restart, a
+// failover in progress): the path reached a server, so it is not counted against the path, but
+// no session came of it. A Source moves on to the next path; if none serves, the app is told it
+// could not connect, naming this.
+type HungUpError struct{ Err error }
+
+func (e *HungUpError) Error() string { return "the server closed the connection during login: " + e.Err.Error() }
+func (e *HungUpError) Unwrap() error { return e.Err }
+
+// DatabaseAnswered marks the path as having reached a server (health.Answer).
+func (e *HungUpError) DatabaseAnswered() {}
+
 // PathError is one failed attempt on one path.
 type PathError struct {
 	Path string

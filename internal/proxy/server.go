@@ -383,7 +383,7 @@ func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) boo
 		if result == ResultClientError {
 			lvl = log.Info
 		}
-		lvl(failureWords[result], zap.String("result", result), zap.Error(err))
+		lvl("connection failed before the session started: "+failureWords[result], zap.String("result", result), zap.Error(err))
 		return false
 	}
 	if up == nil {

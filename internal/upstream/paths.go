@@ -112,8 +112,9 @@ func (s *Paths) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, er
 			// path could really change it (the server behind this one is going away).
 			set.ReportSuccess(p.Name)
 			var inc *proxy.IncompatibleError
-			if errors.As(err, &inc) {
-				break // it is told as a path that could not serve the session, if none can
+			var hu *proxy.HungUpError
+			if errors.As(err, &inc) || errors.As(err, &hu) {
+				break // no answer for the app: told as a path that could not serve, if none can
 			}
 			answer = &proxy.PathError{Path: p.Name, Err: err}
 			var ae *proxy.AnsweredError

@@ -165,3 +165,19 @@ func allUp(set *health.Set) bool {
 	}
 	return true
 }
+
+// A server that hangs up after TLS reached the path: Open moves on without blaming it, and
+// when no path serves, the app is told it could not connect (no database answer to pass on).
+func TestOpenMovesOnFromAHangUp(t *testing.T) {
+	set := health.NewSet("pg", []health.Path{{Name: "a"}, {Name: "b"}}, health.Thresholds{Rise: 1, Fall: 1}, nil)
+	var tried []string
+	hup := &proxy.HungUpError{Err: errors.New("read login response: EOF")}
+	_, err := source(set, loginFunc(func(_ context.Context, p health.Path, _ *proxy.Startup, _ func(context.Context) (string, error)) (*proxy.Session, error) {
+		tried = append(tried, p.Name)
+		return nil, hup
+	})).Open(context.Background(), &proxy.Startup{User: "app"})
+	var ne *proxy.NoPathError
+	if !errors.As(err, &ne) || strings.Join(tried, " ") != "a b" || !allUp(set) {
+		t.Fatalf("Open = %v after %v, paths %v; want a NoPathError after a and b, both up", err, tried, set.Snapshot())
+	}
+}

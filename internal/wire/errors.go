@@ -21,8 +21,3 @@ func ClosedByPeer(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
-
-// HungUpRetry is why a login that the server hung up on after TLS is tried on the next path:
-// the server behind this path is going away (a restart, a failover), and another path may
-// lead to one that is up.
-const HungUpRetry = "the server closed the connection during login"

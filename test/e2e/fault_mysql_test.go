@@ -121,9 +121,13 @@ func TestFaultMySQLResetMidQuery(t *testing.T) {
 		if err := e.net.Cut("my"); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { _ = e.net.Restore("my") })
 		d, err := within(t, faultSlack, "the sleeping query's failure", func() error { return <-res })
-		if err := myLost(err); err != nil {
-			t.Fatal(err)
+		// Nothing had answered the SLEEP: the sidecar's farewell is its answer, ERR 2013 naming
+		// the lost path, rather than a dropped socket.
+		var lost *mysql.MySQLError
+		if !errors.As(err, &lost) || lost.Number != 2013 || !strings.Contains(lost.Message, `path "db" was lost`) {
+			t.Fatalf("sleeping query: %v; want the sidecar's ERR 2013 saying the path was lost", err)
 		}
 		t.Logf("app saw %v after %v", err, d)
 		waitStandinIdle(t, e.my)

@@ -136,7 +136,7 @@ func login(ctx context.Context, tc *tls.Conn, params map[string]string, secret f
 			err = fmt.Errorf("read login response: %w", wire.CtxErr(ctx, err))
 			if wire.ClosedByPeer(err) {
 				// Past TLS, a server that hangs up has answered (it is going away).
-				return nil, &proxy.AnsweredError{Err: err, Retry: wire.HungUpRetry}
+				return nil, &proxy.HungUpError{Err: err}
 			}
 			return nil, err
 		}
