@@ -169,7 +169,9 @@ func (e *IncompatibleError) DatabaseAnswered() {}
 // could not connect, naming this.
 type HungUpError struct{ Err error }
 
-func (e *HungUpError) Error() string { return "the server closed the connection during login: " + e.Err.Error() }
+func (e *HungUpError) Error() string {
+	return "the server closed the connection during login: " + e.Err.Error()
+}
 func (e *HungUpError) Unwrap() error { return e.Err }
 
 // DatabaseAnswered marks the path as having reached a server (health.Answer).
