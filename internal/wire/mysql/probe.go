@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
@@ -161,17 +160,12 @@ func (s *probeSession) Ping(ctx context.Context) error {
 		n, err := s.tc.Read(buf[:])
 		s.in = append(s.in, buf[:n]...)
 		if err != nil {
-			if n > 0 && isTimeout(err) {
+			if n > 0 && wire.IsTimeout(err) {
 				continue // parse what came before giving up
 			}
 			return fmt.Errorf("probe ping: %w", wire.CtxErr(ctx, err))
 		}
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Close implements health.ProbeSession: COM_QUIT, then close.

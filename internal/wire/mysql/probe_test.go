@@ -67,11 +67,6 @@ func pingWithin(s health.ProbeSession, d time.Duration) error {
 	return s.Ping(ctx)
 }
 
-func isTimeoutErr(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
-}
-
 // COM_PING on a kept session: answered; a ping the server is slow to answer times out, stays
 // outstanding (no second COM_PING) and is answered later, even cut in two across timeouts.
 func TestProbeSessionPingAndSilence(t *testing.T) {
@@ -94,12 +89,12 @@ func TestProbeSessionPingAndSilence(t *testing.T) {
 	if err := pingWithin(sess, 5*time.Second); err != nil {
 		t.Fatalf("first ping: %v", err)
 	}
-	if err := pingWithin(sess, 50*time.Millisecond); !isTimeoutErr(err) {
+	if err := pingWithin(sess, 50*time.Millisecond); !wire.IsTimeout(err) {
 		t.Fatalf("unanswered ping: %v, want a timeout", err)
 	}
 	release <- struct{}{}
 	<-written
-	if err := pingWithin(sess, 50*time.Millisecond); !isTimeoutErr(err) {
+	if err := pingWithin(sess, 50*time.Millisecond); !wire.IsTimeout(err) {
 		t.Fatalf("half-answered ping: %v, want a timeout", err)
 	}
 	release <- struct{}{}
@@ -125,13 +120,13 @@ func TestProbeSessionEndedByServer(t *testing.T) {
 		return false
 	})
 	err := pingWithin(sess, 5*time.Second)
-	if err == nil || isTimeoutErr(err) || !strings.Contains(err.Error(), "4031") {
+	if err == nil || wire.IsTimeout(err) || !strings.Contains(err.Error(), "4031") {
 		t.Fatalf("ping on a closed session: %v, want the server's ERR 4031", err)
 	}
 	if err := <-errc; err != nil {
 		t.Fatalf("server: %v", err)
 	}
-	if err := pingWithin(sess, 5*time.Second); err == nil || isTimeoutErr(err) {
+	if err := pingWithin(sess, 5*time.Second); err == nil || wire.IsTimeout(err) {
 		t.Fatalf("ping after the server closed: %v, want an error that is not a timeout", err)
 	}
 	_ = sess.Close()

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -155,17 +154,12 @@ func (s *probeSession) Ping(ctx context.Context) error {
 		n, err := s.tc.Read(buf[:])
 		s.in = append(s.in, buf[:n]...)
 		if err != nil {
-			if n > 0 && isTimeout(err) {
+			if n > 0 && wire.IsTimeout(err) {
 				continue // parse what came before giving up
 			}
 			return fmt.Errorf("probe ping: %w", wire.CtxErr(ctx, err))
 		}
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Close implements health.ProbeSession: Terminate, then close.

@@ -100,11 +100,6 @@ func pingWithin(s health.ProbeSession, d time.Duration) error {
 	return s.Ping(ctx)
 }
 
-func isTimeoutErr(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
-}
-
 // A kept session answers pings; a ping the server is slow to answer times out, stays
 // outstanding (no second query is sent) and is answered later even when the answer arrives
 // cut in two across the timeouts.
@@ -131,13 +126,13 @@ func TestProbeSessionPingAndSilence(t *testing.T) {
 	if err := pingWithin(sess, 5*time.Second); err != nil {
 		t.Fatalf("first ping: %v", err)
 	}
-	if err := pingWithin(sess, 50*time.Millisecond); !isTimeoutErr(err) {
+	if err := pingWithin(sess, 50*time.Millisecond); !wire.IsTimeout(err) {
 		t.Fatalf("unanswered ping: %v, want a timeout", err)
 	}
 	release <- struct{}{}
 	<-written
 	// Half an answer is still no answer.
-	if err := pingWithin(sess, 50*time.Millisecond); !isTimeoutErr(err) {
+	if err := pingWithin(sess, 50*time.Millisecond); !wire.IsTimeout(err) {
 		t.Fatalf("half-answered ping: %v, want a timeout", err)
 	}
 	release <- struct{}{}
@@ -164,13 +159,13 @@ func TestProbeSessionEndedByServer(t *testing.T) {
 		return false
 	})
 	err := pingWithin(sess, 5*time.Second)
-	if err == nil || isTimeoutErr(err) || !strings.Contains(err.Error(), "57P01") {
+	if err == nil || wire.IsTimeout(err) || !strings.Contains(err.Error(), "57P01") {
 		t.Fatalf("ping on a terminated session: %v, want the server's 57P01", err)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("server: %v", err)
 	}
-	if err := pingWithin(sess, 5*time.Second); err == nil || isTimeoutErr(err) {
+	if err := pingWithin(sess, 5*time.Second); err == nil || wire.IsTimeout(err) {
 		t.Fatalf("ping after the server closed: %v, want an error that is not a timeout", err)
 	}
 	_ = sess.Close()
