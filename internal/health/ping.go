@@ -31,8 +31,8 @@ type ProbeSession interface {
 }
 
 // refusedOpenRetry is how long the probe loop waits before opening a probe session again after
-// the server refused one (a wrong probe user, a database at its connection limit, no IAM
-// token): the refusal says the path works, and retrying every ping would hammer the database.
+// the database refused one (it is at its connection limit) or no IAM token could be had: the
+// refusal says the path works, and retrying every ping would hammer the database.
 // In between, the TCP/TLS schedule probes the path.
 const refusedOpenRetry = 30 * time.Second
 
@@ -90,14 +90,7 @@ func (s *Set) pingLoop(ctx context.Context, p Path, pr Prober, sp SessionProber,
 		case !opened && now.Sub(lastShallow) >= cfg.Interval:
 			// No session while the server refuses one: probeLoop's schedule, at its pace.
 			lastShallow = now
-			kind := KindTCP
-			switch {
-			case cfg.LoginInterval > 0 && now.Sub(lastLogin) >= cfg.LoginInterval:
-				kind, lastLogin, lastTLS = KindLogin, now, now
-			case s.isEscalated(p.Name) || (cfg.TLSInterval > 0 && now.Sub(lastTLS) >= cfg.TLSInterval):
-				kind, lastTLS = KindTLS, now
-			}
-			_ = s.probeOnce(ctx, p, kind, pr, cfg)
+			_ = s.probeOnce(ctx, p, s.nextKind(p.Name, true, cfg, now, &lastTLS, &lastLogin), pr, cfg)
 		}
 		next := cfg.PingInterval
 		if k.sess == nil && time.Now().Before(k.openAfter) {
@@ -107,9 +100,9 @@ func (s *Set) pingLoop(ctx context.Context, p Path, pr Prober, sp SessionProber,
 	}
 }
 
-// open logs a probe session in and records the outcome as a login probe. When the server
-// refused, the refusal is not counted against the path (the database answered) and the open
-// is retried only after refusedOpenRetry.
+// open logs a probe session in and records the outcome as a login probe, by its class. When the
+// database answered with a refusal (a success for the path) or no secret could be had, the
+// open is retried only after refusedOpenRetry.
 func (k *keeper) open(ctx context.Context) {
 	s, name := k.s, k.path.Name
 	pctx, cancel := context.WithTimeout(ctx, k.cfg.Timeout)
@@ -123,27 +116,15 @@ func (k *keeper) open(ctx context.Context) {
 		return
 	}
 	s.observeProbe(name, KindLogin, start)
-	if err != nil {
-		reason := Reason(err)
-		s.metrics.probeFailures.WithLabelValues(s.listener, name, KindLogin, reason).Inc()
-		class := probeClass(err)
-		k.cfg.Log.Debug("probe session not opened", zap.String("listener", s.listener), zap.String("path", name),
-			zap.String("reason", reason), zap.String("class", class), zap.Error(err))
-		switch class {
-		case ClassPath:
-			s.record(name, KindLogin, err, false)
-		case ClassAnswered:
-			// The database refused the probe user (or is full): the path reached it.
-			s.record(name, KindLogin, nil, true)
-			k.openAfter = time.Now().Add(refusedOpenRetry)
-		default: // no secret to log in with: nothing learnt about the path
-			k.openAfter = time.Now().Add(refusedOpenRetry)
-		}
-		return
+	switch s.recordProbe(name, KindLogin, start, err, k.cfg.Log) {
+	case "":
+		k.sess = sess
+		s.metrics.probeSessions.WithLabelValues(s.listener, name).Set(1)
+	case ClassAnswered, ClassSecret:
+		// The database answered (it is full), or there is no secret to log in with: retrying
+		// every ping would only hammer the database.
+		k.openAfter = time.Now().Add(refusedOpenRetry)
 	}
-	k.sess = sess
-	s.metrics.probeSessions.WithLabelValues(s.listener, name).Set(1)
-	s.record(name, KindLogin, nil, true)
 }
 
 // ping pings the kept session, waiting through up to fall timeouts of silence.

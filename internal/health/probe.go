@@ -113,17 +113,25 @@ func (s *Set) probeLoop(ctx context.Context, p Path, pr Prober, cfg ProbeConfig)
 			return
 		case <-timer.C:
 		}
-		now := time.Now()
-		kind := KindTCP
-		switch {
-		case cfg.LoginInterval > 0 && pr != nil && now.Sub(lastLogin) >= cfg.LoginInterval:
-			kind, lastLogin, lastTLS = KindLogin, now, now
-		case pr != nil && (s.isEscalated(p.Name) || (cfg.TLSInterval > 0 && now.Sub(lastTLS) >= cfg.TLSInterval)):
-			kind, lastTLS = KindTLS, now
-		}
+		kind := s.nextKind(p.Name, pr != nil, cfg, time.Now(), &lastTLS, &lastLogin)
 		s.probeOnce(ctx, p, kind, pr, cfg)
 		timer.Reset(jitter(cfg.Interval))
 	}
+}
+
+// nextKind is how deep the next probe of a path goes on the TCP/TLS/login schedule: a login
+// every LoginInterval (it vouches for TLS too), TLS every TLSInterval or while a failure is being
+// chased, else a TCP connect. deep says the engine can probe TLS and logins at all.
+func (s *Set) nextKind(path string, deep bool, cfg ProbeConfig, now time.Time, lastTLS, lastLogin *time.Time) string {
+	switch {
+	case deep && cfg.LoginInterval > 0 && now.Sub(*lastLogin) >= cfg.LoginInterval:
+		*lastLogin, *lastTLS = now, now
+		return KindLogin
+	case deep && (s.isEscalated(path) || (cfg.TLSInterval > 0 && now.Sub(*lastTLS) >= cfg.TLSInterval)):
+		*lastTLS = now
+		return KindTLS
+	}
+	return KindTCP
 }
 
 // ProbeNow runs one probe of kind on the path at once (for tests and /paths refreshes).
@@ -164,41 +172,44 @@ func (s *Set) probeOnce(ctx context.Context, p Path, kind string, pr Prober, cfg
 	if ctx.Err() != nil {
 		return ctx.Err() // shutting down: not the path's fault
 	}
-	s.metrics.probeSeconds.WithLabelValues(s.listener, p.Name, kind).Observe(time.Since(start).Seconds())
-	s.mu.Lock()
-	if ps := s.find(p.Name); ps != nil {
-		ps.lastProbe = start
-	}
-	s.mu.Unlock()
+	s.observeProbe(p.Name, kind, start)
+	s.recordProbe(p.Name, kind, start, err, cfg.Log)
+	return err
+}
+
+// recordProbe applies a probe's outcome by its class (docs/reliability.md) and returns the
+// class, "" for a success: a database's answer vouches for the path, a missing secret says
+// nothing, and a timeout while the path's sessions receive data is a slow probe, not a dead path.
+func (s *Set) recordProbe(name, kind string, start time.Time, err error, log *zap.Logger) string {
 	if err == nil {
-		s.record(p.Name, kind, nil, true)
-		return nil
+		s.record(name, kind, nil, true)
+		return ""
 	}
 	reason, class := Reason(err), probeClass(err)
-	s.metrics.probeFailures.WithLabelValues(s.listener, p.Name, kind, reason).Inc()
+	s.metrics.probeFailures.WithLabelValues(s.listener, name, kind, reason).Inc()
 	switch class {
 	case ClassAnswered:
-		// The database answered (it is full, the probe user is refused): the path reached it.
-		cfg.Log.Debug("probe answered by the database: the path works", zap.String("listener", s.listener),
-			zap.String("path", p.Name), zap.String("kind", kind), zap.Error(err))
-		s.record(p.Name, kind, nil, true)
+		// The database answered (it is full, it is shutting down): the path reached it.
+		log.Debug("probe answered by the database: the path works", zap.String("listener", s.listener),
+			zap.String("path", name), zap.String("kind", kind), zap.Error(err))
+		s.record(name, kind, nil, true)
 	case ClassSecret:
 		// No token or password to log in with: nothing learnt about the path either way.
-		cfg.Log.Debug("probe could not get its secret", zap.String("listener", s.listener),
-			zap.String("path", p.Name), zap.String("kind", kind), zap.Error(err))
+		log.Debug("probe could not get its secret", zap.String("listener", s.listener),
+			zap.String("path", name), zap.String("kind", kind), zap.Error(err))
 	default:
-		if reason == "timeout" && s.receivedSince(p.Name, start) {
+		if reason == "timeout" && s.receivedSince(name, start) {
 			// Sessions on the path got data from upstream while the probe waited: the path is
 			// slow, not dead, and marking it down would only end sessions that work.
-			cfg.Log.Debug("probe timed out while sessions on the path were receiving data: not counted",
-				zap.String("listener", s.listener), zap.String("path", p.Name), zap.String("kind", kind))
+			log.Debug("probe timed out while sessions on the path were receiving data: not counted",
+				zap.String("listener", s.listener), zap.String("path", name), zap.String("kind", kind))
 			break
 		}
-		cfg.Log.Debug("probe failed", zap.String("listener", s.listener), zap.String("path", p.Name),
+		log.Debug("probe failed", zap.String("listener", s.listener), zap.String("path", name),
 			zap.String("kind", kind), zap.String("reason", reason), zap.Error(err))
-		s.record(p.Name, kind, err, false)
+		s.record(name, kind, err, false)
 	}
-	return err
+	return class
 }
 
 // receivedSince reports whether a live session on the path received upstream data after t.
