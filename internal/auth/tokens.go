@@ -168,9 +168,7 @@ func NewTokenCache(cfg TokenCacheConfig, creds aws.CredentialsProvider, log *zap
 func (c *TokenCache) held() float64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now := c.now(); !now.Before(c.nextSweep) {
-		c.sweepLocked(now)
-	}
+	c.sweepLocked(c.now())
 	return float64(len(c.entries))
 }
 
@@ -179,15 +177,13 @@ func (c *TokenCache) Token(ctx context.Context, key Key) (string, error) {
 	for {
 		c.mu.Lock()
 		now := c.now()
-		if !now.Before(c.nextSweep) {
-			c.sweepLocked(now)
-		}
+		c.sweepLocked(now)
 		e := c.entries[key]
 		if e == nil {
 			e = c.insertLocked(key)
 		}
 		c.touchLocked(e, now)
-		usable := e.token != "" && now.Before(e.expires.Add(-staleMargin))
+		usable := e.usable(now)
 		if usable && now.Before(e.refreshAt) {
 			tok := e.token
 			c.mu.Unlock()
@@ -208,7 +204,7 @@ func (c *TokenCache) Token(ctx context.Context, key Key) (string, error) {
 				// meanwhile: looking the key up again would mint once more.
 				c.mu.Lock()
 				err, tok := e.err, e.token
-				ok := tok != "" && c.now().Before(e.expires.Add(-staleMargin))
+				ok := e.usable(c.now())
 				c.mu.Unlock()
 				if ok {
 					if err != nil {
@@ -241,7 +237,7 @@ func (c *TokenCache) Token(ctx context.Context, key Key) (string, error) {
 			e.refreshAt = now.Add(expires.Sub(now) * 2 / 3)
 		}
 		close(done)
-		stillUsable := e.token != "" && c.now().Before(e.expires.Add(-staleMargin))
+		stillUsable := e.usable(c.now())
 		old := e.token
 		c.mu.Unlock()
 
@@ -256,6 +252,12 @@ func (c *TokenCache) Token(ctx context.Context, key Key) (string, error) {
 		}
 		return "", err
 	}
+}
+
+// usable reports whether e holds a token that RDS still accepts at now (staleMargin short of
+// its expiry).
+func (e *tokenEntry) usable(now time.Time) bool {
+	return e.token != "" && now.Before(e.expires.Add(-staleMargin))
 }
 
 // insertLocked adds an empty entry for key, first making room if MaxEntries are held. The
@@ -300,9 +302,12 @@ func (c *TokenCache) removeLocked(e *tokenEntry, reason string) {
 	c.metrics.evictions.WithLabelValues(reason).Inc()
 }
 
-// sweepLocked drops the entries that are idle or hold no usable token; an entry with a mint in
-// flight is in use and stays.
+// sweepLocked, when a sweep is due, drops the entries that are idle or hold no usable token; an
+// entry with a mint in flight is in use and stays.
 func (c *TokenCache) sweepLocked(now time.Time) {
+	if now.Before(c.nextSweep) {
+		return
+	}
 	c.nextSweep = now.Add(c.sweepEvery)
 	for e := c.lru.prev; e != &c.lru; {
 		prev := e.prev
@@ -310,7 +315,7 @@ func (c *TokenCache) sweepLocked(now time.Time) {
 		case e.minting != nil:
 		case now.Sub(e.lastUsed) >= c.idleTTL:
 			c.removeLocked(e, evictIdle)
-		case e.token == "" || !now.Before(e.expires.Add(-staleMargin)):
+		case !e.usable(now):
 			c.removeLocked(e, evictExpired)
 		}
 		e = prev

@@ -111,15 +111,14 @@ func (s *Paths) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, er
 			// The database answered: the path works. Its answer is the app's, unless another
 			// path could really change it (the server behind this one is going away).
 			set.ReportSuccess(p.Name)
-			var inc *proxy.IncompatibleError
-			var hu *proxy.HungUpError
-			if errors.As(err, &inc) || errors.As(err, &hu) {
-				break // no answer for the app: told as a path that could not serve, if none can
-			}
-			answer = &proxy.PathError{Path: p.Name, Err: err}
+			// An IncompatibleError or a HungUpError is no answer for the app: it is told as a
+			// path that could not serve, if none can.
 			var ae *proxy.AnsweredError
-			if !errors.As(err, &ae) || ae.Retry == "" {
-				return nil, answer
+			if errors.As(err, &ae) {
+				answer = &proxy.PathError{Path: p.Name, Err: err}
+				if ae.Retry == "" {
+					return nil, answer
+				}
 			}
 		case health.ClassPath:
 			set.ReportFailure(p.Name, err)
