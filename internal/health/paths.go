@@ -248,7 +248,7 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 			s.best = best
 		}
 	}
-	movers, verify := s.movers, s.verify
+	movers, verify, log := s.movers, s.verify, s.log
 	s.mu.Unlock()
 	for _, w := range watchers {
 		w(name, st)
@@ -257,31 +257,26 @@ func (s *Set) record(name, kind string, err error, ok bool) {
 		if verify == nil {
 			s.move(name, movers)
 		} else {
-			go s.verifyAndMove(name, others, verify, movers)
+			go s.verifyAndMove(name, others, verify, movers, log)
 		}
 	}
 }
 
 // verifyAndMove tells movers to move the sessions off the down path once one of the others
 // passes a probe, if the path is still down then.
-func (s *Set) verifyAndMove(down string, others []Path, verify func(Path) error, movers []func(string)) {
+func (s *Set) verifyAndMove(down string, others []Path, verify func(Path) error, movers []func(string), log *zap.Logger) {
 	for _, o := range others {
-		start := time.Now()
-		err := verify(o)
-		s.mu.Lock()
-		log := s.log
-		s.mu.Unlock()
-		if err == nil && !s.IsDown(o.Name) {
-			stillDown := s.IsDown(down)
-			log.Info("path down: another path passed a probe, moving its sessions", zap.String("listener", s.listener),
-				zap.String("down", down), zap.String("passed", o.Name), zap.Duration("probe", time.Since(start)), zap.Bool("still_down", stillDown))
-			if stillDown {
-				s.move(down, movers)
-			}
-			return
+		if err := verify(o); err != nil || s.IsDown(o.Name) {
+			log.Info("path down, but a path its sessions could move to failed a probe too", zap.String("listener", s.listener),
+				zap.String("down", down), zap.String("failed", o.Name), zap.Error(err))
+			continue
 		}
-		log.Info("path down, but a path its sessions could move to failed a probe too", zap.String("listener", s.listener),
-			zap.String("down", down), zap.String("failed", o.Name), zap.Error(err))
+		if s.IsDown(down) {
+			log.Info("path down: another path passed a probe, moving its sessions", zap.String("listener", s.listener),
+				zap.String("down", down), zap.String("passed", o.Name))
+			s.move(down, movers)
+		}
+		return
 	}
 }
 
