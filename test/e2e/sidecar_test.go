@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -77,14 +78,22 @@ type sidecar struct {
 }
 
 // freePort returns a loopback port that was free a moment ago.
+// freePort returns a random loopback port that was free a moment ago, below the ephemeral
+// range (32768-60999): a port from that range can become the source port of any outgoing
+// connection on the machine before the sidecar binds it (seen in CI as the admin server's
+// "address already in use").
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		p := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			_ = l.Close()
+			return p
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free loopback port in 20000-31999")
+	return 0
 }
 
 // startSidecar writes cfg (YAML with {{PG}}, {{MYSQL}} and {{ADMIN}} placeholders for the

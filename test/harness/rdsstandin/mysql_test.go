@@ -318,11 +318,12 @@ func testMySQLRaw(t *testing.T, w *world.World) {
 	})
 	t.Run("oversized packet", func(t *testing.T) {
 		c, _ := dial(t)
+		// Read before the write: the stand-in may count the refusal before this goroutine runs on.
+		before := w.MySQLStandin.Stats().LoginsFailed[rdsstandin.ReasonProtocol]
 		if _, err := c.Write([]byte{0xff, 0xff, 0x0f, 1}); err != nil {
 			t.Fatal(err)
 		}
 		// The stand-in refuses at once rather than wait for a megabyte of login packet.
-		before := w.MySQLStandin.Stats().LoginsFailed[rdsstandin.ReasonProtocol]
 		seq, e := readPacket(t, c)
 		if seq != 2 || e[0] != 0xff || binary.LittleEndian.Uint16(e[1:]) != 1043 {
 			t.Fatalf("got seq %d %q, want ERR 1043 with seq 2", seq, e)
