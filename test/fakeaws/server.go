@@ -48,7 +48,7 @@ type Call struct {
 	Mutates bool
 }
 
-type creds struct{ secret, account string }
+type creds struct{ secret, account, principal string }
 
 // Server is a running fake. All state is behind mu.
 type Server struct {
@@ -206,7 +206,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, proto, action, &apiError{status: in.status, code: in.code, msg: in.msg})
 		return
 	}
-	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region}
+	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, principal: caller.principal, region: s.cfg.Region}
 	var out any
 	var aerr2 *apiError
 	switch service {
