@@ -100,6 +100,10 @@ func (lbHandler) create(ctx context.Context, e *env, d *State) error {
 	if len(out.LoadBalancers) == 0 {
 		return fmt.Errorf("load-balancer %q: CreateLoadBalancer returned no load balancer", d.Name)
 	}
+	// Attributes are set once it is active (an interrupted run sets them as drift next time).
+	if _, err := e.p.waitReady(ctx, lbHandler{}, e, d.Name); err != nil {
+		return err
+	}
 	return setLBAttributes(ctx, e, d.Name, deref(out.LoadBalancers[0].LoadBalancerArn), lbAttributes)
 }
 
