@@ -170,7 +170,7 @@ func (st *state) elb(c *reqCtx, action string) (any, *apiError) {
 			return nil, errf(400, "TargetGroupNotFound", "One or more target groups not found")
 		}
 		if action == "ModifyTargetGroupAttributes" {
-			if err := setAttrs(c, tcpTargetGroupAttrs, tg.attrs); err != nil {
+			if err := setAttrs(c, "Target group", tcpTargetGroupAttrs, tg.attrs); err != nil {
 				return nil, err
 			}
 		}
@@ -181,7 +181,7 @@ func (st *state) elb(c *reqCtx, action string) (any, *apiError) {
 			return nil, errf(400, "LoadBalancerNotFound", "One or more load balancers not found")
 		}
 		if action == "ModifyLoadBalancerAttributes" {
-			if err := setAttrs(c, nlbAttrs, lb.attrs); err != nil {
+			if err := setAttrs(c, "Load balancer", nlbAttrs, lb.attrs); err != nil {
 				return nil, err
 			}
 		}

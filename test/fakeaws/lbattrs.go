@@ -63,13 +63,13 @@ func defaultAttrs(rules map[string]attrRule) map[string]string {
 }
 
 // setAttrs validates every Attributes.member.N first and then applies them all, as AWS does.
-func setAttrs(c *reqCtx, rules map[string]attrRule, into map[string]string) *apiError {
+func setAttrs(c *reqCtx, what string, rules map[string]attrRule, into map[string]string) *apiError {
 	in := c.structs("Attributes")
 	for _, a := range in {
 		k, v := a["Key"], a["Value"]
 		r, ok := rules[k]
 		if !ok {
-			return errf(400, "InvalidConfigurationRequest", "Attribute key '%s' is not recognized", k)
+			return errf(400, "InvalidConfigurationRequest", "%s attribute key '%s' is not recognized", what, k)
 		}
 		if !r.ok.MatchString(v) {
 			return errf(400, "InvalidConfigurationRequest", "Attribute '%s' value '%s' is not valid", k, v)
