@@ -3,6 +3,7 @@ package provision_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -78,6 +79,11 @@ func startFake(t *testing.T, readyAfter int) *fakeaws.Server {
 	}
 	t.Cleanup(func() { _ = fake.Close() })
 	fake.SeedSecurityGroup("sg-0a1b2c3d4e5f60999", "eks-pods", "vpc-0a1b2c3d4e5f60718", nil)
+	// The example's subnets; the consumer is in the same account here.
+	for i, az := range []string{"us-east-1a", "us-east-1b"} {
+		fake.SeedSubnet("111122223333", fmt.Sprintf("subnet-0a1b2c3d4e5f6000%d", i+1), "vpc-0a1b2c3d4e5f60718", az)
+		fake.SeedSubnet("111122223333", fmt.Sprintf("subnet-0f1e2d3c4b5a6000%d", i+1), "vpc-0f1e2d3c4b5a69788", az)
+	}
 	return fake
 }
 

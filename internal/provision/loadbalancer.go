@@ -21,8 +21,11 @@ func (lbHandler) immutable() []string {
 }
 
 func (lbHandler) desired(e *env) []*State {
-	return []*State{{Kind: kindLB, Name: baseName(e.spec), Tags: ownTags(e.spec), Attrs: map[string]string{
-		"scheme": "internal", "type": "network", "subnet_ids": sortedJoin(e.spec.Network.SubnetIDs), "security_groups": e.get("sg.id")}}}
+	a := map[string]string{"scheme": "internal", "type": "network", "subnet_ids": sortedJoin(e.spec.Network.SubnetIDs), "security_groups": e.get("sg.id")}
+	for k, v := range lbAttributes {
+		a[attrPrefix+k] = v
+	}
+	return []*State{{Kind: kindLB, Name: baseName(e.spec), Tags: ownTags(e.spec), Attrs: a}}
 }
 
 func elbTags(ctx context.Context, e *env, kind, name, arn string) (map[string]string, error) {
@@ -78,20 +81,36 @@ func (lbHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		if lb.State != nil {
 			status = string(lb.State.Code)
 		}
+		attrs := map[string]string{"scheme": string(lb.Scheme), "type": string(lb.Type), "subnet_ids": sortedJoin(subs), "security_groups": sortedJoin(lb.SecurityGroups)}
+		if err := observeLBAttributes(ctx, e, name, deref(lb.LoadBalancerArn), attrs); err != nil {
+			return nil, err
+		}
 		res = append(res, &State{Kind: kindLB, Name: deref(lb.LoadBalancerName), ID: deref(lb.LoadBalancerArn), Status: status, Tags: tags,
-			Attrs: map[string]string{"scheme": string(lb.Scheme), "type": string(lb.Type), "subnet_ids": sortedJoin(subs), "security_groups": sortedJoin(lb.SecurityGroups)},
-			Out:   map[string]string{"lb.dns": deref(lb.DNSName)}})
+			Attrs: attrs, Out: map[string]string{"lb.dns": deref(lb.DNSName)}})
 	}
 	return res, nil
 }
 
 func (lbHandler) create(ctx context.Context, e *env, d *State) error {
-	_, err := e.c.ELB.CreateLoadBalancer(ctx, &elb.CreateLoadBalancerInput{Name: aws.String(d.Name), Type: elbt.LoadBalancerTypeEnumNetwork,
+	out, err := e.c.ELB.CreateLoadBalancer(ctx, &elb.CreateLoadBalancerInput{Name: aws.String(d.Name), Type: elbt.LoadBalancerTypeEnumNetwork,
 		Scheme: elbt.LoadBalancerSchemeEnumInternal, Subnets: e.spec.Network.SubnetIDs, SecurityGroups: []string{e.get("sg.id")}, Tags: elbTagList(d.Tags)})
-	return awsErr(kindLB, d.Name, "elasticloadbalancing:CreateLoadBalancer", err)
+	if err != nil {
+		return awsErr(kindLB, d.Name, "elasticloadbalancing:CreateLoadBalancer", err)
+	}
+	if len(out.LoadBalancers) == 0 {
+		return fmt.Errorf("load-balancer %q: CreateLoadBalancer returned no load balancer", d.Name)
+	}
+	// Attributes are set once it is active (an interrupted run sets them as drift next time).
+	if _, err := e.p.waitReady(ctx, lbHandler{}, e, d.Name); err != nil {
+		return err
+	}
+	return setLBAttributes(ctx, e, d.Name, deref(out.LoadBalancers[0].LoadBalancerArn), lbAttributes)
 }
 
 func (lbHandler) update(ctx context.Context, e *env, d, o *State, fields []FieldDiff) error {
+	if err := setLBAttributes(ctx, e, d.Name, o.ID, attrChanges(fields)); err != nil {
+		return err
+	}
 	return elbRetag(ctx, e, kindLB, d.Name, o.ID, tagChanges(fields, d))
 }
 
@@ -129,8 +148,14 @@ func (targetGroupHandler) desired(e *env) []*State {
 		}
 		targets = sortedJoin(t)
 	}
-	return []*State{{Kind: kindTargetGroup, Name: tgName(e.spec), Tags: ownTags(e.spec), Attrs: map[string]string{
-		"protocol": "TCP", "port": port, "vpc_id": e.spec.Network.VPCID, "target_type": "ip", "targets": targets}}}
+	a := map[string]string{"protocol": "TCP", "port": port, "vpc_id": e.spec.Network.VPCID, "target_type": "ip", "targets": targets}
+	for k, v := range tgAttributes {
+		a[attrPrefix+k] = v
+	}
+	for k, v := range proxyHealthCheck.attrs() {
+		a[k] = v
+	}
+	return []*State{{Kind: kindTargetGroup, Name: tgName(e.spec), Tags: ownTags(e.spec), Attrs: a}}
 }
 
 func (targetGroupHandler) observe(ctx context.Context, e *env) ([]*State, error) {
@@ -155,13 +180,21 @@ func (targetGroupHandler) observe(ctx context.Context, e *env) ([]*State, error)
 		}
 		var targets []string
 		for _, d := range h.TargetHealthDescriptions {
-			if d.Target != nil {
+			// A deregistered target stays listed as draining for the deregistration delay: it
+			// is on its way out, not a target to remove again. A new one is "initial": present.
+			if d.Target != nil && (d.TargetHealth == nil || d.TargetHealth.State != elbt.TargetHealthStateEnumDraining) {
 				targets = append(targets, deref(d.Target.Id)+":"+strconv.Itoa(int(deref(d.Target.Port))))
 			}
 		}
-		res = append(res, &State{Kind: kindTargetGroup, Name: deref(tg.TargetGroupName), ID: arn, Status: "available", Tags: tags,
-			Attrs: map[string]string{"protocol": string(tg.Protocol), "port": strconv.Itoa(int(deref(tg.Port))), "vpc_id": deref(tg.VpcId),
-				"target_type": string(tg.TargetType), "targets": sortedJoin(targets)}})
+		attrs := map[string]string{"protocol": string(tg.Protocol), "port": strconv.Itoa(int(deref(tg.Port))), "vpc_id": deref(tg.VpcId),
+			"target_type": string(tg.TargetType), "targets": sortedJoin(targets)}
+		for k, v := range observedHealthCheck(tg).attrs() {
+			attrs[k] = v
+		}
+		if err := observeTGAttributes(ctx, e, name, arn, attrs); err != nil {
+			return nil, err
+		}
+		res = append(res, &State{Kind: kindTargetGroup, Name: deref(tg.TargetGroupName), ID: arn, Status: "available", Tags: tags, Attrs: attrs})
 	}
 	return res, nil
 }
@@ -177,15 +210,22 @@ func targetDescs(list []string) []elbt.TargetDescription {
 }
 
 func (h targetGroupHandler) create(ctx context.Context, e *env, d *State) error {
+	hc := proxyHealthCheck
 	out, err := e.c.ELB.CreateTargetGroup(ctx, &elb.CreateTargetGroupInput{Name: aws.String(d.Name), Protocol: elbt.ProtocolEnumTcp,
-		Port: aws.Int32(e.spec.Port()), VpcId: aws.String(e.spec.Network.VPCID), TargetType: elbt.TargetTypeEnumIp, Tags: elbTagList(d.Tags)})
+		Port: aws.Int32(e.spec.Port()), VpcId: aws.String(e.spec.Network.VPCID), TargetType: elbt.TargetTypeEnumIp, Tags: elbTagList(d.Tags),
+		HealthCheckProtocol: elbt.ProtocolEnumTcp, HealthCheckIntervalSeconds: aws.Int32(hc.interval), HealthCheckTimeoutSeconds: aws.Int32(hc.timeout),
+		HealthyThresholdCount: aws.Int32(hc.healthy), UnhealthyThresholdCount: aws.Int32(hc.unhealthy)})
 	if err != nil {
 		return awsErr(kindTargetGroup, d.Name, "elasticloadbalancing:CreateTargetGroup", err)
 	}
 	if len(out.TargetGroups) == 0 {
 		return fmt.Errorf("target-group %q: CreateTargetGroup returned no target group", d.Name)
 	}
-	return h.setTargets(ctx, d.Name, deref(out.TargetGroups[0].TargetGroupArn), e, splitList(d.Attrs["targets"]), nil)
+	arn := deref(out.TargetGroups[0].TargetGroupArn)
+	if err := setTGAttributes(ctx, e, d.Name, arn, tgAttributes); err != nil {
+		return err
+	}
+	return h.setTargets(ctx, d.Name, arn, e, splitList(d.Attrs["targets"]), nil)
 }
 
 func (targetGroupHandler) setTargets(ctx context.Context, name, arn string, e *env, add, del []string) error {
@@ -203,6 +243,12 @@ func (targetGroupHandler) setTargets(ctx context.Context, name, arn string, e *e
 }
 
 func (h targetGroupHandler) update(ctx context.Context, e *env, d, o *State, fields []FieldDiff) error {
+	if err := setTGAttributes(ctx, e, d.Name, o.ID, attrChanges(fields)); err != nil {
+		return err
+	}
+	if err := repairHealthCheck(ctx, e, d.Name, o.ID, fields); err != nil {
+		return err
+	}
 	for _, f := range fields {
 		if f.Field == "targets" {
 			add, del := setDiff(splitList(f.To), splitList(f.From))

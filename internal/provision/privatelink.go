@@ -40,7 +40,7 @@ func (serviceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		return nil, awsErr(kindService, name, "ec2:DescribeVpcEndpointServiceConfigurations", err)
 	}
 	var res []*State
-	for i, s := range out.ServiceConfigurations {
+	for _, s := range out.ServiceConfigurations {
 		if s.ServiceState == ec2t.ServiceStateDeleted {
 			continue
 		}
@@ -57,29 +57,37 @@ func (serviceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		for _, t := range s.Tags {
 			tags[deref(t.Key)] = deref(t.Value)
 		}
-		n := name
-		if i > 0 {
-			n = name + "#" + id // a duplicate: planned for deletion
-		}
-		res = append(res, &State{Kind: kindService, Name: n, ID: id, Status: string(s.ServiceState), Tags: tags,
+		res = append(res, &State{Kind: kindService, Name: name, ID: id, Status: string(s.ServiceState), Tags: tags,
 			Attrs: map[string]string{"acceptance_required": b2s(deref(s.AcceptanceRequired)), "nlb": sortedJoin(s.NetworkLoadBalancerArns),
 				"allowed_principals": sortedJoin(principals)},
 			Out: map[string]string{"svc.id": id, "svc.name": deref(s.ServiceName)}})
 	}
-	return res, nil
+	return keepOneService(ctx, e, res)
 }
 
 func (h serviceHandler) create(ctx context.Context, e *env, d *State) error {
-	out, err := e.c.EC2.CreateVpcEndpointServiceConfiguration(ctx, &ec2.CreateVpcEndpointServiceConfigurationInput{
-		AcceptanceRequired: aws.Bool(true), NetworkLoadBalancerArns: []string{e.get("lb.arn")},
-		TagSpecifications: []ec2t.TagSpecification{{ResourceType: ec2t.ResourceTypeVpcEndpointService, Tags: ec2Tags(d.Tags)}}})
-	if err != nil {
-		return awsErr(kindService, d.Name, "ec2:CreateVpcEndpointServiceConfiguration", err)
+	// The token is derived from what is asked for (the NLB's ARN changes when the NLB is
+	// re-created), so a retried or concurrent create converges on one service.
+	parts := append([]string{"nlb=" + e.get("lb.arn"), "acceptance=true"}, tagParts(d.Tags)...)
+	for gen := 1; gen <= 3; gen++ {
+		out, err := e.c.EC2.CreateVpcEndpointServiceConfiguration(ctx, &ec2.CreateVpcEndpointServiceConfigurationInput{
+			AcceptanceRequired: aws.Bool(true), NetworkLoadBalancerArns: []string{e.get("lb.arn")},
+			ClientToken:       aws.String(clientToken(e.spec.Name, "endpoint-service", gen, parts...)),
+			TagSpecifications: []ec2t.TagSpecification{{ResourceType: ec2t.ResourceTypeVpcEndpointService, Tags: ec2Tags(d.Tags)}}})
+		if err != nil {
+			return awsErr(kindService, d.Name, "ec2:CreateVpcEndpointServiceConfiguration", err)
+		}
+		if out.ServiceConfiguration == nil {
+			return fmt.Errorf("endpoint-service %q: CreateVpcEndpointServiceConfiguration returned no service", d.Name)
+		}
+		switch out.ServiceConfiguration.ServiceState {
+		case ec2t.ServiceStateDeleted, ec2t.ServiceStateDeleting, ec2t.ServiceStateFailed:
+			// The token still answers with a service deleted since: take the next one.
+			continue
+		}
+		return h.setPrincipals(ctx, e, d.Name, deref(out.ServiceConfiguration.ServiceId), e.spec.PrivateLink.AllowedPrincipals, nil)
 	}
-	if out.ServiceConfiguration == nil {
-		return fmt.Errorf("endpoint-service %q: CreateVpcEndpointServiceConfiguration returned no service", d.Name)
-	}
-	return h.setPrincipals(ctx, e, d.Name, deref(out.ServiceConfiguration.ServiceId), e.spec.PrivateLink.AllowedPrincipals, nil)
+	return fmt.Errorf("endpoint-service %q: ec2:CreateVpcEndpointServiceConfiguration kept answering with deleted services for its client tokens; run apply again later", d.Name)
 }
 
 func (serviceHandler) setPrincipals(ctx context.Context, e *env, name, id string, add, del []string) error {
@@ -115,11 +123,85 @@ func (h serviceHandler) update(ctx context.Context, e *env, d, o *State, fields 
 }
 
 func (serviceHandler) delete(ctx context.Context, e *env, o *State) error {
-	_, err := e.c.EC2.DeleteVpcEndpointServiceConfigurations(ctx, &ec2.DeleteVpcEndpointServiceConfigurationsInput{ServiceIds: []string{o.ID}})
-	if isCode(err, "InvalidVpcEndpointServiceId.NotFound") {
-		return nil
+	const call = "ec2:DeleteVpcEndpointServiceConfigurations"
+	for attempt := 1; ; attempt++ {
+		out, err := e.c.EC2.DeleteVpcEndpointServiceConfigurations(ctx, &ec2.DeleteVpcEndpointServiceConfigurationsInput{ServiceIds: []string{o.ID}})
+		if isCode(err, "InvalidVpcEndpointServiceId.NotFound", "InvalidVpcEndpointService.NotFound") {
+			return nil
+		}
+		if err != nil {
+			return awsErr(kindService, o.Name, call, err)
+		}
+		oe := unsuccessful(kindService, o.Name, call, out.Unsuccessful, "", "InvalidVpcEndpointServiceId.NotFound", "InvalidVpcEndpointService.NotFound")
+		if oe == nil {
+			return nil
+		}
+		if oe.Code != "ExistingVpcEndpointConnections" {
+			oe.Hint = "the AWS documentation for " + call
+			return oe
+		}
+		// Our own consumer endpoint holds it (PrivateLink turned off with the consumer
+		// section still there): delete that first, then try once more.
+		if attempt == 1 && e.spec.PrivateLink.Consumer != nil {
+			deleted, err := deleteOwnConsumerEndpoints(ctx, e)
+			if err != nil {
+				return err
+			}
+			if deleted {
+				continue
+			}
+		}
+		oe.Hint = connectedEndpointsHint(ctx, e, o.ID)
+		return oe
 	}
-	return awsErr(kindService, o.Name, "ec2:DeleteVpcEndpointServiceConfigurations", err)
+}
+
+// deleteOwnConsumerEndpoints deletes the consumer endpoints this database owns and waits for
+// them to be gone; it reports whether there were any.
+func deleteOwnConsumerEndpoints(ctx context.Context, e *env) (bool, error) {
+	h := endpointHandler{}
+	obs, err := h.observe(ctx, e)
+	if err != nil {
+		return false, err
+	}
+	n := 0
+	for _, o := range obs {
+		if !o.Owned(e.spec.Name) {
+			continue
+		}
+		e.p.log.Info("deleting our consumer endpoint first: it holds the endpoint service", zap.String("id", o.ID))
+		if err := h.delete(ctx, e, o); err != nil {
+			return false, err
+		}
+		if err := e.p.waitGone(ctx, h, e, o.Name); err != nil {
+			return false, err
+		}
+		n++
+	}
+	return n > 0, nil
+}
+
+// connectedEndpointsHint names the endpoints still connected to the service and what to do:
+// AWS deletes a service only once no connection is Available or PendingAcceptance.
+func connectedEndpointsHint(ctx context.Context, e *env, serviceID string) string {
+	var held []string
+	out, err := e.c.EC2.DescribeVpcEndpointConnections(ctx, &ec2.DescribeVpcEndpointConnectionsInput{
+		Filters: []ec2t.Filter{{Name: aws.String("service-id"), Values: []string{serviceID}}}})
+	if err == nil {
+		for _, c := range out.VpcEndpointConnections {
+			switch strings.ToLower(string(c.VpcEndpointState)) {
+			case "available", "pendingacceptance", "pending":
+				held = append(held, fmt.Sprintf("%s (account %s, %s)", deref(c.VpcEndpointId), deref(c.VpcEndpointOwner), c.VpcEndpointState))
+			}
+		}
+	}
+	sort.Strings(held)
+	list := "see ec2:DescribeVpcEndpointConnections for the service"
+	if len(held) > 0 {
+		list = "still connected: " + strings.Join(held, ", ")
+	}
+	return fmt.Sprintf("%s; reject those connections (aws ec2 reject-vpc-endpoint-connections --service-id %s --vpc-endpoint-ids ...) or have their owners delete the endpoints, then run apply again. "+
+		"If it is the consumer endpoint this spec created, keep the privatelink.consumer section while setting privatelink.enabled to false: apply then deletes that endpoint first", list, serviceID)
 }
 
 func (serviceHandler) ready(o *State) (bool, error) {
@@ -192,7 +274,7 @@ func (endpointHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		return nil, awsErr(kindEndpoint, name, "ec2:DescribeVpcEndpoints (consumer)", err)
 	}
 	var res []*State
-	for i, v := range out.VpcEndpoints {
+	for _, v := range out.VpcEndpoints {
 		state := string(v.State)
 		if strings.EqualFold(state, "deleted") {
 			continue
@@ -213,16 +295,16 @@ func (endpointHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		if len(v.DnsEntries) > 0 {
 			dns = deref(v.DnsEntries[0].DnsName)
 		}
-		n := name
-		if i > 0 {
-			n = name + "#" + deref(v.VpcEndpointId)
+		created := ""
+		if v.CreationTimestamp != nil {
+			created = v.CreationTimestamp.UTC().Format(time.RFC3339Nano)
 		}
-		res = append(res, &State{Kind: kindEndpoint, Name: n, ID: deref(v.VpcEndpointId), Status: state, Tags: tags,
+		res = append(res, &State{Kind: kindEndpoint, Name: name, ID: deref(v.VpcEndpointId), Status: state, Tags: tags,
 			Attrs: map[string]string{"service_name": deref(v.ServiceName), "vpc_id": deref(v.VpcId), "subnet_ids": sortedJoin(v.SubnetIds),
 				"security_group_ids": sortedJoin(sgs), "connection": conn},
-			Out: map[string]string{"vpce.id": deref(v.VpcEndpointId), "vpce.dns": dns}})
+			Out: map[string]string{"vpce.id": deref(v.VpcEndpointId), "vpce.dns": dns, "vpce.created": created}})
 	}
-	return res, nil
+	return keepOldest(e, kindEndpoint, res), nil
 }
 
 func (h endpointHandler) create(ctx context.Context, e *env, d *State) error {
@@ -231,23 +313,47 @@ func (h endpointHandler) create(ctx context.Context, e *env, d *State) error {
 		return err
 	}
 	cs := e.spec.PrivateLink.Consumer
-	out, err := c.CreateVpcEndpoint(ctx, &ec2.CreateVpcEndpointInput{VpcEndpointType: ec2t.VpcEndpointTypeInterface, ServiceName: aws.String(e.get("svc.name")),
-		VpcId: aws.String(cs.VPCID), SubnetIds: cs.SubnetIDs, SecurityGroupIds: cs.SecurityGroupIDs, PrivateDnsEnabled: aws.Bool(false),
-		TagSpecifications: []ec2t.TagSpecification{{ResourceType: ec2t.ResourceTypeVpcEndpoint, Tags: ec2Tags(d.Tags)}}})
-	if err != nil {
-		return awsErr(kindEndpoint, d.Name, "ec2:CreateVpcEndpoint (consumer)", err)
+	if err := checkEndpointAZs(ctx, c, d.Name, e.get("svc.name"), cs.SubnetIDs); err != nil {
+		return err
 	}
-	if out.VpcEndpoint == nil {
-		return fmt.Errorf("vpc-endpoint %q: CreateVpcEndpoint returned no endpoint", d.Name)
+	parts := append([]string{"service=" + e.get("svc.name"), "vpc=" + cs.VPCID, "subnets=" + sortedJoin(cs.SubnetIDs),
+		"sgs=" + sortedJoin(cs.SecurityGroupIDs)}, tagParts(d.Tags)...)
+	for gen := 1; gen <= 3; gen++ {
+		out, err := c.CreateVpcEndpoint(ctx, &ec2.CreateVpcEndpointInput{VpcEndpointType: ec2t.VpcEndpointTypeInterface, ServiceName: aws.String(e.get("svc.name")),
+			VpcId: aws.String(cs.VPCID), SubnetIds: cs.SubnetIDs, SecurityGroupIds: cs.SecurityGroupIDs, PrivateDnsEnabled: aws.Bool(false),
+			ClientToken:       aws.String(clientToken(e.spec.Name, "vpc-endpoint", gen, parts...)),
+			TagSpecifications: []ec2t.TagSpecification{{ResourceType: ec2t.ResourceTypeVpcEndpoint, Tags: ec2Tags(d.Tags)}}})
+		if err != nil {
+			return awsErr(kindEndpoint, d.Name, "ec2:CreateVpcEndpoint (consumer)", err)
+		}
+		if out.VpcEndpoint == nil {
+			return fmt.Errorf("vpc-endpoint %q: CreateVpcEndpoint returned no endpoint", d.Name)
+		}
+		switch strings.ToLower(string(out.VpcEndpoint.State)) {
+		case "deleted", "deleting", "rejected", "failed", "expired":
+			// The token still answers with an endpoint that is gone since: take the next one.
+			continue
+		case "pendingacceptance":
+			return h.accept(ctx, e, d.Name, deref(out.VpcEndpoint.VpcEndpointId))
+		}
+		return nil // already accepted (a retry or a concurrent apply got there first)
 	}
-	return h.accept(ctx, e, d.Name, deref(out.VpcEndpoint.VpcEndpointId))
+	return fmt.Errorf("vpc-endpoint %q: ec2:CreateVpcEndpoint (consumer) kept answering with deleted endpoints for its client tokens; run apply again later", d.Name)
 }
 
 // accept approves the connection on the provider side (acceptance is required by design, so
 // only endpoints we created ourselves get in without a human).
 func (endpointHandler) accept(ctx context.Context, e *env, name, id string) error {
-	_, err := e.c.EC2.AcceptVpcEndpointConnections(ctx, &ec2.AcceptVpcEndpointConnectionsInput{ServiceId: aws.String(e.get("svc.id")), VpcEndpointIds: []string{id}})
-	return awsErr(kindEndpoint, name, "ec2:AcceptVpcEndpointConnections", err)
+	const call = "ec2:AcceptVpcEndpointConnections"
+	out, err := e.c.EC2.AcceptVpcEndpointConnections(ctx, &ec2.AcceptVpcEndpointConnectionsInput{ServiceId: aws.String(e.get("svc.id")), VpcEndpointIds: []string{id}})
+	if err != nil {
+		return awsErr(kindEndpoint, name, call, err)
+	}
+	if oe := unsuccessful(kindEndpoint, name, call, out.Unsuccessful,
+		"the endpoint's connection state (ec2:DescribeVpcEndpointConnections): a rejected or expired connection cannot be accepted; delete the endpoint and run apply again"); oe != nil {
+		return oe
+	}
+	return nil
 }
 
 func (h endpointHandler) update(ctx context.Context, e *env, d, o *State, fields []FieldDiff) error {
@@ -270,11 +376,19 @@ func (endpointHandler) delete(ctx context.Context, e *env, o *State) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.DeleteVpcEndpoints(ctx, &ec2.DeleteVpcEndpointsInput{VpcEndpointIds: []string{o.ID}})
-	if isCode(err, "InvalidVpcEndpointId.NotFound") {
+	const call = "ec2:DeleteVpcEndpoints (consumer)"
+	out, err := c.DeleteVpcEndpoints(ctx, &ec2.DeleteVpcEndpointsInput{VpcEndpointIds: []string{o.ID}})
+	if isCode(err, "InvalidVpcEndpointId.NotFound", "InvalidVpcEndpoint.NotFound") {
 		return nil
 	}
-	return awsErr(kindEndpoint, o.Name, "ec2:DeleteVpcEndpoints (consumer)", err)
+	if err != nil {
+		return awsErr(kindEndpoint, o.Name, call, err)
+	}
+	if oe := unsuccessful(kindEndpoint, o.Name, call, out.Unsuccessful, "the consumer account's permissions (ec2:DeleteVpcEndpoints) and the endpoint's state",
+		"InvalidVpcEndpointId.NotFound", "InvalidVpcEndpoint.NotFound"); oe != nil {
+		return oe
+	}
+	return nil
 }
 
 func (endpointHandler) ready(o *State) (bool, error) {

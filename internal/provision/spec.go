@@ -160,7 +160,7 @@ var (
 	classRE    = regexp.MustCompile(`^db\.[a-z0-9]+\.[a-z0-9]+$`)
 	oidcRE     = regexp.MustCompile(`^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/.+$`)
 	roleARNRE  = regexp.MustCompile(`^arn:aws[a-z-]*:iam::\d{12}:role/.+$`)
-	principalR = regexp.MustCompile(`^(\*|arn:aws[a-z-]*:iam::\d{12}:(root|role/.+|user/.+))$`)
+	principalR = regexp.MustCompile(`^(\*|arn:aws[a-z-]*:iam::\d{12}:(root|role/[\w+=,.@-]+|user/[\w+=,.@-]+))$`)
 	k8sNameRE  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 	dbUserRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 	tagKeyRE   = regexp.MustCompile(`^[\p{L}\p{Z}\p{N}_.:/=+\-@]{1,128}$`)
@@ -274,10 +274,13 @@ func (s *Spec) Validate() error {
 		seenSA[key] = true
 	}
 	pl := s.PrivateLink
-	if !pl.Enabled && (len(pl.AllowedPrincipals) > 0 || pl.Consumer != nil) {
-		add("privatelink.enabled", "must be true when allowed_principals or consumer are set")
+	// Principal ARNs take no path: EC2 refuses them (API_ModifyVpcEndpointServicePermissions).
+	// A consumer section with enabled: false says where our consumer endpoint is, so turning
+	// PrivateLink off deletes it before the endpoint service (which AWS refuses while connected).
+	if !pl.Enabled && len(pl.AllowedPrincipals) > 0 {
+		add("privatelink.enabled", "must be true when allowed_principals are set")
 	}
-	checkList(add, "privatelink.allowed_principals", pl.AllowedPrincipals, principalR, "an IAM principal ARN (account root, role or user) or *")
+	checkList(add, "privatelink.allowed_principals", pl.AllowedPrincipals, principalR, "an IAM principal ARN without a path (account root, role or user) or *")
 	if c := pl.Consumer; c != nil {
 		if !vpcRE.MatchString(c.VPCID) {
 			add("privatelink.consumer.vpc_id", "must be a VPC id (got %q)", c.VPCID)

@@ -169,149 +169,14 @@ func (st *state) ec2(c *reqCtx, action string) (any, *apiError) {
 			}
 		}
 		return []X{E("networkInterfaceSet", items...)}, nil
-	case "CreateVpcEndpointServiceConfiguration":
-		nlbs := c.strs("NetworkLoadBalancerArn")
-		for _, a := range nlbs {
-			lb := st.lbs[a]
-			if lb == nil {
-				return nil, errf(400, "InvalidParameter", "Load balancer %s not found", a)
-			}
-			if lb.status != "active" {
-				return nil, errf(400, "InvalidParameter", "Load balancer %s is not active", a)
-			}
+	case "DescribeSubnets":
+		return st.describeSubnets(c)
+	case "DescribeVpcEndpointServices":
+		return st.describeVpcEndpointServices(c)
+	default:
+		if out, err, ok := st.privateLink(c, action); ok {
+			return out, err
 		}
-		id := st.id("vpce-svc-", 17)
-		s := &endpointService{id: id, name: "com.amazonaws.vpce." + c.region + "." + id, account: c.account,
-			acceptance: c.boolean("AcceptanceRequired"), nlbs: nlbs, tags: ec2TagSpec(c), pendingConnections: map[string]bool{}}
-		s.set("Pending", "Available")
-		st.services[id] = s
-		return []X{st.serviceX(s, "serviceConfiguration")}, nil
-	case "DescribeVpcEndpointServiceConfigurations":
-		ids := c.strs("ServiceId")
-		filters := ec2Filters(c)
-		var items []X
-		for _, k := range sortedKeys(st.services) {
-			s := st.services[k]
-			if (len(ids) > 0 && !contains(ids, s.id)) || !matches(filters, s.tags, map[string]string{"service-id": s.id}) {
-				continue
-			}
-			st.tick(&s.life)
-			items = append(items, st.serviceX(s, "item"))
-		}
-		return []X{E("serviceConfigurationSet", items...)}, nil
-	case "ModifyVpcEndpointServiceConfiguration":
-		s := st.services[c.get("ServiceId")]
-		if s == nil {
-			return nil, errf(400, "InvalidVpcEndpointServiceId.NotFound", "service %s not found", c.get("ServiceId"))
-		}
-		if c.has("AcceptanceRequired") {
-			s.acceptance = c.boolean("AcceptanceRequired")
-		}
-		return []X{T("return", "true")}, nil
-	case "DescribeVpcEndpointServicePermissions":
-		s := st.services[c.get("ServiceId")]
-		if s == nil {
-			return nil, errf(400, "InvalidVpcEndpointServiceId.NotFound", "service %s not found", c.get("ServiceId"))
-		}
-		var items []X
-		for _, p := range s.principals {
-			items = append(items, E("item", T("principal", p), T("principalType", "Account")))
-		}
-		return []X{E("allowedPrincipals", items...)}, nil
-	case "ModifyVpcEndpointServicePermissions":
-		s := st.services[c.get("ServiceId")]
-		if s == nil {
-			return nil, errf(400, "InvalidVpcEndpointServiceId.NotFound", "service %s not found", c.get("ServiceId"))
-		}
-		for _, p := range c.strs("AddAllowedPrincipals") {
-			if !contains(s.principals, p) {
-				s.principals = append(s.principals, p)
-			}
-		}
-		for _, p := range c.strs("RemoveAllowedPrincipals") {
-			s.principals = remove(s.principals, p)
-		}
-		return []X{T("returnValue", "true")}, nil
-	case "DeleteVpcEndpointServiceConfigurations":
-		for _, id := range c.strs("ServiceId") {
-			s := st.services[id]
-			if s == nil {
-				return nil, errf(400, "InvalidVpcEndpointServiceId.NotFound", "service %s not found", id)
-			}
-			for _, e := range st.endpoints {
-				if e.serviceName == s.name && e.status != "deleted" {
-					return nil, errf(400, "ExistingVpcEndpointConnections", "Service %s has existing VPC endpoint connections", id)
-				}
-			}
-			delete(st.services, id)
-		}
-		return []X{E("unsuccessful")}, nil
-	case "CreateVpcEndpoint":
-		name := c.get("ServiceName")
-		var svc *endpointService
-		for _, s := range st.services {
-			if s.name == name {
-				svc = s
-			}
-		}
-		if svc == nil {
-			return nil, errf(400, "InvalidServiceName", "The Vpc Endpoint Service '%s' does not exist", name)
-		}
-		if c.account != svc.account && !contains(svc.principals, "arn:aws:iam::"+c.account+":root") && !contains(svc.principals, "*") {
-			return nil, errf(400, "InvalidServiceName", "The Vpc Endpoint Service '%s' does not exist", name)
-		}
-		id := st.id("vpce-", 17)
-		e := &vpcEndpoint{id: id, serviceName: name, vpc: c.get("VpcId"), account: c.account, subnets: c.strs("SubnetId"),
-			sgs: c.strs("SecurityGroupId"), tags: ec2TagSpec(c), dns: fmt.Sprintf("%s-%s.%s.%s.vpce.amazonaws.com", id, randHex(4), svc.id, c.region)}
-		if svc.acceptance {
-			e.set("pendingAcceptance", "")
-			svc.pendingConnections[id] = true
-		} else {
-			e.set("pending", "available")
-		}
-		st.endpoints[id] = e
-		return []X{st.endpointX(e, "vpcEndpoint")}, nil
-	case "DescribeVpcEndpoints":
-		ids := c.strs("VpcEndpointId")
-		filters := ec2Filters(c)
-		var items []X
-		for _, k := range sortedKeys(st.endpoints) {
-			e := st.endpoints[k]
-			if e.account != c.account || (len(ids) > 0 && !contains(ids, e.id)) ||
-				!matches(filters, e.tags, map[string]string{"vpc-id": e.vpc, "service-name": e.serviceName, "vpc-endpoint-id": e.id}) {
-				continue
-			}
-			st.tick(&e.life)
-			if e.status == "deleted" {
-				delete(st.endpoints, k)
-				continue
-			}
-			items = append(items, st.endpointX(e, "item"))
-		}
-		return []X{E("vpcEndpointSet", items...)}, nil
-	case "AcceptVpcEndpointConnections":
-		s := st.services[c.get("ServiceId")]
-		if s == nil {
-			return nil, errf(400, "InvalidVpcEndpointServiceId.NotFound", "service %s not found", c.get("ServiceId"))
-		}
-		for _, id := range c.strs("VpcEndpointId") {
-			e := st.endpoints[id]
-			if e == nil || !s.pendingConnections[id] {
-				return nil, errf(400, "InvalidVpcEndpointId.NotFound", "no pending connection from %s", id)
-			}
-			delete(s.pendingConnections, id)
-			e.set("pending", "available")
-		}
-		return []X{E("unsuccessful")}, nil
-	case "DeleteVpcEndpoints":
-		for _, id := range c.strs("VpcEndpointId") {
-			e := st.endpoints[id]
-			if e == nil || e.account != c.account {
-				return nil, errf(400, "InvalidVpcEndpointId.NotFound", "The Vpc Endpoint Id '%s' does not exist", id)
-			}
-			e.set("deleting", "deleted")
-		}
-		return []X{E("unsuccessful")}, nil
 	}
 	return nil, errf(400, "InvalidAction", "fakeaws: EC2 action %s not implemented", action)
 }
@@ -342,19 +207,6 @@ func sgX(g *secGroup) X {
 	}
 	return E("item", T("groupId", g.id), T("groupName", g.name), T("groupDescription", g.desc), T("vpcId", g.vpc),
 		E("ipPermissions", perms...), E("tagSet", tagItems(g.tags, "key", "value")...))
-}
-
-func (st *state) serviceX(s *endpointService, name string) X {
-	return E(name, T("serviceId", s.id), T("serviceName", s.name), T("serviceState", s.status), T("serviceType", ""),
-		T("acceptanceRequired", b2s(s.acceptance)), Strs("networkLoadBalancerArnSet", "item", s.nlbs),
-		E("tagSet", tagItems(s.tags, "key", "value")...))
-}
-
-func (st *state) endpointX(e *vpcEndpoint, name string) X {
-	return E(name, T("vpcEndpointId", e.id), T("vpcEndpointType", "Interface"), T("vpcId", e.vpc), T("serviceName", e.serviceName),
-		T("state", e.status), Strs("subnetIdSet", "item", e.subnets), groupSet(e.sgs),
-		E("dnsEntrySet", E("item", T("dnsName", e.dns), T("hostedZoneId", "Z7HUB22UULQXV"))),
-		E("tagSet", tagItems(e.tags, "key", "value")...))
 }
 
 func groupSet(ids []string) X {

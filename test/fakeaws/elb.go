@@ -23,6 +23,20 @@ func (st *state) elb(c *reqCtx, action string) (any, *apiError) {
 				return nil, errf(400, "InvalidSecurityGroup", "Security group '%s' does not exist", g)
 			}
 		}
+		// Subnets must exist, one per AZ (CreateLoadBalancer: SubnetNotFound,
+		// InvalidConfigurationRequest; https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html).
+		subs, missing := st.findSubnets(c, lb.subnets)
+		if len(missing) > 0 {
+			return nil, errf(400, "SubnetNotFound", "The specified subnet does not exist: %s", missing[0])
+		}
+		seenAZ := map[string]bool{}
+		for _, sn := range subs {
+			if seenAZ[sn.az] {
+				return nil, errf(400, "InvalidConfigurationRequest", "A load balancer cannot be attached to multiple subnets in the same Availability Zone")
+			}
+			seenAZ[sn.az] = true
+		}
+		lb.attrs = defaultAttrs(nlbAttrs)
 		lb.set("provisioning", "active")
 		st.lbs[lb.arn] = lb
 		return []X{E("LoadBalancers", st.lbX(lb))}, nil
@@ -70,7 +84,10 @@ func (st *state) elb(c *reqCtx, action string) (any, *apiError) {
 		}
 		tg := &targetGroup{name: name, arn: c.arn("elasticloadbalancing", "targetgroup/"+name+"/"+st.id("", 16)),
 			protocol: c.get("Protocol"), vpc: c.get("VpcId"), targetType: c.get("TargetType"), port: c.int32("Port"),
-			targets: map[string]int32{}, tags: c.tagsFrom("Tags")}
+			targets: map[string]*target{}, tags: c.tagsFrom("Tags"), attrs: defaultAttrs(tcpTargetGroupAttrs), hc: defaultHealthCheck()}
+		if err := tg.hc.apply(c); err != nil {
+			return nil, err
+		}
 		st.tgs[tg.arn] = tg
 		return []X{E("TargetGroups", st.tgX(tg))}, nil
 	case "DescribeTargetGroups":
@@ -101,15 +118,27 @@ func (st *state) elb(c *reqCtx, action string) (any, *apiError) {
 		if tg == nil {
 			return nil, errf(400, "TargetGroupNotFound", "One or more target groups not found")
 		}
-		for _, t := range c.structs("Targets") {
+		ts := c.structs("Targets")
+		if action == "DeregisterTargets" {
+			// DeregisterTargets: InvalidTarget for a target that is not registered
+			// (https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_DeregisterTargets.html).
+			for _, t := range ts {
+				if tg.targets[t["Id"]] == nil {
+					return nil, errf(400, "InvalidTarget", "The following targets are not registered in target group: %s", t["Id"])
+				}
+			}
+		}
+		for _, t := range ts {
 			port := tg.port
 			if p, err := strconv.Atoi(t["Port"]); err == nil {
 				port = int32(p)
 			}
 			if action == "RegisterTargets" {
-				tg.targets[t["Id"]] = port
-			} else {
-				delete(tg.targets, t["Id"])
+				if cur := tg.targets[t["Id"]]; cur == nil || cur.state == "draining" {
+					st.registerTarget(tg, t["Id"], port)
+				}
+			} else if tg.targets[t["Id"]].state != "draining" {
+				st.deregisterTarget(tg, t["Id"])
 			}
 		}
 		return nil, nil
@@ -118,11 +147,45 @@ func (st *state) elb(c *reqCtx, action string) (any, *apiError) {
 		if tg == nil {
 			return nil, errf(400, "TargetGroupNotFound", "One or more target groups not found")
 		}
+		st.tickTargets(tg)
 		var items []X
 		for _, ip := range sortedKeys(tg.targets) {
-			items = append(items, E("member", E("Target", T("Id", ip), T("Port", i2s(tg.targets[ip]))), E("TargetHealth", T("State", "healthy"))))
+			items = append(items, targetHealthX(ip, tg.targets[ip]))
 		}
 		return []X{E("TargetHealthDescriptions", items...)}, nil
+	case "ModifyTargetGroup":
+		tg := st.tgs[c.get("TargetGroupArn")]
+		if tg == nil {
+			return nil, errf(400, "TargetGroupNotFound", "One or more target groups not found")
+		}
+		hc := tg.hc
+		if err := hc.apply(c); err != nil {
+			return nil, err
+		}
+		tg.hc = hc
+		return []X{E("TargetGroups", st.tgX(tg))}, nil
+	case "DescribeTargetGroupAttributes", "ModifyTargetGroupAttributes":
+		tg := st.tgs[c.get("TargetGroupArn")]
+		if tg == nil {
+			return nil, errf(400, "TargetGroupNotFound", "One or more target groups not found")
+		}
+		if action == "ModifyTargetGroupAttributes" {
+			if err := setAttrs(c, "Target group", tcpTargetGroupAttrs, tg.attrs); err != nil {
+				return nil, err
+			}
+		}
+		return []X{attrsX(tg.attrs)}, nil
+	case "DescribeLoadBalancerAttributes", "ModifyLoadBalancerAttributes":
+		lb := st.lbs[c.get("LoadBalancerArn")]
+		if lb == nil {
+			return nil, errf(400, "LoadBalancerNotFound", "One or more load balancers not found")
+		}
+		if action == "ModifyLoadBalancerAttributes" {
+			if err := setAttrs(c, "Load balancer", nlbAttrs, lb.attrs); err != nil {
+				return nil, err
+			}
+		}
+		return []X{attrsX(lb.attrs)}, nil
 	case "CreateListener":
 		lbArn := c.get("LoadBalancerArn")
 		if st.lbs[lbArn] == nil {
@@ -214,8 +277,12 @@ func (st *state) elbTags(arn string) map[string]string {
 
 func (st *state) lbX(lb *loadBalancer) X {
 	var azs []X
-	for i, s := range lb.subnets {
-		azs = append(azs, E("member", T("SubnetId", s), T("ZoneName", fmt.Sprintf("us-east-1%c", 'a'+i))))
+	for _, s := range lb.subnets {
+		zone := ""
+		if sn := st.subnets[s]; sn != nil {
+			zone = sn.az
+		}
+		azs = append(azs, E("member", T("SubnetId", s), T("ZoneName", zone)))
 	}
 	return E("member", T("LoadBalancerArn", lb.arn), T("DNSName", lb.dns), T("LoadBalancerName", lb.name), T("Scheme", lb.scheme),
 		T("VpcId", "vpc-0a1b2c3d4e5f60718"), E("State", T("Code", lb.status)), T("Type", lb.typ),
@@ -229,8 +296,10 @@ func (st *state) tgX(tg *targetGroup) X {
 			lbs = append(lbs, l.lbArn)
 		}
 	}
-	return E("member", T("TargetGroupArn", tg.arn), T("TargetGroupName", tg.name), T("Protocol", tg.protocol), T("Port", i2s(tg.port)),
+	x := E("member", T("TargetGroupArn", tg.arn), T("TargetGroupName", tg.name), T("Protocol", tg.protocol), T("Port", i2s(tg.port)),
 		T("VpcId", tg.vpc), T("TargetType", tg.targetType), Strs("LoadBalancerArns", "member", lbs))
+	x.kids = append(x.kids, tg.hc.xml()...)
+	return x
 }
 
 func listenerX(l *listener) X {

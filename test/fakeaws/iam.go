@@ -104,7 +104,7 @@ func (st *state) sts(c *reqCtx, action string) (any, *apiError) {
 		}
 		akid := "ASIA" + strings.ToUpper(st.id("", 16))
 		secret := randHex(20)
-		c.s.creds[akid] = creds{secret: secret, account: parts[4]}
+		c.s.creds[akid] = creds{secret: secret, account: parts[4], principal: arn}
 		exp := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 		return []X{E("Credentials", T("AccessKeyId", akid), T("SecretAccessKey", secret), T("SessionToken", "token-"+randHex(8)), T("Expiration", exp)),
 			E("AssumedRoleUser", T("Arn", arn+"/"+c.get("RoleSessionName")), T("AssumedRoleId", "AROA:"+c.get("RoleSessionName")))}, nil

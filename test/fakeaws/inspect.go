@@ -2,6 +2,7 @@ package fakeaws
 
 import (
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -110,12 +111,82 @@ func (s *Server) TargetIPs(tgName string) []string {
 	defer s.mu.Unlock()
 	for _, tg := range s.st.tgs {
 		if tg.name == tgName {
-			ips := sortedKeys(tg.targets)
+			var ips []string
+			for ip, t := range tg.targets {
+				if t.state != "draining" {
+					ips = append(ips, ip)
+				}
+			}
 			sort.Strings(ips)
 			return ips
 		}
 	}
 	return nil
+}
+
+// TargetStates is every target of the named target group (draining ones too) -> its state.
+func (s *Server) TargetStates(tgName string) map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]string{}
+	for _, tg := range s.st.tgs {
+		if tg.name == tgName {
+			for ip, t := range tg.targets {
+				out[ip] = t.state
+			}
+		}
+	}
+	return out
+}
+
+// LoadBalancerAttributes returns the named NLB's attributes.
+func (s *Server) LoadBalancerAttributes(name string) map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, lb := range s.st.lbs {
+		if lb.name == name {
+			return copyTags(lb.attrs)
+		}
+	}
+	return nil
+}
+
+// TargetGroupAttributes returns the named target group's attributes plus its health check
+// as hc.interval, hc.timeout, hc.healthy, hc.unhealthy.
+func (s *Server) TargetGroupAttributes(name string) map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, tg := range s.st.tgs {
+		if tg.name == name {
+			out := copyTags(tg.attrs)
+			out["hc.interval"], out["hc.timeout"] = strconv.Itoa(tg.hc.interval), strconv.Itoa(tg.hc.timeout)
+			out["hc.healthy"], out["hc.unhealthy"] = strconv.Itoa(tg.hc.hthr), strconv.Itoa(tg.hc.ut)
+			return out
+		}
+	}
+	return nil
+}
+
+// SetLoadBalancerAttribute changes one NLB attribute behind the provisioner's back (drift).
+func (s *Server) SetLoadBalancerAttribute(name, key, val string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, lb := range s.st.lbs {
+		if lb.name == name {
+			lb.attrs[key] = val
+		}
+	}
+}
+
+// SetTargetGroupAttribute changes one target group attribute behind the provisioner's back.
+func (s *Server) SetTargetGroupAttribute(name, key, val string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, tg := range s.st.tgs {
+		if tg.name == name {
+			tg.attrs[key] = val
+		}
+	}
 }
 
 // DropTarget deregisters one target behind the provisioner's back (drift).

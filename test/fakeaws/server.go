@@ -48,7 +48,7 @@ type Call struct {
 	Mutates bool
 }
 
-type creds struct{ secret, account string }
+type creds struct{ secret, account, principal string }
 
 // Server is a running fake. All state is behind mu.
 type Server struct {
@@ -61,6 +61,7 @@ type Server struct {
 	creds     map[string]creds
 	calls     []Call
 	injects   []*inject
+	after     []*inject
 	hooks     map[string][]func()
 	seq       int
 	st        *state
@@ -206,7 +207,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, proto, action, &apiError{status: in.status, code: in.code, msg: in.msg})
 		return
 	}
-	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region}
+	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, principal: caller.principal, region: s.cfg.Region}
 	var out any
 	var aerr2 *apiError
 	switch service {
@@ -229,7 +230,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if aerr2 != nil {
 		status, code = aerr2.status, aerr2.code
 	}
-	s.calls = append(s.calls, Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && aerr2 == nil})
+	executed := aerr2 == nil
+	if executed {
+		// The call was done but its answer is lost (see InjectErrorAfter).
+		if in := s.takeInjectAfter(service, action); in != nil {
+			aerr2 = &apiError{status: in.status, code: in.code, msg: in.msg}
+			status, code = in.status, in.code
+		}
+	}
+	s.calls = append(s.calls, Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && executed})
 	hooks := s.hooks[action]
 	s.mu.Unlock()
 	for _, h := range hooks {

@@ -1,11 +1,14 @@
 package fakeaws
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // reqCtx is one decoded request.
@@ -15,6 +18,8 @@ type reqCtx struct {
 	json    map[string]any
 	account string
 	region  string
+	// principal is the caller's IAM ARN when known (an assumed role's role ARN).
+	principal string
 }
 
 func (c *reqCtx) get(k string) string { return c.form.Get(k) }
@@ -175,13 +180,16 @@ type loadBalancer struct {
 	name, arn, dns, scheme, typ string
 	subnets, sgs                []string
 	tags                        map[string]string
+	attrs                       map[string]string
 }
 
 type targetGroup struct {
 	name, arn, protocol, vpc, targetType string
 	port                                 int32
-	targets                              map[string]int32 // ip -> port
+	targets                              map[string]*target // ip -> target
 	tags                                 map[string]string
+	attrs                                map[string]string
+	hc                                   healthCheck
 }
 
 type listener struct {
@@ -204,6 +212,7 @@ type vpcEndpoint struct {
 	id, serviceName, vpc, account string
 	subnets, sgs                  []string
 	dns                           string
+	created                       time.Time
 	tags                          map[string]string
 }
 
@@ -221,6 +230,11 @@ type state struct {
 	listeners    map[string]*listener
 	services     map[string]*endpointService
 	endpoints    map[string]*vpcEndpoint
+	// Networking and idempotency (network.go, idempotency.go, targets.go).
+	subnets map[string]*subnet
+	tokens  map[string]*tokenRecord
+	salt    string
+	used    map[string]bool
 	// lingering counts the DeleteSecurityGroup attempts still refused for a group whose NLB was
 	// just deleted: AWS releases the NLB's network interfaces minutes later.
 	lingering map[string]int
@@ -231,14 +245,23 @@ func newState() *state {
 		subnetGroups: map[string]*subnetGroup{}, instances: map[string]*dbInstance{}, proxies: map[string]*dbProxy{},
 		secrets: map[string]*secret{}, roles: map[string]*role{}, sgs: map[string]*secGroup{}, lbs: map[string]*loadBalancer{},
 		tgs: map[string]*targetGroup{}, listeners: map[string]*listener{}, services: map[string]*endpointService{},
-		endpoints: map[string]*vpcEndpoint{}, lingering: map[string]int{}}
+		endpoints: map[string]*vpcEndpoint{}, lingering: map[string]int{},
+		subnets: map[string]*subnet{}, tokens: map[string]*tokenRecord{}, salt: randHex(8), used: map[string]bool{}}
 }
 
-// id returns a fresh hex id of n digits, unique within the fake.
+// id returns a fresh hex id of n digits, unique within the fake. The ids are random (as AWS's
+// are), so lists sorted by id come back in an order unrelated to creation order and code that
+// depends on list position is caught.
 func (st *state) id(prefix string, n int) string {
-	st.n++
-	h := fmt.Sprintf("%0*x", n, st.n)
-	return prefix + h[len(h)-n:]
+	for {
+		st.n++
+		sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%d", st.salt, st.n)))
+		h := strings.Repeat(hex.EncodeToString(sum[:]), 1+n/64)[:n]
+		if !st.used[prefix+h] {
+			st.used[prefix+h] = true
+			return prefix + h
+		}
+	}
 }
 
 func tagItems(tags map[string]string, keyName, valName string) []X {
