@@ -272,6 +272,9 @@ func (s *Server) TamperTag(key, val string) {
 	for _, x := range st.endpoints {
 		all = append(all, x.tags)
 	}
+	for _, x := range st.paramGroups {
+		all = append(all, x.tags)
+	}
 	for _, t := range all {
 		if t != nil && t[key] != "" {
 			t[key] = val
