@@ -685,4 +685,4 @@ func (proxyTargetHandler) ready(o *State) (bool, error) {
 	}
 	return false, nil
 }
-func (proxyTargetHandler) export(*env, *State)        {}
+func (proxyTargetHandler) export(*env, *State) {}
