@@ -685,4 +685,5 @@ func (proxyTargetHandler) ready(o *State) (bool, error) {
 	}
 	return false, nil
 }
+
 func (proxyTargetHandler) export(*env, *State) {}
