@@ -138,6 +138,10 @@ func (secretHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 	if err != nil {
 		return nil, awsErr(kindSecret, name, "secretsmanager:DescribeSecret", err)
 	}
+	if out.DeletedDate != nil && e.spec.Instance.MasterPassword != "secret" {
+		// Ours from an earlier "secret" mode, already deleted: nothing left to plan.
+		return nil, nil
+	}
 	tags := map[string]string{}
 	for _, t := range out.Tags {
 		tags[deref(t.Key)] = deref(t.Value)

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/rds"
 	rdst "github.com/aws/aws-sdk-go-v2/service/rds/types"
+	"go.uber.org/zap"
 )
 
 // ---- DB parameter group -------------------------------------------------------------------
@@ -53,7 +55,9 @@ func (paramGroupHandler) desired(e *env) []*State {
 }
 
 // family asks RDS for the parameter group family of the spec's engine version (postgres16,
-// mysql8.0, ...) rather than deriving it, so a version RDS does not offer fails here, clearly.
+// mysql8.0, ...). A version RDS no longer lists (deprecated minor versions disappear from
+// DescribeDBEngineVersions) falls back to the family derived from it, postgresMAJOR or
+// mysqlMAJOR.MINOR, RDS's naming: plan and destroy of an existing database must not fail on it.
 func (paramGroupHandler) family(ctx context.Context, e *env) error {
 	if e.known("paramgroup.family") {
 		return nil
@@ -62,11 +66,29 @@ func (paramGroupHandler) family(ctx context.Context, e *env) error {
 	if err != nil {
 		return awsErr(kindParamGroup, paramGroupName(e.spec), "rds:DescribeDBEngineVersions", err)
 	}
-	if len(out.DBEngineVersions) == 0 || deref(out.DBEngineVersions[0].DBParameterGroupFamily) == "" {
-		return fmt.Errorf("engine %s version %s: RDS offers no such engine version in %s (rds:DescribeDBEngineVersions is empty); check engine.version", e.spec.Engine.Type, e.spec.Engine.Version, e.region)
+	if len(out.DBEngineVersions) > 0 && deref(out.DBEngineVersions[0].DBParameterGroupFamily) != "" {
+		e.out["paramgroup.family"] = deref(out.DBEngineVersions[0].DBParameterGroupFamily)
+		return nil
 	}
-	e.out["paramgroup.family"] = deref(out.DBEngineVersions[0].DBParameterGroupFamily)
+	fam := derivedFamily(e.spec)
+	if fam == "" {
+		return fmt.Errorf("engine %s version %s: RDS offers no such engine version in %s (rds:DescribeDBEngineVersions is empty) and no parameter group family can be derived from it; check engine.version", e.spec.Engine.Type, e.spec.Engine.Version, e.region)
+	}
+	e.p.log.Warn("engine version not listed by rds:DescribeDBEngineVersions; using the parameter group family derived from it",
+		zap.String("engine", e.spec.Engine.Type), zap.String("version", e.spec.Engine.Version), zap.String("family", fam))
+	e.out["paramgroup.family"] = fam
 	return nil
+}
+
+func derivedFamily(s *Spec) string {
+	v := strings.Split(s.Engine.Version, ".")
+	switch {
+	case s.Engine.Type == "postgres" && v[0] != "":
+		return "postgres" + v[0]
+	case s.Engine.Type == "mysql" && len(v) >= 2:
+		return "mysql" + v[0] + "." + v[1]
+	}
+	return ""
 }
 
 func (h paramGroupHandler) observe(ctx context.Context, e *env) ([]*State, error) {
