@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/rds"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
@@ -156,7 +157,7 @@ func clients(ctx context.Context, region string, o options) (provision.Clients, 
 	ec2c := ec2.NewFromConfig(cfg)
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
-		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg),
+		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg),
 		ConsumerEC2: func(ctx context.Context, roleARN string) (provision.ConsumerEC2API, error) {
 			if roleARN == "" {
 				return ec2c, nil

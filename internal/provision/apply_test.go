@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/rds"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
@@ -56,7 +57,7 @@ func clientsOf(t *testing.T, fake *fakeaws.Server) provision.Clients {
 	ec2c := ec2.NewFromConfig(cfg)
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
-		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg),
+		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg),
 		ConsumerEC2: func(context.Context, string) (provision.ConsumerEC2API, error) { return ec2c, nil },
 	}
 }
@@ -106,7 +107,7 @@ func TestApplyConvergesInProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, u, d := plan.Counts(); c != 14 || u != 0 || d != 0 {
+	if c, u, d := plan.Counts(); c != 15 || u != 0 || d != 0 {
 		t.Errorf("first apply: %d/%d/%d", c, u, d)
 	}
 	if len(out.Paths) != 3 || out.Paths[0].Name != "privatelink" || len(out.Users) != 2 || !strings.HasPrefix(out.Users[0].RoleARN, "arn:aws:iam::111122223333:role/rdsvalet/orders/irsa/") {
@@ -173,7 +174,7 @@ func TestEveryKindRepairsTagDriftAndFollowsSpecChanges(t *testing.T) {
 		}
 	}
 	// Every taggable kind: all but the proxy target.
-	if len(kinds) != 11 {
+	if len(kinds) != 12 {
 		t.Errorf("tag drift planned on %d kinds: %v", len(kinds), kinds)
 	}
 	if _, _, err := p.Apply(ctx); err != nil {
@@ -204,7 +205,8 @@ func TestEveryKindRepairsTagDriftAndFollowsSpecChanges(t *testing.T) {
 		}
 		got = append(got, string(c.Action)+" "+c.Kind+" "+strings.Join(fs, "+"))
 	}
-	want := "update security-group ingress|update db-instance backup_retention_days+multi_az|update endpoint-service allowed_principals|delete iam-role "
+	// The proxy role's rds-db:connect list follows the ServiceAccounts (end-to-end IAM).
+	want := "update security-group ingress|update db-instance backup_retention_days+multi_az|update iam-role policy|update endpoint-service allowed_principals|delete iam-role "
 	if strings.Join(got, "|") != want {
 		t.Errorf("plan:\n got %s\nwant %s", strings.Join(got, "|"), want)
 	}
@@ -228,7 +230,7 @@ func TestEveryKindRepairsTagDriftAndFollowsSpecChanges(t *testing.T) {
 		t.Errorf("targets %v", got)
 	}
 	states, out, err := p.Status(ctx)
-	if err != nil || len(states) != 13 || len(out.Paths) != 3 {
+	if err != nil || len(states) != 14 || len(out.Paths) != 3 {
 		t.Errorf("status: %v %d %+v", err, len(states), out)
 	}
 }

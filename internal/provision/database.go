@@ -15,6 +15,7 @@ import (
 	rdst "github.com/aws/aws-sdk-go-v2/service/rds/types"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	smt "github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
+	"go.uber.org/zap"
 )
 
 // ---- DB subnet group ----------------------------------------------------------------------
@@ -121,9 +122,11 @@ func (secretHandler) desired(e *env) []*State {
 	if e.spec.Instance.MasterPassword != "secret" {
 		return nil
 	}
-	// Only the tags are managed: the value belongs to whoever rotates it, and the description
-	// is cosmetic.
-	return []*State{{Kind: kindSecret, Name: secretName(e.spec), Attrs: map[string]string{}, Tags: ownTags(e.spec)}}
+	// Only the tags and the deletion state are managed: the value belongs to whoever rotates
+	// it, and the description is cosmetic. A secret of ours scheduled for deletion (a destroy,
+	// then an apply within the recovery window) is restored, not re-created: Secrets Manager
+	// refuses a new secret with that name until the window ends.
+	return []*State{{Kind: kindSecret, Name: secretName(e.spec), Attrs: map[string]string{attrScheduledDeletion: "false"}, Tags: ownTags(e.spec)}}
 }
 
 func (secretHandler) observe(ctx context.Context, e *env) ([]*State, error) {
@@ -135,15 +138,27 @@ func (secretHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 	if err != nil {
 		return nil, awsErr(kindSecret, name, "secretsmanager:DescribeSecret", err)
 	}
-	if out.DeletedDate != nil {
-		return nil, fmt.Errorf("secret %q is scheduled for deletion; restore it (secretsmanager restore-secret) or wait for the recovery window to end", name)
+	if out.DeletedDate != nil && e.spec.Instance.MasterPassword != "secret" {
+		// Ours from an earlier "secret" mode, already deleted: nothing left to plan.
+		return nil, nil
 	}
 	tags := map[string]string{}
 	for _, t := range out.Tags {
 		tags[deref(t.Key)] = deref(t.Value)
 	}
-	return []*State{{Kind: kindSecret, Name: deref(out.Name), ID: deref(out.ARN), Status: "available", Attrs: map[string]string{}, Tags: tags}}, nil
+	// DeletedDate: deleted with a recovery window; still describable until the window ends
+	// (https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_DescribeSecret.html).
+	st := &State{Kind: kindSecret, Name: deref(out.Name), ID: deref(out.ARN), Status: "available", Attrs: map[string]string{attrScheduledDeletion: "false"}, Tags: tags}
+	if out.DeletedDate != nil {
+		st.Status, st.Attrs[attrScheduledDeletion] = "scheduled-for-deletion", "true"
+	}
+	return []*State{st}, nil
 }
+
+const attrScheduledDeletion = "scheduled_for_deletion"
+
+// gone: a secret waiting out its recovery window is deleted as far as destroy is concerned.
+func (secretHandler) gone(o *State) bool { return o.Attrs[attrScheduledDeletion] == "true" }
 
 func randomPassword() (string, error) {
 	// RDS forbids / @ " and spaces in master passwords.
@@ -175,6 +190,14 @@ func (secretHandler) create(ctx context.Context, e *env, d *State) error {
 }
 
 func (secretHandler) update(ctx context.Context, e *env, d, o *State, fields []FieldDiff) error {
+	for _, f := range fields {
+		if f.Field == attrScheduledDeletion {
+			if _, err := e.c.Secrets.RestoreSecret(ctx, &secretsmanager.RestoreSecretInput{SecretId: aws.String(o.ID)}); err != nil {
+				return awsErr(kindSecret, d.Name, "secretsmanager:RestoreSecret", err)
+			}
+			e.p.log.Info("restored secret scheduled for deletion", zap.String("name", d.Name))
+		}
+	}
 	tags := tagChanges(fields, d)
 	if len(tags) == 0 {
 		return nil
@@ -187,7 +210,10 @@ func (secretHandler) update(ctx context.Context, e *env, d, o *State, fields []F
 	return awsErr(kindSecret, d.Name, "secretsmanager:TagResource", err)
 }
 
-func (secretHandler) delete(ctx context.Context, e *env, o *State) error {
+func (h secretHandler) delete(ctx context.Context, e *env, o *State) error {
+	if h.gone(o) {
+		return nil
+	}
 	// A recovery window, not a force delete: a destroyed database's password stays recoverable.
 	_, err := e.c.Secrets.DeleteSecret(ctx, &secretsmanager.DeleteSecretInput{SecretId: aws.String(o.ID), RecoveryWindowInDays: aws.Int64(7)})
 	if isCode(err, "ResourceNotFoundException") {
@@ -216,10 +242,11 @@ func (instanceHandler) desired(e *env) []*State {
 		"multi_az": b2s(in.MultiAZ), "backup_retention_days": strconv.Itoa(int(in.BackupRetentionDays)),
 		"deletion_protection": b2s(in.DeletionProtection), "iam_auth": "true", "encrypted": "true",
 		"subnet_group": baseName(e.spec), "security_groups": e.get("sg.id"), "master_username": in.MasterUsername,
-		"master_password": in.MasterPassword,
+		"master_password": in.MasterPassword, "parameter_group": paramGroupName(e.spec),
 	}
-	if strings.HasPrefix(in.KMSKeyID, "arn:") {
-		a["kms_key_id"] = in.KMSKeyID
+	if in.KMSKeyID != "" {
+		// The key ARN DescribeKey resolved the alias or key id to: what RDS reports back.
+		a["kms_key_id"] = e.get("kms.key_arn")
 	}
 	return []*State{{Kind: kindInstance, Name: e.spec.Name, Attrs: a, Tags: ownTags(e.spec)}}
 }
@@ -230,6 +257,11 @@ func (instanceHandler) normalize(d, o *State) {
 	have, _ := strconv.Atoi(o.Attrs["storage_gb"])
 	if have > want {
 		d.Attrs["storage_gb"] = o.Attrs["storage_gb"]
+	}
+	// Storage autoscaling off shows as no MaxAllocatedStorage, or as one equal to the
+	// allocated storage (the value that turns it off): both are max_storage_gb 0.
+	if d.Attrs["max_storage_gb"] == "0" && o.Attrs["max_storage_gb"] == o.Attrs["storage_gb"] {
+		o.Attrs["max_storage_gb"] = "0"
 	}
 	// Automatic minor upgrades move the version forward within the same major.
 	if versionAtLeast(o.Attrs["engine_version"], d.Attrs["engine_version"]) {
@@ -261,6 +293,9 @@ func versionAtLeast(have, want string) bool {
 
 func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 	name := e.spec.Name
+	if err := resolveKMSKey(ctx, e); err != nil {
+		return nil, err
+	}
 	out, err := e.c.RDS.DescribeDBInstances(ctx, &rds.DescribeDBInstancesInput{DBInstanceIdentifier: aws.String(name)})
 	if isCode(err, "DBInstanceNotFound", "DBInstanceNotFoundFault") {
 		return nil, nil
@@ -287,6 +322,11 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		if in.DBSubnetGroup != nil {
 			sgName = deref(in.DBSubnetGroup.DBSubnetGroupName)
 		}
+		pgName, pgApply := "", ""
+		if len(in.DBParameterGroups) > 0 {
+			pgName, pgApply = deref(in.DBParameterGroups[0].DBParameterGroupName), deref(in.DBParameterGroups[0].ParameterApplyStatus)
+		}
+
 		a := map[string]string{
 			"engine": deref(in.Engine), "engine_version": deref(in.EngineVersion), "class": deref(in.DBInstanceClass),
 			"storage_gb": strconv.Itoa(int(deref(in.AllocatedStorage))), "max_storage_gb": strconv.Itoa(int(deref(in.MaxAllocatedStorage))),
@@ -294,9 +334,11 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 			"deletion_protection": b2s(deref(in.DeletionProtection)), "iam_auth": b2s(deref(in.IAMDatabaseAuthenticationEnabled)),
 			"encrypted": b2s(deref(in.StorageEncrypted)), "subnet_group": sgName, "security_groups": sortedJoin(sgs),
 			"master_username": deref(in.MasterUsername), "master_password": mp, "kms_key_id": deref(in.KmsKeyId),
+			"parameter_group": pgName,
 		}
 		o := &State{Kind: kindInstance, Name: deref(in.DBInstanceIdentifier), ID: deref(in.DBInstanceArn), Status: deref(in.DBInstanceStatus),
-			Attrs: a, Tags: tags, Out: map[string]string{"instance.resource_id": deref(in.DbiResourceId), "instance.secret_arn": secretArn}}
+			Attrs: a, Tags: tags, Out: map[string]string{"instance.resource_id": deref(in.DbiResourceId), "instance.secret_arn": secretArn,
+				"instance.parameter_apply_status": pgApply}}
 		if in.Endpoint != nil {
 			o.Out["instance.address"] = deref(in.Endpoint.Address)
 			o.Out["instance.port"] = strconv.Itoa(int(deref(in.Endpoint.Port)))
@@ -315,12 +357,14 @@ func (instanceHandler) create(ctx context.Context, e *env, d *State) error {
 		EnableIAMDatabaseAuthentication: aws.Bool(true), StorageEncrypted: aws.Bool(true), PubliclyAccessible: aws.Bool(false),
 		CopyTagsToSnapshot: aws.Bool(true), DBSubnetGroupName: aws.String(baseName(e.spec)), VpcSecurityGroupIds: []string{e.get("sg.id")},
 		MasterUsername: aws.String(in.MasterUsername), Port: aws.Int32(e.spec.Port()), Tags: rdsTagList(d.Tags),
+		DBParameterGroupName: aws.String(paramGroupName(e.spec)),
 	}
+	// No MaxAllocatedStorage on create = storage autoscaling off.
 	if in.MaxStorageGB > 0 {
 		input.MaxAllocatedStorage = aws.Int32(in.MaxStorageGB)
 	}
 	if in.KMSKeyID != "" {
-		input.KmsKeyId = aws.String(in.KMSKeyID)
+		input.KmsKeyId = aws.String(e.get("kms.key_arn"))
 	}
 	if in.MasterPassword == "rds-managed" {
 		input.ManageMasterUserPassword = aws.Bool(true)
@@ -356,7 +400,14 @@ func (instanceHandler) update(ctx context.Context, e *env, d, o *State, fields [
 			in.AllocatedStorage = aws.Int32(int32(n))
 		case "max_storage_gb":
 			n, _ := strconv.Atoi(f.To)
+			if n == 0 {
+				// Autoscaling off is a threshold equal to the allocated storage; RDS refuses 0
+				// (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_PIOPS.Autoscaling.html).
+				n, _ = strconv.Atoi(d.Attrs["storage_gb"])
+			}
 			in.MaxAllocatedStorage = aws.Int32(int32(n))
+		case "parameter_group":
+			in.DBParameterGroupName = aws.String(f.To)
 		case "multi_az":
 			in.MultiAZ = aws.Bool(f.To == "true")
 		case "backup_retention_days":
@@ -403,7 +454,9 @@ func (instanceHandler) delete(ctx context.Context, e *env, o *State) error {
 
 func (instanceHandler) ready(o *State) (bool, error) {
 	switch o.Status {
-	case "available":
+	// storage-optimization follows every storage change and can last hours; the instance is
+	// fully usable meanwhile (only further storage changes wait for it).
+	case "available", "storage-optimization":
 		return true, nil
 	case "failed", "incompatible-parameters", "incompatible-network", "storage-full", "inaccessible-encryption-credentials":
 		return false, fmt.Errorf("db-instance %q is %s; see its RDS events", o.Name, o.Status)
@@ -416,6 +469,10 @@ func (instanceHandler) export(e *env, o *State) {
 		e.out[k] = v
 	}
 	e.out["instance.arn"] = o.ID
+	if o.Out["instance.parameter_apply_status"] == "pending-reboot" {
+		e.notice(fmt.Sprintf("db-instance %q: parameter group %q has changes that take effect only after a reboot (ParameterApplyStatus pending-reboot); "+
+			"reboot it in a maintenance window: aws rds reboot-db-instance --db-instance-identifier %s", o.Name, o.Attrs["parameter_group"], o.Name))
+	}
 }
 
 // ---- RDS Proxy ----------------------------------------------------------------------------
@@ -435,7 +492,8 @@ func proxySecret(e *env) string {
 func (proxyHandler) desired(e *env) []*State {
 	return []*State{{Kind: kindProxy, Name: e.spec.Name, Tags: ownTags(e.spec), Attrs: map[string]string{
 		"engine_family": engineFamily(e.spec), "role_arn": e.get("proxy_role.arn"), "secret_arn": proxySecret(e),
-		"iam_auth": "REQUIRED", "require_tls": "true", "subnet_ids": sortedJoin(e.spec.Network.SubnetIDs), "security_groups": e.get("sg.id")}}}
+		"iam_auth": "REQUIRED", "require_tls": "true", "subnet_ids": sortedJoin(e.spec.Network.SubnetIDs), "security_groups": e.get("sg.id"),
+		"default_auth_scheme": string(rdst.DefaultAuthSchemeIamAuth)}}}
 }
 
 func (proxyHandler) observe(ctx context.Context, e *env) ([]*State, error) {
@@ -462,12 +520,25 @@ func (proxyHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		res = append(res, &State{Kind: kindProxy, Name: deref(p.DBProxyName), ID: arn, Status: string(p.Status), Tags: tags,
 			Attrs: map[string]string{"engine_family": deref(p.EngineFamily), "role_arn": deref(p.RoleArn), "secret_arn": sortedJoin(secrets),
 				"iam_auth": sortedJoin(iamAuth), "require_tls": b2s(deref(p.RequireTLS)), "subnet_ids": sortedJoin(p.VpcSubnetIds),
-				"security_groups": sortedJoin(p.VpcSecurityGroupIds)},
+				"security_groups": sortedJoin(p.VpcSecurityGroupIds), "default_auth_scheme": defaultScheme(p.DefaultAuthScheme)},
 			Out: map[string]string{"proxy.endpoint": deref(p.Endpoint), "proxy.resource_id": arn[strings.LastIndex(arn, ":")+1:], "proxy.name": deref(p.DBProxyName)}})
 	}
 	return res, nil
 }
 
+func defaultScheme(s *string) string {
+	if deref(s) == "" {
+		return string(rdst.DefaultAuthSchemeNone)
+	}
+	return *s
+}
+
+// auth: the apps' db users need no secret, the proxy logs in as them with IAM (end-to-end IAM,
+// DefaultAuthScheme IAM_AUTH, its role allowed rds-db:connect on them; see proxyRoleHandler).
+// The master secret stays, with IAMAuth REQUIRED: the master user has no rds_iam grant, so the
+// proxy can only log in as it with the password, for an IAM principal allowed rds-db:connect
+// as the master user on the proxy ("Migrating from standard IAM authentication to end-to-end
+// IAM authentication for RDS Proxy" keeps secrets and rds-db:connect side by side).
 func (h proxyHandler) auth(e *env) []rdst.UserAuthConfig {
 	return []rdst.UserAuthConfig{{AuthScheme: rdst.AuthSchemeSecrets, IAMAuth: rdst.IAMAuthModeRequired, SecretArn: aws.String(proxySecret(e)),
 		Description: aws.String("rds-valet: master secret, IAM auth required")}}
@@ -475,7 +546,8 @@ func (h proxyHandler) auth(e *env) []rdst.UserAuthConfig {
 
 func (h proxyHandler) create(ctx context.Context, e *env, d *State) error {
 	in := &rds.CreateDBProxyInput{DBProxyName: aws.String(d.Name), EngineFamily: rdst.EngineFamily(engineFamily(e.spec)),
-		RoleArn: aws.String(e.get("proxy_role.arn")), Auth: h.auth(e), RequireTLS: aws.Bool(true), VpcSubnetIds: e.spec.Network.SubnetIDs,
+		RoleArn: aws.String(e.get("proxy_role.arn")), Auth: h.auth(e), DefaultAuthScheme: rdst.DefaultAuthSchemeIamAuth,
+		RequireTLS: aws.Bool(true), VpcSubnetIds: e.spec.Network.SubnetIDs,
 		VpcSecurityGroupIds: []string{e.get("sg.id")}, Tags: rdsTagList(d.Tags)}
 	// A role created seconds ago is often not yet assumable by RDS (IAM is eventually
 	// consistent): RDS says the role ARN is invalid. Retry that one error for a while.
@@ -499,6 +571,8 @@ func (h proxyHandler) update(ctx context.Context, e *env, d, o *State, fields []
 			in.Auth, changed = h.auth(e), true
 		case "require_tls":
 			in.RequireTLS, changed = aws.Bool(true), true
+		case "default_auth_scheme":
+			in.DefaultAuthScheme, changed = rdst.DefaultAuthSchemeIamAuth, true
 		case "security_groups":
 			in.SecurityGroups, changed = splitList(f.To), true
 		}
@@ -564,9 +638,20 @@ func (proxyTargetHandler) observe(ctx context.Context, e *env) ([]*State, error)
 			continue
 		}
 		id := deref(t.RdsResourceId)
+		// Status is the target's health: REGISTERING, then AVAILABLE or UNAVAILABLE with a reason
+		// (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_TargetHealth.html).
+		health, reason, desc := "", "", ""
+		if t.TargetHealth != nil {
+			health, reason, desc = string(t.TargetHealth.State), string(t.TargetHealth.Reason), deref(t.TargetHealth.Description)
+		}
+		status := health
+		if reason != "" {
+			status += " (" + reason + ")"
+		}
 		// Targets carry no tags: they belong to whoever owns the proxy, which we checked.
-		res = append(res, &State{Kind: kindProxyTarget, Name: e.spec.Name + "/default/" + id, ID: deref(t.TargetArn), Status: "available",
-			Attrs: map[string]string{"instance": id}, Tags: ownTags(e.spec)})
+		res = append(res, &State{Kind: kindProxyTarget, Name: e.spec.Name + "/default/" + id, ID: deref(t.TargetArn), Status: status,
+			Attrs: map[string]string{"instance": id}, Tags: ownTags(e.spec),
+			Out: map[string]string{"health.state": health, "health.reason": reason, "health.description": desc}})
 	}
 	return res, nil
 }
@@ -591,5 +676,18 @@ func (proxyTargetHandler) delete(ctx context.Context, e *env, o *State) error {
 	return awsErr(kindProxyTarget, o.Name, "rds:DeregisterDBProxyTargets", err)
 }
 
-func (proxyTargetHandler) ready(*State) (bool, error) { return true, nil }
-func (proxyTargetHandler) export(*env, *State)        {}
+// ready waits out REGISTERING (and other UNAVAILABLE reasons, which may be transient, e.g.
+// PENDING_PROXY_CAPACITY); AUTH_FAILURE does not heal by waiting: the proxy cannot log in.
+func (proxyTargetHandler) ready(o *State) (bool, error) {
+	switch {
+	case o.Out["health.state"] == string(rdst.TargetStateAvailable):
+		return true, nil
+	case o.Out["health.state"] == string(rdst.TargetStateUnavailable) && o.Out["health.reason"] == string(rdst.TargetHealthReasonAuthFailure):
+		return false, fmt.Errorf("db-proxy-target %q is UNAVAILABLE (AUTH_FAILURE): %s; the proxy cannot log in to the database: check the proxy role's policy "+
+			"(rds-db:connect on the db users, secretsmanager:GetSecretValue on the master secret), any policy denying them, and IAM database authentication on the instance",
+			o.Name, o.Out["health.description"])
+	}
+	return false, nil
+}
+
+func (proxyTargetHandler) export(*env, *State) {}

@@ -43,9 +43,11 @@ func TestIRSADesiredPinsOIDCAndDBUser(t *testing.T) {
 }
 
 func TestProxyDesiredFollowsPasswordMode(t *testing.T) {
-	e := testEnv(t, map[string]string{"secret.arn": "arn:secret:ours", "instance.secret_arn": "arn:secret:rds", "proxy_role.arn": "arn:role", "sg.id": "sg-1"})
+	e := testEnv(t, map[string]string{"secret.arn": "arn:secret:ours", "instance.secret_arn": "arn:secret:rds", "proxy_role.arn": "arn:role", "sg.id": "sg-1",
+		"instance.resource_id": "db-XYZ"})
 	d := proxyHandler{}.desired(e)[0]
-	if d.Attrs["secret_arn"] != "arn:secret:ours" || d.Attrs["iam_auth"] != "REQUIRED" || d.Attrs["require_tls"] != "true" || d.Attrs["role_arn"] != "arn:role" {
+	if d.Attrs["secret_arn"] != "arn:secret:ours" || d.Attrs["iam_auth"] != "REQUIRED" || d.Attrs["require_tls"] != "true" || d.Attrs["role_arn"] != "arn:role" ||
+		d.Attrs["default_auth_scheme"] != "IAM_AUTH" {
 		t.Errorf("%+v", d.Attrs)
 	}
 	e.spec.Instance.MasterPassword = "rds-managed"
@@ -55,8 +57,19 @@ func TestProxyDesiredFollowsPasswordMode(t *testing.T) {
 	if got := (secretHandler{}).desired(e); got != nil {
 		t.Errorf("own secret wanted in rds-managed mode: %+v", got)
 	}
-	if pol := proxyRoleHandler().desired(e)[0].Attrs["policy"]; !strings.Contains(pol, "arn:secret:rds") {
+	pol := proxyRoleHandler().desired(e)[0].Attrs["policy"]
+	if !strings.Contains(pol, "arn:secret:rds") {
 		t.Errorf("proxy role policy: %s", pol)
+	}
+	// End-to-end IAM: the proxy may log in as every app db user, on the instance only.
+	for _, want := range []string{`"rds-db:connect"`, "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-XYZ/orders_app", "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-XYZ/orders_ro"} {
+		if !strings.Contains(pol, want) {
+			t.Errorf("proxy role policy lacks %s: %s", want, pol)
+		}
+	}
+	delete(e.out, "instance.resource_id")
+	if pol := proxyRoleHandler().desired(e)[0].Attrs["policy"]; pol != Unknown {
+		t.Errorf("proxy role policy before the instance exists: %s", pol)
 	}
 }
 

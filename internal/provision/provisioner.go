@@ -103,6 +103,8 @@ type env struct {
 	p       *Provisioner
 	// consumerEC2 is built on first use (it may assume a role in another account).
 	consumerEC2 ConsumerEC2API
+	// noticed holds the warnings already logged this run (see notice).
+	noticed map[string]bool
 }
 
 func (e *env) get(k string) string {
@@ -228,7 +230,11 @@ func (p *Provisioner) Destroy(ctx context.Context, opts DestroyOptions) (*Plan, 
 		if err != nil {
 			return nil, err
 		}
-		observed[i] = obs
+		for _, o := range obs {
+			if !isGone(h, o) {
+				observed[i] = append(observed[i], o)
+			}
+		}
 		for _, o := range obs {
 			if o.Owned(e.spec.Name) {
 				h.export(e, o)
@@ -436,7 +442,7 @@ func (p *Provisioner) waitGone(ctx context.Context, h handler, e *env, name stri
 			return false, "", err
 		}
 		for _, o := range obs {
-			if o.Name == name {
+			if o.Name == name && !isGone(h, o) {
 				return false, o.Status, nil
 			}
 		}

@@ -25,6 +25,15 @@ type handler interface {
 // (storage autoscaling, automatic minor version upgrades).
 type normalizer interface{ normalize(d, o *State) }
 
+// goner is a handler whose resources can linger, observable, after a successful delete (a
+// secret in its recovery window): gone reports whether one counts as deleted.
+type goner interface{ gone(o *State) bool }
+
+func isGone(h handler, o *State) bool {
+	g, ok := h.(goner)
+	return ok && g.gone(o)
+}
+
 const (
 	kindSG          = "security-group"
 	kindSubnetGroup = "db-subnet-group"
@@ -42,7 +51,7 @@ const (
 
 // handlers returns every resource kind in dependency order; destroy walks it backwards.
 func (p *Provisioner) handlers() []handler {
-	return []handler{&sgHandler{}, &subnetGroupHandler{}, &secretHandler{}, &instanceHandler{}, proxyRoleHandler(),
+	return []handler{&sgHandler{}, &subnetGroupHandler{}, &paramGroupHandler{}, &secretHandler{}, &instanceHandler{}, proxyRoleHandler(),
 		&proxyHandler{}, &proxyTargetHandler{}, &lbHandler{}, &targetGroupHandler{}, &listenerHandler{},
 		&serviceHandler{}, &endpointHandler{}, irsaRoleHandler()}
 }

@@ -39,13 +39,36 @@ func proxyRoleHandler() *roleHandler {
 			"Effect": "Allow", "Principal": map[string]any{"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole"}}})
 		stmts := []any{map[string]any{"Sid": "ReadMasterSecret", "Effect": "Allow",
 			"Action": []string{"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}, "Resource": secret}}
-		if k := e.spec.Instance.KMSKeyID; strings.HasPrefix(k, "arn:") {
-			stmts = append(stmts, map[string]any{"Sid": "DecryptSecret", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": k,
+		if users := proxyConnectResources(e); len(users) > 0 {
+			stmts = append(stmts, map[string]any{"Sid": "ConnectAsAppDBUsers", "Effect": "Allow", "Action": "rds-db:connect", "Resource": users})
+		}
+		if e.spec.Instance.KMSKeyID != "" {
+			stmts = append(stmts, map[string]any{"Sid": "DecryptSecret", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": e.get("kms.key_arn"),
 				"Condition": map[string]any{"StringEquals": map[string]any{"kms:ViaService": "secretsmanager." + e.region + ".amazonaws.com"}}})
 		}
 		policy := mustJSON(map[string]any{"Version": "2012-10-17", "Statement": stmts})
 		return []roleSpec{{name: baseName(e.spec) + "-proxy", trust: trust, policy: policy}}
 	}}
+}
+
+// proxyConnectResources are the db users the proxy logs in as with end-to-end IAM: every
+// db_user of the spec, on the instance's resource id
+// (arn:aws:rds-db:REGION:ACCOUNT:dbuser:db-RESOURCEID/USER, "Configuring IAM authentication for
+// RDS Proxy", https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy-iam-setup.html).
+func proxyConnectResources(e *env) []string {
+	seen := map[string]bool{}
+	for _, sa := range e.spec.Access.ServiceAccounts {
+		seen[sa.DBUser] = true
+	}
+	var out []string
+	dbi := e.get("instance.resource_id")
+	for _, u := range sortedKeys(seen) {
+		if dbi == Unknown {
+			return []string{Unknown}
+		}
+		out = append(out, fmt.Sprintf("arn:aws:rds-db:%s:%s:dbuser:%s/%s", e.region, e.account, dbi, u))
+	}
+	return out
 }
 
 // irsaRoleName fits the 64-character IAM limit, keeping names unique with a hash suffix.

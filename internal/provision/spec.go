@@ -45,6 +45,8 @@ type InstanceSpec struct {
 	// MasterPassword: "secret" creates our own Secrets Manager secret (the proxy reads it);
 	// "rds-managed" lets RDS create and rotate it (ManageMasterUserPassword).
 	MasterPassword string `yaml:"master_password"`
+	// Parameters go into the instance's parameter group rdsvalet-NAME, on top of the TLS one.
+	Parameters map[string]string `yaml:"parameters"`
 }
 
 type NetworkSpec struct {
@@ -232,9 +234,10 @@ func (s *Spec) Validate() error {
 	default:
 		add("instance.master_password", "must be secret or rds-managed (got %q)", in.MasterPassword)
 	}
-	if in.KMSKeyID != "" && !strings.HasPrefix(in.KMSKeyID, "arn:") && !strings.HasPrefix(in.KMSKeyID, "alias/") {
-		add("instance.kms_key_id", "must be a key ARN or alias/NAME")
+	if in.KMSKeyID != "" && !strings.HasPrefix(in.KMSKeyID, "arn:") && !strings.HasPrefix(in.KMSKeyID, "alias/") && !kmsKeyIDRE.MatchString(in.KMSKeyID) {
+		add("instance.kms_key_id", "must be a key id, key ARN, alias/NAME or alias ARN")
 	}
+	validateParameters(add, s)
 	n := s.Network
 	if !vpcRE.MatchString(n.VPCID) {
 		add("network.vpc_id", "must be a VPC id (vpc-...) (got %q)", n.VPCID)

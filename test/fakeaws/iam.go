@@ -123,9 +123,21 @@ func (st *state) secretsAPI(c *reqCtx, action string) (any, *apiError) {
 	if s == nil && action != "CreateSecret" {
 		return nil, errf(400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.")
 	}
+	// A secret scheduled for deletion is still there (DescribeSecret shows DeletedDate) but
+	// refuses value access until RestoreSecret
+	// (https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_DeleteSecret.html).
+	if s != nil && s.deletedDate != 0 {
+		switch action {
+		case "GetSecretValue", "DeleteSecret", "PutSecretValue", "UpdateSecret":
+			return nil, errf(400, "InvalidRequestException", "You can't perform this operation on the secret because it was marked for deletion.")
+		}
+	}
 	switch action {
 	case "CreateSecret":
 		name := c.jstr("Name")
+		if x := st.secrets[name]; x != nil && x.deletedDate != 0 {
+			return nil, errf(400, "InvalidRequestException", "You can't create this secret because a secret with this name is already scheduled for deletion.")
+		}
 		if st.secrets[name] != nil {
 			return nil, errf(400, "ResourceExistsException", "The operation failed because the secret %s already exists.", name)
 		}
@@ -151,13 +163,19 @@ func (st *state) secretsAPI(c *reqCtx, action string) (any, *apiError) {
 		if s.kms != "" {
 			out["KmsKeyId"] = s.kms
 		}
+		if s.deletedDate != 0 {
+			out["DeletedDate"] = s.deletedDate
+		}
 		return out, nil
 	case "GetSecretValue":
 		return map[string]any{"ARN": s.arn, "Name": s.name, "SecretString": s.value, "VersionId": "v1"}, nil
 	case "DeleteSecret":
-		// Real AWS keeps it for the recovery window; the fake drops it at once.
-		delete(st.secrets, s.name)
-		return map[string]any{"ARN": s.arn, "Name": s.name, "DeletionDate": float64(time.Now().Unix())}, nil
+		return st.deleteSecret(c, s)
+	case "RestoreSecret":
+		// RestoreSecret removes DeletedDate and makes the value readable again
+		// (https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_RestoreSecret.html).
+		s.deletedDate = 0
+		return map[string]any{"ARN": s.arn, "Name": s.name}, nil
 	case "TagResource":
 		if ts, ok := c.json["Tags"].([]any); ok {
 			for _, t := range ts {
@@ -178,4 +196,29 @@ func (st *state) secretsAPI(c *reqCtx, action string) (any, *apiError) {
 		return map[string]any{}, nil
 	}
 	return nil, errf(400, "InvalidAction", "fakeaws: Secrets Manager action %s not implemented", action)
+}
+
+// deleteSecret: without ForceDeleteWithoutRecovery the secret stays, describable with
+// DeletedDate, for RecoveryWindowInDays (7-30, default 30); the two options exclude each other
+// (https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_DeleteSecret.html). The
+// fake never ends the window on its own: tests run for seconds, windows last days.
+func (st *state) deleteSecret(c *reqCtx, s *secret) (any, *apiError) {
+	force, _ := c.json["ForceDeleteWithoutRecovery"].(bool)
+	days, hasDays := c.json["RecoveryWindowInDays"].(float64)
+	if force && hasDays {
+		return nil, errf(400, "InvalidParameterException", "You can't use ForceDeleteWithoutRecovery in conjunction with RecoveryWindowInDays.")
+	}
+	now := float64(time.Now().Unix())
+	if force {
+		delete(st.secrets, s.name)
+		return map[string]any{"ARN": s.arn, "Name": s.name, "DeletionDate": now}, nil
+	}
+	if !hasDays {
+		days = 30
+	}
+	if days < 7 || days > 30 {
+		return nil, errf(400, "InvalidParameterException", "The RecoveryWindowInDays value must be between 7 and 30 days (inclusive).")
+	}
+	s.deletedDate = now
+	return map[string]any{"ARN": s.arn, "Name": s.name, "DeletionDate": now + days*86400}, nil
 }

@@ -279,7 +279,7 @@ func (s *Server) Counts() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return map[string]int{"subnet-group": len(s.st.subnetGroups), "db-instance": len(s.st.instances), "db-proxy": len(s.st.proxies),
-		"secret": len(s.st.secrets), "iam-role": len(s.st.roles), "security-group": len(s.st.sgs), "load-balancer": len(s.st.lbs),
+		"secret": s.st.liveSecrets(), "iam-role": len(s.st.roles), "security-group": len(s.st.sgs), "load-balancer": len(s.st.lbs),
 		"target-group": len(s.st.tgs), "listener": len(s.st.listeners), "endpoint-service": len(s.st.services), "vpc-endpoint": len(s.st.endpoints)}
 }
 
@@ -341,6 +341,9 @@ func (s *Server) TamperTag(key, val string) {
 		all = append(all, x.tags)
 	}
 	for _, x := range st.endpoints {
+		all = append(all, x.tags)
+	}
+	for _, x := range st.paramGroups {
 		all = append(all, x.tags)
 	}
 	for _, t := range all {

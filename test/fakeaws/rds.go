@@ -69,6 +69,9 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 				continue
 			}
 			items = append(items, st.instanceX(in))
+			if in.paramApply == "applying" {
+				in.paramApply = "in-sync"
+			}
 		}
 		if id != "" && len(items) == 0 {
 			return nil, errf(404, "DBInstanceNotFound", "DBInstance %s not found.", id)
@@ -79,18 +82,39 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 		if in == nil {
 			return nil, errf(404, "DBInstanceNotFound", "DBInstance %s not found.", c.get("DBInstanceIdentifier"))
 		}
-		if in.status != "available" {
+		// storage-optimization is a usable state: other modifications go through, storage ones
+		// are refused until it ends (https://repost.aws/knowledge-center/rds-autoscaling-low-free-storage,
+		// "Working with storage for Amazon RDS DB instances").
+		if in.status != "available" && in.status != "storage-optimization" {
 			return nil, errf(400, "InvalidDBInstanceState", "Database instance is not in available state (%s).", in.status)
+		}
+		storageChange := c.has("AllocatedStorage") && c.int32("AllocatedStorage") != in.storage
+		if storageChange && in.status == "storage-optimization" {
+			return nil, errf(400, "InvalidParameterCombination", "You can't currently modify the storage of this DB instance because the previous storage change is being optimized.")
+		}
+		alloc, maxSt := in.storage, in.maxStorage
+		if c.has("AllocatedStorage") {
+			alloc = c.int32("AllocatedStorage")
+		}
+		if alloc < in.storage {
+			return nil, errf(400, "InvalidParameterValue", "Invalid storage size for engine name %s: allocated storage can only grow (from %d to %d).", in.engine, in.storage, alloc)
+		}
+		if c.has("MaxAllocatedStorage") {
+			maxSt = c.int32("MaxAllocatedStorage")
+		}
+		maxSt, aerr := checkMaxStorage(in.engine, alloc, maxSt, c.has("MaxAllocatedStorage") || in.maxStorage > 0)
+		if aerr != nil {
+			return nil, aerr
+		}
+		if pg := c.get("DBParameterGroupName"); pg != "" && pg != in.paramGroup {
+			if aerr := st.useParamGroup(in, pg); aerr != nil {
+				return nil, aerr
+			}
 		}
 		if v := c.get("DBInstanceClass"); v != "" {
 			in.class = v
 		}
-		if c.has("AllocatedStorage") {
-			in.storage = c.int32("AllocatedStorage")
-		}
-		if c.has("MaxAllocatedStorage") {
-			in.maxStorage = c.int32("MaxAllocatedStorage")
-		}
+		in.storage, in.maxStorage = alloc, maxSt
 		if c.has("MultiAZ") {
 			in.multiAZ = c.boolean("MultiAZ")
 		}
@@ -107,6 +131,12 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 			in.sgs = sgs
 		}
 		in.set("modifying", "available")
+		if storageChange {
+			// After a storage change the instance optimizes its volume, for hours; it is fully
+			// usable meanwhile (DescribeDBInstances shows storage-optimization).
+			in.then = &lifeStep{status: "available", polls: storageOptimizationPolls}
+			in.next = "storage-optimization"
+		}
 		return []X{st.instanceX(in)}, nil
 	case "DeleteDBInstance":
 		in := st.instances[strings.ToLower(c.get("DBInstanceIdentifier"))]
@@ -157,7 +187,17 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 			p.roleArn = v
 		}
 		if a := c.structs("Auth"); len(a) > 0 {
+			if aerr := st.checkProxyAuth(a); aerr != nil {
+				return nil, aerr
+			}
 			p.auth = a
+		}
+		if c.has("DefaultAuthScheme") {
+			scheme, aerr := defaultAuthScheme(c.get("DefaultAuthScheme"), len(p.auth))
+			if aerr != nil {
+				return nil, aerr
+			}
+			p.defaultAuthScheme = scheme
 		}
 		if c.has("RequireTLS") {
 			p.requireTLS = c.boolean("RequireTLS")
@@ -189,14 +229,17 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 			if in == nil {
 				return nil, errf(404, "DBInstanceNotFound", "DBInstance %s not found.", id)
 			}
-			if in.status != "available" {
+			if in.status != "available" && in.status != "storage-optimization" {
 				return nil, errf(400, "InvalidDBInstanceState", "DBInstance %s is %s.", id, in.status)
 			}
 			if contains(p.targets, id) {
 				return nil, errf(400, "DBProxyTargetAlreadyRegisteredFault", "The proxy is already associated with the specified RDS DB instance.")
 			}
 			p.targets = append(p.targets, id)
-			out = append(out, st.targetX(in))
+			// A new target is REGISTERING while the proxy first connects to it
+			// (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_TargetHealth.html).
+			p.registering[id] = st.readyAfter
+			out = append(out, st.targetX(p, in))
 		}
 		return []X{Items("DBProxyTargets", "member", out)}, nil
 	case "DescribeDBProxyTargets":
@@ -207,7 +250,10 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 		var out []X
 		for _, id := range p.targets {
 			if in := st.instances[id]; in != nil {
-				out = append(out, st.targetX(in))
+				out = append(out, st.targetX(p, in))
+				if p.registering[id] > 0 {
+					p.registering[id]--
+				}
 			}
 		}
 		return []X{Items("Targets", "member", out)}, nil
@@ -220,6 +266,9 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 			p.targets = remove(p.targets, id)
 		}
 		return nil, nil
+	case "DescribeDBEngineVersions", "CreateDBParameterGroup", "DescribeDBParameterGroups", "DescribeDBParameters",
+		"ModifyDBParameterGroup", "ResetDBParameterGroup", "DeleteDBParameterGroup":
+		return st.paramGroupAPI(c, action)
 	case "ListTagsForResource":
 		tags, aerr := st.rdsTags(c.get("ResourceName"))
 		if aerr != nil {
@@ -271,10 +320,28 @@ func (st *state) createInstance(c *reqCtx) (any, *apiError) {
 	if c.get("Engine") == "mysql" {
 		port = 3306
 	}
+	maxSt, aerr := checkMaxStorage(c.get("Engine"), c.int32("AllocatedStorage"), c.int32("MaxAllocatedStorage"), c.has("MaxAllocatedStorage"))
+	if aerr != nil {
+		return nil, aerr
+	}
+	kms := ""
+	if k := c.get("KmsKeyId"); k != "" {
+		// RDS takes a key id, key ARN, alias name or alias ARN and reports the key ARN
+		// (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html, KmsKeyId).
+		key := st.kmsKey(k)
+		if key == nil {
+			return nil, errf(400, "KMSKeyNotAccessibleFault", "The specified KMS key %s does not exist or is not accessible.", k)
+		}
+		kms = key.arn
+	}
+	pg, aerr := st.paramGroupFor(c.get("DBParameterGroupName"), c.get("Engine"), c.get("EngineVersion"))
+	if aerr != nil {
+		return nil, aerr
+	}
 	in := &dbInstance{id: id, arn: c.arn("rds", "db:"+id), resID: "db-" + strings.ToUpper(st.id("", 26)),
 		class: c.get("DBInstanceClass"), engine: c.get("Engine"), version: c.get("EngineVersion"),
-		masterUser: c.get("MasterUsername"), subnetGroup: sg.name, kms: c.get("KmsKeyId"),
-		storage: c.int32("AllocatedStorage"), maxStorage: c.int32("MaxAllocatedStorage"), backup: c.int32("BackupRetentionPeriod"),
+		masterUser: c.get("MasterUsername"), subnetGroup: sg.name, kms: kms, paramGroup: pg, paramApply: "in-sync",
+		storage: c.int32("AllocatedStorage"), maxStorage: maxSt, backup: c.int32("BackupRetentionPeriod"),
 		multiAZ: c.boolean("MultiAZ"), delProt: c.boolean("DeletionProtection"), iamAuth: c.boolean("EnableIAMDatabaseAuthentication"),
 		encrypted: c.boolean("StorageEncrypted"), managed: managed, sgs: sgs, tags: c.tagsFrom("Tags"), port: port,
 		endpoint: fmt.Sprintf("%s.c%s.%s.rds.amazonaws.com", id, st.id("", 10), c.region)}
@@ -311,24 +378,18 @@ func (st *state) createProxy(c *reqCtx) (any, *apiError) {
 		return nil, aerr
 	}
 	auth := c.structs("Auth")
-	if len(auth) == 0 {
-		return nil, errf(400, "InvalidParameterValue", "Auth is required")
+	scheme, aerr := defaultAuthScheme(c.get("DefaultAuthScheme"), len(auth))
+	if aerr != nil {
+		return nil, aerr
 	}
-	for _, a := range auth {
-		found := false
-		for _, s := range st.secrets {
-			if s.arn == a["SecretArn"] {
-				found = true
-			}
-		}
-		if !found {
-			return nil, errf(400, "InvalidParameterValue", "Secret %s not found or not accessible.", a["SecretArn"])
-		}
+	if aerr := st.checkProxyAuth(auth); aerr != nil {
+		return nil, aerr
 	}
 	subs := c.strs("VpcSubnetIds")
 	p := &dbProxy{name: name, arn: c.arn("rds", "db-proxy:prx-"+st.id("", 17)), engineFamily: c.get("EngineFamily"),
-		roleArn: c.get("RoleArn"), requireTLS: c.boolean("RequireTLS"), auth: auth, subnets: subs,
-		sgs: c.strs("VpcSecurityGroupIds"), tags: c.tagsFrom("Tags"), vpc: "vpc-0a1b2c3d4e5f60718",
+		roleArn: c.get("RoleArn"), requireTLS: c.boolean("RequireTLS"), auth: auth, subnets: subs, defaultAuthScheme: scheme,
+		registering: map[string]int{},
+		sgs:         c.strs("VpcSecurityGroupIds"), tags: c.tagsFrom("Tags"), vpc: "vpc-0a1b2c3d4e5f60718",
 		endpoint: fmt.Sprintf("%s.proxy-c%s.%s.rds.amazonaws.com", name, st.id("", 10), c.region)}
 	for i := range subs {
 		st.n++
@@ -337,6 +398,41 @@ func (st *state) createProxy(c *reqCtx) (any, *apiError) {
 	p.set("creating", "available")
 	st.proxies[name] = p
 	return []X{E("DBProxy", st.proxyX(p).kids...)}, nil
+}
+
+// defaultAuthScheme checks DefaultAuthScheme: NONE (the default) or IAM_AUTH; without IAM_AUTH
+// the Auth list is required (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBProxy.html).
+func defaultAuthScheme(v string, nAuth int) (string, *apiError) {
+	switch v {
+	case "", "NONE":
+		if nAuth == 0 {
+			return "", errf(400, "InvalidParameterValue", "Auth must be specified when DefaultAuthScheme is NONE.")
+		}
+		return "NONE", nil
+	case "IAM_AUTH":
+		return v, nil
+	}
+	return "", errf(400, "InvalidParameterValue", "Invalid DefaultAuthScheme %q: valid values are NONE and IAM_AUTH.", v)
+}
+
+// checkProxyAuth checks each UserAuthConfig: AuthScheme SECRETS with an existing secret, IAMAuth
+// DISABLED or REQUIRED (ENABLED is for SQL Server only)
+// (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_UserAuthConfig.html).
+func (st *state) checkProxyAuth(auth []fields) *apiError {
+	for _, a := range auth {
+		if a["AuthScheme"] != "" && a["AuthScheme"] != "SECRETS" {
+			return errf(400, "InvalidParameterValue", "Invalid AuthScheme %q: the only valid value is SECRETS.", a["AuthScheme"])
+		}
+		switch a["IAMAuth"] {
+		case "", "DISABLED", "REQUIRED":
+		default:
+			return errf(400, "InvalidParameterValue", "Invalid IAMAuth %q for this engine family.", a["IAMAuth"])
+		}
+		if st.secretByARN(a["SecretArn"]) == nil {
+			return errf(400, "InvalidParameterValue", "Secret %s not found or not accessible.", a["SecretArn"])
+		}
+	}
+	return nil
 }
 
 func (st *state) rdsTags(arn string) (*map[string]string, *apiError) {
@@ -351,6 +447,11 @@ func (st *state) rdsTags(arn string) (*map[string]string, *apiError) {
 		}
 	}
 	for _, g := range st.subnetGroups {
+		if g.arn == arn {
+			return &g.tags, nil
+		}
+	}
+	for _, g := range st.paramGroups {
 		if g.arn == arn {
 			return &g.tags, nil
 		}
@@ -393,6 +494,9 @@ func (st *state) instanceX(in *dbInstance) X {
 	if in.kms != "" {
 		kids = append(kids, T("KmsKeyId", in.kms))
 	}
+	if in.paramGroup != "" {
+		kids = append(kids, E("DBParameterGroups", E("DBParameterGroup", T("DBParameterGroupName", in.paramGroup), T("ParameterApplyStatus", in.paramApply))))
+	}
 	if g := st.subnetGroups[in.subnetGroup]; g != nil {
 		kids = append(kids, st.subnetGroupX(g, "DBSubnetGroup"))
 	}
@@ -409,12 +513,21 @@ func (st *state) proxyX(p *dbProxy) X {
 	}
 	return E("member", T("DBProxyName", p.name), T("DBProxyArn", p.arn), T("Status", p.status), T("EngineFamily", p.engineFamily),
 		T("VpcId", p.vpc), Strs("VpcSecurityGroupIds", "member", p.sgs), Strs("VpcSubnetIds", "member", p.subnets),
-		E("Auth", auth...), T("RoleArn", p.roleArn), T("Endpoint", p.endpoint), T("RequireTLS", b2s(p.requireTLS)))
+		E("Auth", auth...), T("RoleArn", p.roleArn), T("Endpoint", p.endpoint), T("RequireTLS", b2s(p.requireTLS)),
+		T("DefaultAuthScheme", scheme(p)))
 }
 
-func (st *state) targetX(in *dbInstance) X {
+func (st *state) targetX(p *dbProxy, in *dbInstance) X {
+	health := []X{T("State", "REGISTERING")}
+	if p.registering[in.id] == 0 {
+		state, reason, desc := st.targetHealth(p, in)
+		health = []X{T("State", state)}
+		if reason != "" {
+			health = append(health, T("Reason", reason), T("Description", desc))
+		}
+	}
 	return E("member", T("TargetArn", in.arn), T("Endpoint", in.endpoint), T("TrackedClusterId", ""), T("RdsResourceId", in.id),
-		T("Port", i2s(in.port)), T("Type", "RDS_INSTANCE"), E("TargetHealth", T("State", "AVAILABLE")))
+		T("Port", i2s(in.port)), T("Type", "RDS_INSTANCE"), E("TargetHealth", health...))
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -1,6 +1,6 @@
 // Package fakeaws is a local stand-in for the AWS APIs the provisioner calls (RDS, IAM, EC2,
-// ELBv2, Secrets Manager, STS). It speaks the real wire protocols (AWS Query and EC2 Query with
-// XML responses, JSON 1.1 for Secrets Manager), verifies SigV4 signatures, keeps state, enforces
+// ELBv2, Secrets Manager, KMS, STS). It speaks the real wire protocols (AWS Query and EC2 Query with
+// XML responses, JSON 1.1 for Secrets Manager and KMS), verifies SigV4 signatures, keeps state, enforces
 // the preconditions AWS enforces, and can inject throttling and errors. The real SDK reaches it
 // through AWS_ENDPOINT_URL, so every call is serialized, signed and parsed for real.
 //
@@ -172,9 +172,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var form url.Values
 	var jbody map[string]any
 	switch {
-	case service == "secretsmanager":
+	case service == "secretsmanager" || service == "kms":
 		proto = "json"
-		action = strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "secretsmanager.")
+		action = strings.TrimPrefix(strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "secretsmanager."), "TrentService.")
 		if err := json.Unmarshal(body, &jbody); err != nil {
 			writeErr(w, proto, action, errf(400, "SerializationException", "bad JSON: %v", err))
 			return
@@ -221,6 +221,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, aerr2 = s.st.iam(ctx, action)
 	case "secretsmanager":
 		out, aerr2 = s.st.secretsAPI(ctx, action)
+	case "kms":
+		out, aerr2 = s.st.kms(ctx, action)
 	case "sts":
 		out, aerr2 = s.st.sts(ctx, action)
 	default:

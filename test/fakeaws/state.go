@@ -118,17 +118,35 @@ type life struct {
 	status string
 	next   string
 	polls  int
+	// need is how many polls the current transition takes (0 = the fake's ReadyAfter); then is
+	// one further transition after next (e.g. modifying -> storage-optimization -> available).
+	need int
+	then *lifeStep
 }
 
-func (l *life) set(now, next string) { l.status, l.next, l.polls = now, next, 0 }
+type lifeStep struct {
+	status string
+	polls  int
+}
+
+func (l *life) set(now, next string) {
+	l.status, l.next, l.polls, l.need, l.then = now, next, 0, 0, nil
+}
 
 func (st *state) tick(l *life) {
 	if l.next == "" {
 		return
 	}
 	l.polls++
-	if l.polls >= st.readyAfter {
-		l.status, l.next, l.polls = l.next, "", 0
+	need := l.need
+	if need == 0 {
+		need = st.readyAfter
+	}
+	if l.polls >= need {
+		l.status, l.next, l.polls, l.need = l.next, "", 0, 0
+		if l.then != nil {
+			l.next, l.need, l.then = l.then.status, l.then.polls, nil
+		}
 	}
 }
 
@@ -144,6 +162,7 @@ type dbInstance struct {
 	storage, maxStorage, backup                                          int32
 	multiAZ, delProt, iamAuth, encrypted, managed                        bool
 	secretArn, endpoint                                                  string
+	paramGroup, paramApply                                               string // DBParameterGroups[0]: name, ParameterApplyStatus
 	port                                                                 int32
 	sgs                                                                  []string
 	tags                                                                 map[string]string
@@ -152,15 +171,20 @@ type dbInstance struct {
 type dbProxy struct {
 	life
 	name, arn, engineFamily, roleArn, endpoint, vpc string
+	defaultAuthScheme                               string // NONE | IAM_AUTH
 	requireTLS                                      bool
-	auth                                            []fields
-	subnets, sgs, targets, ips                      []string
-	tags                                            map[string]string
+	// registering counts the DescribeDBProxyTargets calls each target has left in REGISTERING.
+	registering                map[string]int
+	auth                       []fields
+	subnets, sgs, targets, ips []string
+	tags                       map[string]string
 }
 
 type secret struct {
 	name, arn, desc, kms, value string
 	tags                        map[string]string
+	// deletedDate is set while the secret waits out its recovery window (0 = not deleted).
+	deletedDate float64
 }
 
 type role struct {
@@ -238,6 +262,10 @@ type state struct {
 	// lingering counts the DeleteSecurityGroup attempts still refused for a group whose NLB was
 	// just deleted: AWS releases the NLB's network interfaces minutes later.
 	lingering map[string]int
+	// kmsKeys by key id, kmsAliases alias name (alias/NAME) -> key id, paramGroups by name.
+	kmsKeys     map[string]*kmsKey
+	kmsAliases  map[string]string
+	paramGroups map[string]*paramGroup
 }
 
 func newState() *state {
@@ -246,7 +274,8 @@ func newState() *state {
 		secrets: map[string]*secret{}, roles: map[string]*role{}, sgs: map[string]*secGroup{}, lbs: map[string]*loadBalancer{},
 		tgs: map[string]*targetGroup{}, listeners: map[string]*listener{}, services: map[string]*endpointService{},
 		endpoints: map[string]*vpcEndpoint{}, lingering: map[string]int{},
-		subnets: map[string]*subnet{}, tokens: map[string]*tokenRecord{}, salt: randHex(8), used: map[string]bool{}}
+		subnets: map[string]*subnet{}, tokens: map[string]*tokenRecord{}, salt: randHex(8), used: map[string]bool{},
+		kmsKeys: map[string]*kmsKey{}, kmsAliases: map[string]string{}, paramGroups: map[string]*paramGroup{}}
 }
 
 // id returns a fresh hex id of n digits, unique within the fake. The ids are random (as AWS's

@@ -194,8 +194,8 @@ func (h *harness) apply() result {
 
 func TestApplyFromEmptyCreatesLinkedResourcesAndIsIdempotent(t *testing.T) {
 	h := newHarness(t, nil)
-	if got := h.plan(); len(got) != 14 {
-		t.Errorf("plan from empty: %d changes, want 14 (12 kinds, 2 IRSA roles): %+v", len(got), got)
+	if got := h.plan(); len(got) != 15 {
+		t.Errorf("plan from empty: %d changes, want 15 (13 kinds, 2 IRSA roles): %+v", len(got), got)
 	}
 	h.apply()
 	f := h.fake
@@ -349,24 +349,28 @@ func TestChangedSpecPlansExactlyThatChange(t *testing.T) {
 			"    - {namespace: orders, name: orders-reporting, db_user: orders_ro}\n    - {namespace: billing, name: invoicer, db_user: billing_app}", 1)
 	})
 	got := h.plan()
-	if len(got) != 2 {
-		t.Fatalf("want 2 changes, got %+v", got)
+	if len(got) != 3 {
+		t.Fatalf("want 3 changes, got %+v", got)
 	}
 	if got[0].Kind != "db-instance" || got[0].Action != "update" || len(got[0].Fields) != 1 || got[0].Fields[0].Field != "class" ||
 		got[0].Fields[0].From != "db.t4g.medium" || got[0].Fields[0].To != "db.r6g.large" {
 		t.Errorf("instance change: %+v", got[0])
 	}
-	if got[1].Kind != "iam-role" || got[1].Action != "create" || got[1].Name != "rdsvalet-orders-billing-invoicer" {
-		t.Errorf("role change: %+v", got[1])
+	// The proxy logs in as the new db user too (end-to-end IAM): its role's policy follows.
+	if got[1].Kind != "iam-role" || got[1].Action != "update" || got[1].Name != "rdsvalet-orders-proxy" || !strings.Contains(got[1].Fields[0].To, "/billing_app") {
+		t.Errorf("proxy role change: %+v", got[1])
+	}
+	if got[2].Kind != "iam-role" || got[2].Action != "create" || got[2].Name != "rdsvalet-orders-billing-invoicer" {
+		t.Errorf("role change: %+v", got[2])
 	}
 	// The human table shows the same.
-	if r := h.mustRun("plan"); !strings.Contains(r.stdout, "db.r6g.large") || !strings.Contains(r.stdout, "1 to create, 1 to update, 0 to delete") {
+	if r := h.mustRun("plan"); !strings.Contains(r.stdout, "db.r6g.large") || !strings.Contains(r.stdout, "1 to create, 2 to update, 0 to delete") {
 		t.Errorf("plan table:\n%s", r.stdout)
 	}
 	h.fake.ResetCalls()
 	h.apply()
 	m := strings.Join(h.mutations(), ",")
-	if m != "ModifyDBInstance,CreateRole,PutRolePolicy" {
+	if m != "ModifyDBInstance,PutRolePolicy,CreateRole,PutRolePolicy" {
 		t.Errorf("apply mutations: %s", m)
 	}
 	if in, _ := h.fake.Instance("orders"); in.Class != "db.r6g.large" {
@@ -696,7 +700,7 @@ func TestStatusAndDetailedExitCode(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
 		t.Fatalf("%v\n%s", err, r.stdout)
 	}
-	if len(st.Resources) != 14 || len(st.Paths) != 3 {
+	if len(st.Resources) != 15 || len(st.Paths) != 3 {
 		t.Errorf("status: %d resources, %d paths\n%s", len(st.Resources), len(st.Paths), r.stdout)
 	}
 	for _, res := range st.Resources {
