@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/spf13/pflag"
 
 	"github.com/rdsvalet/rds-valet/internal/provision"
@@ -135,7 +136,12 @@ func runOrphans(ctx context.Context, o options, stdout io.Writer) error {
 		regions[o.region] = true
 	}
 	if len(regions) == 0 {
-		regions[""] = true // the SDK's default region (AWS_REGION, the profile)
+		// No spec names a region: the SDK's default (AWS_REGION, the profile).
+		cfg, err := awsconfig.LoadDefaultConfig(ctx)
+		if err != nil || cfg.Region == "" {
+			return usagef("status --orphans: no spec names a region; give --region (or AWS_REGION)")
+		}
+		regions[cfg.Region] = true
 	}
 	var all []provision.Orphan
 	for _, r := range sortedNames(regions) {
@@ -180,7 +186,7 @@ func writeOrphans(w io.Writer, orphans []provision.Orphan, format string, specs 
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Database, o.Region, o.Team, o.Owner, strings.Join(rs, ", "))
 	}
-	fmt.Fprintf(tw, "\n%d databases tagged as ours have no spec among the %d given: restore the spec, or run destroy with it.\n", len(orphans), specs)
+	fmt.Fprintf(tw, "\nOrphans (tagged as ours, no spec among the %d read): %d. Restore each one's spec, or destroy it with the spec from history.\n", specs, len(orphans))
 	return tw.Flush()
 }
 
