@@ -39,7 +39,7 @@ func TestTableShortensLongValuesAndSaysWhereTheyAre(t *testing.T) {
 	if err := p.WriteTable(&b); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(b.String(), long) || !strings.Contains(b.String(), "1 values were shortened") || !strings.Contains(b.String(), "--output markdown") {
+	if strings.Contains(b.String(), long) || !strings.Contains(b.String(), "1 value was shortened") || !strings.Contains(b.String(), "--output markdown") {
 		t.Errorf("table:\n%s", b.String())
 	}
 	if !strings.Contains(b.String(), strings.Repeat("é", 80)) {

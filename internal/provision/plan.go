@@ -217,7 +217,11 @@ func (p *Plan) WriteTable(w io.Writer) error {
 		return err
 	}
 	if shortened > 0 {
-		_, err := fmt.Fprintf(w, "%d values were shortened to %d characters (marked ...); run plan with --output markdown (per-field diffs, policies as JSON) or --output json for the full values.\n", shortened, cellWidth)
+		what := fmt.Sprintf("%d values were", shortened)
+		if shortened == 1 {
+			what = "1 value was"
+		}
+		_, err := fmt.Fprintf(w, "%s shortened to %d characters (marked ...); run plan with --output markdown (per-field diffs, policies as JSON) or --output json for the full values.\n", what, cellWidth)
 		return err
 	}
 	return nil
