@@ -8,9 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -37,70 +37,182 @@ const usage = `usage: provisioner COMMAND -f database.yaml [flags]
 
 commands:
   plan          show every create/update/delete with the fields that differ
-  apply         make AWS match the spec, then write the sidecar config
+                (--out FILE saves it with what it observed, for apply FILE)
+  apply [FILE]  make AWS match the spec, then write the sidecar config; with FILE (from
+                plan --out), apply exactly that plan or refuse if anything changed since
   destroy       delete everything this database owns (reverse order)
   sync-targets  make the NLB target group equal to the RDS Proxy's current IPs
   status        show the resources found and the sidecar paths
+                (--orphans --specs-dir DIR: databases tagged as ours whose spec is gone)
+  init          write a commented spec for a new database (-f FILE, --name, --engine, ...)
+
+exit codes: 0 success (plan: no changes), 1 error, 2 plan --detailed-exitcode found changes
+or status --orphans found orphans, 3 apply FILE refused (the plan is stale), 4 apply/destroy
+refused (another run holds the lease), 64 usage error
 
 flags:
 `
 
+// Exit codes (docs/provisioner.md, "Exit codes").
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitChanges = 2 // plan --detailed-exitcode: changes; status --orphans: orphans found
+	exitStale   = 3 // apply FILE: what the plan saw has changed; nothing was applied
+	exitLeased  = 4 // apply/destroy: another run holds the lease; nothing was done
+	exitUsage   = 64
+)
+
 type options struct {
-	file, output, configOut, configMapOut, configMapName, configMapNS string
-	proxyIPs, logLevel, logFormat                                     string
-	force, dryRun, skipFinalSnapshot, detailedExit                    bool
-	poll, maxPoll, waitTimeout, awsMaxBackoff                         time.Duration
-	awsMaxAttempts                                                    int
+	files                                                       []string
+	output, configOut, configMapOut, configMapName, configMapNS string
+	proxyIPs, logLevel, logFormat                               string
+	force, dryRun, skipFinalSnapshot, detailedExit              bool
+	poll, maxPoll, waitTimeout, awsMaxBackoff                   time.Duration
+	awsMaxAttempts                                              int
+	planOut, leaseHolder, specsDir, region                      string
+	leaseTTL                                                    time.Duration
+	orphans                                                     bool
+	planFile                                                    string // apply FILE
+	newDB                                                       initFlags
+}
+
+// file is the one spec the per-database commands work on.
+func (o *options) file() string {
+	if len(o.files) == 0 {
+		return ""
+	}
+	return o.files[0]
 }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// usageError is a wrong command line: exit 64, nothing was sent to AWS.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, usage)
 		newFlags(&options{}, stderr).PrintDefaults()
-		return 2
+		return exitUsage
 	}
 	cmd := args[0]
 	var o options
 	fs := newFlags(&o, stderr)
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(terraformStyle(args[1:])); err != nil {
 		if err != pflag.ErrHelp {
 			fmt.Fprintln(stderr, err) // pflag leaves printing to us with ContinueOnError
 		}
-		return 2
+		return exitUsage
 	}
-	switch cmd {
-	case "plan", "apply", "destroy", "sync-targets", "status":
-	default:
-		fmt.Fprintf(stderr, "unknown command %q\n%s", cmd, usage)
-		return 2
-	}
-	if o.file == "" {
-		fmt.Fprintln(stderr, "-f/--file database.yaml is required")
-		return 2
+	if err := checkUsage(cmd, &o, fs.Args()); err != nil {
+		fmt.Fprintf(stderr, "%v\n", err)
+		if strings.HasPrefix(err.Error(), "unknown command") {
+			fmt.Fprint(stderr, usage)
+		}
+		return exitUsage
 	}
 	log, err := newLogger(o.logLevel, o.logFormat, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 2
+		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := execute(ctx, cmd, o, log, stdout); err != nil {
-		var ex exitCode
-		if errors.As(err, &ex) {
-			return int(ex) // not a failure: plan --detailed-exitcode found changes
-		}
-		log.Error(cmd+" failed", zap.Error(err))
-		fmt.Fprintf(stderr, "error: %v\n", err)
-		return 1
+	err = dispatch(ctx, cmd, o, log, stdout)
+	var ex exitCode
+	var ue usageError
+	var stale *provision.StalePlanError
+	var held *provision.LeaseHeldError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ex):
+		return int(ex) // not a failure: plan --detailed-exitcode found changes, or orphans
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "%v\n", err)
+		return exitUsage
+	case errors.As(err, &stale):
+		log.Error(cmd+" refused", zap.Error(err))
+		fmt.Fprintf(stderr, "refused: %v\n", err)
+		return exitStale
+	case errors.As(err, &held):
+		log.Error(cmd+" refused", zap.Error(err))
+		fmt.Fprintf(stderr, "refused: %v\n", err)
+		return exitLeased
 	}
-	return 0
+	log.Error(cmd+" failed", zap.Error(err))
+	fmt.Fprintf(stderr, "error: %v\n", err)
+	return exitFailure
+}
+
+// terraformStyle accepts plan's -out FILE as Terraform spells it (pflag would read -out as
+// the shorthands -o -u -t).
+func terraformStyle(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "-out" || strings.HasPrefix(a, "-out=") {
+			a = "-" + a
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// checkUsage refuses command lines that cannot mean anything, before any AWS call.
+func checkUsage(cmd string, o *options, rest []string) error {
+	switch cmd {
+	case "plan", "apply", "destroy", "sync-targets", "status", "init":
+	default:
+		return usagef("unknown command %q", cmd)
+	}
+	switch o.output {
+	case "table", "json":
+	case "markdown":
+		if cmd == "status" || cmd == "init" {
+			return usagef("--output markdown is for plan, apply, destroy and sync-targets")
+		}
+	default:
+		return usagef("--output %q: want table, json or markdown", o.output)
+	}
+	if cmd == "apply" && len(rest) == 1 {
+		o.planFile, rest = rest[0], nil
+	}
+	if len(rest) > 0 {
+		return usagef("%s: unexpected argument %q (only apply takes one: a plan file from plan --out)", cmd, rest[0])
+	}
+	if o.planOut != "" && cmd != "plan" {
+		return usagef("--out is for plan (then apply FILE)")
+	}
+	switch {
+	case cmd == "status" && o.orphans:
+		if o.specsDir == "" && len(o.files) == 0 {
+			return usagef("status --orphans needs --specs-dir DIR or one -f per spec")
+		}
+		return nil
+	case o.orphans || o.specsDir != "":
+		return usagef("--orphans and --specs-dir are for status --orphans")
+	case cmd == "init":
+		return o.newDB.check(o)
+	case cmd == "apply" && o.planFile != "":
+		if len(o.files) > 1 {
+			return usagef("apply FILE: at most one -f (the spec the plan was made from)")
+		}
+		return nil
+	case len(o.files) == 0:
+		return usagef("-f/--file database.yaml is required")
+	case len(o.files) > 1:
+		return usagef("%s works on one spec; several -f are for status --orphans", cmd)
+	}
+	return nil
 }
 
 type exitCode int
@@ -112,8 +224,8 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
 func newFlags(o *options, out io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("provisioner", pflag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVarP(&o.file, "file", "f", "", "database spec (YAML)")
-	fs.StringVar(&o.output, "output", "table", "plan/status/destroy output: table or json")
+	fs.StringArrayVarP(&o.files, "file", "f", nil, "database spec (YAML); status --orphans takes several")
+	fs.StringVar(&o.output, "output", "table", "plan/apply/destroy/sync-targets output: table, json or markdown (a pull-request comment with full diffs); status: table or json")
 	fs.StringVar(&o.configOut, "config-out", "", "apply/status: write the sidecar config here")
 	fs.StringVar(&o.configMapOut, "configmap-out", "", "apply/status: write the sidecar ConfigMap manifest(s) here")
 	fs.StringVar(&o.configMapName, "configmap-name", "", "ConfigMap name (default rdsvalet-NAME)")
@@ -130,6 +242,13 @@ func newFlags(o *options, out io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&o.awsMaxBackoff, "aws-max-backoff", 20*time.Second, "longest backoff between retries of one AWS call")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "console or json")
+	fs.StringVar(&o.planOut, "out", "", "plan: save the plan and what it observed to this file, for apply FILE")
+	fs.StringVar(&o.leaseHolder, "lease-holder", "", "apply/destroy: this run's name in the lease tag (default HOSTNAME/PID)")
+	fs.DurationVar(&o.leaseTTL, "lease-ttl", 10*time.Minute, "apply/destroy: how long the lease lasts unless renewed (renewed every third of it)")
+	fs.BoolVar(&o.orphans, "orphans", false, "status: list databases tagged as ours whose spec is not in --specs-dir or -f (exit 2 if any)")
+	fs.StringVar(&o.specsDir, "specs-dir", "", "status --orphans: directory of spec files (*.yaml, *.yml, searched recursively)")
+	fs.StringVar(&o.region, "region", "", "init: the database's region; status --orphans: look there too (default: the specs' regions, else AWS_REGION)")
+	o.newDB.register(fs)
 	return fs
 }
 
@@ -171,80 +290,12 @@ func clients(ctx context.Context, region string, o options) (provision.Clients, 
 	}, nil
 }
 
-func execute(ctx context.Context, cmd string, o options, log *zap.Logger, stdout io.Writer) error {
-	spec, err := provision.LoadSpec(o.file)
-	if err != nil {
-		return err
-	}
-	cl, err := clients(ctx, spec.Region, o)
-	if err != nil {
-		return err
-	}
-	p, err := provision.New(provision.Config{Spec: spec, PollInterval: o.poll, MaxPollInterval: o.maxPoll, WaitTimeout: o.waitTimeout,
-		ProxyIPSource: o.proxyIPs, SkipFinalSnapshot: o.skipFinalSnapshot},
-		provision.Deps{Clients: cl, Logger: log.With(zap.String("database", spec.Name)), Clock: provision.RealClock(), Resolver: net.DefaultResolver})
-	if err != nil {
-		return err
-	}
-	switch cmd {
-	case "plan":
-		plan, err := p.Plan(ctx)
-		if err != nil {
-			return err
-		}
-		if err := writePlan(stdout, plan, o.output); err != nil {
-			return err
-		}
-		if o.detailedExit && !plan.Empty() {
-			return exitCode(2)
-		}
-		return nil
-	case "apply":
-		plan, out, err := p.Apply(ctx)
-		if plan != nil {
-			if werr := writePlan(stdout, plan, o.output); werr != nil && err == nil {
-				err = werr
-			}
-		}
-		if err != nil {
-			return err
-		}
-		return writeOutputs(out, o)
-	case "destroy":
-		plan, err := p.Destroy(ctx, provision.DestroyOptions{DryRun: o.dryRun, ForceDeletionProtection: o.force})
-		if plan != nil {
-			if werr := writePlan(stdout, plan, o.output); werr != nil && err == nil {
-				err = werr
-			}
-		}
-		return err
-	case "sync-targets":
-		plan, err := p.SyncTargets(ctx)
-		if plan != nil {
-			if werr := writePlan(stdout, plan, o.output); werr != nil && err == nil {
-				err = werr
-			}
-		}
-		return err
-	case "status":
-		states, out, err := p.Status(ctx)
-		if err != nil {
-			return err
-		}
-		if err := writeStatus(stdout, spec.Name, states, out, o.output); err != nil {
-			return err
-		}
-		if len(out.Paths) > 0 {
-			return writeOutputs(out, o)
-		}
-		return nil
-	}
-	return nil
-}
-
 func writePlan(w io.Writer, plan *provision.Plan, format string) error {
-	if format == "json" {
+	switch format {
+	case "json":
 		return plan.WriteJSON(w)
+	case "markdown":
+		return plan.WriteMarkdown(w)
 	}
 	return plan.WriteTable(w)
 }

@@ -148,7 +148,13 @@ func Diff(db string, desired, observed *State, immutable []string) (Change, erro
 type Plan struct {
 	Database string   `json:"database"`
 	Changes  []Change `json:"changes"`
+	// observed is every resource the run read, in the order it read them: what a plan file
+	// fingerprints (planfile.go).
+	observed []*State
 }
+
+// Observed returns every resource the run read (ours or not), in the order it read them.
+func (p *Plan) Observed() []*State { return p.observed }
 
 // Empty reports whether applying the plan would change nothing.
 func (p *Plan) Empty() bool {
@@ -176,8 +182,18 @@ func (p *Plan) Counts() (create, update, del int) {
 }
 
 // WriteTable prints the plan for humans: one block per resource that changes.
+// Long values (policies) are shortened to keep the table readable; a closing line then says
+// where the full values are.
 func (p *Plan) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	shortened := 0
+	show := func(s string) string {
+		v, cut := showCell(s)
+		if cut {
+			shortened++
+		}
+		return v
+	}
 	fmt.Fprintf(tw, "ACTION\tKIND\tNAME\tFIELD\tFROM\tTO\n")
 	for _, c := range p.Changes {
 		if c.Action == ActionNoop {
@@ -197,7 +213,18 @@ func (p *Plan) WriteTable(w io.Writer) error {
 	}
 	cr, up, de := p.Counts()
 	fmt.Fprintf(tw, "\nPlan for %s: %d to create, %d to update, %d to delete.\n", p.Database, cr, up, de)
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if shortened > 0 {
+		what := fmt.Sprintf("%d values were", shortened)
+		if shortened == 1 {
+			what = "1 value was"
+		}
+		_, err := fmt.Fprintf(w, "%s shortened to %d characters (marked ...); run plan with --output markdown (per-field diffs, policies as JSON) or --output json for the full values.\n", what, cellWidth)
+		return err
+	}
+	return nil
 }
 
 // WriteJSON prints the plan for machines (CI gates on it).
@@ -213,14 +240,19 @@ func (p *Plan) WriteJSON(w io.Writer) error {
 	return enc.Encode(out)
 }
 
-func show(s string) string {
+// cellWidth is the longest value the plan table shows whole.
+const cellWidth = 100
+
+// showCell renders a value for one table cell and says whether it was shortened.
+func showCell(s string) (string, bool) {
 	if s == "" {
-		return "-"
+		return "-", false
 	}
-	if len(s) > 100 {
-		return s[:97] + "..."
+	s = strings.ReplaceAll(s, "\n", " ")
+	if r := []rune(s); len(r) > cellWidth {
+		return string(r[:cellWidth-3]) + "...", true
 	}
-	return strings.ReplaceAll(s, "\n", " ")
+	return s, false
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -37,6 +37,10 @@ type Config struct {
 	ProxyIPSource string
 	// SkipFinalSnapshot deletes the instance without a final snapshot on destroy.
 	SkipFinalSnapshot bool
+	// LeaseHolder names this run in the apply lease (lease.go); empty = take no lease.
+	LeaseHolder string
+	// LeaseTTL is how long a lease lasts unless renewed (every third of it).
+	LeaseTTL time.Duration
 }
 
 // Deps are the provisioner's collaborators.
@@ -57,6 +61,8 @@ type Provisioner struct {
 	cfg  Config
 	deps Deps
 	log  *zap.Logger
+	// guard, when set, vets each change apply is about to make (ApplySaved).
+	guard func(Change) error
 }
 
 // New checks the config and returns a provisioner.
@@ -82,6 +88,9 @@ func New(cfg Config, deps Deps) (*Provisioner, error) {
 	case "eni", "dns":
 	default:
 		return nil, fmt.Errorf("provision: proxy IP source %q: want eni or dns", cfg.ProxyIPSource)
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 10 * time.Minute
 	}
 	if deps.Logger == nil {
 		deps.Logger = zap.NewNop()
@@ -140,7 +149,12 @@ func (p *Provisioner) Plan(ctx context.Context) (*Plan, error) {
 // Apply makes AWS match the spec, in dependency order, waiting for each resource to settle.
 // It re-observes every resource before acting, so a run after an interruption resumes where
 // the last one stopped. It returns the plan it executed and the outputs for the sidecar config.
-func (p *Provisioner) Apply(ctx context.Context) (*Plan, *Outputs, error) {
+func (p *Provisioner) Apply(ctx context.Context) (plan *Plan, out *Outputs, err error) {
+	ctx, l, err := p.takeLease(ctx, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { l.markCreated(plan); err = l.release(err) }()
 	plan, e, err := p.converge(ctx, true, p.handlers())
 	if err != nil {
 		return plan, nil, err
@@ -218,7 +232,14 @@ type DestroyOptions struct {
 var ErrDeletionProtected = errors.New("deletion protection is on")
 
 // Destroy deletes every resource this database owns, in reverse dependency order.
-func (p *Provisioner) Destroy(ctx context.Context, opts DestroyOptions) (*Plan, error) {
+func (p *Provisioner) Destroy(ctx context.Context, opts DestroyOptions) (plan *Plan, err error) {
+	if !opts.DryRun {
+		var l *lease
+		if ctx, l, err = p.takeLease(ctx, false); err != nil {
+			return nil, err
+		}
+		defer func() { err = l.release(err) }()
+	}
 	e, err := p.newEnv(ctx)
 	if err != nil {
 		return nil, err
@@ -241,7 +262,7 @@ func (p *Provisioner) Destroy(ctx context.Context, opts DestroyOptions) (*Plan, 
 			}
 		}
 	}
-	plan := &Plan{Database: p.cfg.Spec.Name}
+	plan = &Plan{Database: p.cfg.Spec.Name}
 	protected := ""
 	for i := len(hs) - 1; i >= 0; i-- {
 		for _, o := range observed[i] {
@@ -322,6 +343,7 @@ func (p *Provisioner) converge(ctx context.Context, apply bool, hs []handler) (*
 		if err != nil {
 			return plan, e, err
 		}
+		plan.observed = append(plan.observed, obs...)
 		byName := map[string]*State{}
 		for _, o := range obs {
 			byName[o.Name] = o
@@ -354,6 +376,12 @@ func (p *Provisioner) converge(ctx context.Context, apply bool, hs []handler) (*
 		}
 		for _, s := range steps {
 			plan.Changes = append(plan.Changes, s.c)
+			if apply && p.guard != nil {
+				// Applying a saved plan: stop before acting on anything it did not show.
+				if err := p.guard(s.c); err != nil {
+					return plan, e, err
+				}
+			}
 			if apply && s.o != nil && s.c.Action != ActionDelete && s.o.Owned(e.spec.Name) {
 				// Still settling (e.g. created by a run that was interrupted): wait before
 				// anything depends on it or modifies it.

@@ -139,15 +139,17 @@ func (st *state) ec2(c *reqCtx, action string) (any, *apiError) {
 			if tags == nil {
 				return nil, errf(400, "InvalidID", "The ID '%s' is not valid", id)
 			}
+			if action == "DeleteTags" {
+				deleteTags(tags, c.structs("Tag"))
+				continue
+			}
 			for _, t := range c.structs("Tag") {
-				if action == "CreateTags" {
-					tags[t["Key"]] = t["Value"]
-				} else {
-					delete(tags, t["Key"])
-				}
+				tags[t["Key"]] = t["Value"]
 			}
 		}
 		return []X{T("return", "true")}, nil
+	case "DescribeTags":
+		return st.describeTags(c)
 	case "DescribeNetworkInterfaces":
 		// The RDS Proxy's ENIs: that is where its current IPs are visible through the API.
 		filters := ec2Filters(c)

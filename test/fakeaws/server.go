@@ -46,6 +46,9 @@ type Call struct {
 	Status  int
 	Code    string // error code when the call failed
 	Mutates bool
+	// TagKeys are the tag keys an EC2 CreateTags/DeleteTags call wrote, so a test can tell the
+	// provisioner's apply lease (rdsvalet.io/lease) from a change to the resources.
+	TagKeys []string
 }
 
 type creds struct{ secret, account, principal string }
@@ -240,7 +243,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			status, code = in.status, in.code
 		}
 	}
-	s.calls = append(s.calls, Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && executed})
+	call := Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && executed}
+	if service == "ec2" && (action == "CreateTags" || action == "DeleteTags") {
+		for _, t := range ctx.structs("Tag") {
+			call.TagKeys = append(call.TagKeys, t["Key"])
+		}
+	}
+	s.calls = append(s.calls, call)
 	hooks := s.hooks[action]
 	s.mu.Unlock()
 	for _, h := range hooks {
