@@ -56,8 +56,8 @@ func TestLeaseIsRenewedAndALostLeaseStopsTheRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, _, _ := plan.Counts(); c != 14 {
-		t.Errorf("first apply created %d, want 14 (the security group the lease created counts)", c)
+	if c, _, _ := plan.Counts(); c != 15 {
+		t.Errorf("first apply created %d, want 15 (the security group the lease created counts)", c)
 	}
 	if tags := fake.SecurityGroupTags("rdsvalet-orders"); tags[provision.TagLease] != "" {
 		t.Fatalf("lease not released: %v", tags)
