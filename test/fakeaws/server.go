@@ -48,7 +48,13 @@ type Call struct {
 	Mutates bool
 }
 
-type creds struct{ secret, account string }
+// creds are an access key's secret and account; temporary ones (from STS) also carry their
+// session token and the role session they belong to.
+type creds struct {
+	secret, account           string
+	roleARN, roleID, roleName string
+	session, sessionToken     string
+}
 
 // Server is a running fake. All state is behind mu.
 type Server struct {
@@ -160,6 +166,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	service, akid, aerr := s.verifySigV4(r, body)
+	if aerr != nil && isUnsignedSTS(r, body) {
+		// AssumeRoleWithWebIdentity is called without AWS credentials: the token is the proof.
+		service, akid, aerr = "sts", "", nil
+	}
 	if aerr != nil {
 		s.mu.Lock()
 		s.authFails++
@@ -206,7 +216,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, proto, action, &apiError{status: in.status, code: in.code, msg: in.msg})
 		return
 	}
-	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region}
+	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region, caller: caller}
 	var out any
 	var aerr2 *apiError
 	switch service {
@@ -361,6 +371,11 @@ func (s *Server) verifySigV4(r *http.Request, body []byte) (service, akid string
 	want := hex.EncodeToString(hmacSHA(k, sts))
 	if !hmac.Equal([]byte(want), []byte(sig)) {
 		return "", "", errf(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.")
+	}
+	// Temporary credentials are only valid with their session token
+	// (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_temp_use-resources.html).
+	if c.sessionToken != "" && r.Header.Get("X-Amz-Security-Token") != c.sessionToken {
+		return "", "", errf(403, "InvalidClientTokenId", "The security token included in the request is invalid.")
 	}
 	return service, akid, nil
 }

@@ -15,6 +15,7 @@ type reqCtx struct {
 	json    map[string]any
 	account string
 	region  string
+	caller  creds // who signed the request (zero for an unsigned STS call)
 }
 
 func (c *reqCtx) get(k string) string { return c.form.Get(k) }
@@ -224,6 +225,7 @@ type state struct {
 	// lingering counts the DeleteSecurityGroup attempts still refused for a group whose NLB was
 	// just deleted: AWS releases the NLB's network interfaces minutes later.
 	lingering map[string]int
+	idn       *identityState // OIDC providers, issuer keys, other accounts' roles (oidc.go)
 }
 
 func newState() *state {
