@@ -78,6 +78,8 @@ func startFake(t *testing.T, readyAfter int) *fakeaws.Server {
 	}
 	t.Cleanup(func() { _ = fake.Close() })
 	fake.SeedSecurityGroup("sg-0a1b2c3d4e5f60999", "eks-pods", "vpc-0a1b2c3d4e5f60718", nil)
+	// The cluster's IAM OIDC provider exists, as eksctl or the EKS console made it.
+	fake.SeedOIDCProvider("https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE", "sts.amazonaws.com")
 	return fake
 }
 

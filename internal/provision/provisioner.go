@@ -306,6 +306,15 @@ func (p *Provisioner) converge(ctx context.Context, apply bool, hs []handler) (*
 		return nil, nil, err
 	}
 	plan := &Plan{Database: p.cfg.Spec.Name}
+	if len(hs) > 0 { // the IRSA roles' OIDC provider (oidcprovider.go)
+		c, err := p.oidcProviderStep(ctx, e, apply)
+		if c != nil {
+			plan.Changes = append(plan.Changes, *c)
+		}
+		if err != nil {
+			return plan, e, err
+		}
+	}
 	for _, h := range hs {
 		if h.kind() == kindTargetGroup {
 			if err := p.resolveProxyIPs(ctx, e); err != nil {

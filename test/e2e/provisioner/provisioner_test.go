@@ -87,6 +87,7 @@ func newHarness(t *testing.T, edit func(string) string) *harness {
 	t.Cleanup(func() { _ = fake.Close() })
 	// The security group the spec allows in (the EKS pods' group) exists beforehand.
 	fake.SeedSecurityGroup("sg-0a1b2c3d4e5f60999", "eks-cluster-pods", "vpc-0a1b2c3d4e5f60718", nil)
+	seedIdentity(fake) // the cluster's OIDC provider and the consumer account's role (identity_test.go)
 	h := &harness{t: t, fake: fake, dir: t.TempDir()}
 	h.writeSpec(edit)
 	return h
