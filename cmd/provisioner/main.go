@@ -50,6 +50,7 @@ type options struct {
 	force, dryRun, skipFinalSnapshot, detailedExit                    bool
 	poll, maxPoll, waitTimeout, awsMaxBackoff                         time.Duration
 	awsMaxAttempts                                                    int
+	assumeRoleARN                                                     string
 }
 
 func main() {
@@ -127,6 +128,7 @@ func newFlags(o *options, out io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", 60*time.Minute, "longest wait for one resource to become available")
 	fs.IntVar(&o.awsMaxAttempts, "aws-max-attempts", 10, "attempts per AWS call (throttling and transient errors are retried)")
 	fs.DurationVar(&o.awsMaxBackoff, "aws-max-backoff", 20*time.Second, "longest backoff between retries of one AWS call")
+	fs.StringVar(&o.assumeRoleARN, "assume-role-arn", "", "make every AWS call as this IAM role (sts:AssumeRole), e.g. sync-targets from the cluster's account with rdsvalet-NAME-sync-targets")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "console or json")
 	return fs
@@ -152,6 +154,12 @@ func clients(ctx context.Context, region string, o options) (provision.Clients, 
 		}))
 	if err != nil {
 		return provision.Clients{}, fmt.Errorf("load AWS config: %w", err)
+	}
+	if o.assumeRoleARN != "" {
+		// The identity the environment gives (AWS_PROFILE, IRSA, ...) only assumes the role.
+		cfg.Credentials = aws.NewCredentialsCache(stscreds.NewAssumeRoleProvider(sts.NewFromConfig(cfg), o.assumeRoleARN, func(ao *stscreds.AssumeRoleOptions) {
+			ao.RoleSessionName = "rds-valet-provisioner"
+		}))
 	}
 	ec2c := ec2.NewFromConfig(cfg)
 	return provision.Clients{

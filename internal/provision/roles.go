@@ -230,4 +230,7 @@ func (h *roleHandler) export(e *env, o *State) {
 	if h.label == "proxy" {
 		e.out["proxy_role.arn"] = o.ID
 	}
+	if h.label == "sync-targets" {
+		e.out["sync_targets_role.arn"] = o.ID
+	}
 }

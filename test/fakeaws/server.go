@@ -216,6 +216,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, proto, action, &apiError{status: in.status, code: in.code, msg: in.msg})
 		return
 	}
+	if den := s.denyByRolePolicy(service, proto, action, caller); den != nil {
+		s.calls = append(s.calls, Call{Service: service, Action: action, Status: den.status, Code: den.code})
+		s.mu.Unlock()
+		writeErr(w, proto, action, den)
+		return
+	}
 	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region, caller: caller}
 	var out any
 	var aerr2 *apiError

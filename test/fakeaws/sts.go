@@ -219,3 +219,31 @@ func isUnsignedSTS(r *http.Request, body []byte) bool {
 	form, err := url.ParseQuery(string(body))
 	return err == nil && form.Get("Action") == "AssumeRoleWithWebIdentity"
 }
+
+// denyByRolePolicy refuses a call signed with a role session's credentials that the role's
+// policies do not allow (service:Action; the fake does not model resource-level scoping of API
+// calls, so only the Action element decides). GetCallerIdentity needs no permission
+// (https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html). The
+// refusal codes are each protocol's: AccessDenied (Query), UnauthorizedOperation (EC2),
+// AccessDeniedException (JSON).
+func (s *Server) denyByRolePolicy(service, proto, action string, c creds) *apiError {
+	if c.roleARN == "" || (service == "sts" && action == "GetCallerIdentity") {
+		return nil
+	}
+	iamAction := service + ":" + action
+	var docs []string
+	if r := s.st.roleByARN(c.roleARN); r != nil {
+		docs = policyDocs(r)
+	}
+	if evalPolicy(docs, evalRequest{action: iamAction}) == allowed {
+		return nil
+	}
+	msg := fmt.Sprintf("User: %s is not authorized to perform: %s", c.sessionARN(), iamAction)
+	switch proto {
+	case "ec2":
+		return errf(403, "UnauthorizedOperation", "You are not authorized to perform this operation. %s", msg)
+	case "json", "rest-json":
+		return errf(400, "AccessDeniedException", "%s", msg)
+	}
+	return errf(403, "AccessDenied", "%s", msg)
+}
