@@ -20,6 +20,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/eks"
 	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/rds"
@@ -164,7 +165,7 @@ func clients(ctx context.Context, region string, o options) (provision.Clients, 
 	ec2c := ec2.NewFromConfig(cfg)
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
-		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg),
+		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), EKS: eks.NewFromConfig(cfg),
 		ConsumerEC2: func(ctx context.Context, roleARN string) (provision.ConsumerEC2API, error) {
 			if roleARN == "" {
 				return ec2c, nil

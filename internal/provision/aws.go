@@ -116,6 +116,7 @@ type Clients struct {
 	ELB         ELBAPI
 	Secrets     SecretsAPI
 	STS         STSAPI
+	EKS         EKSAPI // only with access.identity: pod-identity (podidentity.go)
 	ConsumerEC2 func(ctx context.Context, roleARN string) (ConsumerEC2API, error)
 }
 

@@ -96,3 +96,22 @@ func checkOIDCAccount(e *env) error {
 	}
 	return nil
 }
+
+// appRoleTrust is the trust policy of a ServiceAccount's role. IRSA: the cluster's OIDC
+// provider, for exactly that ServiceAccount's token with the STS audience ("Assign IAM roles
+// to Kubernetes service accounts"). Pod Identity: the EKS Pod Identity service principal,
+// which assumes the role and tags the session ("Create the EKS Pod Identity role").
+func appRoleTrust(s *Spec, sa ServiceAccount) string {
+	if s.Access.podIdentity() {
+		return mustJSON(map[string]any{"Version": "2012-10-17", "Statement": []any{map[string]any{
+			"Effect": "Allow", "Principal": map[string]any{"Service": "pods.eks.amazonaws.com"},
+			"Action": []string{"sts:AssumeRole", "sts:TagSession"}}}})
+	}
+	arn := s.Access.OIDCProviderARN
+	issuer := oidcIssuerHost(arn)
+	return mustJSON(map[string]any{"Version": "2012-10-17", "Statement": []any{map[string]any{
+		"Effect": "Allow", "Principal": map[string]any{"Federated": arn}, "Action": "sts:AssumeRoleWithWebIdentity",
+		"Condition": map[string]any{"StringEquals": map[string]any{
+			issuer + ":sub": "system:serviceaccount:" + sa.Namespace + ":" + sa.Name,
+			issuer + ":aud": stsAudience}}}}})
+}

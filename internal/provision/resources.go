@@ -44,7 +44,7 @@ const (
 func (p *Provisioner) handlers() []handler {
 	return []handler{&sgHandler{}, &subnetGroupHandler{}, &secretHandler{}, &instanceHandler{}, proxyRoleHandler(),
 		&proxyHandler{}, &proxyTargetHandler{}, &lbHandler{}, &targetGroupHandler{}, &listenerHandler{},
-		&serviceHandler{}, &endpointHandler{}, irsaRoleHandler(), syncTargetsRoleHandler()}
+		&serviceHandler{}, &endpointHandler{}, irsaRoleHandler(), podIdentityHandler{}, syncTargetsRoleHandler()}
 }
 
 func baseName(s *Spec) string   { return "rdsvalet-" + s.Name }

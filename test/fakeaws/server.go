@@ -180,7 +180,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	proto, action := "query", ""
 	var form url.Values
 	var jbody map[string]any
+	var rest *restReq
 	switch {
+	case service == "eks":
+		// REST-JSON: the operation is the method and path (eks.go).
+		proto = "rest-json"
+		action, rest = eksRoute(r.Method, r.URL.EscapedPath(), r.URL.Query())
+		if len(body) > 0 {
+			if err := json.Unmarshal(body, &jbody); err != nil {
+				writeErr(w, proto, action, errf(400, "BadRequestException", "bad JSON: %v", err))
+				return
+			}
+		}
 	case service == "secretsmanager":
 		proto = "json"
 		action = strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "secretsmanager.")
@@ -222,7 +233,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, proto, action, den)
 		return
 	}
-	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region, caller: caller}
+	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region, caller: caller, rest: rest}
 	var out any
 	var aerr2 *apiError
 	switch service {
@@ -238,6 +249,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, aerr2 = s.st.secretsAPI(ctx, action)
 	case "sts":
 		out, aerr2 = s.st.sts(ctx, action)
+	case "eks":
+		out, aerr2 = s.st.eksAPI(ctx, action)
 	default:
 		aerr2 = errf(400, "UnknownService", "fakeaws does not speak %q", service)
 	}
@@ -258,6 +271,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch proto {
 	case "json":
 		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		_ = json.NewEncoder(w).Encode(out)
+	case "rest-json":
+		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
 	case "ec2":
 		w.Header().Set("Content-Type", "text/xml")
@@ -294,7 +310,7 @@ func (s *Server) takeInject(service, action string) *inject {
 
 func writeErr(w http.ResponseWriter, proto, action string, e *apiError) {
 	switch proto {
-	case "json":
+	case "json", "rest-json":
 		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 		w.Header().Set("X-Amzn-ErrorType", e.code)
 		w.WriteHeader(e.status)
@@ -366,6 +382,14 @@ func (s *Server) verifySigV4(r *http.Request, body []byte) (service, akid string
 	if path == "" {
 		path = "/"
 	}
+	// Every service but S3 URI-encodes each path segment twice in the canonical request
+	// ("Create a canonical request for Signature Version 4"); REST paths such as EKS's
+	// /tags/{arn} carry escapes.
+	segs := strings.Split(path, "/")
+	for i, sg := range segs {
+		segs[i] = awsEscape(sg)
+	}
+	path = strings.Join(segs, "/")
 	creq := strings.Join([]string{r.Method, path, strings.Join(qs, "&"), ch.String(), signed, payloadHash}, "\n")
 	scope := date + "/" + region + "/" + service + "/aws4_request"
 	hc := sha256.Sum256([]byte(creq))

@@ -15,7 +15,8 @@ type reqCtx struct {
 	json    map[string]any
 	account string
 	region  string
-	caller  creds // who signed the request (zero for an unsigned STS call)
+	caller  creds    // who signed the request (zero for an unsigned STS call)
+	rest    *restReq // path parameters and query of a REST-JSON request (eks.go)
 }
 
 func (c *reqCtx) get(k string) string { return c.form.Get(k) }
@@ -226,6 +227,7 @@ type state struct {
 	// just deleted: AWS releases the NLB's network interfaces minutes later.
 	lingering map[string]int
 	idn       *identityState // OIDC providers, issuer keys, other accounts' roles (oidc.go)
+	eksSt     *eksState      // EKS clusters and pod identity associations (eks.go)
 }
 
 func newState() *state {
