@@ -46,6 +46,7 @@ type Call struct {
 	Status  int
 	Code    string // error code when the call failed
 	Mutates bool
+	Caller  string // the access key id that signed it; "" for an unsigned call
 }
 
 // creds are an access key's secret and account; temporary ones (from STS) also carry their
@@ -219,7 +220,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	caller := s.creds[akid]
 	if in := s.takeInject(service, action); in != nil {
-		s.calls = append(s.calls, Call{Service: service, Action: action, Status: in.status, Code: in.code})
+		s.calls = append(s.calls, Call{Service: service, Action: action, Status: in.status, Code: in.code, Caller: akid})
 		s.mu.Unlock()
 		if in.code == "Throttling" && proto == "json" {
 			in.code = "ThrottlingException"
@@ -228,7 +229,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if den := s.denyByRolePolicy(service, proto, action, caller); den != nil {
-		s.calls = append(s.calls, Call{Service: service, Action: action, Status: den.status, Code: den.code})
+		s.calls = append(s.calls, Call{Service: service, Action: action, Status: den.status, Code: den.code, Caller: akid})
 		s.mu.Unlock()
 		writeErr(w, proto, action, den)
 		return
@@ -258,7 +259,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if aerr2 != nil {
 		status, code = aerr2.status, aerr2.code
 	}
-	s.calls = append(s.calls, Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && aerr2 == nil})
+	s.calls = append(s.calls, Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && aerr2 == nil, Caller: akid})
 	hooks := s.hooks[action]
 	s.mu.Unlock()
 	for _, h := range hooks {
