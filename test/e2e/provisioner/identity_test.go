@@ -98,30 +98,44 @@ func irsaToken(t *testing.T, f *fakeaws.Server, tokenFile, roleARN, host, user s
 	return auth.BuildAuthToken(ctx, host, region, user, cfg.Credentials)
 }
 
-// TestIRSALoginAsAWSEnforcesIt: the provisioner's IRSA role, assumed with a ServiceAccount
-// token through STS, yields an IAM token an RDS-like endpoint accepts for the role's db user,
-// and nothing else gets in: another ServiceAccount's token, a token for another audience, a
-// db user the role's policy does not allow.
-func TestIRSALoginAsAWSEnforcesIt(t *testing.T) {
+// identityWorld is what an IAM login through the provisioned proxy meets: a real PostgreSQL
+// with the spec's db users behind an RDS-like stand-in for the proxy endpoint, which verifies
+// the token with the secret STS issued and then asks the fake IAM whether the caller may
+// rds-db:connect on arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-.../USER.
+type identityWorld struct {
+	h                    *harness
+	idp                  *webIdentity
+	ca                   *pki.CA
+	caFile               string
+	standin              *rdsstandin.Server
+	proxyHost, tokenHost string
+	apiRoleARN           string
+}
+
+func startIdentityWorld(t *testing.T) *identityWorld {
+	t.Helper()
 	h := newHarness(t, nil)
-	idp := newWebIdentity(t, h.fake)
+	w := &identityWorld{h: h, idp: newWebIdentity(t, h.fake)}
 	h.apply()
 	role, ok := h.fake.Role("rdsvalet-orders-orders-orders-api")
 	px, _ := h.fake.Proxy("orders")
 	if !ok || px.Endpoint == "" {
 		t.Fatalf("role %v, proxy %+v", ok, px)
 	}
-	proxyHost := px.Endpoint
-	tokenHost := net.JoinHostPort(proxyHost, "5432")
+	w.apiRoleARN, w.proxyHost = role.ARN, px.Endpoint
+	w.tokenHost = net.JoinHostPort(w.proxyHost, "5432")
 	prx := px.ARN[strings.LastIndex(px.ARN, ":")+1:]
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ca, err := pki.NewCA("identity test CA")
-	if err != nil {
+	var err error
+	if w.ca, err = pki.NewCA("identity test CA"); err != nil {
 		t.Fatal(err)
 	}
-	pg, err := pgserver.Start(ctx, pgserver.Options{Dir: t.TempDir(), CA: ca, Logf: t.Logf})
+	if w.caFile, err = w.ca.WriteCAFile(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	pg, err := pgserver.Start(ctx, pgserver.Options{Dir: t.TempDir(), CA: w.ca, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,14 +145,12 @@ func TestIRSALoginAsAWSEnforcesIt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srvTLS, err := ca.ServerTLSConfig(proxyHost)
+	srvTLS, err := w.ca.ServerTLSConfig(w.proxyHost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The RDS Proxy as RDS checks a login: the token's signature with the secret STS issued,
-	// then the caller's rds-db:connect on arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-.../USER.
-	standin, err := rdsstandin.Start(rdsstandin.Options{Backend: pg.Addr(), TLS: srvTLS, Logf: t.Logf,
-		Verify:         rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: tokenHost, Region: region, Lookup: h.fake.LookupCredentials}),
+	w.standin, err = rdsstandin.Start(rdsstandin.Options{Backend: pg.Addr(), TLS: srvTLS, Logf: t.Logf,
+		Verify:         rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: w.tokenHost, Region: region, Lookup: h.fake.LookupCredentials}),
 		DBUserResource: "arn:aws:rds-db:" + region + ":" + account + ":dbuser:" + prx,
 		Authorize: func(akid, dbUserARN string) error {
 			return h.fake.Authorized(akid, "rds-db:connect", dbUserARN)
@@ -146,60 +158,86 @@ func TestIRSALoginAsAWSEnforcesIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = standin.Close() })
-	login := func(user, token string) error {
-		host, port, _ := net.SplitHostPort(standin.Addr())
-		cfg, err := pgx.ParseConfig("host=" + host + " port=" + port + " dbname=postgres sslmode=verify-full")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.User, cfg.Password, cfg.TLSConfig, cfg.Fallbacks = user, token, ca.ClientTLSConfig(proxyHost), nil
-		conn, err := pgx.ConnectConfig(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(ctx)
-		var who string
-		if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != user {
-			t.Fatalf("session user %q, %v", who, err)
-		}
-		return nil
-	}
+	t.Cleanup(func() { _ = w.standin.Close() })
+	return w
+}
 
+// login connects to addr as user with password over TLS when tlsName is set (the stand-in
+// directly), else in plaintext (the sidecar's local listener), and checks the session's user.
+func (w *identityWorld) login(t *testing.T, addr, tlsName, user, password string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	host, port, _ := net.SplitHostPort(addr)
+	mode := "disable"
+	if tlsName != "" {
+		mode = "verify-full"
+	}
+	cfg, err := pgx.ParseConfig("host=" + host + " port=" + port + " dbname=postgres sslmode=" + mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.User, cfg.Password, cfg.Fallbacks = user, password, nil
+	if tlsName != "" {
+		cfg.TLSConfig = w.ca.ClientTLSConfig(tlsName)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var who string
+	if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != user {
+		t.Fatalf("session user %q, %v", who, err)
+	}
+	return nil
+}
+
+func isPAMFailure(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "28P01" && strings.Contains(pe.Message, "PAM authentication failed")
+}
+
+// TestIRSALoginAsAWSEnforcesIt: the provisioner's IRSA role, assumed with a ServiceAccount
+// token through STS, yields an IAM token an RDS-like endpoint accepts for the role's db user,
+// and nothing else gets in: another ServiceAccount's token, a token for another audience, a
+// db user the role's policy does not allow. The app side is pgx with the SDK directly;
+// TestIRSALoginThroughTheSidecar does the same through the sidecar binary.
+func TestIRSALoginAsAWSEnforcesIt(t *testing.T) {
+	w := startIdentityWorld(t)
+	h, idp, standin := w.h, w.idp, w.standin
 	apiToken := idp.tokenFile("orders", "orders-api", "sts.amazonaws.com")
-	tok, err := irsaToken(t, h.fake, apiToken, role.ARN, tokenHost, "orders_app")
+	tok, err := irsaToken(t, h.fake, apiToken, w.apiRoleARN, w.tokenHost, "orders_app")
 	if err != nil {
 		t.Fatalf("credentials for orders/orders-api: %v", err)
 	}
-	if err := login("orders_app", tok); err != nil {
+	if err := w.login(t, standin.Addr(), w.proxyHost, "orders_app", tok); err != nil {
 		t.Fatalf("orders-api as orders_app: %v", err)
 	}
 
 	t.Run("another ServiceAccount's token", func(t *testing.T) {
-		_, err := irsaToken(t, h.fake, idp.tokenFile("orders", "orders-reporting", "sts.amazonaws.com"), role.ARN, tokenHost, "orders_app")
+		_, err := irsaToken(t, h.fake, idp.tokenFile("orders", "orders-reporting", "sts.amazonaws.com"), w.apiRoleARN, w.tokenHost, "orders_app")
 		if err == nil || !strings.Contains(err.Error(), "AccessDenied") || !strings.Contains(err.Error(), "Not authorized to perform sts:AssumeRoleWithWebIdentity") {
 			t.Fatalf("want STS AccessDenied, got %v", err)
 		}
-		_, err = irsaToken(t, h.fake, idp.tokenFile("billing", "orders-api", "sts.amazonaws.com"), role.ARN, tokenHost, "orders_app")
+		_, err = irsaToken(t, h.fake, idp.tokenFile("billing", "orders-api", "sts.amazonaws.com"), w.apiRoleARN, w.tokenHost, "orders_app")
 		if err == nil || !strings.Contains(err.Error(), "AccessDenied") {
 			t.Fatalf("same name in another namespace: want AccessDenied, got %v", err)
 		}
 	})
 	t.Run("wrong audience", func(t *testing.T) {
-		_, err := irsaToken(t, h.fake, idp.tokenFile("orders", "orders-api", "https://kubernetes.default.svc"), role.ARN, tokenHost, "orders_app")
+		_, err := irsaToken(t, h.fake, idp.tokenFile("orders", "orders-api", "https://kubernetes.default.svc"), w.apiRoleARN, w.tokenHost, "orders_app")
 		if err == nil || !strings.Contains(err.Error(), "InvalidIdentityToken") {
 			t.Fatalf("want InvalidIdentityToken, got %v", err)
 		}
 	})
 	t.Run("db user the role may not connect as", func(t *testing.T) {
-		tok, err := irsaToken(t, h.fake, apiToken, role.ARN, tokenHost, "orders_ro")
+		tok, err := irsaToken(t, h.fake, apiToken, w.apiRoleARN, w.tokenHost, "orders_ro")
 		if err != nil {
 			t.Fatal(err)
 		}
 		before := standin.Stats().LoginsFailed[rdsstandin.ReasonNotAuthorized]
-		err = login("orders_ro", tok)
-		var pe *pgconn.PgError
-		if !errors.As(err, &pe) || pe.Code != "28P01" || !strings.Contains(pe.Message, "PAM authentication failed") {
+		if err := w.login(t, standin.Addr(), w.proxyHost, "orders_ro", tok); !isPAMFailure(err) {
 			t.Fatalf("want 28P01 PAM authentication failed, got %v", err)
 		}
 		if got := standin.Stats().LoginsFailed[rdsstandin.ReasonNotAuthorized]; got != before+1 {
