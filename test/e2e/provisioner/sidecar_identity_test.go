@@ -214,4 +214,3 @@ func stsRefused(w *identityWorld, code string) bool {
 	}
 	return false
 }
-
