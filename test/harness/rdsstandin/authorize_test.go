@@ -2,16 +2,19 @@ package rdsstandin_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/feature/rds/auth"
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
 	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
+	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
 
 // After the token verifies, Authorize decides with the token's access key and the db user's
@@ -83,5 +86,53 @@ func TestAuthorizeAfterTokenVerifies(t *testing.T) {
 	if _, err := rdsstandin.Start(rdsstandin.Options{Backend: w.PG.Addr(), TLS: srvTLS, Verify: func(string, string) error { return nil },
 		Authorize: func(string, string) error { return nil }}); err == nil {
 		t.Error("Authorize without DBUserResource was accepted")
+	}
+}
+
+// The MySQL stand-in refuses an unauthorized but well-signed token with 1045, as RDS does.
+func TestAuthorizeMySQL(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w, err := world.Start(ctx, world.Options{Dir: t.TempDir(), Logf: t.Logf, MySQL: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.CloseOnCleanup(t)
+	w.SetEnv(t.Setenv)
+	creds := sdkCredentials(ctx, t)
+	token, err := auth.BuildAuthToken(ctx, w.MySQLTokenHost, w.Region, w.DBUser, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS, err := w.CA.ServerTLSConfig(w.MySQLTLSServerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked string
+	s, err := rdsstandin.StartMySQL(rdsstandin.Options{Backend: w.MariaDB.Addr(), TLS: srvTLS,
+		DBUserResource: "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-MYSQL",
+		Verify:         rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: w.MySQLTokenHost, Region: w.Region, Lookup: w.STS.Lookup}),
+		Authorize: func(_, arn string) error {
+			asked = arn
+			return errors.New("not authorized to perform: rds-db:connect")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr = w.DBUser, token, "tcp", s.Addr()
+	c.TLS, c.AllowCleartextPasswords, c.Timeout = w.CA.ClientTLSConfig(w.MySQLTLSServerName), true, 10*time.Second
+	conn, err := mysql.NewConnector(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	if err := db.PingContext(ctx); mysqlErr(err) != 1045 {
+		t.Fatalf("want 1045 Access denied, got %v", err)
+	}
+	if asked != "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-MYSQL/"+w.DBUser || s.Stats().LoginsFailed[rdsstandin.ReasonNotAuthorized] != 1 {
+		t.Errorf("asked %q, stats %+v", asked, s.Stats())
 	}
 }
