@@ -20,6 +20,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/eks"
 	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -75,6 +76,7 @@ type options struct {
 	orphans                                                     bool
 	planFile                                                    string // apply FILE
 	newDB                                                       initFlags
+	assumeRoleARN                                               string
 }
 
 // file is the one spec the per-database commands work on.
@@ -240,6 +242,7 @@ func newFlags(o *options, out io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", 60*time.Minute, "longest wait for one resource to become available")
 	fs.IntVar(&o.awsMaxAttempts, "aws-max-attempts", 10, "attempts per AWS call (throttling and transient errors are retried)")
 	fs.DurationVar(&o.awsMaxBackoff, "aws-max-backoff", 20*time.Second, "longest backoff between retries of one AWS call")
+	fs.StringVar(&o.assumeRoleARN, "assume-role-arn", "", "make every AWS call as this IAM role (sts:AssumeRole), e.g. sync-targets from the cluster's account with rdsvalet-NAME-sync-targets")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "console or json")
 	fs.StringVar(&o.planOut, "out", "", "plan: save the plan and what it observed to this file, for apply FILE")
@@ -273,10 +276,16 @@ func clients(ctx context.Context, region string, o options) (provision.Clients, 
 	if err != nil {
 		return provision.Clients{}, fmt.Errorf("load AWS config: %w", err)
 	}
+	if o.assumeRoleARN != "" {
+		// The identity the environment gives (AWS_PROFILE, IRSA, ...) only assumes the role.
+		cfg.Credentials = aws.NewCredentialsCache(stscreds.NewAssumeRoleProvider(sts.NewFromConfig(cfg), o.assumeRoleARN, func(ao *stscreds.AssumeRoleOptions) {
+			ao.RoleSessionName = "rds-valet-provisioner"
+		}))
+	}
 	ec2c := ec2.NewFromConfig(cfg)
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
-		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg),
+		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), EKS: eks.NewFromConfig(cfg),
 		ConsumerEC2: func(ctx context.Context, roleARN string) (provision.ConsumerEC2API, error) {
 			if roleARN == "" {
 				return ec2c, nil

@@ -85,6 +85,8 @@ func startFake(t *testing.T, readyAfter int) *fakeaws.Server {
 		fake.SeedSubnet("111122223333", fmt.Sprintf("subnet-0a1b2c3d4e5f6000%d", i+1), "vpc-0a1b2c3d4e5f60718", az)
 		fake.SeedSubnet("111122223333", fmt.Sprintf("subnet-0f1e2d3c4b5a6000%d", i+1), "vpc-0f1e2d3c4b5a69788", az)
 	}
+	// The cluster's IAM OIDC provider exists, as eksctl or the EKS console made it.
+	fake.SeedOIDCProvider("https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE", "sts.amazonaws.com")
 	return fake
 }
 

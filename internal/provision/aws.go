@@ -56,6 +56,8 @@ type IAMAPI interface {
 	DeleteRolePolicy(context.Context, *iam.DeleteRolePolicyInput, ...func(*iam.Options)) (*iam.DeleteRolePolicyOutput, error)
 	DeleteRole(context.Context, *iam.DeleteRoleInput, ...func(*iam.Options)) (*iam.DeleteRoleOutput, error)
 	TagRole(context.Context, *iam.TagRoleInput, ...func(*iam.Options)) (*iam.TagRoleOutput, error)
+	GetOpenIDConnectProvider(context.Context, *iam.GetOpenIDConnectProviderInput, ...func(*iam.Options)) (*iam.GetOpenIDConnectProviderOutput, error)
+	CreateOpenIDConnectProvider(context.Context, *iam.CreateOpenIDConnectProviderInput, ...func(*iam.Options)) (*iam.CreateOpenIDConnectProviderOutput, error)
 }
 
 type EC2API interface {
@@ -139,6 +141,7 @@ type Clients struct {
 	Secrets     SecretsAPI
 	STS         STSAPI
 	KMS         KMSAPI
+	EKS         EKSAPI // only with access.identity: pod-identity (podidentity.go)
 	ConsumerEC2 func(ctx context.Context, roleARN string) (ConsumerEC2API, error)
 }
 

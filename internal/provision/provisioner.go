@@ -150,6 +150,11 @@ func (p *Provisioner) Plan(ctx context.Context) (*Plan, error) {
 // It re-observes every resource before acting, so a run after an interruption resumes where
 // the last one stopped. It returns the plan it executed and the outputs for the sidecar config.
 func (p *Provisioner) Apply(ctx context.Context) (plan *Plan, out *Outputs, err error) {
+	// Prerequisites are checked before the lease, whose first take creates the security group:
+	// a spec that cannot work must leave nothing behind.
+	if err := p.preflight(ctx); err != nil {
+		return nil, nil, err
+	}
 	ctx, l, err := p.takeLease(ctx, true)
 	if err != nil {
 		return nil, nil, err
@@ -326,6 +331,17 @@ func (p *Provisioner) Status(ctx context.Context) ([]*State, *Outputs, error) {
 	return all, e.outputs(), nil
 }
 
+// preflight makes the read-only checks that fail a spec before anything is created: the IRSA
+// roles' OIDC provider must be in this account and exist (or be creatable).
+func (p *Provisioner) preflight(ctx context.Context) error {
+	e, err := p.newEnv(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = p.oidcProviderStep(ctx, e, false)
+	return err
+}
+
 // converge runs the handlers in order: observe, diff, and when apply is set, act and wait.
 func (p *Provisioner) converge(ctx context.Context, apply bool, hs []handler) (*Plan, *env, error) {
 	e, err := p.newEnv(ctx)
@@ -333,6 +349,15 @@ func (p *Provisioner) converge(ctx context.Context, apply bool, hs []handler) (*
 		return nil, nil, err
 	}
 	plan := &Plan{Database: p.cfg.Spec.Name}
+	if len(hs) > 0 { // the IRSA roles' OIDC provider (oidcprovider.go)
+		c, err := p.oidcProviderStep(ctx, e, apply)
+		if c != nil {
+			plan.Changes = append(plan.Changes, *c)
+		}
+		if err != nil {
+			return plan, e, err
+		}
+	}
 	for _, h := range hs {
 		if h.kind() == kindTargetGroup {
 			if err := p.resolveProxyIPs(ctx, e); err != nil {

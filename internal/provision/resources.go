@@ -53,7 +53,7 @@ const (
 func (p *Provisioner) handlers() []handler {
 	return []handler{&sgHandler{}, &subnetGroupHandler{}, &paramGroupHandler{}, &secretHandler{}, &instanceHandler{}, proxyRoleHandler(),
 		&proxyHandler{}, &proxyTargetHandler{}, &lbHandler{}, &targetGroupHandler{}, &listenerHandler{},
-		&serviceHandler{}, &endpointHandler{}, irsaRoleHandler()}
+		&serviceHandler{}, &endpointHandler{}, irsaRoleHandler(), podIdentityHandler{}, syncTargetsRoleHandler()}
 }
 
 func baseName(s *Spec) string   { return "rdsvalet-" + s.Name }

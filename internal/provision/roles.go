@@ -83,16 +83,10 @@ func irsaRoleName(s *Spec, sa ServiceAccount) string {
 
 func irsaRoleHandler() *roleHandler {
 	return &roleHandler{label: "irsa", path: func(s *Spec) string { return "/rdsvalet/" + s.Name + "/irsa/" }, want: func(e *env) []roleSpec {
-		arn := e.spec.Access.OIDCProviderARN
-		issuer := arn[strings.Index(arn, ":oidc-provider/")+len(":oidc-provider/"):]
 		prx, dbi := e.get("proxy.resource_id"), e.get("instance.resource_id")
 		var out []roleSpec
 		for _, sa := range e.spec.Access.ServiceAccounts {
-			trust := mustJSON(map[string]any{"Version": "2012-10-17", "Statement": []any{map[string]any{
-				"Effect": "Allow", "Principal": map[string]any{"Federated": arn}, "Action": "sts:AssumeRoleWithWebIdentity",
-				"Condition": map[string]any{"StringEquals": map[string]any{
-					issuer + ":sub": "system:serviceaccount:" + sa.Namespace + ":" + sa.Name,
-					issuer + ":aud": "sts.amazonaws.com"}}}}})
+			trust := appRoleTrust(e.spec, sa)
 			res := []string{}
 			for _, id := range []string{prx, dbi} {
 				if id == Unknown {
@@ -252,5 +246,8 @@ func (h *roleHandler) export(e *env, o *State) {
 	e.out["role."+o.Name+".arn"] = o.ID
 	if h.label == "proxy" {
 		e.out["proxy_role.arn"] = o.ID
+	}
+	if h.label == "sync-targets" {
+		e.out["sync_targets_role.arn"] = o.ID
 	}
 }

@@ -57,8 +57,15 @@ type NetworkSpec struct {
 }
 
 type AccessSpec struct {
+	// Identity is how pods get the IAM role: irsa (default) or pod-identity (identity.go).
+	Identity        string           `yaml:"identity"`
 	OIDCProviderARN string           `yaml:"oidc_provider_arn"`
+	OIDCIssuerURL   string           `yaml:"oidc_issuer_url"` // irsa: create the OIDC provider when missing
+	ClusterName     string           `yaml:"cluster_name"`    // pod-identity: the EKS cluster
 	ServiceAccounts []ServiceAccount `yaml:"service_accounts"`
+	// SyncTargetsPrincipal, when set, gets a role rdsvalet-NAME-sync-targets to run
+	// sync-targets from another account (identity.go).
+	SyncTargetsPrincipal string `yaml:"sync_targets_principal"`
 }
 
 type ServiceAccount struct {
@@ -252,9 +259,7 @@ func (s *Spec) Validate() error {
 		add("network", "set allowed_security_group_ids or allowed_cidrs: nothing could reach the database")
 	}
 	a := s.Access
-	if !oidcRE.MatchString(a.OIDCProviderARN) {
-		add("access.oidc_provider_arn", "must be an IAM OIDC provider ARN (arn:aws:iam::ACCOUNT:oidc-provider/...)")
-	}
+	validateIdentity(add, a)
 	seenSA := map[string]bool{}
 	for i, sa := range a.ServiceAccounts {
 		p := fmt.Sprintf("access.service_accounts[%d]", i)

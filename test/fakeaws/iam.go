@@ -7,6 +7,9 @@ import (
 )
 
 func (st *state) iam(c *reqCtx, action string) (any, *apiError) {
+	if out, aerr, ok := st.iamOIDC(c, action); ok {
+		return out, aerr
+	}
 	name := c.get("RoleName")
 	r := st.roles[name]
 	if r == nil && action != "CreateRole" && action != "ListRoles" {
@@ -90,26 +93,6 @@ func roleX(r *role, name string) X {
 	// Real IAM returns policy documents URL-encoded.
 	return E(name, T("Path", r.path), T("RoleName", r.name), T("RoleId", r.id), T("Arn", r.arn),
 		T("CreateDate", "2026-01-01T00:00:00Z"), T("AssumeRolePolicyDocument", url.QueryEscape(r.trust)), E("Tags", tags...))
-}
-
-func (st *state) sts(c *reqCtx, action string) (any, *apiError) {
-	switch action {
-	case "GetCallerIdentity":
-		return []X{T("UserId", "AIDAFAKE"), T("Account", c.account), T("Arn", "arn:aws:iam::"+c.account+":user/provisioner")}, nil
-	case "AssumeRole":
-		arn := c.get("RoleArn")
-		parts := strings.Split(arn, ":")
-		if len(parts) < 6 {
-			return nil, errf(400, "ValidationError", "invalid role ARN %s", arn)
-		}
-		akid := "ASIA" + strings.ToUpper(st.id("", 16))
-		secret := randHex(20)
-		c.s.creds[akid] = creds{secret: secret, account: parts[4], principal: arn}
-		exp := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
-		return []X{E("Credentials", T("AccessKeyId", akid), T("SecretAccessKey", secret), T("SessionToken", "token-"+randHex(8)), T("Expiration", exp)),
-			E("AssumedRoleUser", T("Arn", arn+"/"+c.get("RoleSessionName")), T("AssumedRoleId", "AROA:"+c.get("RoleSessionName")))}, nil
-	}
-	return nil, errf(400, "InvalidAction", "fakeaws: STS action %s not implemented", action)
 }
 
 func (st *state) secretsAPI(c *reqCtx, action string) (any, *apiError) {

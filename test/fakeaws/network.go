@@ -153,7 +153,7 @@ func allowedCaller(s *endpointService, c *reqCtx) bool {
 		return true
 	}
 	for _, p := range s.principals {
-		if p == "*" || p == "arn:aws:iam::"+c.account+":root" || (c.principal != "" && p == c.principal) {
+		if p == "*" || p == "arn:aws:iam::"+c.account+":root" || (c.caller.roleARN != "" && p == c.caller.roleARN) {
 			return true
 		}
 	}

@@ -2,35 +2,108 @@ package fakeaws
 
 import "testing"
 
-func TestEvalPolicy(t *testing.T) {
-	const user = "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABC/orders_app"
-	allow := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"rds-db:connect","Resource":"` + user + `"}]}`
-	wild := `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"rds-db:*","Resource":["arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABC/*"]}}`
-	deny := `{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"*","Resource":"*"}]}`
-	notRes := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"RDS-DB:Connect","NotResource":"arn:aws:rds-db:*:*:dbuser:*/admin"}]}`
-	cond := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"rds-db:connect","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"}}}]}`
+func TestEvalPolicyIdentityBased(t *testing.T) {
+	allowConnect := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"rds-db:connect",
+		"Resource":["arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABC/orders_app","arn:aws:rds-db:us-east-1:111122223333:dbuser:prx-*/orders_*"]}]}`
+	denyRO := `{"Version":"2012-10-17","Statement":{"Effect":"Deny","Action":"rds-db:*","Resource":"arn:aws:rds-db:*:*:dbuser:*/orders_ro"}}`
+	wildcardAction := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"RDS-DB:Conn?ct","Resource":"*"}]}`
+	notAction := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","NotAction":"iam:*","Resource":"*"}]}`
+	withPrincipal := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*"}]}`
 	for _, tc := range []struct {
 		name     string
 		docs     []string
+		action   string
 		resource string
-		want     bool
+		want     decision
 	}{
-		{"exact allow", []string{allow}, user, true},
-		{"other user", []string{allow}, user + "x", false},
-		{"no policies", nil, user, false},
-		{"action and resource wildcards", []string{wild}, user, true},
-		{"wildcard for another instance", []string{wild}, "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-XYZ/orders_app", false},
-		{"deny wins", []string{allow, deny}, user, false},
-		{"action case-insensitive, NotResource", []string{notRes}, user, true},
-		{"NotResource excludes", []string{notRes}, "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABC/admin", false},
-		{"condition not evaluated", []string{cond}, user, false},
-		{"malformed", []string{"{"}, user, false},
+		{"exact resource", []string{allowConnect}, "rds-db:connect", "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABC/orders_app", allowed},
+		{"other user", []string{allowConnect}, "rds-db:connect", "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABC/orders_ro", implicitDeny},
+		{"other instance", []string{allowConnect}, "rds-db:connect", "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-XYZ/orders_app", implicitDeny},
+		{"resource wildcard", []string{allowConnect}, "rds-db:connect", "arn:aws:rds-db:us-east-1:111122223333:dbuser:prx-123/orders_ro", allowed},
+		{"resources are case-sensitive", []string{allowConnect}, "rds-db:connect", "arn:aws:rds-db:us-east-1:111122223333:dbuser:DB-ABC/orders_app", implicitDeny},
+		{"other action", []string{allowConnect}, "rds:DescribeDBInstances", "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABC/orders_app", implicitDeny},
+		{"explicit deny wins", []string{allowConnect, denyRO}, "rds-db:connect", "arn:aws:rds-db:us-east-1:111122223333:dbuser:prx-123/orders_ro", explicitDeny},
+		{"actions are case-insensitive with ?", []string{wildcardAction}, "rds-db:connect", "x", allowed},
+		{"NotAction", []string{notAction}, "iam:PassRole", "x", implicitDeny},
+		{"NotAction allows the rest", []string{notAction}, "ec2:DescribeVpcs", "x", allowed},
+		{"Principal in an identity policy", []string{withPrincipal}, "ec2:DescribeVpcs", "x", implicitDeny},
+		{"malformed document", []string{`{"Statement":`}, "rds-db:connect", "x", implicitDeny},
+		{"no documents", nil, "rds-db:connect", "x", implicitDeny},
 	} {
-		if got := evalPolicy(tc.docs, "rds-db:connect", tc.resource); got != tc.want {
-			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		if got := evalPolicy(tc.docs, evalRequest{action: tc.action, resource: tc.resource}); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if !wildcardMatch("a?c*", "abcdef") || wildcardMatch("a?c", "ac") {
-		t.Error("wildcardMatch")
+}
+
+func TestEvalPolicyTrust(t *testing.T) {
+	issuer := "oidc.eks.us-east-1.amazonaws.com/id/ABC"
+	prov := "arn:aws:iam::111122223333:oidc-provider/" + issuer
+	irsa := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"` + prov + `"},
+		"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringEquals":{"` + issuer + `:sub":"system:serviceaccount:orders:api","` + issuer + `:aud":"sts.amazonaws.com"}}}]}`
+	like := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"` + prov + `"},
+		"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringLike":{"` + strings2(issuer) + `:SUB":"system:serviceaccount:orders:*"}}}]}`
+	web := func(sub, aud string) evalRequest {
+		return evalRequest{principal: &principal{kind: "Federated", id: prov}, action: "sts:AssumeRoleWithWebIdentity",
+			context: map[string]string{issuer + ":sub": sub, issuer + ":aud": aud}}
+	}
+	cross := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"sts:AssumeRole"}]}`
+	byRole := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["arn:aws:iam::999999999999:role/ci"]},"Action":"sts:AssumeRole"}]}`
+	pods := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"pods.eks.amazonaws.com"},"Action":["sts:AssumeRole","sts:TagSession"]}]}`
+	aws := func(id, account string) evalRequest {
+		return evalRequest{principal: &principal{kind: "AWS", id: id, account: account}, action: "sts:AssumeRole"}
+	}
+	for _, tc := range []struct {
+		name string
+		doc  string
+		req  evalRequest
+		want decision
+	}{
+		{"irsa ok", irsa, web("system:serviceaccount:orders:api", "sts.amazonaws.com"), allowed},
+		{"irsa other sa", irsa, web("system:serviceaccount:orders:other", "sts.amazonaws.com"), implicitDeny},
+		{"irsa wrong aud", irsa, web("system:serviceaccount:orders:api", "other"), implicitDeny},
+		{"irsa other provider", irsa, evalRequest{principal: &principal{kind: "Federated", id: prov + "X"}, action: "sts:AssumeRoleWithWebIdentity",
+			context: map[string]string{issuer + ":sub": "system:serviceaccount:orders:api", issuer + ":aud": "sts.amazonaws.com"}}, implicitDeny},
+		{"irsa other action", irsa, evalRequest{principal: &principal{kind: "Federated", id: prov}, action: "sts:AssumeRole"}, implicitDeny},
+		{"StringLike, keys case-insensitive", like, web("system:serviceaccount:orders:x", ""), allowed},
+		{"StringLike other namespace", like, web("system:serviceaccount:billing:x", ""), implicitDeny},
+		{"account root admits its users", cross, aws("arn:aws:iam::111122223333:user/provisioner", "111122223333"), allowed},
+		{"account root admits its roles", cross, aws("arn:aws:iam::111122223333:role/x", "111122223333"), allowed},
+		{"account root: other account", cross, aws("arn:aws:iam::444455556666:user/p", "444455556666"), implicitDeny},
+		{"role principal", byRole, aws("arn:aws:iam::999999999999:role/ci", "999999999999"), allowed},
+		{"role principal: other role", byRole, aws("arn:aws:iam::999999999999:role/dev", "999999999999"), implicitDeny},
+		{"service principal", pods, evalRequest{principal: &principal{kind: "Service", id: "pods.eks.amazonaws.com"}, action: "sts:TagSession"}, allowed},
+		{"service principal: AWS caller", pods, aws("arn:aws:iam::111122223333:root", "111122223333"), implicitDeny},
+		{"unknown operator fails closed", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"*","Condition":{"DateLessThan":{"aws:CurrentTime":"2099-01-01T00:00:00Z"}}}]}`,
+			aws("x", "1"), implicitDeny},
+	} {
+		if got := evalPolicy([]string{tc.doc}, tc.req); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// strings2 upper-cases the issuer's host so the test shows condition keys match regardless of case.
+func strings2(s string) string {
+	out := []rune(s)
+	for i, r := range out {
+		if r >= 'a' && r <= 'z' {
+			out[i] = r - 32
+		}
+	}
+	return string(out)
+}
+
+func TestWildcard(t *testing.T) {
+	for _, tc := range []struct {
+		p, s string
+		want bool
+	}{
+		{"*", "", true}, {"a*c", "abbbc", true}, {"a*c", "abbb", false}, {"a?c", "abc", true}, {"a?c", "ac", false},
+		{"*orders_*", "dbuser:prx-1/orders_app", true}, {"a*b*c", "aXbYbZc", true}, {"", "x", false},
+	} {
+		if got := wildcard(tc.p, tc.s, true); got != tc.want {
+			t.Errorf("wildcard(%q, %q) = %v", tc.p, tc.s, got)
+		}
 	}
 }

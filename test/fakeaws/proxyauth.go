@@ -55,7 +55,7 @@ func (st *state) proxyAuthenticates(proxyName, dbUser string) error {
 		return fmt.Errorf("db-proxy %q: end-to-end IAM needs IAM database authentication on db-instance %q", proxyName, in.id)
 	}
 	arn := dbUserARN(p, in, dbUser)
-	if !evalPolicy(docs, "rds-db:connect", arn) {
+	if !allows(docs, "rds-db:connect", arn) {
 		return fmt.Errorf("db-proxy %q: its role %s is not allowed rds-db:connect on %s", proxyName, p.roleArn, arn)
 	}
 	return nil
@@ -80,7 +80,7 @@ func (st *state) targetHealth(p *dbProxy, in *dbInstance) (state, reason, desc s
 	if p.defaultAuthScheme == "IAM_AUTH" {
 		ok := false
 		for _, u := range connectUsers(docs) {
-			if in.iamAuth && evalPolicy(docs, "rds-db:connect", dbUserARN(p, in, u)) {
+			if in.iamAuth && allows(docs, "rds-db:connect", dbUserARN(p, in, u)) {
 				ok = true
 			}
 		}
@@ -95,7 +95,7 @@ func (st *state) roleReadsSecret(p *dbProxy, docs []string, sec *secret) error {
 	if sec.deletedDate != 0 {
 		return fmt.Errorf("secret %s is scheduled for deletion", sec.arn)
 	}
-	if !evalPolicy(docs, "secretsmanager:GetSecretValue", sec.arn) {
+	if !allows(docs, "secretsmanager:GetSecretValue", sec.arn) {
 		return fmt.Errorf("role %s is not allowed secretsmanager:GetSecretValue on %s", p.roleArn, sec.arn)
 	}
 	return nil
@@ -137,7 +137,8 @@ func secretUser(s *secret) string {
 func connectUsers(docs []string) []string {
 	var out []string
 	for _, d := range docs {
-		for _, s := range policyStatements(d) {
+		stmts, _ := parsePolicy(d) // a stored policy parsed when IAM took it
+		for _, s := range stmts {
 			for _, r := range s.Resource {
 				if i := strings.LastIndex(r, "/"); i >= 0 && strings.Contains(r, ":dbuser:") {
 					u := strings.NewReplacer("*", "x", "?", "x").Replace(r[i+1:])
@@ -159,4 +160,9 @@ func scheme(p *dbProxy) string {
 		return "NONE"
 	}
 	return p.defaultAuthScheme
+}
+
+// allows says whether identity policies docs allow action on resource.
+func allows(docs []string, action, resource string) bool {
+	return evalPolicy(docs, evalRequest{action: action, resource: resource}) == allowed
 }

@@ -49,9 +49,16 @@ type Call struct {
 	// TagKeys are the tag keys an EC2 CreateTags/DeleteTags call wrote, so a test can tell the
 	// provisioner's apply lease (rdsvalet.io/lease) from a change to the resources.
 	TagKeys []string
+	Caller  string // the access key id that signed it; "" for an unsigned call
 }
 
-type creds struct{ secret, account, principal string }
+// creds are an access key's secret and account; temporary ones (from STS) also carry their
+// session token and the role session they belong to.
+type creds struct {
+	secret, account           string
+	roleARN, roleID, roleName string
+	session, sessionToken     string
+}
 
 // Server is a running fake. All state is behind mu.
 type Server struct {
@@ -164,6 +171,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	service, akid, aerr := s.verifySigV4(r, body)
+	if aerr != nil && isUnsignedSTS(r, body) {
+		// AssumeRoleWithWebIdentity is called without AWS credentials: the token is the proof.
+		service, akid, aerr = "sts", "", nil
+	}
 	if aerr != nil {
 		s.mu.Lock()
 		s.authFails++
@@ -174,7 +185,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	proto, action := "query", ""
 	var form url.Values
 	var jbody map[string]any
+	var rest *restReq
 	switch {
+	case service == "eks":
+		// REST-JSON: the operation is the method and path (eks.go).
+		proto = "rest-json"
+		action, rest = eksRoute(r.Method, r.URL.EscapedPath(), r.URL.Query())
+		if len(body) > 0 {
+			if err := json.Unmarshal(body, &jbody); err != nil {
+				writeErr(w, proto, action, errf(400, "BadRequestException", "bad JSON: %v", err))
+				return
+			}
+		}
 	case service == "secretsmanager" || service == "kms":
 		proto = "json"
 		action = strings.TrimPrefix(strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "secretsmanager."), "TrentService.")
@@ -202,7 +224,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	caller := s.creds[akid]
 	if in := s.takeInject(service, action); in != nil {
-		s.calls = append(s.calls, Call{Service: service, Action: action, Status: in.status, Code: in.code})
+		s.calls = append(s.calls, Call{Service: service, Action: action, Status: in.status, Code: in.code, Caller: akid})
 		s.mu.Unlock()
 		if in.code == "Throttling" && proto == "json" {
 			in.code = "ThrottlingException"
@@ -210,7 +232,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, proto, action, &apiError{status: in.status, code: in.code, msg: in.msg})
 		return
 	}
-	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, principal: caller.principal, region: s.cfg.Region}
+	if den := s.denyByRolePolicy(service, proto, action, caller); den != nil {
+		s.calls = append(s.calls, Call{Service: service, Action: action, Status: den.status, Code: den.code, Caller: akid})
+		s.mu.Unlock()
+		writeErr(w, proto, action, den)
+		return
+	}
+	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region, caller: caller, rest: rest}
 	var out any
 	var aerr2 *apiError
 	switch service {
@@ -228,6 +256,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, aerr2 = s.st.kms(ctx, action)
 	case "sts":
 		out, aerr2 = s.st.sts(ctx, action)
+	case "eks":
+		out, aerr2 = s.st.eksAPI(ctx, action)
 	default:
 		aerr2 = errf(400, "UnknownService", "fakeaws does not speak %q", service)
 	}
@@ -243,7 +273,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			status, code = in.status, in.code
 		}
 	}
-	call := Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && executed}
+	call := Call{Service: service, Action: action, Status: status, Code: code, Mutates: mut && executed, Caller: akid}
 	if service == "ec2" && (action == "CreateTags" || action == "DeleteTags") {
 		for _, t := range ctx.structs("Tag") {
 			call.TagKeys = append(call.TagKeys, t["Key"])
@@ -262,6 +292,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch proto {
 	case "json":
 		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		_ = json.NewEncoder(w).Encode(out)
+	case "rest-json":
+		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
 	case "ec2":
 		w.Header().Set("Content-Type", "text/xml")
@@ -298,7 +331,7 @@ func (s *Server) takeInject(service, action string) *inject {
 
 func writeErr(w http.ResponseWriter, proto, action string, e *apiError) {
 	switch proto {
-	case "json":
+	case "json", "rest-json":
 		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 		w.Header().Set("X-Amzn-ErrorType", e.code)
 		w.WriteHeader(e.status)
@@ -370,6 +403,14 @@ func (s *Server) verifySigV4(r *http.Request, body []byte) (service, akid string
 	if path == "" {
 		path = "/"
 	}
+	// Every service but S3 URI-encodes each path segment twice in the canonical request
+	// ("Create a canonical request for Signature Version 4"); REST paths such as EKS's
+	// /tags/{arn} carry escapes.
+	segs := strings.Split(path, "/")
+	for i, sg := range segs {
+		segs[i] = awsEscape(sg)
+	}
+	path = strings.Join(segs, "/")
 	creq := strings.Join([]string{r.Method, path, strings.Join(qs, "&"), ch.String(), signed, payloadHash}, "\n")
 	scope := date + "/" + region + "/" + service + "/aws4_request"
 	hc := sha256.Sum256([]byte(creq))
@@ -381,6 +422,11 @@ func (s *Server) verifySigV4(r *http.Request, body []byte) (service, akid string
 	want := hex.EncodeToString(hmacSHA(k, sts))
 	if !hmac.Equal([]byte(want), []byte(sig)) {
 		return "", "", errf(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.")
+	}
+	// Temporary credentials are only valid with their session token
+	// (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_temp_use-resources.html).
+	if c.sessionToken != "" && r.Header.Get("X-Amz-Security-Token") != c.sessionToken {
+		return "", "", errf(403, "InvalidClientTokenId", "The security token included in the request is invalid.")
 	}
 	return service, akid, nil
 }

@@ -18,8 +18,8 @@ type reqCtx struct {
 	json    map[string]any
 	account string
 	region  string
-	// principal is the caller's IAM ARN when known (an assumed role's role ARN).
-	principal string
+	caller  creds    // who signed the request (zero for an unsigned STS call)
+	rest    *restReq // path parameters and query of a REST-JSON request (eks.go)
 }
 
 func (c *reqCtx) get(k string) string { return c.form.Get(k) }
@@ -266,6 +266,8 @@ type state struct {
 	kmsKeys     map[string]*kmsKey
 	kmsAliases  map[string]string
 	paramGroups map[string]*paramGroup
+	idn         *identityState // OIDC providers, issuer keys, other accounts' roles (oidc.go)
+	eksSt       *eksState      // EKS clusters and pod identity associations (eks.go)
 }
 
 func newState() *state {

@@ -6,7 +6,7 @@ import (
 	"github.com/rdsvalet/rds-valet/test/fakeaws"
 )
 
-const consumerAccount = "444455556666"
+// consumerAccount is declared in identity_test.go.
 
 // seedExampleSubnets places the subnets docs/examples/orders.yaml names: the provider's in
 // us-east-1a and us-east-1b of our account, the consumer's in the consumer account's AZs with

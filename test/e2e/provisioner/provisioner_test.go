@@ -37,6 +37,9 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if code == 0 {
+		code = checkDocumentedPolicy() // iampolicy_test.go
+	}
 	if binPath != "" {
 		_ = os.RemoveAll(filepath.Dir(binPath))
 	}
@@ -84,10 +87,11 @@ func newHarness(t *testing.T, edit func(string) string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = fake.Close() })
+	t.Cleanup(func() { recordActions(fake); _ = fake.Close() })
 	// The security group the spec allows in (the EKS pods' group) exists beforehand.
 	fake.SeedSecurityGroup("sg-0a1b2c3d4e5f60999", "eks-cluster-pods", "vpc-0a1b2c3d4e5f60718", nil)
 	seedExampleSubnets(fake, consumerAccount)
+	seedIdentity(fake) // the cluster's OIDC provider and the consumer account's role (identity_test.go)
 	h := &harness{t: t, fake: fake, dir: t.TempDir()}
 	h.writeSpec(edit)
 	return h

@@ -212,9 +212,9 @@ func (s *Server) serveMySQL(raw net.Conn) {
 	if n := len(password); n > 0 && password[n-1] == 0 {
 		password = password[:n-1]
 	}
-	if err := s.opts.Verify(string(password), hr.user); err != nil {
+	if reason, err := s.checkLogin(string(password), hr.user); err != nil {
 		log("rdsstandin: mysql login %q refused: %v", hr.user, err)
-		s.failed(ReasonTokenPrefix + Reason(err))
+		s.failed(reason)
 		denied()
 		return
 	}

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +42,8 @@ const (
 	ReasonBackend     = "backend"
 	ReasonClientGone  = "client_gone" // the client hung up mid-login
 	ReasonTokenPrefix = "token_"      // followed by the verifier's reason, e.g. token_expired
+	// ReasonNotAuthorized: the token is good but its identity may not rds-db:connect as the user.
+	ReasonNotAuthorized = "not_authorized"
 )
 
 // Options configure a Server.
@@ -51,6 +55,14 @@ type Options struct {
 	// Verify checks the password a client sent as an IAM token for user. IAMVerifier builds
 	// one from iamtoken options.
 	Verify func(token, user string) error
+	// Authorize, when set, is asked after the token verifies whether the token's access key may
+	// rds-db:connect as arn:aws:rds-db:REGION:ACCOUNT:dbuser:RESOURCE/USER (DBUserResource +
+	// "/" + user), as RDS checks the caller's IAM policy ("Creating and using an IAM policy
+	// for IAM database access"). A refusal fails the login like a bad token does.
+	Authorize func(accessKeyID, dbUserARN string) error
+	// DBUserResource is arn:aws:rds-db:REGION:ACCOUNT:dbuser:RESOURCE_ID (db-... for an
+	// instance, prx-... for a proxy); required with Authorize.
+	DBUserResource string
 	// MySQLSwitchPlugin is the auth plugin MySQL clients are switched to; empty means
 	// mysql_clear_password, as RDS does. Tests set another one to see how a client copes
 	// with a plugin it does not speak.
@@ -104,6 +116,9 @@ func Start(o Options) (*Server, error) {
 func start(o Options) (*Server, error) {
 	if o.Backend == "" || o.TLS == nil || o.Verify == nil {
 		return nil, errors.New("rdsstandin: Backend, TLS and Verify are required")
+	}
+	if o.Authorize != nil && !strings.HasPrefix(o.DBUserResource, "arn:aws:rds-db:") {
+		return nil, errors.New("rdsstandin: Authorize needs DBUserResource (arn:aws:rds-db:REGION:ACCOUNT:dbuser:RESOURCE_ID)")
 	}
 	if o.HandshakeTimeout == 0 {
 		o.HandshakeTimeout = 10 * time.Second
@@ -320,9 +335,9 @@ func (s *Server) login(conn, raw net.Conn, secure bool, sm *pgproto3.StartupMess
 		writeError(conn, "08P01", "invalid password packet")
 		return
 	}
-	if err := s.opts.Verify(pm.Password, user); err != nil {
+	if reason, err := s.checkLogin(pm.Password, user); err != nil {
 		log("rdsstandin: login %s/%s refused: %v", user, db, err)
-		s.failed(ReasonTokenPrefix + Reason(err))
+		s.failed(reason)
 		writeError(conn, "28P01", fmt.Sprintf("PAM authentication failed for user %q", user))
 		return
 	}
@@ -460,6 +475,35 @@ func hostOf(a net.Addr) string {
 		return a.String()
 	}
 	return h
+}
+
+// checkLogin verifies the token for user and then, with Authorize set, the token's identity's
+// rds-db:connect permission; it returns the Stats reason of a refusal.
+func (s *Server) checkLogin(token, user string) (string, error) {
+	if err := s.opts.Verify(token, user); err != nil {
+		return ReasonTokenPrefix + Reason(err), err
+	}
+	if s.opts.Authorize == nil {
+		return "", nil
+	}
+	if err := s.opts.Authorize(tokenAccessKey(token), s.opts.DBUserResource+"/"+user); err != nil {
+		return ReasonNotAuthorized, err
+	}
+	return "", nil
+}
+
+// tokenAccessKey is the access key id in a token's X-Amz-Credential (AKID/DATE/REGION/...).
+func tokenAccessKey(token string) string {
+	i := strings.Index(token, "?")
+	if i < 0 {
+		return ""
+	}
+	q, err := url.ParseQuery(token[i+1:])
+	if err != nil {
+		return ""
+	}
+	akid, _, _ := strings.Cut(q.Get("X-Amz-Credential"), "/")
+	return akid
 }
 
 // IAMVerifier returns a Verify function that checks tokens with iamtoken, expecting the user
