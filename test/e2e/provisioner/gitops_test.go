@@ -432,7 +432,7 @@ func TestInitWritesAStrictlyValidSpecOnce(t *testing.T) {
 	args := []string{"init", "-f", path, "--name", "inventory", "--engine", "mysql", "--region", "us-east-1",
 		"--vpc-id", "vpc-0a1b2c3d4e5f60718", "--subnet-ids", "subnet-0a1b2c3d4e5f60001,subnet-0a1b2c3d4e5f60002",
 		"--allowed-security-group-ids", "sg-0a1b2c3d4e5f60999", "--team", "warehouse", "--owner", "warehouse@example.com",
-		"--oidc-provider-arn", "arn:aws:iam::111122223333:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE" /* seeded by seedIdentity */,
+		"--oidc-provider-arn", "arn:aws:iam::111122223333:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE", /* seeded by seedIdentity */
 		"--service-account", "shop/inventory-api=inventory_app", "--service-account", "shop/reports=inventory_ro"}
 	if r := h.bare(args...); r.code != 0 {
 		t.Fatalf("init: exit %d\n%s", r.code, r.stderr)
