@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,6 +49,8 @@ type options struct {
 	file, output, configOut, configMapOut, configMapName, configMapNS string
 	proxyIPs, logLevel, logFormat                                     string
 	force, dryRun, skipFinalSnapshot, detailedExit                    bool
+	dbEndpoint, dbCAFile                                              string
+	revokeRemovedUsers, skipDBUsers                                   bool
 	poll, maxPoll, waitTimeout, awsMaxBackoff                         time.Duration
 	awsMaxAttempts                                                    int
 }
@@ -122,6 +125,10 @@ func newFlags(o *options, out io.Writer) *pflag.FlagSet {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "destroy: only print what would be deleted")
 	fs.BoolVar(&o.skipFinalSnapshot, "skip-final-snapshot", false, "destroy: delete the instance without a final snapshot")
 	fs.BoolVar(&o.detailedExit, "detailed-exitcode", false, "plan: exit 2 when there are changes")
+	fs.StringVar(&o.dbEndpoint, "db-endpoint", "", "plan/apply: host:port to reach the database at for the db users (default the instance endpoint; e.g. a port-forward)")
+	fs.StringVar(&o.dbCAFile, "db-ca-file", "", "plan/apply: PEM bundle verifying the database's TLS certificate (the RDS CA bundle; default the system pool)")
+	fs.BoolVar(&o.revokeRemovedUsers, "revoke-removed-users", false, "plan/apply: drop db users this provisioner created that the spec no longer names (default: only report them)")
+	fs.BoolVar(&o.skipDBUsers, "skip-db-users", false, "plan/apply: do not log in to the database; db users are neither checked nor created")
 	fs.DurationVar(&o.poll, "poll-interval", 5*time.Second, "first wait between status checks (grows 1.5x)")
 	fs.DurationVar(&o.maxPoll, "max-poll-interval", 30*time.Second, "longest wait between status checks")
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", 60*time.Minute, "longest wait for one resource to become available")
@@ -179,8 +186,12 @@ func execute(ctx context.Context, cmd string, o options, log *zap.Logger, stdout
 	if err != nil {
 		return err
 	}
+	dbu, err := dbUsersConfig(o)
+	if err != nil {
+		return err
+	}
 	p, err := provision.New(provision.Config{Spec: spec, PollInterval: o.poll, MaxPollInterval: o.maxPoll, WaitTimeout: o.waitTimeout,
-		ProxyIPSource: o.proxyIPs, SkipFinalSnapshot: o.skipFinalSnapshot},
+		ProxyIPSource: o.proxyIPs, SkipFinalSnapshot: o.skipFinalSnapshot, DBUsers: dbu},
 		provision.Deps{Clients: cl, Logger: log.With(zap.String("database", spec.Name)), Clock: provision.RealClock(), Resolver: net.DefaultResolver})
 	if err != nil {
 		return err
@@ -295,4 +306,28 @@ func writeOutputs(out *provision.Outputs, o options) error {
 		}
 	}
 	return nil
+}
+
+// dbUsersConfig turns the db-user flags into the provisioner's config (nil: --skip-db-users).
+func dbUsersConfig(o options) (*provision.DBUsersConfig, error) {
+	if o.skipDBUsers {
+		return nil, nil
+	}
+	c := &provision.DBUsersConfig{Endpoint: o.dbEndpoint, RevokeRemoved: o.revokeRemovedUsers}
+	if o.dbEndpoint != "" {
+		if _, _, err := net.SplitHostPort(o.dbEndpoint); err != nil {
+			return nil, fmt.Errorf("--db-endpoint %q: want host:port", o.dbEndpoint)
+		}
+	}
+	if o.dbCAFile != "" {
+		b, err := os.ReadFile(o.dbCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--db-ca-file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--db-ca-file %s: no PEM certificate in it", o.dbCAFile)
+		}
+	}
+	return c, nil
 }

@@ -148,6 +148,8 @@ func Diff(db string, desired, observed *State, immutable []string) (Change, erro
 type Plan struct {
 	Database string   `json:"database"`
 	Changes  []Change `json:"changes"`
+	// Notes are what the plan could not check or leaves alone on purpose (e.g. db users).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Empty reports whether applying the plan would change nothing.
@@ -197,12 +199,15 @@ func (p *Plan) WriteTable(w io.Writer) error {
 	}
 	cr, up, de := p.Counts()
 	fmt.Fprintf(tw, "\nPlan for %s: %d to create, %d to update, %d to delete.\n", p.Database, cr, up, de)
+	for _, n := range p.Notes {
+		fmt.Fprintf(tw, "Note: %s\n", n)
+	}
 	return tw.Flush()
 }
 
 // WriteJSON prints the plan for machines (CI gates on it).
 func (p *Plan) WriteJSON(w io.Writer) error {
-	out := Plan{Database: p.Database, Changes: []Change{}}
+	out := Plan{Database: p.Database, Changes: []Change{}, Notes: p.Notes}
 	for _, c := range p.Changes {
 		if c.Action != ActionNoop {
 			out.Changes = append(out.Changes, c)

@@ -37,6 +37,8 @@ type Config struct {
 	ProxyIPSource string
 	// SkipFinalSnapshot deletes the instance without a final snapshot on destroy.
 	SkipFinalSnapshot bool
+	// DBUsers, when set, has plan and apply log in to the database to create the db users.
+	DBUsers *DBUsersConfig
 }
 
 // Deps are the provisioner's collaborators.
@@ -131,7 +133,10 @@ func (p *Provisioner) newEnv(ctx context.Context) (*env, error) {
 
 // Plan computes the changes apply would make, from observed state.
 func (p *Provisioner) Plan(ctx context.Context) (*Plan, error) {
-	plan, _, err := p.converge(ctx, false, p.handlers())
+	plan, e, err := p.converge(ctx, false, p.handlers())
+	if err == nil {
+		err = p.dbUsersStep(ctx, e, plan, false)
+	}
 	return plan, err
 }
 
@@ -140,6 +145,9 @@ func (p *Provisioner) Plan(ctx context.Context) (*Plan, error) {
 // the last one stopped. It returns the plan it executed and the outputs for the sidecar config.
 func (p *Provisioner) Apply(ctx context.Context) (*Plan, *Outputs, error) {
 	plan, e, err := p.converge(ctx, true, p.handlers())
+	if err == nil {
+		err = p.dbUsersStep(ctx, e, plan, true)
+	}
 	if err != nil {
 		return plan, nil, err
 	}

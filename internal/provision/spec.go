@@ -57,12 +57,16 @@ type NetworkSpec struct {
 type AccessSpec struct {
 	OIDCProviderARN string           `yaml:"oidc_provider_arn"`
 	ServiceAccounts []ServiceAccount `yaml:"service_accounts"`
+	// Database (PostgreSQL) is where the db users' grants are made; empty = postgres.
+	Database string `yaml:"database"`
 }
 
 type ServiceAccount struct {
 	Namespace string `yaml:"namespace"`
 	Name      string `yaml:"name"`
 	DBUser    string `yaml:"db_user"`
+	// Grants in internal/dbusers' grammar: readonly, readwrite, LEVEL on schema NAME.
+	Grants []string `yaml:"grants"`
 }
 
 type PrivateLinkSpec struct {
@@ -273,6 +277,7 @@ func (s *Spec) Validate() error {
 		}
 		seenSA[key] = true
 	}
+	s.validateDBUsers(add)
 	pl := s.PrivateLink
 	if !pl.Enabled && (len(pl.AllowedPrincipals) > 0 || pl.Consumer != nil) {
 		add("privatelink.enabled", "must be true when allowed_principals or consumer are set")
