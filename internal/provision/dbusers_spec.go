@@ -16,6 +16,10 @@ func (s *Spec) validateDBUsers(add func(path, format string, args ...any)) {
 		add("access.database", "only for postgres; on MySQL each grant names its database (readonly on schema NAME)")
 	}
 	for i, sa := range s.Access.ServiceAccounts {
+		// MySQL 8 user names are at most 32 characters (PostgreSQL's 63 is db_user's own rule).
+		if s.Engine.Type == "mysql" && len(sa.DBUser) > 32 {
+			add(fmt.Sprintf("access.service_accounts[%d].db_user", i), "MySQL user names are at most 32 characters (got %d)", len(sa.DBUser))
+		}
 		for j, g := range sa.Grants {
 			if _, err := dbusers.ParseGrant(g, s.Engine.Type); err != nil {
 				add(fmt.Sprintf("access.service_accounts[%d].grants[%d]", i, j), "%v", err)

@@ -40,9 +40,11 @@ func TestDBUserGrantsValidatedWithTheirPath(t *testing.T) {
 func TestMySQLGrantsNameTheirDatabase(t *testing.T) {
 	_, err := specWith(t, func(doc string) string {
 		doc = strings.Replace(doc, "type: postgres", "type: mysql", 1)
+		doc = strings.Replace(doc, "db_user: orders_ro}", "db_user: "+strings.Repeat("r", 33)+"}", 1)
 		return strings.Replace(doc, "db_user: orders_app}", "db_user: orders_app, grants: [readwrite]}", 1)
 	})
-	if err == nil || !strings.Contains(err.Error(), "access.service_accounts[0].grants[0]") || !strings.Contains(err.Error(), "names its database") {
+	if err == nil || !strings.Contains(err.Error(), "access.service_accounts[0].grants[0]") || !strings.Contains(err.Error(), "names its database") ||
+		!strings.Contains(err.Error(), "access.service_accounts[1].db_user: MySQL user names are at most 32") {
 		t.Errorf("got %v", err)
 	}
 }
