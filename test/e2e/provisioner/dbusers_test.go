@@ -72,10 +72,9 @@ func dbUserChanges(cs []change) map[string]change {
 	return m
 }
 
-// TestApplyCreatesDBUsersOnTheRealServer: the fake's instance is a real PostgreSQL (set up as
-// RDS sets one up: a CREATEROLE master with the password from the master secret, and the role
-// rds_iam, which RDS has and a plain server does not, so the test creates it), reached through
-// --db-endpoint over TLS verified for the instance endpoint's name against --db-ca-file.
+// TestApplyCreatesDBUsersOnTheRealServer: the fake's instance is a real PostgreSQL
+// (startRealPG), reached through --db-endpoint over TLS verified for the instance endpoint's
+// name against --db-ca-file.
 func TestApplyCreatesDBUsersOnTheRealServer(t *testing.T) {
 	h := newHarness(t, dbUsersSpec)
 	ctx := context.Background()
@@ -113,51 +112,8 @@ func TestApplyCreatesDBUsersOnTheRealServer(t *testing.T) {
 		t.Errorf("unreachable plan notes: %q", p.Notes)
 	}
 
-	ca, err := pki.NewCA("rds ca stand-in")
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile, err := ca.WriteCAFile(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := pgserver.Start(ctx, pgserver.Options{CA: ca, TLSNames: []string{endpoint}, Logf: t.Logf, Settings: map[string]string{"autovacuum": "off"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
-	super := func(sql string) {
-		t.Helper()
-		if err := srv.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := srv.CreatePasswordRole(ctx, sec.Username, sec.Password, pgserver.SCRAM); err != nil {
-		t.Fatal(err)
-	}
-	super("CREATE ROLE rds_iam; ALTER ROLE " + pgx.Identifier{sec.Username}.Sanitize() + " CREATEROLE")
-	if err := srv.CreateDatabase(ctx, "orders", sec.Username); err != nil {
-		t.Fatal(err)
-	}
-	loginAs := func(user, password string) *pgx.Conn {
-		t.Helper()
-		cfg, err := pgx.ParseConfig(srv.TLSDSN(user, "orders", caFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Password = password
-		c, err := pgx.ConnectConfig(ctx, cfg)
-		if err != nil {
-			t.Fatalf("login as %s: %v", user, err)
-		}
-		t.Cleanup(func() { c.Close(context.Background()) })
-		return c
-	}
-	master := loginAs(sec.Username, sec.Password)
-	if _, err := master.Exec(ctx, "CREATE SCHEMA orders; CREATE TABLE orders.items (id serial PRIMARY KEY, name text)", pgx.QueryExecModeSimpleProtocol); err != nil {
-		t.Fatal(err)
-	}
-	db := []string{"--db-endpoint", srv.Addr(), "--db-ca-file", caFile}
+	rdb := startRealPG(t, endpoint, sec.Username, sec.Password)
+	master, loginAs, db := rdb.master, rdb.loginAs, rdb.args
 
 	p = h.dbPlan(db...)
 	cs := dbUserChanges(p.Changes)
@@ -231,4 +187,94 @@ func TestApplyCreatesDBUsersOnTheRealServer(t *testing.T) {
 	if roleExists() {
 		t.Error("orders_ro still exists after apply --revoke-removed-users")
 	}
+}
+
+// With master_password: rds-managed the password is in the secret RDS manages, found by the
+// instance's MasterUserSecret.SecretArn. The fake keeps that secret without a value; the test
+// puts there what RDS would ({"username","password"}).
+func TestApplyCreatesDBUsersWithTheRDSManagedSecret(t *testing.T) {
+	h := newHarness(t, func(doc string) string {
+		return strings.Replace(dbUsersSpec(doc), "master_password: secret", "master_password: rds-managed", 1)
+	})
+	h.apply()
+	endpoint, ok := h.fake.InstanceEndpoint("orders")
+	if !ok {
+		t.Fatal("no instance")
+	}
+	const pw = "Rds-Managed-Pw-1"
+	if !h.fake.SetSecretValue("rds!orders", `{"username":"orders_admin","password":"`+pw+`"}`) {
+		t.Fatalf("no RDS-managed secret; secrets %v", h.fake.Secrets())
+	}
+	rdb := startRealPG(t, endpoint, "orders_admin", pw)
+	h.runDB(append([]string{"apply"}, rdb.args...)...)
+	var ok2 bool
+	if err := rdb.master.QueryRow(context.Background(), "SELECT pg_has_role('orders_app', 'rds_iam', 'MEMBER')").Scan(&ok2); err != nil || !ok2 {
+		t.Errorf("orders_app in rds_iam: %v %v", ok2, err)
+	}
+	for n, c := range dbUserChanges(h.dbPlan(rdb.args...).Changes) {
+		if c.Action != "no-op" {
+			t.Errorf("plan after apply: %s %s", n, c.Action)
+		}
+	}
+}
+
+// realPG is a real PostgreSQL playing the fake's instance.
+type realPG struct {
+	master  *pgx.Conn
+	loginAs func(user, password string) *pgx.Conn
+	args    []string // --db-endpoint and --db-ca-file for the binary
+}
+
+// startRealPG starts PostgreSQL with a certificate for the fake instance's endpoint, set up as
+// RDS sets one up: the master user (a CREATEROLE role, not a superuser) with the password from
+// the master secret, the database orders it owns with schema orders and a table, and the role
+// rds_iam, which RDS has and a plain server does not (so the test creates it).
+func startRealPG(t *testing.T, endpoint, masterUser, masterPassword string) *realPG {
+	t.Helper()
+	ctx := context.Background()
+	ca, err := pki.NewCA("rds ca stand-in")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, err := ca.WriteCAFile(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := pgserver.Start(ctx, pgserver.Options{CA: ca, TLSNames: []string{endpoint}, Logf: t.Logf, Settings: map[string]string{"autovacuum": "off"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	super := func(sql string) {
+		t.Helper()
+		if err := srv.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := srv.CreatePasswordRole(ctx, masterUser, masterPassword, pgserver.SCRAM); err != nil {
+		t.Fatal(err)
+	}
+	super("CREATE ROLE rds_iam; ALTER ROLE " + pgx.Identifier{masterUser}.Sanitize() + " CREATEROLE")
+	if err := srv.CreateDatabase(ctx, "orders", masterUser); err != nil {
+		t.Fatal(err)
+	}
+	loginAs := func(user, password string) *pgx.Conn {
+		t.Helper()
+		cfg, err := pgx.ParseConfig(srv.TLSDSN(user, "orders", caFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Password = password
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("login as %s: %v", user, err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) })
+		return c
+	}
+	master := loginAs(masterUser, masterPassword)
+	if _, err := master.Exec(ctx, "CREATE SCHEMA orders; CREATE TABLE orders.items (id serial PRIMARY KEY, name text)", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	return &realPG{master: master, loginAs: loginAs, args: []string{"--db-endpoint", srv.Addr(), "--db-ca-file", caFile}}
 }
