@@ -72,8 +72,12 @@ func newProvisioner(ctx context.Context, spec *provision.Spec, o options, log *z
 	if err != nil {
 		return nil, err
 	}
+	dbu, err := dbUsersConfig(o)
+	if err != nil {
+		return nil, err
+	}
 	return provision.New(provision.Config{Spec: spec, PollInterval: o.poll, MaxPollInterval: o.maxPoll, WaitTimeout: o.waitTimeout,
-		ProxyIPSource: o.proxyIPs, SkipFinalSnapshot: o.skipFinalSnapshot, LeaseHolder: leaseHolder(o), LeaseTTL: o.leaseTTL},
+		ProxyIPSource: o.proxyIPs, SkipFinalSnapshot: o.skipFinalSnapshot, LeaseHolder: leaseHolder(o), LeaseTTL: o.leaseTTL, DBUsers: dbu},
 		provision.Deps{Clients: cl, Logger: log.With(zap.String("database", spec.Name)), Clock: provision.RealClock(), Resolver: net.DefaultResolver})
 }
 

@@ -4,10 +4,12 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -77,6 +79,8 @@ type options struct {
 	planFile                                                    string // apply FILE
 	newDB                                                       initFlags
 	assumeRoleARN                                               string
+	dbEndpoint, dbCAFile                                        string
+	revokeRemovedUsers, skipDBUsers                             bool
 }
 
 // file is the one spec the per-database commands work on.
@@ -237,6 +241,10 @@ func newFlags(o *options, out io.Writer) *pflag.FlagSet {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "destroy: only print what would be deleted")
 	fs.BoolVar(&o.skipFinalSnapshot, "skip-final-snapshot", false, "destroy: delete the instance without a final snapshot")
 	fs.BoolVar(&o.detailedExit, "detailed-exitcode", false, "plan: exit 2 when there are changes")
+	fs.StringVar(&o.dbEndpoint, "db-endpoint", "", "plan/apply: host:port to reach the database at for the db users (default the instance endpoint; e.g. a port-forward)")
+	fs.StringVar(&o.dbCAFile, "db-ca-file", "", "plan/apply: PEM bundle verifying the database's TLS certificate (the RDS CA bundle; default the system pool)")
+	fs.BoolVar(&o.revokeRemovedUsers, "revoke-removed-users", false, "plan/apply: drop db users this provisioner created that the spec no longer names (default: only report them)")
+	fs.BoolVar(&o.skipDBUsers, "skip-db-users", false, "plan/apply: do not log in to the database; db users are neither checked nor created")
 	fs.DurationVar(&o.poll, "poll-interval", 5*time.Second, "first wait between status checks (grows 1.5x)")
 	fs.DurationVar(&o.maxPoll, "max-poll-interval", 30*time.Second, "longest wait between status checks")
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", 60*time.Minute, "longest wait for one resource to become available")
@@ -356,4 +364,28 @@ func writeOutputs(out *provision.Outputs, o options) error {
 		}
 	}
 	return nil
+}
+
+// dbUsersConfig turns the db-user flags into the provisioner's config (nil: --skip-db-users).
+func dbUsersConfig(o options) (*provision.DBUsersConfig, error) {
+	if o.skipDBUsers {
+		return nil, nil
+	}
+	c := &provision.DBUsersConfig{Endpoint: o.dbEndpoint, RevokeRemoved: o.revokeRemovedUsers}
+	if o.dbEndpoint != "" {
+		if _, _, err := net.SplitHostPort(o.dbEndpoint); err != nil {
+			return nil, fmt.Errorf("--db-endpoint %q: want host:port", o.dbEndpoint)
+		}
+	}
+	if o.dbCAFile != "" {
+		b, err := os.ReadFile(o.dbCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--db-ca-file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--db-ca-file %s: no PEM certificate in it", o.dbCAFile)
+		}
+	}
+	return c, nil
 }

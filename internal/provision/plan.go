@@ -151,6 +151,8 @@ type Plan struct {
 	// observed is every resource the run read, in the order it read them: what a plan file
 	// fingerprints (planfile.go).
 	observed []*State
+	// Notes are what the plan could not check or leaves alone on purpose (e.g. db users).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Observed returns every resource the run read (ours or not), in the order it read them.
@@ -213,6 +215,9 @@ func (p *Plan) WriteTable(w io.Writer) error {
 	}
 	cr, up, de := p.Counts()
 	fmt.Fprintf(tw, "\nPlan for %s: %d to create, %d to update, %d to delete.\n", p.Database, cr, up, de)
+	for _, n := range p.Notes {
+		fmt.Fprintf(tw, "Note: %s\n", n)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -229,7 +234,7 @@ func (p *Plan) WriteTable(w io.Writer) error {
 
 // WriteJSON prints the plan for machines (CI gates on it).
 func (p *Plan) WriteJSON(w io.Writer) error {
-	out := Plan{Database: p.Database, Changes: []Change{}}
+	out := Plan{Database: p.Database, Changes: []Change{}, Notes: p.Notes}
 	for _, c := range p.Changes {
 		if c.Action != ActionNoop {
 			out.Changes = append(out.Changes, c)

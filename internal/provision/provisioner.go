@@ -41,6 +41,8 @@ type Config struct {
 	LeaseHolder string
 	// LeaseTTL is how long a lease lasts unless renewed (every third of it).
 	LeaseTTL time.Duration
+	// DBUsers, when set, has plan and apply log in to the database to create the db users.
+	DBUsers *DBUsersConfig
 }
 
 // Deps are the provisioner's collaborators.
@@ -142,7 +144,10 @@ func (p *Provisioner) newEnv(ctx context.Context) (*env, error) {
 
 // Plan computes the changes apply would make, from observed state.
 func (p *Provisioner) Plan(ctx context.Context) (*Plan, error) {
-	plan, _, err := p.converge(ctx, false, p.handlers())
+	plan, e, err := p.converge(ctx, false, p.handlers())
+	if err == nil {
+		err = p.dbUsersStep(ctx, e, plan, false)
+	}
 	return plan, err
 }
 
@@ -161,6 +166,9 @@ func (p *Provisioner) Apply(ctx context.Context) (plan *Plan, out *Outputs, err 
 	}
 	defer func() { l.markCreated(plan); err = l.release(err) }()
 	plan, e, err := p.converge(ctx, true, p.handlers())
+	if err == nil {
+		err = p.dbUsersStep(ctx, e, plan, true)
+	}
 	if err != nil {
 		return plan, nil, err
 	}

@@ -66,12 +66,16 @@ type AccessSpec struct {
 	// SyncTargetsPrincipal, when set, gets a role rdsvalet-NAME-sync-targets to run
 	// sync-targets from another account (identity.go).
 	SyncTargetsPrincipal string `yaml:"sync_targets_principal"`
+	// Database (PostgreSQL) is where the db users' grants are made; empty = postgres.
+	Database string `yaml:"database"`
 }
 
 type ServiceAccount struct {
 	Namespace string `yaml:"namespace"`
 	Name      string `yaml:"name"`
 	DBUser    string `yaml:"db_user"`
+	// Grants in internal/dbusers' grammar: readonly, readwrite, LEVEL on schema NAME.
+	Grants []string `yaml:"grants"`
 }
 
 type PrivateLinkSpec struct {
@@ -281,6 +285,7 @@ func (s *Spec) Validate() error {
 		}
 		seenSA[key] = true
 	}
+	s.validateDBUsers(add)
 	pl := s.PrivateLink
 	// Principal ARNs take no path: EC2 refuses them (API_ModifyVpcEndpointServicePermissions).
 	// A consumer section with enabled: false says where our consumer endpoint is, so turning

@@ -424,7 +424,7 @@ func TestTemplate(t *testing.T) {
 				job := find[*batchv1.Job](t, objs, "Job", "")
 				checkPodSpec(t, "provisioner job", job.Spec.Template.Spec)
 				jc := job.Spec.Template.Spec.Containers[0]
-				if !slices.Equal(jc.Args, []string{"apply", "-f", "/etc/rds-valet/spec/database.yaml", "--configmap-namespace=shop"}) ||
+				if !slices.Equal(jc.Args, []string{"apply", "-f", "/etc/rds-valet/spec/database.yaml", "--db-ca-file", "/etc/rds-valet/db-ca/ca.pem", "--configmap-namespace=shop"}) ||
 					jc.Command[0] != "/usr/local/bin/provisioner" || job.Spec.Template.Spec.ServiceAccountName != sa.Name {
 					t.Errorf("provisioner job: command %v args %v sa %s", jc.Command, jc.Args, job.Spec.Template.Spec.ServiceAccountName)
 				}
@@ -437,9 +437,16 @@ func TestTemplate(t *testing.T) {
 				if cron.Spec.Schedule != "*/2 * * * *" || cs.Containers[0].Args[0] != "sync-targets" || cs.ServiceAccountName != sa.Name {
 					t.Errorf("cronjob schedule %q args %v sa %s", cron.Spec.Schedule, cs.Containers[0].Args, cs.ServiceAccountName)
 				}
-				cm := find[*corev1.ConfigMap](t, objs, "ConfigMap", "")
+				cm := find[*corev1.ConfigMap](t, objs, "ConfigMap", release+"-rds-valet-provisioner-spec")
 				if !strings.Contains(cm.Data["database.yaml"], "engine: postgres") || job.Spec.Template.Spec.Volumes[1].ConfigMap.Name != cm.Name {
 					t.Errorf("spec ConfigMap %v not mounted by the job", cm.Data)
+				}
+				// The RDS CA bundle for the db-user login, mounted where --db-ca-file points.
+				ca := find[*corev1.ConfigMap](t, objs, "ConfigMap", release+"-rds-valet-provisioner-db-ca")
+				vols, mounts := job.Spec.Template.Spec.Volumes, jc.VolumeMounts
+				if !strings.HasPrefix(ca.Data["ca.pem"], "-----BEGIN CERTIFICATE-----") || len(vols) != 3 || vols[2].ConfigMap == nil ||
+					vols[2].ConfigMap.Name != ca.Name || len(mounts) != 3 || mounts[2].Name != vols[2].Name || mounts[2].MountPath != "/etc/rds-valet/db-ca" {
+					t.Errorf("db CA ConfigMap %v: volumes %+v mounts %+v", ca.Data, vols, mounts)
 				}
 				var roleNS []string
 				for _, o := range objs {
@@ -490,6 +497,9 @@ func TestTemplate(t *testing.T) {
 					}
 				}
 				job := find[*batchv1.Job](t, objs, "Job", "")
+				if !slices.Contains(job.Spec.Template.Spec.Containers[0].Args, "--skip-db-users") {
+					t.Errorf("dbUsers.enabled=false: job args %v", job.Spec.Template.Spec.Containers[0].Args)
+				}
 				if job.Spec.Template.Spec.ServiceAccountName != "existing-provisioner" || job.Spec.Template.Spec.Volumes[1].ConfigMap.Name != "orders-spec" {
 					t.Errorf("job sa %s spec %s", job.Spec.Template.Spec.ServiceAccountName, job.Spec.Template.Spec.Volumes[1].ConfigMap.Name)
 				}
@@ -553,6 +563,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"malformed role ARN", []string{"provisioner.serviceAccount.roleArn=role/p"}, "/provisioner/serviceAccount/roleArn"},
 		{"bad duration", []string{"sidecar.waitTimeout=soon"}, "/sidecar/waitTimeout"},
 		{"bad kubernetes version", []string{"kubernetesVersion=latest"}, "/kubernetesVersion"},
+		{"db CA bundle that is not PEM", []string{"provisioner.dbUsers.caBundle=/etc/ssl/rds.pem"}, "/provisioner/dbUsers/caBundle"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -117,7 +117,9 @@ func (h *harness) command(args ...string) *exec.Cmd {
 	full := append([]string{args[0], "-f", h.spec, "--poll-interval", "2ms", "--max-poll-interval", "10ms",
 		"--aws-max-backoff", "20ms", "--wait-timeout", "20s", "--log-format", "json", "--skip-final-snapshot",
 		// One holder for every run of a test: a run resuming after a killed one takes its lease.
-		"--lease-holder", "e2e"}, args[1:]...)
+		"--lease-holder", "e2e",
+		// The db users need a real database behind the fake's instance: dbusers_test.go.
+		"--skip-db-users"}, args[1:]...)
 	cmd := exec.Command(binary(h.t), full...)
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + h.dir,

@@ -53,6 +53,8 @@ type Options struct {
 	Dir string
 	// CA, when set, turns TLS on with a certificate for localhost and 127.0.0.1.
 	CA *pki.CA
+	// TLSNames are more DNS names for that certificate (e.g. an RDS endpoint the server plays).
+	TLSNames []string
 	// Logf receives the server's log lines and the harness's own notes.
 	Logf func(format string, args ...any)
 	// BinDir holds initdb and postgres; empty means $PG_BINDIR or the highest
@@ -142,7 +144,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		"wal_level":               "minimal",
 	}
 	if o.CA != nil {
-		if err := s.writeTLS(o.CA, cred, settings); err != nil {
+		if err := s.writeTLS(o.CA, o.TLSNames, cred, settings); err != nil {
 			return fail(err)
 		}
 	}
@@ -207,8 +209,8 @@ func (s *Server) startPostgres(ctx context.Context, bin, base string, cred *sysc
 	return nil
 }
 
-func (s *Server) writeTLS(ca *pki.CA, cred *syscall.Credential, settings map[string]string) error {
-	leaf, err := ca.Issue([]string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+func (s *Server) writeTLS(ca *pki.CA, names []string, cred *syscall.Credential, settings map[string]string) error {
+	leaf, err := ca.Issue(append([]string{"localhost"}, names...), []net.IP{net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return err
 	}

@@ -100,6 +100,12 @@ containers:
       - {{ .command }}
       - -f
       - /etc/rds-valet/spec/database.yaml
+      {{- if not $p.dbUsers.enabled }}
+      - --skip-db-users
+      {{- else if $p.dbUsers.caBundle }}
+      - --db-ca-file
+      - /etc/rds-valet/db-ca/ca.pem
+      {{- end }}
       {{- range $p.extraArgs }}
       - {{ . | quote }}
       {{- end }}
@@ -118,6 +124,11 @@ containers:
       # Writable scratch for --config-out / --configmap-out; the root filesystem is read-only.
       - name: out
         mountPath: /var/run/rds-valet
+      {{- if and $p.dbUsers.enabled $p.dbUsers.caBundle }}
+      - name: db-ca
+        mountPath: /etc/rds-valet/db-ca
+        readOnly: true
+      {{- end }}
 volumes:
   - name: out
     emptyDir:
@@ -128,4 +139,9 @@ volumes:
       items:
         - key: database.yaml
           path: database.yaml
+  {{- if and $p.dbUsers.enabled $p.dbUsers.caBundle }}
+  - name: db-ca
+    configMap:
+      name: {{ include "rds-valet.provisioner.name" .root }}-db-ca
+  {{- end }}
 {{- end -}}
