@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -222,7 +223,8 @@ func TestApplyCreatesDBUsersWithTheRDSManagedSecret(t *testing.T) {
 type realPG struct {
 	master  *pgx.Conn
 	loginAs func(user, password string) *pgx.Conn
-	args    []string // --db-endpoint and --db-ca-file for the binary
+	args    []string   // --db-endpoint and --db-ca-file for the binary
+	mu      sync.Mutex // master is one connection; the stand-in asks from its goroutines
 }
 
 // startRealPG starts PostgreSQL with a certificate for the fake instance's endpoint, set up as

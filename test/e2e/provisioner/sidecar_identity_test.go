@@ -63,6 +63,13 @@ type runningSidecar struct {
 // written). The pod's IRSA environment is tokenFile and roleARN.
 func startProvisionedSidecar(t *testing.T, w *identityWorld, tokenFile, roleARN string) *runningSidecar {
 	t.Helper()
+	return startProvisionedSidecarOn(t, w, "rds-proxy", tokenFile, roleARN)
+}
+
+// startProvisionedSidecarOn is startProvisionedSidecar keeping only the path called pathName
+// (rds-proxy, privatelink or instance), pointed at the stand-in.
+func startProvisionedSidecarOn(t *testing.T, w *identityWorld, pathName, tokenFile, roleARN string) *runningSidecar {
+	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(w.h.dir, "sidecar.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -79,17 +86,17 @@ func startProvisionedSidecar(t *testing.T, w *identityWorld, tokenFile, roleARN 
 	var paths []any
 	for _, p := range l["paths"].([]any) {
 		pm := p.(map[string]any)
-		if pm["name"] != "rds-proxy" {
+		if pm["name"] != pathName {
 			continue
 		}
 		if pm["tls_server_name"] != w.proxyHost || pm["token_host"] != w.tokenHost {
-			t.Fatalf("provisioned rds-proxy path %v: want tls_server_name %s, token_host %s", pm, w.proxyHost, w.tokenHost)
+			t.Fatalf("provisioned %s path %v: want tls_server_name %s, token_host %s", pathName, pm, w.proxyHost, w.tokenHost)
 		}
 		pm["address"] = w.standin.Addr()
 		paths = append(paths, pm)
 	}
 	if len(paths) != 1 {
-		t.Fatalf("no rds-proxy path in the provisioned config:\n%s", raw)
+		t.Fatalf("no %s path in the provisioned config:\n%s", pathName, raw)
 	}
 	l["paths"] = paths
 	out, _ := yaml.Marshal(cfg)
