@@ -33,15 +33,7 @@ func (h *harness) runDB(args ...string) result {
 		}
 	}
 	cmd.Args = kept
-	var so, se strings.Builder
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{stdout: so.String(), stderr: se.String()}
-	if ee, ok := err.(interface{ ExitCode() int }); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		h.t.Fatal(err)
-	}
+	r := h.exec(cmd)
 	if r.code != 0 {
 		h.t.Fatalf("%v: exit %d\nstdout:\n%s\nstderr:\n%s", args, r.code, r.stdout, tail(r.stderr, 4000))
 	}
@@ -92,14 +84,7 @@ func TestApplyCreatesDBUsersOnTheRealServer(t *testing.T) {
 	if !ok {
 		t.Fatal("no instance")
 	}
-	val, ok := h.fake.SecretValue("rdsvalet/orders/master")
-	if !ok {
-		t.Fatal("no master secret")
-	}
-	var sec struct{ Username, Password string }
-	if err := json.Unmarshal([]byte(val), &sec); err != nil || sec.Password == "" {
-		t.Fatalf("master secret: %v", err)
-	}
+	sec := masterSecret(t, h)
 
 	// Unreachable: the plan says so and does not fail.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -279,4 +264,18 @@ func startRealPG(t *testing.T, endpoint, masterUser, masterPassword string) *rea
 		t.Fatal(err)
 	}
 	return &realPG{master: master, loginAs: loginAs, args: []string{"--db-endpoint", srv.Addr(), "--db-ca-file", caFile}}
+}
+
+// masterSecret is the username and password apply put in the master secret.
+func masterSecret(t *testing.T, h *harness) struct{ Username, Password string } {
+	t.Helper()
+	val, ok := h.fake.SecretValue("rdsvalet/orders/master")
+	if !ok {
+		t.Fatal("no master secret")
+	}
+	var sec struct{ Username, Password string }
+	if err := json.Unmarshal([]byte(val), &sec); err != nil || sec.Password == "" {
+		t.Fatalf("master secret: %v", err)
+	}
+	return sec
 }

@@ -28,16 +28,7 @@ func (h *harness) bare(args ...string) result {
 	h.t.Helper()
 	cmd := h.command("plan")
 	cmd.Args = append([]string{cmd.Args[0]}, args...)
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		h.t.Fatal(err)
-	}
-	return result{code, so.String(), se.String()}
+	return h.exec(cmd)
 }
 
 // started is a provisioner run in the background.

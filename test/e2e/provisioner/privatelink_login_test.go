@@ -2,7 +2,6 @@ package provisioner_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -48,14 +47,7 @@ func TestAppLogsInOnThePrivateLinkPathAsTheProvisionedUser(t *testing.T) {
 	if !ok {
 		t.Fatal("no instance")
 	}
-	val, ok := h.fake.SecretValue("rdsvalet/orders/master")
-	if !ok {
-		t.Fatal("no master secret")
-	}
-	var sec struct{ Username, Password string }
-	if err := json.Unmarshal([]byte(val), &sec); err != nil || sec.Password == "" {
-		t.Fatalf("master secret: %v", err)
-	}
+	sec := masterSecret(t, h)
 	rdb := startRealPG(t, endpoint, sec.Username, sec.Password)
 
 	role, ok := h.fake.Role("rdsvalet-orders-orders-orders-api")

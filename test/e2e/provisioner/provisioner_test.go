@@ -137,7 +137,12 @@ type result struct {
 
 func (h *harness) run(args ...string) result {
 	h.t.Helper()
-	cmd := h.command(args...)
+	return h.exec(h.command(args...))
+}
+
+// exec runs cmd and collects its exit code and output.
+func (h *harness) exec(cmd *exec.Cmd) result {
+	h.t.Helper()
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err := cmd.Run()
