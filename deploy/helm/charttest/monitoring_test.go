@@ -46,17 +46,17 @@ func TestMonitoringOffByDefault(t *testing.T) {
 	}
 }
 
-// TestMonitoringOn renders both with labels and namespaces set: the rule is rendered without
+// TestMonitoringOn lints and renders both with labels and namespaces set
+// (testdata/monitoring-values.yaml): the rule is rendered without
 // the cluster announcing the CRD (a plain manifest behind the value), every alert has a
 // severity, a summary, a description and a runbook anchor in docs/operations.md; the dashboard
 // is labelled for Grafana's sidecar and holds valid JSON whose panels all have queries.
 func TestMonitoringOn(t *testing.T) {
 	h := newHelm(t)
-	out, err := h.run("template", release, h.chart, "--namespace", namespace, "--kube-version", "1.30.0",
-		"--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.prometheusRule.labels.release=prometheus",
-		"--set", "monitoring.prometheusRule.namespace=monitoring",
-		"--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.dashboard.labels.team=db",
-		"--set", "monitoring.dashboard.annotations.grafana_folder=Databases", "--set", "monitoring.dashboard.namespace=grafana")
+	if out, err := h.run("lint", "--strict", h.chart, "--namespace", namespace, "-f", testdata("monitoring-values.yaml")); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	out, err := h.run("template", release, h.chart, "--namespace", namespace, "--kube-version", "1.30.0", "-f", testdata("monitoring-values.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
