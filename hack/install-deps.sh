@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine: database servers and
 # clients from Debian's packages, and prometheus for promtool (the chart's alert rules are
-# checked and unit-tested with it: test/e2e/alerts_test.go). Idempotent and quiet when everything is already there.
+# checked and unit-tested with it: test/e2e/alerts_test.go). Idempotent and quiet when
+# everything is already there.
 set -euo pipefail
 
 need=()
