@@ -110,6 +110,7 @@ func crdRequired() map[string][]string {
 	return map[string][]string{
 		"monitoring.coreos.com/v1/PodMonitor":     {"metadata.name", "spec.selector", "spec.podMetricsEndpoints"},
 		"monitoring.coreos.com/v1/ServiceMonitor": {"metadata.name", "spec.selector", "spec.endpoints"},
+		"monitoring.coreos.com/v1/PrometheusRule": {"metadata.name", "spec.groups"},
 		"cert-manager.io/v1/Certificate":          {"metadata.name", "spec.secretName", "spec.issuerRef.name", "spec.dnsNames"},
 		"cert-manager.io/v1/Issuer":               {"metadata.name", "spec"},
 	}
@@ -365,7 +366,7 @@ func TestTemplate(t *testing.T) {
 				if len(sec.Data["tls.key"]) == 0 {
 					t.Error("tls.key empty")
 				}
-				for _, k := range []string{"Job", "CronJob", "PodMonitor", "ServiceMonitor", "Certificate", "Issuer", "Role"} {
+				for _, k := range []string{"Job", "CronJob", "PodMonitor", "ServiceMonitor", "Certificate", "Issuer", "Role", "PrometheusRule"} {
 					if n := count(objs, k); n != 0 {
 						t.Errorf("%d %s rendered by default", n, k)
 					}
