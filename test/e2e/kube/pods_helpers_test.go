@@ -22,7 +22,9 @@ type webhookSetup struct {
 	c         *kube.Cluster
 	namespace string
 	injector  *injector
-	config    admissionregistrationv1.MutatingWebhookConfiguration
+	// What the chart renders for this case.
+	deployment appsv1.Deployment
+	config     admissionregistrationv1.MutatingWebhookConfiguration
 }
 
 // caseLabel routes a namespace to exactly one case's webhook, so that the cases' webhooks,
@@ -35,11 +37,20 @@ const caseLabel = "rdsvalet.io/injection"
 // injector and its CA as caBundle. It returns once the API server calls the webhook.
 func setupWebhook(t *testing.T, name string, values map[string]any) *webhookSetup {
 	t.Helper()
-	c := theCluster(t)
-	ctx := context.Background()
-	s := &webhookSetup{c: c, namespace: name}
-	createNamespace(t, c, name, map[string]string{caseLabel: name})
+	s := newWebhookSetup(t, name, values)
+	s.injector = startInjector(t, s.deployment.Spec.Template.Spec.Containers[0].Args)
+	s.register(t, s.injector.url(), s.injector.ca.CertPEM())
+	s.waitUntil(t, "an opted-in pod comes back injected", func(p *corev1.Pod, err error) bool {
+		return err == nil && p.Annotations[inject.AnnotationStatus] == inject.StatusInjected
+	})
+	return s
+}
 
+// newWebhookSetup creates the case's namespace and renders the chart for it.
+func newWebhookSetup(t *testing.T, name string, values map[string]any) *webhookSetup {
+	t.Helper()
+	s := &webhookSetup{c: theCluster(t), namespace: name}
+	createNamespace(t, s.c, name, map[string]string{caseLabel: name})
 	if values == nil {
 		values = map[string]any{}
 	}
@@ -56,33 +67,34 @@ func setupWebhook(t *testing.T, name string, values map[string]any) *webhookSetu
 		t.Fatal(err)
 	}
 	objs := splitObjects(t, out)
-	var dep appsv1.Deployment
-	only(t, objs, "Deployment", &dep)
+	only(t, objs, "Deployment", &s.deployment)
 	only(t, objs, "MutatingWebhookConfiguration", &s.config)
 	if len(s.config.Webhooks) != 1 || s.config.Webhooks[0].ClientConfig.Service == nil {
 		t.Fatalf("the chart's webhook configuration is not one Service-referenced webhook: %+v", s.config.Webhooks)
 	}
-	s.injector = startInjector(t, dep.Spec.Template.Spec.Containers[0].Args)
-
-	// A Service reference would make the API server dial a ClusterIP; point it at the injector.
-	url := s.injector.url()
-	s.config.Webhooks[0].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: s.injector.ca.CertPEM()}
-	const path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
-	if err := c.Do(ctx, http.MethodPost, path, &s.config, &s.config); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Do(context.Background(), http.MethodDelete, path+"/"+s.config.Name, nil, nil); err != nil {
-			t.Errorf("deleting the webhook configuration: %v", err)
-		}
-	})
-	s.waitActive(t)
 	return s
 }
 
-// waitActive polls with dry-run creates of an opted-in pod until the API server has picked the
-// new configuration up (it does so asynchronously) and the pod comes back injected.
-func (s *webhookSetup) waitActive(t *testing.T) {
+// register creates the rendered webhook configuration with clientConfig.url instead of the
+// chart's Service reference (which would make the API server dial a ClusterIP) and caBundle,
+// and deletes it when the test ends.
+func (s *webhookSetup) register(t *testing.T, url string, caBundle []byte) {
+	t.Helper()
+	s.config.Webhooks[0].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caBundle}
+	const path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+	if err := s.c.Do(context.Background(), http.MethodPost, path, &s.config, &s.config); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.c.Do(context.Background(), http.MethodDelete, path+"/"+s.config.Name, nil, nil); err != nil {
+			t.Errorf("deleting the webhook configuration: %v", err)
+		}
+	})
+}
+
+// waitUntil polls with dry-run creates of an opted-in pod until ok holds for the answer: the API
+// server picks a new webhook configuration up asynchronously, and dry runs store nothing.
+func (s *webhookSetup) waitUntil(t *testing.T, what string, ok func(*corev1.Pod, error) bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -92,11 +104,11 @@ func (s *webhookSetup) waitActive(t *testing.T) {
 		var got corev1.Pod
 		last = s.c.Do(context.Background(), http.MethodPost, "/api/v1/namespaces/"+s.namespace+"/pods?dryRun=All",
 			appPod("probe", optedIn()), &got)
-		if last == nil && got.Annotations[inject.AnnotationStatus] == inject.StatusInjected {
+		if ok(&got, last) {
 			return
 		}
 	}
-	t.Fatalf("the API server did not call the webhook within 30s (last: %v)", last)
+	t.Fatalf("within 30s, never: %s (last error: %v)", what, last)
 }
 
 // create creates pod in the case's namespace through the API server; on success it returns
