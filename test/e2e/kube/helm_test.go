@@ -217,4 +217,3 @@ func (j *jobCompleter) completed() []string {
 	defer j.mu.Unlock()
 	return append([]string(nil), j.names...)
 }
-

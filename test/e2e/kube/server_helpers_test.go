@@ -58,7 +58,9 @@ func installCRDs(t *testing.T, c *kube.Cluster) {
 	for _, n := range names {
 		waitFor(t, "CRD "+n+" established", func() bool {
 			var crd struct {
-				Status struct{ Conditions []struct{ Type, Status string } }
+				Status struct {
+					Conditions []struct{ Type, Status string }
+				}
 			}
 			if c.Do(ctx, http.MethodGet, path+"/"+n, nil, &crd) != nil {
 				return false
