@@ -103,8 +103,7 @@ func (c *Cluster) startEtcd(ctx context.Context, o Options) error {
 			"--listen-client-urls=" + clientURL, "--advertise-client-urls=" + clientURL,
 			"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
 			"--initial-cluster=default=" + peerURL,
-			// No metrics listener of its own, warnings only, and no fsync waits worth having
-			// for a throwaway store.
+			// Warnings only, and no fsync: the store is thrown away after the run.
 			"--log-level=warn", "--unsafe-no-fsync",
 		},
 		Env:         []string{"PATH=/usr/bin:/bin"},
