@@ -64,7 +64,9 @@ func theCluster(t *testing.T) *kube.Cluster {
 		defer cancel()
 		start := time.Now()
 		cluster, clusterErr = kube.Start(ctx, kube.Options{EtcdPath: etcd, APIServerPath: apiserver, Dir: dir})
-		t.Logf("etcd and kube-apiserver ready in %v", time.Since(start).Round(time.Millisecond))
+		if clusterErr == nil {
+			t.Logf("etcd and kube-apiserver ready in %v", time.Since(start).Round(time.Millisecond))
+		}
 	})
 	if clusterErr != nil {
 		t.Fatal(clusterErr)
