@@ -123,6 +123,37 @@ func (ca *CA) Issue(dnsNames []string, ips []net.IP) (Leaf, error) {
 	return Leaf{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("EC PRIVATE KEY", keyDER)}, nil
 }
 
+// IssueClient signs a client-only certificate whose subject is commonName with the given
+// organizations: Kubernetes reads them as the user name and groups (e.g. "system:masters").
+func (ca *CA) IssueClient(commonName string, organizations ...string) (Leaf, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Leaf{}, fmt.Errorf("pki: generate client key: %w", err)
+	}
+	serial, err := randSerial()
+	if err != nil {
+		return Leaf{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: commonName, Organization: organizations},
+		NotBefore:    now.Add(-backdate),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return Leaf{}, fmt.Errorf("pki: sign client certificate for %s: %w", commonName, err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return Leaf{}, fmt.Errorf("pki: marshal client key: %w", err)
+	}
+	return Leaf{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("EC PRIVATE KEY", keyDER)}, nil
+}
+
 // ServerTLSConfig issues a certificate for names (each parsed as an IP if it is one, else
 // used as a DNS name) and returns a TLS 1.2+ server config that presents it.
 func (ca *CA) ServerTLSConfig(names ...string) (*tls.Config, error) {

@@ -105,3 +105,31 @@ func TestIssueNeedsAName(t *testing.T) {
 		t.Fatal("Issue with no names succeeded")
 	}
 }
+
+func TestIssueClientCarriesUserAndGroups(t *testing.T) {
+	ca, err := NewCA("client test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.IssueClient("admin", "system:masters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(leaf.CertPEM)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert.Subject.CommonName != "admin" || len(cert.Subject.Organization) != 1 || cert.Subject.Organization[0] != "system:masters" {
+		t.Fatalf("subject %v, want CN=admin O=system:masters", cert.Subject)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.CertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("client certificate does not verify for client auth: %v", err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.CertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Fatal("client certificate verifies for server auth too")
+	}
+	if _, err := leaf.TLSCertificate(); err != nil {
+		t.Fatal(err)
+	}
+}
