@@ -120,19 +120,22 @@ func TestHelmInstallAndUpgrade(t *testing.T) {
 }
 
 // TestHelmInstallFullValues installs the chart with every optional part on (deploy/helm/
-// charttest/testdata/full-values.yaml) after the CRDs of its custom kinds, and checks every
+// charttest/testdata/full-values.yaml, and monitoring-values.yaml for the alerts and the
+// dashboard) after the CRDs of its custom kinds, and checks every
 // object of the release, hooks included, was accepted and stored.
 func TestHelmInstallFullValues(t *testing.T) {
 	c := ownCluster(t)
 	installCRDs(t, c)
-	// The provisioner's Roles go into these namespaces, which a cluster would already have.
-	for _, ns := range []string{"shop", "billing"} {
+	// The provisioner's Roles, the PrometheusRule and the dashboard go into these namespaces,
+	// which a cluster would already have.
+	for _, ns := range []string{"shop", "billing", "monitoring", "grafana"} {
 		createNamespace(t, c, ns, nil)
 	}
 	h := newHelm(t, c)
 	jobs := completeJobs(t, c, releaseNamespace)
-	values := filepath.Join(repo.Root(t), "deploy", "helm", "charttest", "testdata", "full-values.yaml")
-	out, err := h.run("install", release, h.chart, "--namespace", releaseNamespace, "--create-namespace", "-f", values, "--timeout", "2m")
+	testdata := filepath.Join(repo.Root(t), "deploy", "helm", "charttest", "testdata")
+	out, err := h.run("install", release, h.chart, "--namespace", releaseNamespace, "--create-namespace",
+		"-f", filepath.Join(testdata, "full-values.yaml"), "-f", filepath.Join(testdata, "monitoring-values.yaml"), "--timeout", "2m")
 	jobs.stop(t)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +145,7 @@ func TestHelmInstallFullValues(t *testing.T) {
 	}
 	kinds := wantStored(t, c, manifest(t, h))
 	t.Logf("stored: %v; hook Jobs completed: %v", kinds, jobs.completed())
-	for _, k := range []string{"Certificate", "PodMonitor", "ServiceMonitor", "Job", "CronJob", "Role", "RoleBinding", "MutatingWebhookConfiguration"} {
+	for _, k := range []string{"Certificate", "PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Job", "CronJob", "Role", "RoleBinding", "MutatingWebhookConfiguration"} {
 		if kinds[k] == 0 {
 			t.Errorf("the full-values install has no %s (kinds %v)", k, kinds)
 		}
