@@ -10,7 +10,7 @@ TEST_TOOLS   += $(BIN)/helm
 $(BIN)/helm: mk/k8s.mk
 	@mkdir -p $(BIN)
 	@echo "installing helm $(HELM_VERSION) into $(BIN) (built from source, takes a few minutes once)"
-	GOBIN=$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(BIN) hack/progress.sh 'helm build' $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	@# go install sets no version ldflags (helm version says v3.19), so check the module version.
 	@$(GO) version -m $(BIN)/helm | grep -Eq 'mod[[:space:]]+helm.sh/helm/v3[[:space:]]+$(HELM_VERSION)[[:space:]]' \
 	  || { rm -f $(BIN)/helm; echo "bin/helm is not helm $(HELM_VERSION)"; exit 1; }
@@ -29,7 +29,7 @@ KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go
   -X $(p).gitVersion=$(KUBE_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(KUBE_MINOR) \
   -X $(p).gitTreeState=clean -X $(p).gitCommit=)
 ETCD_LDFLAGS := -s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$(ETCD_VERSION)
-KUBE_BUILD   := cd hack/kube && GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath
+KUBE_BUILD   := cd hack/kube && GOWORK=off CGO_ENABLED=0 ../progress.sh
 TEST_TOOLS   += $(BIN)/kube-apiserver $(BIN)/etcd
 
 # One recipe for both (a grouped target), so a parallel make never runs two such builds at once.
@@ -37,8 +37,8 @@ $(BIN)/kube-apiserver $(BIN)/etcd &: hack/kube/go.mod hack/kube/go.sum mk/k8s.mk
 	@mkdir -p $(BIN)
 	@echo "building kube-apiserver $(KUBE_VERSION) and etcd $(ETCD_VERSION) from source into $(BIN)" \
 	  "(about 20 CPU minutes the first time; cached after)"
-	$(KUBE_BUILD) -ldflags '$(ETCD_LDFLAGS)' -o $(BIN)/etcd go.etcd.io/etcd/server/v3
-	$(KUBE_BUILD) -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	$(KUBE_BUILD) 'etcd build' $(GO) build -trimpath -ldflags '$(ETCD_LDFLAGS)' -o $(BIN)/etcd go.etcd.io/etcd/server/v3
+	$(KUBE_BUILD) 'kube-apiserver build' $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 	@$(BIN)/kube-apiserver --version | grep -qx 'Kubernetes $(KUBE_VERSION)' \
 	  || { rm -f $(BIN)/kube-apiserver; echo "bin/kube-apiserver does not report $(KUBE_VERSION)"; exit 1; }
 	@touch $(BIN)/kube-apiserver $(BIN)/etcd
