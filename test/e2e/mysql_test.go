@@ -89,6 +89,8 @@ func startMyWorld(t *testing.T, switchPlugin string) *myWorld {
 			Region:     w.Region,
 			Lookup:     w.STS.Lookup,
 		}),
+		Authorize:         w.AuthorizeDBConnect, // the role's rds-db:connect, as every world stand-in
+		DBUserResource:    w.MySQLDBUserResource,
 		MySQLSwitchPlugin: switchPlugin,
 		Logf:              func(f string, a ...any) { fmt.Fprintf(w.logs, f+"\n", a...) },
 	})
