@@ -61,7 +61,8 @@ type Options struct {
 	// Issuer is the OIDC issuer URL the tokens carry as iss; empty means
 	// https://oidc.eks.us-east-1.amazonaws.com/id/ and a random cluster id.
 	Issuer string
-	// Subject is the sub of the tokens NewToken mints; empty means DefaultSubject.
+	// Subject is the sub of the tokens NewToken mints and the ServiceAccount of the one Pod
+	// Identity association (to RoleARN); empty means DefaultSubject.
 	Subject string
 	// TokenLifetime is the validity of minted tokens; 0 means 24 hours.
 	TokenLifetime time.Duration

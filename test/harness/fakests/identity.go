@@ -82,8 +82,8 @@ func (s *Server) Issuer() string { return s.id.issuer }
 // principal an IRSA trust policy names.
 func (s *Server) ProviderARN() string { return s.id.providerARN }
 
-// Token signs a ServiceAccount token (RS256 JWT) with the issuer's key, as the kubelet gets it
-// for a projected volume; the server remembers it for RotateToken.
+// Token signs a ServiceAccount token (RS256 JWT, a fresh jti each time) with the issuer's key,
+// as the kubelet gets it for a projected volume; the server remembers it for RotateToken.
 func (s *Server) Token(c TokenClaims) string {
 	if c.Sub == "" {
 		c.Sub = s.opts.Subject
