@@ -105,7 +105,8 @@ func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	}
 	if e.pg, err = rdsstandin.Start(rdsstandin.Options{
 		Backend: w.PG.Addr(), TLS: pgTLS, Logf: logf,
-		Verify: rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: w.TokenHost, Region: w.Region, Lookup: w.STS.Lookup}),
+		Verify:    rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: w.TokenHost, Region: w.Region, Lookup: w.STS.Lookup}),
+		Authorize: w.AuthorizeDBConnect, DBUserResource: w.DBUserResource,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +116,8 @@ func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	}
 	if e.my, err = rdsstandin.StartMySQL(rdsstandin.Options{
 		Backend: w.MariaDB.Addr(), TLS: myTLS, Logf: logf,
-		Verify: rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: w.MySQLTokenHost, Region: w.Region, Lookup: w.STS.Lookup}),
+		Verify:    rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: w.MySQLTokenHost, Region: w.Region, Lookup: w.STS.Lookup}),
+		Authorize: w.AuthorizeDBConnect, DBUserResource: w.MySQLDBUserResource,
 	}); err != nil {
 		_ = e.pg.Close()
 		t.Fatal(err)

@@ -89,6 +89,8 @@ func startMyWorld(t *testing.T, switchPlugin string) *myWorld {
 			Region:     w.Region,
 			Lookup:     w.STS.Lookup,
 		}),
+		Authorize:         w.AuthorizeDBConnect, // the role's rds-db:connect, as every world stand-in
+		DBUserResource:    w.MySQLDBUserResource,
 		MySQLSwitchPlugin: switchPlugin,
 		Logf:              func(f string, a ...any) { fmt.Fprintf(w.logs, f+"\n", a...) },
 	})
@@ -576,9 +578,13 @@ func TestMySQLUnsupportedUpstreamPlugin(t *testing.T) {
 	if !errors.As(err, &me) || me.Number != 1251 || !strings.Contains(me.Message, "client_ed25519") {
 		t.Fatalf("error %v, want 1251 naming client_ed25519", err)
 	}
-	if got := s.metric("rdsvalet_proxy_connections_total", `listener="mysql"`, `result="upstream_refused"`); got < 1 {
-		t.Fatalf("upstream_refused connections %v, want >= 1", got)
-	}
+	// The sidecar counts the connection after it has written the app its error.
+	waitFor(t, 10*time.Second, "the upstream_refused connection counted", func() error {
+		if got := s.metric("rdsvalet_proxy_connections_total", `listener="mysql"`, `result="upstream_refused"`); got < 1 {
+			return fmt.Errorf("upstream_refused connections %v, want >= 1", got)
+		}
+		return nil
+	})
 	if !strings.Contains(s.logs.String(), "client_ed25519") {
 		t.Fatal("no log line names the plugin")
 	}

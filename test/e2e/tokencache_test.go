@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
 
 // TestTokenCacheBounded: 5,000 IAM logins, each as a different user, through the built sidecar
@@ -32,7 +34,9 @@ func TestTokenCacheBounded(t *testing.T) {
 		// are far above it.
 		maxGrowth = 4 << 20
 	)
-	w := startWorld(t)
+	// The role may rds-db:connect as any db user, so that every login gets past IAM to the
+	// database, which refuses the unknown roles.
+	w := startWorldWith(t, world.Options{DBUsersAllowed: []string{"*"}})
 	pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := replaceOnce(t, iamConfig(w, ""), "log: {level: debug}", "log: {level: info}")
 	s := startSidecar(t, cfg, append(append([]string{}, w.SidecarEnv...), "RDSVALET_PPROF_LISTEN="+pprofAddr))

@@ -21,12 +21,19 @@ type testWorld struct {
 
 func startWorld(t *testing.T) *testWorld {
 	t.Helper()
+	return startWorldWith(t, world.Options{})
+}
+
+// startWorldWith is startWorld with options, e.g. the role's DBUsersAllowed.
+func startWorldWith(t *testing.T, o world.Options) *testWorld {
+	t.Helper()
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	w, err := world.Start(ctx, world.Options{Logf: func(format string, args ...any) {
+	o.Logf = func(format string, args ...any) {
 		logs.Write([]byte(time.Now().Format("15:04:05.000 ") + fmt.Sprintf(format, args...) + "\n"))
-	}})
+	}
+	w, err := world.Start(ctx, o)
 	if err != nil {
 		t.Fatalf("start the local world: %v", err)
 	}

@@ -2,17 +2,11 @@ package fakeaws
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"math/big"
 	"strings"
 	"time"
+
+	"github.com/rdsvalet/rds-valet/test/harness/awsiam"
 )
 
 // IAM OIDC identity providers and the web identity tokens (JWTs) they vouch for.
@@ -151,126 +145,31 @@ func tagMembers(tags map[string]string) []X {
 	return out
 }
 
-// jwtClaims are the claims AssumeRoleWithWebIdentity looks at.
-type jwtClaims struct {
-	Iss string     `json:"iss"`
-	Sub string     `json:"sub"`
-	Aud stringList `json:"aud"`
-	Exp int64      `json:"exp"`
-	Nbf int64      `json:"nbf"`
-}
-
-var errBadJWT = errors.New("malformed JWT")
-
-// parseJWT splits and decodes a compact JWS without checking its signature.
-func parseJWT(tok string) (alg string, claims jwtClaims, signed, sig []byte, err error) {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return "", claims, nil, nil, errBadJWT
-	}
-	hb, err1 := base64.RawURLEncoding.DecodeString(parts[0])
-	cb, err2 := base64.RawURLEncoding.DecodeString(parts[1])
-	sig, err3 := base64.RawURLEncoding.DecodeString(parts[2])
-	if err1 != nil || err2 != nil || err3 != nil {
-		return "", claims, nil, nil, errBadJWT
-	}
-	var h struct {
-		Alg string `json:"alg"`
-	}
-	if json.Unmarshal(hb, &h) != nil || json.Unmarshal(cb, &claims) != nil {
-		return "", claims, nil, nil, errBadJWT
-	}
-	return h.Alg, claims, []byte(parts[0] + "." + parts[1]), sig, nil
-}
-
-// verifyJWTSignature checks sig over signed with any of the keys (RS256 or ES256).
-func verifyJWTSignature(alg string, signed, sig []byte, keys []crypto.PublicKey) bool {
-	sum := sha256.Sum256(signed)
-	for _, k := range keys {
-		switch pk := k.(type) {
-		case *rsa.PublicKey:
-			if alg == "RS256" && rsa.VerifyPKCS1v15(pk, crypto.SHA256, sum[:], sig) == nil {
-				return true
-			}
-		case *ecdsa.PublicKey:
-			if alg == "ES256" && len(sig) == 64 &&
-				ecdsa.Verify(pk, sum[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
-				return true
-			}
+// checkWebIdentity validates a web identity token for a role in account (awsiam.VerifyWebIdentity,
+// https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoleWithWebIdentity.html): its
+// issuer must be an IAM OIDC provider of the role's account, signed with the keys registered
+// by AddOIDCIssuer. It returns the provider and the claims.
+func (id *identityState) checkWebIdentity(tok, account string, now time.Time) (*oidcProvider, awsiam.Claims, *apiError) {
+	var found *oidcProvider
+	_, cl, err := awsiam.VerifyWebIdentity(tok, func(iss string) (awsiam.Provider, bool) {
+		found = id.providers["arn:aws:iam::"+account+":oidc-provider/"+strings.TrimPrefix(iss, "https://")]
+		if found == nil {
+			return awsiam.Provider{}, false
 		}
+		return awsiam.Provider{ARN: found.arn, Host: found.url, ClientIDs: found.clientIDs, Keys: id.issuerKeys[iss]}, true
+	}, now)
+	var te *awsiam.TokenError
+	if errors.As(err, &te) {
+		return nil, cl, errf(400, te.Code, "%s", te.Message)
 	}
-	return false
-}
-
-// checkWebIdentity validates a web identity token for a role in account, the order AWS
-// documents for AssumeRoleWithWebIdentity
-// (https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoleWithWebIdentity.html):
-// the token must parse, its issuer must be an IAM OIDC provider of the role's account, the
-// signature must verify with the issuer's keys, it must not be expired, and its audience must
-// be one of the provider's client ids. It returns the provider and the claims.
-func (id *identityState) checkWebIdentity(tok, account string, now time.Time) (*oidcProvider, jwtClaims, *apiError) {
-	alg, cl, signed, sig, err := parseJWT(tok)
 	if err != nil {
-		return nil, cl, errf(400, "InvalidIdentityToken", "The ID Token provided is not a valid JWT.")
+		return nil, cl, errf(400, "InvalidIdentityToken", "%v", err)
 	}
-	p := id.providers["arn:aws:iam::"+account+":oidc-provider/"+strings.TrimPrefix(cl.Iss, "https://")]
-	if p == nil || !strings.HasPrefix(cl.Iss, "https://") {
-		return nil, cl, errf(400, "InvalidIdentityToken", "No OpenIDConnect provider found in your account for %s", cl.Iss)
-	}
-	if !verifyJWTSignature(alg, signed, sig, id.issuerKeys[cl.Iss]) {
-		return nil, cl, errf(400, "InvalidIdentityToken", "Couldn't verify the token signature with the keys of the identity provider %s", cl.Iss)
-	}
-	if cl.Exp == 0 || now.Unix() >= cl.Exp {
-		return nil, cl, errf(400, "ExpiredTokenException", "Token expired: current date/time %d must be before the expiration date/time %d", now.Unix(), cl.Exp)
-	}
-	if cl.Nbf != 0 && now.Unix() < cl.Nbf {
-		return nil, cl, errf(400, "InvalidIdentityToken", "Token is not valid yet (nbf %d)", cl.Nbf)
-	}
-	aud := ""
-	for _, a := range cl.Aud {
-		if contains(p.clientIDs, a) {
-			aud = a
-		}
-	}
-	if aud == "" {
-		return nil, cl, errf(400, "InvalidIdentityToken", "Incorrect token audience")
-	}
-	cl.Aud = stringList{aud}
-	return p, cl, nil
+	return found, cl, nil
 }
 
-// SignJWT makes a compact RS256 or ES256 JWT over claims with key (*rsa.PrivateKey or
-// *ecdsa.PrivateKey with P-256), as an OIDC issuer (the EKS cluster) does for a projected
-// ServiceAccount token. For tests.
+// SignJWT makes a compact RS256 or ES256 JWT over claims with key, as an OIDC issuer (the EKS
+// cluster) does for a projected ServiceAccount token (awsiam.SignJWT). For tests.
 func SignJWT(key crypto.Signer, kid string, claims map[string]any) (string, error) {
-	alg := "RS256"
-	if _, ok := key.(*ecdsa.PrivateKey); ok {
-		alg = "ES256"
-	}
-	hb, _ := json.Marshal(map[string]string{"alg": alg, "typ": "JWT", "kid": kid})
-	cb, err := json.Marshal(claims)
-	if err != nil {
-		return "", err
-	}
-	signed := base64.RawURLEncoding.EncodeToString(hb) + "." + base64.RawURLEncoding.EncodeToString(cb)
-	sum := sha256.Sum256([]byte(signed))
-	var sig []byte
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		sig, err = rsa.SignPKCS1v15(nil, k, crypto.SHA256, sum[:])
-	case *ecdsa.PrivateKey:
-		var r, s *big.Int
-		r, s, err = ecdsa.Sign(rand.Reader, k, sum[:])
-		if err == nil {
-			sig = make([]byte, 64)
-			r.FillBytes(sig[:32])
-			s.FillBytes(sig[32:])
-		}
-	default:
-		return "", fmt.Errorf("SignJWT: unsupported key %T", key)
-	}
-	if err != nil {
-		return "", err
-	}
-	return signed + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+	return awsiam.SignJWT(key, kid, claims)
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/rdsvalet/rds-valet/test/harness/awsiam"
 )
 
 // RDS Proxy authentication, modelled on "Configuring IAM authentication for RDS Proxy"
@@ -137,13 +139,10 @@ func secretUser(s *secret) string {
 func connectUsers(docs []string) []string {
 	var out []string
 	for _, d := range docs {
-		stmts, _ := parsePolicy(d) // a stored policy parsed when IAM took it
-		for _, s := range stmts {
-			for _, r := range s.Resource {
-				if i := strings.LastIndex(r, "/"); i >= 0 && strings.Contains(r, ":dbuser:") {
-					u := strings.NewReplacer("*", "x", "?", "x").Replace(r[i+1:])
-					out = append(out, u)
-				}
+		for _, r := range awsiam.Resources(d) { // a stored policy parsed when IAM took it
+			if i := strings.LastIndex(r, "/"); i >= 0 && strings.Contains(r, ":dbuser:") {
+				u := strings.NewReplacer("*", "x", "?", "x").Replace(r[i+1:])
+				out = append(out, u)
 			}
 		}
 	}
@@ -164,5 +163,5 @@ func scheme(p *dbProxy) string {
 
 // allows says whether identity policies docs allow action on resource.
 func allows(docs []string, action, resource string) bool {
-	return evalPolicy(docs, evalRequest{action: action, resource: resource}) == allowed
+	return awsiam.Evaluate(docs, awsiam.Request{Action: action, Resource: resource}) == awsiam.Allow
 }

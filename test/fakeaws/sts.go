@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rdsvalet/rds-valet/test/harness/awsiam"
 )
 
 // STS: who the caller is, and temporary credentials for a role, issued only when the role's
@@ -99,14 +101,14 @@ func (st *state) assumeRole(c *reqCtx) (any, *apiError) {
 	if r == nil {
 		return nil, denied
 	}
-	req := evalRequest{principal: &principal{kind: "AWS", id: pid, account: c.account}, action: "sts:AssumeRole",
-		context: map[string]string{"aws:PrincipalAccount": c.account, "aws:PrincipalArn": pid}}
-	if evalPolicy([]string{r.trust}, req) != allowed {
+	req := awsiam.Request{Principal: &awsiam.Principal{Kind: "AWS", ID: pid, Account: c.account}, Action: "sts:AssumeRole",
+		Context: map[string]string{"aws:PrincipalAccount": c.account, "aws:PrincipalArn": pid}}
+	if awsiam.Evaluate([]string{r.trust}, req) != awsiam.Allow {
 		return nil, denied
 	}
 	if c.caller.roleARN != "" {
 		if from := st.roleByARN(c.caller.roleARN); from == nil ||
-			evalPolicy(policyDocs(from), evalRequest{action: "sts:AssumeRole", resource: arn}) != allowed {
+			awsiam.Evaluate(policyDocs(from), awsiam.Request{Action: "sts:AssumeRole", Resource: arn}) != awsiam.Allow {
 			return nil, denied
 		}
 	}
@@ -139,9 +141,8 @@ func (st *state) assumeRoleWithWebIdentity(c *reqCtx) (any, *apiError) {
 	if r == nil {
 		return nil, denied
 	}
-	req := evalRequest{principal: &principal{kind: "Federated", id: p.arn}, action: "sts:AssumeRoleWithWebIdentity",
-		context: map[string]string{p.url + ":sub": cl.Sub, p.url + ":aud": cl.Aud[0]}}
-	if evalPolicy([]string{r.trust}, req) != allowed {
+	req := awsiam.WebIdentityRequest(awsiam.Provider{ARN: p.arn, Host: p.url}, cl)
+	if awsiam.Evaluate([]string{r.trust}, req) != awsiam.Allow {
 		return nil, denied
 	}
 	c.account = account
@@ -201,10 +202,10 @@ func (s *Server) Authorized(akid, action, resource string) error {
 	if r == nil {
 		return fmt.Errorf("User: %s is not authorized to perform: %s on resource: %s because the role no longer exists", c.sessionARN(), action, resource)
 	}
-	switch evalPolicy(policyDocs(r), evalRequest{action: action, resource: resource}) {
-	case allowed:
+	switch awsiam.Evaluate(policyDocs(r), awsiam.Request{Action: action, Resource: resource}) {
+	case awsiam.Allow:
 		return nil
-	case explicitDeny:
+	case awsiam.ExplicitDeny:
 		return fmt.Errorf("User: %s is not authorized to perform: %s on resource: %s with an explicit deny in an identity-based policy", c.sessionARN(), action, resource)
 	}
 	return fmt.Errorf("User: %s is not authorized to perform: %s on resource: %s because no identity-based policy allows the %s action", c.sessionARN(), action, resource, action)
@@ -235,7 +236,7 @@ func (s *Server) denyByRolePolicy(service, proto, action string, c creds) *apiEr
 	if r := s.st.roleByARN(c.roleARN); r != nil {
 		docs = policyDocs(r)
 	}
-	if evalPolicy(docs, evalRequest{action: iamAction}) == allowed {
+	if awsiam.Evaluate(docs, awsiam.Request{Action: iamAction}) == awsiam.Allow {
 		return nil
 	}
 	msg := fmt.Sprintf("User: %s is not authorized to perform: %s", c.sessionARN(), iamAction)

@@ -2,8 +2,14 @@
 // real service does on the wire (AWS Query protocol: form POST in, XML out), so that the real
 // SDK credential chain can be pointed at it with AWS_ENDPOINT_URL_STS exactly as IRSA sets up
 // a pod. The same server also answers as the EKS Pod Identity agent (GET /v1/credentials with
-// the pod's token as Authorization, JSON out) for AWS_CONTAINER_CREDENTIALS_FULL_URI. It remembers every credential it issues so that an RDS stand-in can verify IAM
-// tokens signed with them, and it can be made to fail or stall at runtime for fault tests.
+// the pod's token as Authorization, JSON out) for AWS_CONTAINER_CREDENTIALS_FULL_URI.
+//
+// It is also the cluster's OIDC issuer: the ServiceAccount tokens are JWTs it signs (Token,
+// NewToken), and before it issues credentials it verifies them and evaluates the role's trust
+// policy as AWS does (test/harness/awsiam). It remembers every credential it issues and the
+// role behind it, so that an RDS stand-in can verify IAM tokens signed with them (Lookup) and
+// the role's rds-db:connect permission (Authorized); it can be made to fail or stall at
+// runtime for fault tests.
 package fakests
 
 import (
@@ -16,14 +22,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/rdsvalet/rds-valet/test/harness/awsiam"
 )
 
 const (
 	xmlns = "https://sts.amazonaws.com/doc/2011-06-15/"
-	// DefaultRoleARN is the role the server accepts when Options.RoleARN is empty.
+	// DefaultRoleARN is the role when Options.RoleARN is empty.
 	DefaultRoleARN  = "arn:aws:iam::123456789012:role/rds-valet-test"
 	defaultDuration = time.Hour
 )
@@ -48,10 +55,22 @@ const PodIdentityPath = "/v1/credentials"
 
 // Options configure a Server. Zero values give working defaults.
 type Options struct {
-	// RoleARN is the only role that may be assumed (others get AccessDenied).
+	// RoleARN is the only role that exists (others get AccessDenied); its account holds the
+	// IAM OIDC provider for the issuer.
 	RoleARN string
-	// Tokens are the web-identity tokens accepted at start.
-	Tokens []string
+	// Issuer is the OIDC issuer URL the tokens carry as iss; empty means
+	// https://oidc.eks.us-east-1.amazonaws.com/id/ and a random cluster id.
+	Issuer string
+	// Subject is the sub of the tokens NewToken mints and the ServiceAccount of the one Pod
+	// Identity association (to RoleARN); empty means DefaultSubject.
+	Subject string
+	// TokenLifetime is the validity of minted tokens; 0 means 24 hours.
+	TokenLifetime time.Duration
+	// Trust is the role's trust policy; empty means the provisioner's IRSA trust for Subject
+	// (awsiam.IRSATrust) together with the Pod Identity trust (awsiam.PodIdentityTrust).
+	Trust string
+	// Policies are the role's permission policies, which Authorized evaluates.
+	Policies []string
 	// Duration is the lifetime of issued credentials; 0 means one hour. The request's
 	// DurationSeconds, when smaller, wins, as on AWS.
 	Duration time.Duration
@@ -68,6 +87,7 @@ type Credential struct {
 	SessionToken    string
 	Expiration      time.Time
 	SessionName     string
+	RoleARN         string // the role the credential is a session of
 }
 
 // Server is a running fake STS on 127.0.0.1.
@@ -76,6 +96,7 @@ type Server struct {
 	URL string
 
 	opts     Options
+	id       identity
 	addr     string
 	srv      *http.Server
 	serving  sync.WaitGroup // Serve goroutines (one per listener, old ones ended by Refused)
@@ -85,7 +106,8 @@ type Server struct {
 	ln       net.Listener // guarded by mu; nil while Refused
 
 	mu       sync.Mutex
-	accepted map[string]bool
+	minted   map[string]bool // every token Token signed
+	rejected map[string]bool // tokens answered as expired
 	issued   map[string]Credential
 	calls    int
 	failures int
@@ -105,6 +127,16 @@ func Start(o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Subject == "" {
+		o.Subject = DefaultSubject
+	}
+	if o.TokenLifetime == 0 {
+		o.TokenLifetime = defaultTokenLifetime
+	}
+	id, err := newIdentity(o)
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("fakests: listen: %w", err)
@@ -113,14 +145,13 @@ func Start(o Options) (*Server, error) {
 		URL:      "http://" + ln.Addr().String(),
 		addr:     ln.Addr().String(),
 		opts:     o,
+		id:       id,
 		closing:  make(chan struct{}),
-		accepted: map[string]bool{},
+		minted:   map[string]bool{},
+		rejected: map[string]bool{},
 		issued:   map[string]Credential{},
 	}
 	s.duration = o.Duration
-	for _, t := range o.Tokens {
-		s.accepted[t] = true
-	}
 	// http.Server.Close does not wait for running handlers; the WaitGroup does, so no handler
 	// outlives Close (and logs into a finished test).
 	s.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -171,29 +202,33 @@ func (s *Server) Close() error {
 	return err
 }
 
-// RoleARN is the role this server lets callers assume.
+// RoleARN is the role this server lets callers assume (when its trust policy allows).
 func (s *Server) RoleARN() string { return s.opts.RoleARN }
 
-// AcceptToken adds a web-identity token to the accepted set.
+// AcceptToken takes a token back from the rejected set. Only tokens signed by this server's
+// issuer (Token) verify at all.
 func (s *Server) AcceptToken(token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.accepted[token] = true
+	delete(s.rejected, token)
 }
 
-// RejectToken removes a token from the accepted set; calls presenting it then fail with
-// InvalidIdentityToken, as after the projected token was rotated and the old one expired.
+// RejectToken makes calls presenting the token fail with ExpiredTokenException, as after the
+// projected token was rotated and the old one expired.
 func (s *Server) RejectToken(token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.accepted, token)
+	s.rejected[token] = true
 }
 
-// RotateToken accepts newToken and rejects every other token.
+// RotateToken accepts newToken and rejects every other token this server minted.
 func (s *Server) RotateToken(newToken string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.accepted = map[string]bool{newToken: true}
+	for t := range s.minted {
+		s.rejected[t] = t != newToken
+	}
+	delete(s.rejected, newToken)
 }
 
 // SetFault switches the failure mode at runtime. Leaving Refused listens again on the same
@@ -331,15 +366,19 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusBadRequest, "Sender", "ValidationError", "1 validation error detected: RoleSessionName must not be null")
 		return
 	}
-	s.mu.Lock()
-	ok := s.accepted[token]
-	s.mu.Unlock()
-	if !ok {
-		s.reject(w, http.StatusBadRequest, "Sender", "InvalidIdentityToken", "Incorrect token audience or the token is expired or unknown")
+	// https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoleWithWebIdentity.html:
+	// the token is verified first (InvalidIdentityToken, ExpiredTokenException, 400), then the
+	// role's trust policy must allow sts:AssumeRoleWithWebIdentity for Federated = the
+	// provider's ARN with PROVIDER:sub and PROVIDER:aud; a role that does not exist or does
+	// not trust the token is AccessDenied (403).
+	cl, err := s.verifyToken(token, accountOf(role), STSAudience)
+	if err != nil {
+		te := tokenError(err)
+		s.reject(w, http.StatusBadRequest, "Sender", te.Code, te.Message)
 		return
 	}
-	if role != s.opts.RoleARN {
-		s.reject(w, http.StatusForbidden, "Sender", "AccessDenied", fmt.Sprintf("Not authorized to perform sts:AssumeRoleWithWebIdentity on %s", role))
+	if role != s.opts.RoleARN || !s.trusts(awsiam.WebIdentityRequest(awsiam.Provider{ARN: s.id.providerARN, Host: s.id.host}, cl)) {
+		s.reject(w, http.StatusForbidden, "Sender", "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity")
 		return
 	}
 	s.mu.Lock()
@@ -355,21 +394,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			dur = d
 		}
 	}
-	cred := s.issueFor(session, dur)
+	cred := s.issueFor(role, session, dur)
 
-	roleName := role[strings.LastIndex(role, "/")+1:]
-	account := "123456789012"
-	if parts := strings.Split(role, ":"); len(parts) > 4 {
-		account = parts[4]
-	}
 	resp := assumeResponse{
 		Xmlns: xmlns,
 		Result: assumeResult{
-			Subject:  "system:serviceaccount:test:app",
-			Audience: "sts.amazonaws.com",
-			Provider: "oidc.eks.us-east-1.amazonaws.com/id/TEST",
+			Subject:  cl.Sub,
+			Audience: cl.Aud[0],
+			Provider: cl.Iss, // "For OpenID Connect ID tokens, this contains the value of the iss field."
 			User: assumedRoleUser{
-				Arn: fmt.Sprintf("arn:aws:sts::%s:assumed-role/%s/%s", account, roleName, session),
+				Arn: cred.sessionARN(),
 				ID:  "AROA" + randString(17, upperAlnum) + ":" + session,
 			},
 			Credentials: credentialsXML{
@@ -388,12 +422,18 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // servePodIdentity answers as the EKS Pod Identity agent: the Authorization header carries
-// the pod's token (from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE), and the answer is JSON.
+// the pod's token (from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE), and the answer is JSON. The
+// agent hands the token to EKS Auth's AssumeRoleForPodIdentity
+// (https://docs.aws.amazon.com/eks/latest/APIReference/API_auth_AssumeRoleForPodIdentity.html),
+// which is modelled here: the token must be the cluster's, signed, unexpired, for the
+// pods.eks.amazonaws.com audience (InvalidTokenException, ExpiredTokenException); its
+// ServiceAccount must have an association (one: Options.Subject -> the role; else
+// ResourceNotFoundException); the role must trust pods.eks.amazonaws.com with sts:AssumeRole
+// and sts:TagSession (AccessDeniedException).
 func (s *Server) servePodIdentity(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.calls++
 	fault, delay := s.fault, s.delay
-	ok := s.accepted[r.Header.Get("Authorization")]
 	s.mu.Unlock()
 	if delay > 0 {
 		t := time.NewTimer(delay)
@@ -425,17 +465,34 @@ func (s *Server) servePodIdentity(w http.ResponseWriter, r *http.Request) {
 	case r.Method != http.MethodGet:
 		jsonErr(http.StatusMethodNotAllowed, "InvalidRequest", "GET only")
 		return
-	case !ok:
-		jsonErr(http.StatusForbidden, "AccessDeniedException", "invalid or expired service account token")
+	}
+	cl, err := s.verifyToken(r.Header.Get("Authorization"), s.id.account, PodIdentityAudience)
+	if err != nil {
+		te := tokenError(err)
+		code := te.Code
+		if code == "InvalidIdentityToken" {
+			code = "InvalidTokenException" // EKS Auth's name for it
+		}
+		jsonErr(http.StatusBadRequest, code, te.Message)
 		return
 	}
-	cred := s.issue("pod-identity")
+	if cl.Sub != s.opts.Subject {
+		jsonErr(http.StatusNotFound, "ResourceNotFoundException", "no Pod Identity association for "+cl.Sub)
+		return
+	}
+	for _, a := range []string{"sts:AssumeRole", "sts:TagSession"} {
+		if !s.trusts(awsiam.Request{Principal: &awsiam.Principal{Kind: "Service", ID: PodIdentityAudience}, Action: a}) {
+			jsonErr(http.StatusForbidden, "AccessDeniedException", "the role's trust policy does not allow pods.eks.amazonaws.com to "+a)
+			return
+		}
+	}
+	cred := s.issue(s.opts.RoleARN, "pod-identity")
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]string{
 		"AccessKeyId":     cred.AccessKeyID,
 		"SecretAccessKey": cred.SecretAccessKey,
 		"Token":           cred.SessionToken,
-		"AccountId":       "123456789012",
+		"AccountId":       s.id.account,
 		"Expiration":      cred.Expiration.Format(time.RFC3339),
 	})
 }
@@ -456,21 +513,22 @@ func (s *Server) reset(w http.ResponseWriter) {
 	panic(http.ErrAbortHandler)
 }
 
-// issue mints, records and returns a new temporary credential.
-func (s *Server) issue(session string) Credential {
+// issue mints, records and returns a new temporary credential for a session of role.
+func (s *Server) issue(role, session string) Credential {
 	s.mu.Lock()
 	dur := s.duration
 	s.mu.Unlock()
-	return s.issueFor(session, dur)
+	return s.issueFor(role, session, dur)
 }
 
-func (s *Server) issueFor(session string, dur time.Duration) Credential {
+func (s *Server) issueFor(role, session string, dur time.Duration) Credential {
 	cred := Credential{
 		AccessKeyID:     "ASIA" + randString(16, upperAlnum),
 		SecretAccessKey: randString(40, base64ish),
 		SessionToken:    "FQoGZXIvYXdz" + randString(200, base64ish),
 		Expiration:      s.opts.Now().UTC().Add(dur).Truncate(time.Second),
 		SessionName:     session,
+		RoleARN:         role,
 	}
 	s.mu.Lock()
 	s.issued[cred.AccessKeyID] = cred
@@ -583,9 +641,4 @@ func WriteTokenFile(dir, token string) (string, error) {
 		return "", fmt.Errorf("fakests: token file: %w", err)
 	}
 	return p, nil
-}
-
-// NewToken returns a random JWT-shaped token (the SDK treats it as opaque).
-func NewToken() string {
-	return "eyJhbGciOiJSUzI1NiJ9." + randString(64, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789") + "." + randString(43, "abcdefghijklmnopqrstuvwxyz0123456789")
 }

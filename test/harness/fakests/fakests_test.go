@@ -67,8 +67,8 @@ func apiCode(err error) string {
 }
 
 func TestSDKChainGetsCredentials(t *testing.T) {
-	tok := NewToken()
-	s := start(t, Options{Tokens: []string{tok}, Duration: 20 * time.Minute})
+	s := start(t, Options{Duration: 20 * time.Minute})
+	tok := s.NewToken()
 	file, err := WriteTokenFile(t.TempDir(), tok)
 	if err != nil {
 		t.Fatal(err)
@@ -106,8 +106,9 @@ func TestSDKChainGetsCredentials(t *testing.T) {
 }
 
 func TestRotatedTokenFile(t *testing.T) {
-	oldTok, newTok := NewToken(), NewToken()
-	s := start(t, Options{Tokens: []string{oldTok}})
+	s := start(t, Options{})
+	oldTok, newTok := s.NewToken(), s.NewToken()
+	s.RotateToken(oldTok)
 	dir := t.TempDir()
 	file, err := WriteTokenFile(dir, oldTok)
 	if err != nil {
@@ -119,8 +120,8 @@ func TestRotatedTokenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.RotateToken(newTok)
-	if _, err := retrieve(ctx, t); apiCode(err) != "InvalidIdentityToken" {
-		t.Fatalf("old token after rotation: got %v, want InvalidIdentityToken", err)
+	if _, err := retrieve(ctx, t); apiCode(err) != "ExpiredTokenException" {
+		t.Fatalf("old token after rotation: got %v, want ExpiredTokenException", err)
 	}
 	if _, err := WriteTokenFile(dir, newTok); err != nil {
 		t.Fatal(err)
@@ -131,8 +132,8 @@ func TestRotatedTokenFile(t *testing.T) {
 }
 
 func TestWrongRole(t *testing.T) {
-	tok := NewToken()
-	s := start(t, Options{Tokens: []string{tok}, RoleARN: "arn:aws:iam::111111111111:role/other"})
+	s := start(t, Options{RoleARN: "arn:aws:iam::123456789012:role/other"})
+	tok := s.NewToken()
 	file, err := WriteTokenFile(t.TempDir(), tok)
 	if err != nil {
 		t.Fatal(err)
@@ -145,9 +146,8 @@ func TestWrongRole(t *testing.T) {
 }
 
 func TestFaults(t *testing.T) {
-	tok := NewToken()
-	s := start(t, Options{Tokens: []string{tok}})
-	file, err := WriteTokenFile(t.TempDir(), tok)
+	s := start(t, Options{})
+	file, err := WriteTokenFile(t.TempDir(), s.NewToken())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,8 +216,8 @@ func TestWriteTokenFileReplaces(t *testing.T) {
 }
 
 func TestPodIdentity(t *testing.T) {
-	tok := NewToken()
-	s := start(t, Options{Tokens: []string{tok}})
+	s := start(t, Options{})
+	tok := s.PodIdentityToken()
 	file, err := WriteTokenFile(t.TempDir(), tok)
 	if err != nil {
 		t.Fatal(err)
@@ -235,8 +235,20 @@ func TestPodIdentity(t *testing.T) {
 	if sec, st, ok := s.Lookup(c.AccessKeyID); !ok || sec != c.SecretAccessKey || st != c.SessionToken || !strings.HasPrefix(c.AccessKeyID, "ASIA") {
 		t.Fatalf("credentials %+v not as issued", c)
 	}
-	s.RotateToken(NewToken())
-	if _, err := retrieve(ctx, t); err == nil {
-		t.Fatal("pod identity with a rejected token succeeded")
+	if c, ok := issuedAs(s, c.AccessKeyID); !ok || c.RoleARN != s.RoleARN() || c.SessionName != "pod-identity" {
+		t.Fatalf("issued %+v, want a session of %s", c, s.RoleARN())
 	}
+	s.RotateToken(s.PodIdentityToken())
+	if _, err := retrieve(ctx, t); err == nil || !strings.Contains(err.Error(), "ExpiredTokenException") {
+		t.Fatalf("pod identity with a rejected token: %v, want ExpiredTokenException", err)
+	}
+}
+
+func issuedAs(s *Server, akid string) (Credential, bool) {
+	for _, c := range s.Issued() {
+		if c.AccessKeyID == akid {
+			return c, true
+		}
+	}
+	return Credential{}, false
 }

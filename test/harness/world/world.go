@@ -1,8 +1,12 @@
 // Package world starts the whole local stand-in for AWS and RDS in one call, for tests and
 // for `make demo`: a test CA, a real PostgreSQL (role and database "app", TLS on), a fake STS
-// with a projected web-identity token file, and the RDS stand-in in front of PostgreSQL that
-// verifies IAM tokens against the credentials the fake STS issued; optionally the same for
-// MySQL with a real MariaDB. It returns what a sidecar needs to be pointed at it: the IRSA
+// that is also the cluster's OIDC issuer, with a projected web-identity token file, and the
+// RDS stand-in in front of PostgreSQL that verifies IAM tokens against the credentials the
+// fake STS issued; optionally the same for MySQL with a real MariaDB. IAM is enforced the way
+// AWS does for IRSA: the role trusts the cluster's OIDC provider for the pod's ServiceAccount
+// (the provisioner's trust policy), STS evaluates that trust before it issues credentials,
+// and each stand-in logs a client in only if the credential's role is allowed rds-db:connect
+// on the db user's ARN. It returns what a sidecar needs to be pointed at it: the IRSA
 // environment, the CA bundle and each path's three names.
 package world
 
@@ -35,6 +39,9 @@ const (
 	// behind PrivateLink.
 	rdsPort      = "5432"
 	rdsMySQLPort = "3306"
+	// DefaultServiceAccount is the pod's ServiceAccount, the sub of its tokens.
+	DefaultServiceAccount = fakests.DefaultSubject
+	accountID             = "123456789012"
 )
 
 // Options configure Start. Zero values give the standard world.
@@ -51,6 +58,14 @@ type Options struct {
 	MySQLRDSHost string
 	// CredentialDuration is the lifetime of STS credentials; 0 means one hour.
 	CredentialDuration time.Duration
+	// TrustSubject is the ServiceAccount (system:serviceaccount:NS:SA) the role's trust policy
+	// names; empty means the pod's own (DefaultServiceAccount). Another one makes a world
+	// where STS refuses the pod's token with AccessDenied.
+	TrustSubject string
+	// DBUsersAllowed are the db users the role's policy allows rds-db:connect as, on each
+	// stand-in's resource; nil means the world's db user (DB). A non-nil empty list allows
+	// none, so every IAM login is refused by the stand-in.
+	DBUsersAllowed []string
 	// Logf receives every component's log lines.
 	Logf func(format string, args ...any)
 }
@@ -69,6 +84,16 @@ type World struct {
 	DBUser, DBName   string
 	WebIdentityToken string // the token currently in TokenFile
 	TokenFile        string // AWS_WEB_IDENTITY_TOKEN_FILE
+	// PodIdentityTokenFile is AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: the ServiceAccount's
+	// token for the Pod Identity audience.
+	PodIdentityTokenFile string
+
+	// IAM: the role the pod assumes (STS.RoleARN()) trusts OIDCProviderARN, and its policy
+	// allows rds-db:connect on DBUserResource+"/"+user (and MySQLDBUserResource's) for the
+	// users of Options.DBUsersAllowed.
+	OIDCProviderARN     string
+	DBUserResource      string // arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-..., the PostgreSQL stand-in's
+	MySQLDBUserResource string // the MySQL stand-in's, set when Options.MySQL
 
 	// The path's three names (docs/configuration.md): what to dial, what to verify, what to
 	// sign the IAM token for.
@@ -140,15 +165,7 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 		return w, err
 	}
 
-	w.WebIdentityToken = fakests.NewToken()
-	if w.STS, err = fakests.Start(fakests.Options{Tokens: []string{w.WebIdentityToken}, Duration: o.CredentialDuration, Logf: o.Logf}); err != nil {
-		return w, err
-	}
-	tokDir := filepath.Join(w.Dir, "serviceaccount")
-	if err = os.MkdirAll(tokDir, 0o755); err != nil {
-		return w, fmt.Errorf("world: %w", err)
-	}
-	if w.TokenFile, err = fakests.WriteTokenFile(tokDir, w.WebIdentityToken); err != nil {
+	if err = w.startSTS(o); err != nil {
 		return w, err
 	}
 
@@ -164,7 +181,9 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 			Region:     o.Region,
 			Lookup:     w.STS.Lookup,
 		}),
-		Logf: o.Logf,
+		Authorize:      w.AuthorizeDBConnect,
+		DBUserResource: w.DBUserResource,
+		Logf:           o.Logf,
 	})
 	if err != nil {
 		return w, err
@@ -210,7 +229,7 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 		"AWS_ENDPOINT_URL_STS=",
 		"AWS_CONTAINER_CREDENTIALS_FULL_URI="+w.STS.URL+fakests.PodIdentityPath,
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=",
-		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE="+w.TokenFile,
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE="+w.PodIdentityTokenFile,
 	)
 	o.Logf("world: up: stand-in %s (tls %s, token host %s), postgres %s, sts %s",
 		w.Address, w.TLSServerName, w.TokenHost, w.PG.Addr(), w.STS.URL)
@@ -245,7 +264,9 @@ func (w *World) startMySQL(ctx context.Context, o Options) error {
 			Region:     o.Region,
 			Lookup:     w.STS.Lookup,
 		}),
-		Logf: o.Logf,
+		Authorize:      w.AuthorizeDBConnect,
+		DBUserResource: w.MySQLDBUserResource,
+		Logf:           o.Logf,
 	})
 	if err != nil {
 		return err
@@ -288,9 +309,10 @@ func setAll(env []string, setenv func(key, value string)) {
 }
 
 // RotateWebIdentityToken does what the kubelet and the token's expiry do together: a new
-// token is written to TokenFile and accepted by STS, and the old one is rejected from now on.
+// token is written to TokenFile and accepted by STS, and the old one is answered as expired
+// from now on.
 func (w *World) RotateWebIdentityToken() error {
-	tok := fakests.NewToken()
+	tok := w.STS.NewToken()
 	w.STS.AcceptToken(tok)
 	if _, err := fakests.WriteTokenFile(filepath.Dir(w.TokenFile), tok); err != nil {
 		return err

@@ -70,8 +70,8 @@ func TestWorld(t *testing.T) {
 			t.Fatal(err)
 		}
 		var ae smithy.APIError
-		if err := retrieve(); !errors.As(err, &ae) || ae.ErrorCode() != "InvalidIdentityToken" {
-			t.Fatalf("old token: %v, want InvalidIdentityToken", err)
+		if err := retrieve(); !errors.As(err, &ae) || ae.ErrorCode() != "ExpiredTokenException" {
+			t.Fatalf("old token: %v, want ExpiredTokenException (rotated away and expired)", err)
 		}
 		if err := os.WriteFile(w.TokenFile, []byte(w.WebIdentityToken), 0o644); err != nil {
 			t.Fatal(err)

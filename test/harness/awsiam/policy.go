@@ -1,4 +1,13 @@
-package fakeaws
+// Package awsiam is the IAM the fakes share: one evaluator of the IAM policy language (trust
+// policies and identity-based permission policies) and the verification of web identity tokens
+// (JWTs) that AssumeRoleWithWebIdentity and EKS Pod Identity do, so that the provisioner's fake
+// (test/fakeaws) and the sidecar's fake STS (test/harness/fakests) decide the same way AWS does.
+//
+// The policy language follows "Policy evaluation logic" and "IAM JSON policy elements reference"
+// (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
+// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements.html):
+// an explicit Deny wins over any Allow, and without an Allow the request is implicitly denied.
+package awsiam
 
 import (
 	"encoding/json"
@@ -6,50 +15,43 @@ import (
 	"strings"
 )
 
-// The IAM policy language, as far as the fake needs it to decide trust (who may assume a role)
-// and permission (what a role's credentials may do), following "Policy evaluation logic" and
-// "IAM JSON policy elements reference"
-// (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
-// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements.html):
-// an explicit Deny wins over any Allow, and without an Allow the request is implicitly denied.
-
-// decision is the outcome of evaluating policies for one request.
-type decision int
+// Decision is the outcome of evaluating policies for one request.
+type Decision int
 
 const (
-	implicitDeny decision = iota // no statement allows it
-	allowed
-	explicitDeny
+	ImplicitDeny Decision = iota // no statement allows it
+	Allow
+	ExplicitDeny
 )
 
-func (d decision) String() string {
+func (d Decision) String() string {
 	return [...]string{"implicit deny", "allow", "explicit deny"}[d]
 }
 
-// principal is who makes the request: kind is the Principal element's key (AWS, Federated,
-// Service) and id its value (an ARN, a provider ARN, a service name). account is the caller's
+// Principal is who makes the request: Kind is the Principal element's key (AWS, Federated,
+// Service) and ID its value (an ARN, a provider ARN, a service name). Account is the caller's
 // account for AWS principals, which an account id or ACCOUNT:root principal matches.
-type principal struct {
-	kind, id, account string
+type Principal struct {
+	Kind, ID, Account string
 }
 
-// evalRequest is one request as the evaluator sees it. A nil principal means an
-// identity-based policy, where Principal must not appear.
-type evalRequest struct {
-	principal *principal
-	action    string
-	resource  string // empty for trust policies, which have no Resource element
-	context   map[string]string
+// Request is one request as the evaluator sees it. A nil Principal means an identity-based
+// policy, where the Principal element must not appear.
+type Request struct {
+	Principal *Principal
+	Action    string
+	Resource  string // empty for trust policies, which have no Resource element
+	Context   map[string]string
 }
 
 type statement struct {
 	Sid         string                                `json:"Sid"`
 	Effect      string                                `json:"Effect"`
 	Principal   json.RawMessage                       `json:"Principal"`
-	Action      stringList                            `json:"Action"`
-	NotAction   stringList                            `json:"NotAction"`
-	Resource    stringList                            `json:"Resource"`
-	NotResource stringList                            `json:"NotResource"`
+	Action      StringList                            `json:"Action"`
+	NotAction   StringList                            `json:"NotAction"`
+	Resource    StringList                            `json:"Resource"`
+	NotResource StringList                            `json:"NotResource"`
 	Condition   map[string]map[string]json.RawMessage `json:"Condition"`
 }
 
@@ -58,10 +60,10 @@ type policyDoc struct {
 	Statement json.RawMessage `json:"Statement"`
 }
 
-// stringList is a policy element given as one string or a list of strings.
-type stringList []string
+// StringList is a policy element given as one string or a list of strings.
+type StringList []string
 
-func (l *stringList) UnmarshalJSON(b []byte) error {
+func (l *StringList) UnmarshalJSON(b []byte) error {
 	var one string
 	if err := json.Unmarshal(b, &one); err == nil {
 		*l = []string{one}
@@ -100,10 +102,10 @@ func parsePolicy(doc string) ([]statement, error) {
 	return many, nil
 }
 
-// evalPolicy evaluates the documents (all attached to the same principal or role) for req.
+// Evaluate evaluates the documents (all attached to the same principal or role) for req.
 // A document that does not parse allows nothing.
-func evalPolicy(docs []string, req evalRequest) decision {
-	out := implicitDeny
+func Evaluate(docs []string, req Request) Decision {
+	out := ImplicitDeny
 	for _, doc := range docs {
 		sts, err := parsePolicy(doc)
 		if err != nil {
@@ -114,17 +116,17 @@ func evalPolicy(docs []string, req evalRequest) decision {
 				continue
 			}
 			if st.Effect == "Deny" {
-				return explicitDeny
+				return ExplicitDeny
 			}
-			out = allowed
+			out = Allow
 		}
 	}
 	return out
 }
 
-func (st statement) matches(req evalRequest) bool {
-	if req.principal != nil {
-		if !principalMatches(st.Principal, *req.principal) {
+func (st statement) matches(req Request) bool {
+	if req.Principal != nil {
+		if !principalMatches(st.Principal, *req.Principal) {
 			return false
 		}
 	} else if len(st.Principal) > 0 {
@@ -132,37 +134,37 @@ func (st statement) matches(req evalRequest) bool {
 	}
 	switch {
 	case len(st.Action) > 0:
-		if !anyMatch(st.Action, req.action, false) {
+		if !anyMatch(st.Action, req.Action, false) {
 			return false
 		}
 	case len(st.NotAction) > 0:
-		if anyMatch(st.NotAction, req.action, false) {
+		if anyMatch(st.NotAction, req.Action, false) {
 			return false
 		}
 	default:
 		return false
 	}
-	if req.resource != "" {
+	if req.Resource != "" {
 		switch {
 		case len(st.Resource) > 0:
-			if !anyMatch(st.Resource, req.resource, true) {
+			if !anyMatch(st.Resource, req.Resource, true) {
 				return false
 			}
 		case len(st.NotResource) > 0:
-			if anyMatch(st.NotResource, req.resource, true) {
+			if anyMatch(st.NotResource, req.Resource, true) {
 				return false
 			}
 		default:
 			return false
 		}
 	}
-	return conditionsHold(st.Condition, req.context)
+	return conditionsHold(st.Condition, req.Context)
 }
 
 // principalMatches follows "AWS JSON policy elements: Principal": "*" is everyone; an AWS
 // account id or arn:aws:iam::ACCOUNT:root stands for every principal of that account; a role
 // ARN matches that role's sessions; Federated and Service match exactly.
-func principalMatches(raw json.RawMessage, p principal) bool {
+func principalMatches(raw json.RawMessage, p Principal) bool {
 	if len(raw) == 0 {
 		return false
 	}
@@ -170,15 +172,15 @@ func principalMatches(raw json.RawMessage, p principal) bool {
 	if json.Unmarshal(raw, &star) == nil {
 		return star == "*"
 	}
-	var m map[string]stringList
+	var m map[string]StringList
 	if json.Unmarshal(raw, &m) != nil {
 		return false
 	}
-	for _, v := range m[p.kind] {
+	for _, v := range m[p.Kind] {
 		switch {
-		case v == "*" || v == p.id:
+		case v == "*" || v == p.ID:
 			return true
-		case p.kind == "AWS" && p.account != "" && (v == p.account || v == "arn:aws:iam::"+p.account+":root"):
+		case p.Kind == "AWS" && p.Account != "" && (v == p.Account || v == "arn:aws:iam::"+p.Account+":root"):
 			return true
 		}
 	}
@@ -195,7 +197,7 @@ func conditionsHold(cond map[string]map[string]json.RawMessage, ctx map[string]s
 	}
 	for op, kv := range cond {
 		for key, raw := range kv {
-			var vals stringList
+			var vals StringList
 			if err := json.Unmarshal(raw, &vals); err != nil {
 				return false
 			}
@@ -264,4 +266,18 @@ func wildcard(pattern, s string, caseSensitive bool) bool {
 		pi++
 	}
 	return pi == len(p)
+}
+
+// Resources lists the Resource elements of every statement of doc, in order; nil when doc does
+// not parse.
+func Resources(doc string) []string {
+	sts, err := parsePolicy(doc)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, st := range sts {
+		out = append(out, st.Resource...)
+	}
+	return out
 }
