@@ -26,6 +26,7 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/inject"
 	"github.com/rdsvalet/rds-valet/test/harness/faultnet"
 	"github.com/rdsvalet/rds-valet/test/harness/promseries"
+	"github.com/rdsvalet/rds-valet/test/harness/world"
 )
 
 // kubeStateMetrics are the series names the chart's queries may read that kube-state-metrics
@@ -73,7 +74,9 @@ func TestAlertsFireOnTheirFaults(t *testing.T) {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
 
-	w := startWorld(t)
+	// The role may connect as any db user, so a login as a user the database lacks reaches the
+	// database's own refusal (28000), which is what the refused-login alert is about.
+	w := startWorldWith(t, world.Options{DBUsersAllowed: []string{"*"}})
 	fn, err := faultnet.Start("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
