@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -26,26 +25,9 @@ import (
 // failure, and a sidecar with a listener for each engine.
 func iamWorld(t *testing.T, o world.Options) (*world.World, *sidecar, *sidecar) {
 	t.Helper()
-	logs := &syncBuffer{}
 	o.MySQL = true
-	o.Logf = func(f string, a ...any) { fmt.Fprintf(logs, time.Now().Format("15:04:05.000 ")+f+"\n", a...) }
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	w, err := world.Start(ctx, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("world logs:\n%s", logs.String())
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := w.Close(ctx); err != nil {
-			t.Errorf("close the world: %v", err)
-		}
-	})
-	tw := &testWorld{World: w, StandinAddr: w.Address, ServerName: w.TLSServerName, SidecarEnv: w.Env, logs: logs}
+	tw := startWorldWith(t, o)
+	w := tw.World
 	pg := startSidecar(t, iamConfig(tw, ""), w.Env)
 	my := startSidecar(t, (&myWorld{World: w, standin: w.MySQLStandin}).config(""), w.Env)
 	return w, pg, my
