@@ -86,7 +86,14 @@ func TestUnixSocketPostgres(t *testing.T) {
 	}
 
 	// The connection limit counts socket and TCP connections alike: with the pgx session
-	// open, one TCP connection fills it and the next socket connection is refused.
+	// open, one TCP connection fills it and the next socket connection is refused. psql has
+	// gone; its session ends on the sidecar's side a moment later.
+	waitFor(t, 10*time.Second, "psql's session to end", func() error {
+		if v := s.metric("rdsvalet_proxy_connections_active", `listener="pg"`); v != 1 {
+			return fmt.Errorf("%v connections active, want pgx's alone", v)
+		}
+		return nil
+	})
 	tcp := connect(t, s, "app")
 	_, err = pgx.Connect(ctxTimeout(t, 10*time.Second), fmt.Sprintf("host=%s port=%s user=app dbname=app", dir, port))
 	var pgErr *pgconn.PgError
