@@ -48,6 +48,7 @@ type options struct {
 	listen, metricsListen, certFile, keyFile, k8sVersion, image, pullPolicy, failure, skip string
 	cpuReq, memReq, cpuLim, memLim, logLevel, logFormat                                    string
 	certPoll, waitTimeout                                                                  time.Duration
+	unixSocket                                                                             bool
 	adminPort                                                                              int
 	runAsUser                                                                              int64
 }
@@ -75,6 +76,7 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", 60*time.Second, "classic sidecars: how long postStart holds the app for the sidecar")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or console")
+	fs.BoolVar(&o.unixSocket, "unix-socket", false, "give pods without the rdsvalet.io/unix-socket annotation the sidecar's unix sockets (shared emptyDir at /var/run/rds-valet)")
 	return fs
 }
 
@@ -153,6 +155,7 @@ func run(ctx context.Context, args []string) error {
 				RunAsGroup:      o.runAsUser,
 				WaitTimeout:     o.waitTimeout,
 				SkipNamespaces:  skipNS,
+				UnixSocket:      o.unixSocket,
 			},
 		},
 	})

@@ -44,6 +44,8 @@ type Config struct {
 	Shutdown  Shutdown   `mapstructure:"shutdown" yaml:"shutdown,omitempty"`
 	DNS       DNS        `mapstructure:"dns" yaml:"dns,omitempty"`
 	Listeners []Listener `mapstructure:"listeners" yaml:"listeners,omitempty"`
+	// UnixSockets configures the listeners' unix sockets (unixsocket.go).
+	UnixSockets UnixSockets `mapstructure:"unix_sockets" yaml:"unix_sockets,omitempty"`
 }
 
 // DNS configures how upstream names are resolved. Names are resolved on every dial (no
@@ -87,10 +89,13 @@ type Shutdown struct {
 
 // Listener is one local endpoint that apps connect to and the upstream paths behind it.
 type Listener struct {
-	Name             string        `mapstructure:"name" yaml:"name,omitempty"`
-	Engine           string        `mapstructure:"engine" yaml:"engine,omitempty"`
-	Listen           string        `mapstructure:"listen" yaml:"listen,omitempty"`
-	AllowNonLoopback bool          `mapstructure:"allow_non_loopback" yaml:"allow_non_loopback,omitempty"`
+	Name             string `mapstructure:"name" yaml:"name,omitempty"`
+	Engine           string `mapstructure:"engine" yaml:"engine,omitempty"`
+	Listen           string `mapstructure:"listen" yaml:"listen,omitempty"`
+	AllowNonLoopback bool   `mapstructure:"allow_non_loopback" yaml:"allow_non_loopback,omitempty"`
+	// UnixSocket, when set, is also listened on: for PostgreSQL a directory that gets the
+	// socket .s.PGSQL.<listen's port>, for MySQL the socket file itself.
+	UnixSocket       string        `mapstructure:"unix_socket" yaml:"unix_socket,omitempty"`
 	MaxConnections   int           `mapstructure:"max_connections" yaml:"max_connections,omitempty"`
 	HandshakeTimeout time.Duration `mapstructure:"handshake_timeout" yaml:"handshake_timeout,omitempty"`
 	ConnectTimeout   time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout,omitempty"`
@@ -281,6 +286,7 @@ func (c *Config) applyListenerDefaults() {
 			}
 		}
 	}
+	c.applyUnixSocketDefaults()
 }
 
 // Validate reports every problem at once, each prefixed with the key that is wrong.
@@ -436,6 +442,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validateUnixSockets(bad)
 	if needRegion && c.AWS.Region == "" {
 		bad("aws.region", "is required for IAM authentication (or set AWS_REGION)")
 	}

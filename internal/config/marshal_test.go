@@ -20,14 +20,15 @@ func full() *Config {
 			Name: "orders", Engine: EngineMySQL, Listen: "0.0.0.0:3307", AllowNonLoopback: true,
 			MaxConnections: 7, HandshakeTimeout: 4 * time.Second, ConnectTimeout: 6 * time.Second,
 			SessionTimeout: 20 * time.Second, UpstreamTCP: UpstreamTCP{UserTimeout: 12 * time.Second, Keepalive: 3 * time.Second},
-			LocalPasswordFile: "/run/local-pw",
-			Auth:              Auth{Mode: AuthPassword, PasswordFile: "/run/pw", User: "app"},
-			TLS:               TLS{Mode: TLSVerifyCA, CAFile: "/run/ca.pem"},
+			LocalPasswordFile: "/run/local-pw", UnixSocket: "/nonexistent-rdsvalet/orders.sock",
+			Auth: Auth{Mode: AuthPassword, PasswordFile: "/run/pw", User: "app"},
+			TLS:  TLS{Mode: TLSVerifyCA, CAFile: "/run/ca.pem"},
 			Health: Health{Interval: 3 * time.Second, Timeout: time.Second, TLSInterval: 11 * time.Second, Rise: 3, Fall: 4,
 				LoginInterval: 40 * time.Second, LoginUser: "probe", LoginDatabase: "postgres",
 				Ping: new(bool), PingInterval: 3 * time.Second, PingTimeout: 2 * time.Second},
 			Paths: []Path{{Name: "direct", Address: "db.example.com:3306", TLSServerName: "cert.example.com", TokenHost: "token.example.com:3306"}},
 		}},
+		UnixSockets: UnixSockets{Dir: "/nonexistent-rdsvalet", Mode: "0640", Owner: "1000", Group: "2000"},
 	}
 }
 

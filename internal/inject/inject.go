@@ -97,6 +97,9 @@ type Config struct {
 	WaitTimeout time.Duration
 	// SkipNamespaces are never injected; kube-system always is.
 	SkipNamespaces []string
+	// UnixSocket gives pods without the rdsvalet.io/unix-socket annotation the sidecar's unix
+	// sockets (unixsocket.go).
+	UnixSocket bool
 }
 
 func (c Config) withDefaults() Config {
@@ -188,6 +191,7 @@ type request struct {
 	user       string
 	containers []string
 	logLevel   string
+	unixSocket bool
 }
 
 // Mutate returns a copy of pod with the sidecar injected, or the pod unchanged (as a copy) when
@@ -222,6 +226,11 @@ func Mutate(pod *corev1.Pod, namespace string, cfg Config) (*corev1.Pod, Outcome
 
 	sidecar := sidecarContainer(req, cfg)
 	copyAWSIdentity(&sidecar, pod)
+	if req.unixSocket {
+		addEnv(&sidecar, sidecarSocketEnv(pod))
+		mountSockets(&sidecar)
+		addSocketVolume(out)
+	}
 	if cfg.NativeSidecar {
 		always := corev1.ContainerRestartPolicyAlways
 		sidecar.RestartPolicy = &always
@@ -255,6 +264,9 @@ func Mutate(pod *corev1.Pod, namespace string, cfg Config) (*corev1.Pod, Outcome
 		c := &out.Spec.Containers[i]
 		if c.Name != ContainerName && req.wantsEnv(c.Name) {
 			addEnv(c, env)
+			if req.unixSocket {
+				mountSockets(c)
+			}
 		}
 	}
 	if cfg.NativeSidecar {
@@ -263,6 +275,9 @@ func Mutate(pod *corev1.Pod, namespace string, cfg Config) (*corev1.Pod, Outcome
 			c := &out.Spec.InitContainers[i]
 			if c.Name != ContainerName && req.wantsEnv(c.Name) {
 				addEnv(c, env)
+				if req.unixSocket {
+					mountSockets(c)
+				}
 			}
 		}
 	}
@@ -429,6 +444,10 @@ func parseRequest(pod *corev1.Pod, cfg Config) (request, error) {
 	if len(pod.Spec.Containers) == 0 {
 		errs = append(errs, "the pod has no containers")
 	}
+	var err error
+	if r.unixSocket, err = wantsUnixSocket(pod, cfg); err != nil {
+		errs = append(errs, err.Error())
+	}
 	if len(errs) > 0 {
 		return request{}, &DeniedError{Reason: strings.Join(errs, "; ")}
 	}
@@ -556,8 +575,23 @@ func appEnv(r request) []corev1.EnvVar {
 	add := func(k, v string) { env = append(env, corev1.EnvVar{Name: k, Value: v}) }
 	for _, e := range r.engines {
 		port := strconv.Itoa(int(r.port(e)))
-		switch e {
-		case "postgres":
+		switch {
+		case e == "postgres" && r.unixSocket:
+			add("PGHOST", SocketDir) // libpq: a directory holding .s.PGSQL.<PGPORT>
+			add("PGPORT", port)
+			add("PGSSLMODE", "disable") // libpq never uses TLS on a socket; require would fail
+			if r.user != "" {
+				add("PGUSER", r.user)
+			}
+			if r.database != "" {
+				add("PGDATABASE", r.database)
+			}
+		case e == "mysql" && r.unixSocket:
+			add("MYSQL_HOST", "localhost") // the mysql/mariadb clients take localhost as "the socket"
+			add("MYSQL_UNIX_PORT", mysqlSocket(r.port(e)))
+			add("MYSQL_PORT", port)
+			add("MYSQL_TCP_PORT", port)
+		case e == "postgres":
 			add("PGHOST", "127.0.0.1")
 			add("PGPORT", port)
 			// The sidecar answers SSLRequest with 'N'; saying so up front saves a round trip
@@ -569,13 +603,18 @@ func appEnv(r request) []corev1.EnvVar {
 			if r.database != "" {
 				add("PGDATABASE", r.database)
 			}
-		case "mysql":
+		case e == "mysql":
 			add("MYSQL_HOST", "127.0.0.1")
 			add("MYSQL_PORT", port)
 			add("MYSQL_TCP_PORT", port) // what the mysql/mariadb clients read
 		}
 	}
-	add("DATABASE_URL", databaseURL(r.engines[0], r.port(r.engines[0]), r.user, r.database))
+	if r.unixSocket && r.engines[0] == "postgres" {
+		add("DATABASE_URL", postgresSocketURL(r.port("postgres"), r.user, r.database))
+	} else {
+		// MySQL URLs have no common socket form: DATABASE_URL stays on the loopback port.
+		add("DATABASE_URL", databaseURL(r.engines[0], r.port(r.engines[0]), r.user, r.database))
+	}
 	return env
 }
 

@@ -38,6 +38,9 @@ type Config struct {
 	// query and is left alone.
 	SessionTimeout time.Duration
 	PathDown       func(path string) bool
+	// Unix, when its Path is set, is listened on besides Listen, with the same pipeline,
+	// limits and metrics; its file is removed when the listener closes.
+	Unix UnixSocket
 }
 
 // refuseTimeout bounds how long a refused client may take to send the startup we answer.
@@ -52,7 +55,8 @@ type Server struct {
 	m      *Metrics
 
 	ln   net.Listener
-	live atomic.Int64 // connections accepted and not yet closed
+	unix *net.UnixListener // nil without a unix socket
+	live atomic.Int64      // connections accepted and not yet closed
 	wg   sync.WaitGroup
 
 	ctx    context.Context // cancelled by Close: aborts handshakes in flight
@@ -189,7 +193,21 @@ func (s *Server) Listen() error {
 		return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
 	}
 	s.ln = ln
+	if s.cfg.Unix.Path != "" {
+		if s.unix, err = listenUnix(s.cfg.Unix); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
+		}
+	}
 	return nil
+}
+
+// UnixAddr is the bound unix socket, nil without one.
+func (s *Server) UnixAddr() net.Addr {
+	if s.unix == nil {
+		return nil
+	}
+	return s.unix.Addr()
 }
 
 // Addr is the bound address.
@@ -198,13 +216,23 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Name is the listener's name.
 func (s *Server) Name() string { return s.cfg.Name }
 
-// Serve accepts connections until the listener is closed.
+// Serve accepts connections until the listener (and its unix socket) is closed.
 func (s *Server) Serve() error {
 	s.wg.Add(1)
 	go s.watchSilent()
+	if s.unix == nil {
+		return s.accept(s.ln)
+	}
+	unixDone := make(chan error, 1)
+	go func() { unixDone <- s.accept(s.unix) }()
+	err := s.accept(s.ln)
+	return errors.Join(err, <-unixDone)
+}
+
+func (s *Server) accept(ln net.Listener) error {
 	var backoff time.Duration
 	for {
-		c, err := s.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
@@ -226,10 +254,14 @@ func (s *Server) Serve() error {
 	}
 }
 
-// StopAccepting closes the listener: new connections are refused by the kernel.
+// StopAccepting closes the listener: new connections are refused by the kernel. The unix
+// socket's file goes with it (net.UnixListener unlinks what it created).
 func (s *Server) StopAccepting() {
 	if s.ln != nil {
 		_ = s.ln.Close()
+	}
+	if s.unix != nil {
+		_ = s.unix.Close()
 	}
 }
 
@@ -341,7 +373,7 @@ func (s *Server) handle(c net.Conn) {
 	}
 	// WithLazy: the fields are encoded only if a line is logged. With eagerly encodes them into
 	// a 1 KiB buffer that an idle session would pin for its whole life.
-	log := s.log.WithLazy(zap.Stringer("client", c.RemoteAddr()))
+	log := s.log.WithLazy(zap.Stringer("client", clientAddr(c)))
 
 	if s.cfg.MaxConnections > 0 && s.live.Load() > int64(s.cfg.MaxConnections) {
 		s.refuse(c, ErrTooManyConnections, ResultRefusedLimit, log)

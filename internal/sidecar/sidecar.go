@@ -203,7 +203,7 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
 		OnNetworkFailure: set.ReportFailure, Loops: s.loops,
-		SessionTimeout: lc.SessionTimeout, PathDown: set.IsDown,
+		SessionTimeout: lc.SessionTimeout, PathDown: set.IsDown, Unix: unixSocket(lc, s.cfg.UnixSockets),
 	}, eng, source, s.log, m.proxy)
 	// Sessions leave a down path only when another path is up; with none up they stay, each
 	// ended by its own evidence of death (the kernel's dead-peer bound, session_timeout).
@@ -222,6 +222,12 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	}
 	probe.PingInterval, probe.PingTimeout = pingSchedule(lc, log)
 	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: probe}, nil
+}
+
+// unixSocket is the listener's unix socket as the server binds it; no Path without one.
+func unixSocket(lc config.Listener, u config.UnixSockets) proxy.UnixSocket {
+	uid, gid := u.SocketOwner()
+	return proxy.UnixSocket{Path: lc.UnixSocketFile(), Mode: u.SocketMode(), UID: uid, GID: gid}
 }
 
 // pingSchedule is the kept probe sessions' ping interval and timeout, 0 when the listener
@@ -287,6 +293,9 @@ func (s *Sidecar) Run(ctx context.Context) int {
 			l.paths.Run(probeCtx, l.prober, l.probe)
 		}()
 		s.log.Info("listening", zap.String("listener", l.cfg.Name), zap.String("addr", l.srv.Addr().String()))
+		if ua := l.srv.UnixAddr(); ua != nil {
+			s.log.Info("listening", zap.String("listener", l.cfg.Name), zap.String("unix_socket", ua.String()))
+		}
 	}
 	s.started.Store(true)
 	s.log.Info("sidecar started", zap.String("admin", s.admin.Addr().String()), zap.Int("listeners", len(s.listeners)))

@@ -341,7 +341,10 @@ func TestTemplate(t *testing.T) {
 			name: "defaults",
 			args: []string{"--kube-version", "1.30.2"},
 			check: func(t *testing.T, objs []rendered) {
-				_, wh := injectorChecks(t, objs, "v1.30.2", "Fail")
+				dep, wh := injectorChecks(t, objs, "v1.30.2", "Fail")
+				if a := args(dep.Spec.Template.Spec.Containers[0]); a["--unix-socket"] != "false" {
+					t.Errorf("injector --unix-socket = %q by default, want false (apps keep the loopback port)", a["--unix-socket"])
+				}
 				w := wh.Webhooks[0]
 				if w.ObjectSelector == nil || w.ObjectSelector.MatchLabels["rdsvalet.io/inject"] != "true" {
 					t.Errorf("default objectSelector = %+v, want the opt-in label", w.ObjectSelector)
@@ -390,7 +393,7 @@ func TestTemplate(t *testing.T) {
 				want := map[string]string{
 					"--image":      "111122223333.dkr.ecr.eu-west-1.amazonaws.com/rds-valet@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 					"--admin-port": "9191", "--cpu-limit": "1", "--memory-request": "96Mi", "--wait-timeout": "90s",
-					"--skip-namespaces": namespace + ",monitoring", "--listen": ":10443",
+					"--skip-namespaces": namespace + ",monitoring", "--listen": ":10443", "--unix-socket": "true",
 				}
 				for k, v := range want {
 					if a[k] != v {
@@ -559,6 +562,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"typo in a top-level key", []string{"injectr.replicas=2"}, "additional properties 'injectr' not allowed"},
 		{"typo in a nested key", []string{"sidecar.adminport=9090"}, "additional properties 'adminport' not allowed"},
 		{"port out of range", []string{"sidecar.adminPort=70000"}, "/sidecar/adminPort"},
+		{"unix socket not a boolean", []string{"sidecar.unixSocket=maybe"}, "/sidecar/unixSocket"},
 		{"provisioner without a spec", []string{"provisioner.enabled=true", "provisioner.serviceAccount.roleArn=arn:aws:iam::111122223333:role/p"}, "/provisioner/spec"},
 		{"provisioner without an IRSA role", []string{"provisioner.enabled=true", "provisioner.spec=x"}, "/provisioner/serviceAccount/roleArn"},
 		{"malformed role ARN", []string{"provisioner.serviceAccount.roleArn=role/p"}, "/provisioner/serviceAccount/roleArn"},

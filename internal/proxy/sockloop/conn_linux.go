@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Conn is a TCP connection that can be handed to a loop. Until then it is the connection it
+// Conn is a TCP (or unix stream) connection that can be handed to a loop. Until then it is the connection it
 // wraps; once detached it owns a duplicate of the socket, outside Go's poller, and its Read
 // and Write are the loop's non-blocking calls. Only the loop uses a detached Conn.
 type Conn struct {
@@ -27,13 +27,15 @@ type Conn struct {
 	local, remote net.Addr
 }
 
-// Wrap returns c ready to be handed to a loop later (a *Conn), or c itself if it is not a TCP
-// connection. Wrap the upstream socket before starting TLS on it.
+// Wrap returns c ready to be handed to a loop later (a *Conn), or c itself if it is neither a
+// TCP nor a unix stream connection (an app may come through a unix socket; the loop's read
+// and send calls are the same on both). Wrap the upstream socket before starting TLS on it.
 func Wrap(c net.Conn) net.Conn {
-	if _, ok := c.(*net.TCPConn); !ok {
-		return c
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return &Conn{inner: c, fd: -1}
 	}
-	return &Conn{inner: c, fd: -1}
+	return c
 }
 
 // errWouldBlock is what a detached Conn's Read returns when the socket has nothing more for

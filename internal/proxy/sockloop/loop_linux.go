@@ -37,7 +37,7 @@ type Relay struct {
 }
 
 // Start hands a session to one of the loops (round robin). app is the app's connection (a
-// *net.TCPConn); up is the upstream's: a *tls.Conn over a socket wrapped with Wrap, or a TCP
+// *net.TCPConn or *net.UnixConn); up is the upstream's: a *tls.Conn over a socket wrapped with Wrap, or a TCP
 // connection. leftover is what the login read from the upstream past its end, which the app
 // gets first. From here on the loop owns both connections, and calls h until it calls
 // h.Ended; if Start fails (ErrClosed once Close has begun) it has closed both and h is never
@@ -69,7 +69,7 @@ func newRelay(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
 	r := &Relay{h: h, leftover: leftover}
 	ac, ok := Wrap(app).(*Conn)
 	if !ok {
-		return nil, fmt.Errorf("sockloop: the app connection is a %T, not a TCP connection", app)
+		return nil, fmt.Errorf("sockloop: the app connection is a %T, not a TCP or unix connection", app)
 	}
 	r.app = ac
 	switch u := up.(type) {
