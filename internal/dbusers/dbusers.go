@@ -132,3 +132,24 @@ func action(exists bool, stmts []string) Action {
 	}
 	return Noop
 }
+
+// removedChanges plans the users this package created that the spec no longer names: kept
+// (reported) unless revokeRemoved, else dropped with the statements drop returns.
+func removedChanges(managed []string, inSpec map[string]bool, revokeRemoved bool, drop func(name string) ([]string, error)) ([]Change, error) {
+	var out []Change
+	for _, name := range managed {
+		if inSpec[name] {
+			continue
+		}
+		if !revokeRemoved {
+			out = append(out, Change{User: name, Action: Keep})
+			continue
+		}
+		st, err := drop(name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Change{User: name, Action: Drop, Statements: st})
+	}
+	return out, nil
+}

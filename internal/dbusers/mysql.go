@@ -177,18 +177,14 @@ func (s *mysqlSession) Plan(ctx context.Context, users []User, revokeRemoved boo
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range removed {
-		if inSpec[name] {
-			continue
-		}
-		if !revokeRemoved {
-			out = append(out, Change{User: name, Action: Keep})
-			continue
-		}
+	gone, err := removedChanges(removed, inSpec, revokeRemoved, func(name string) ([]string, error) {
 		// DROP USER takes its privileges with it.
-		out = append(out, Change{User: name, Action: Drop, Statements: []string{"DROP USER " + myAccount(name)}})
+		return []string{"DROP USER " + myAccount(name)}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return append(out, gone...), nil
 }
 
 func myPrivStatements(acct string, want map[string]Level, u *myUser) []string {

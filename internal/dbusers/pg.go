@@ -268,14 +268,7 @@ func (s *pgSession) Plan(ctx context.Context, users []User, revokeRemoved bool) 
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range removed {
-		if inSpec[name] {
-			continue
-		}
-		if !revokeRemoved {
-			out = append(out, Change{User: name, Action: Keep})
-			continue
-		}
+	gone, err := removedChanges(removed, inSpec, revokeRemoved, func(name string) ([]string, error) {
 		r, err := s.role(ctx, name)
 		if err != nil {
 			return nil, err
@@ -285,9 +278,12 @@ func (s *pgSession) Plan(ctx context.Context, users []User, revokeRemoved bool) 
 		if len(r.dbPrivs) > 0 {
 			st = append(st, "REVOKE ALL ON DATABASE "+pgIdent(s.t.Database)+" FROM "+id)
 		}
-		out = append(out, Change{User: name, Action: Drop, Statements: append(st, "DROP ROLE "+id)})
+		return append(st, "DROP ROLE "+id), nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return append(out, gone...), nil
 }
 
 // pgSchemaStatements grants what want asks for and revokes what the role holds beyond it, for

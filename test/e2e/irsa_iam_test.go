@@ -86,13 +86,12 @@ func TestIRSATrustOfAnotherServiceAccountRefusesTheLogin(t *testing.T) {
 	}
 	for name, st := range map[string]rdsstandin.Stats{"pg": w.Standin.Stats(), "mysql": w.MySQLStandin.Stats()} {
 		// The sidecar dials the path before it mints the token, so it may connect and hang up
-		// at any step before the password (client_gone, or protocol/tls_handshake when the
-		// hang-up cuts a message); it never presents a password.
+		// before the password (see presentedPassword); it never presents one.
 		if st.LoginsOK != 0 {
 			t.Errorf("%s stand-in logged a client in: %+v", name, st)
 		}
 		for reason := range st.LoginsFailed {
-			if strings.HasPrefix(reason, rdsstandin.ReasonTokenPrefix) || reason == rdsstandin.ReasonNotAuthorized || reason == rdsstandin.ReasonBackend {
+			if presentedPassword(reason) || reason == rdsstandin.ReasonNotAuthorized {
 				t.Errorf("%s stand-in refused a login as %s: the sidecar had no token to present", name, reason)
 			}
 		}
@@ -119,10 +118,10 @@ func TestIRSAPolicyWithoutTheDBUserRefusesTheLogin(t *testing.T) {
 		if st.LoginsOK != 0 || st.LoginsFailed[rdsstandin.ReasonNotAuthorized] < 1 {
 			t.Errorf("%s stand-in: %+v, want refusals as not_authorized only", name, st)
 		}
-		// Hang-ups before a password (the sidecar's tcp/tls probes: protocol, tls_handshake,
-		// client_gone) are not logins; no token may fail to verify.
+		// Hang-ups before a password (the sidecar's tcp/tls probes) are not logins; no token
+		// may fail to verify.
 		for reason := range st.LoginsFailed {
-			if strings.HasPrefix(reason, rdsstandin.ReasonTokenPrefix) || reason == rdsstandin.ReasonBackend {
+			if presentedPassword(reason) {
 				t.Errorf("%s stand-in refused a login as %s: the token itself should verify", name, reason)
 			}
 		}
@@ -154,4 +153,11 @@ func TestIRSATrustAndPolicyAllowTheLogin(t *testing.T) {
 	if len(w.STS.Issued()) < 1 || w.Standin.Stats().LoginsOK < 1 || w.MySQLStandin.Stats().LoginsOK < 1 {
 		t.Fatalf("issued %d, pg %+v, mysql %+v", len(w.STS.Issued()), w.Standin.Stats(), w.MySQLStandin.Stats())
 	}
+}
+
+// presentedPassword says whether a stand-in refusal came after the client sent a password (a
+// token that failed to verify, or the backend's refusal). A hang-up before it (client_gone, or
+// protocol/tls_handshake when the hang-up cuts a message, as a tcp/tls probe's does) is not.
+func presentedPassword(reason string) bool {
+	return strings.HasPrefix(reason, rdsstandin.ReasonTokenPrefix) || reason == rdsstandin.ReasonBackend
 }
