@@ -108,6 +108,44 @@ type Listener struct {
 	TLS               TLS           `mapstructure:"tls" yaml:"tls,omitempty"`
 	Health            Health        `mapstructure:"health" yaml:"health,omitempty"`
 	Paths             []Path        `mapstructure:"paths" yaml:"paths,omitempty"`
+	// Role is what the listener's sessions must run on: RoleWriter (default) or RoleReader.
+	Role string `mapstructure:"role" yaml:"role,omitempty"`
+	// Cluster, when set, makes the paths instances of one cluster whose roles are checked
+	// and discovered (docs/cluster.md).
+	Cluster Cluster `mapstructure:"cluster" yaml:"cluster,omitempty"`
+}
+
+// Listener roles.
+const (
+	RoleWriter = "writer"
+	RoleReader = "reader"
+)
+
+// Cluster configures how a listener sees the instances of a cluster: their roles, the
+// topology it discovers from the database, and how readers are chosen.
+type Cluster struct {
+	// Discovery is how instances are found beyond the configured paths: "static" (the
+	// paths alone, roles from each instance's own answer), "aurora-postgresql",
+	// "aurora-mysql", "multi-az-postgresql", "multi-az-mysql".
+	Discovery string `mapstructure:"discovery" yaml:"discovery,omitempty"`
+	// InstanceTemplate makes a discovered instance's address from its id: "?" is replaced
+	// by the id (as the AWS Advanced Go Wrapper's host pattern), e.g.
+	// "?.cluster-xyz.us-east-1.rds.amazonaws.com:5432".
+	InstanceTemplate string `mapstructure:"instance_template" yaml:"instance_template,omitempty"`
+	// RefreshInterval is the steady-state topology refresh; FailoverRefreshInterval the fast
+	// one kept for FailoverWindow after a writer change.
+	RefreshInterval         time.Duration `mapstructure:"refresh_interval" yaml:"refresh_interval,omitempty"`
+	FailoverRefreshInterval time.Duration `mapstructure:"failover_refresh_interval" yaml:"failover_refresh_interval,omitempty"`
+	FailoverWindow          time.Duration `mapstructure:"failover_window" yaml:"failover_window,omitempty"`
+	// MaxReplicaLag leaves out of a reader listener a replica lagging more than this.
+	MaxReplicaLag time.Duration `mapstructure:"max_replica_lag" yaml:"max_replica_lag,omitempty"`
+	// ReaderFallback is what a reader listener does with no fresh reader: "writer" or "none".
+	ReaderFallback string `mapstructure:"reader_fallback" yaml:"reader_fallback,omitempty"`
+	// Balance picks among readers: "round-robin", "least-connections" or "fastest".
+	Balance string `mapstructure:"balance" yaml:"balance,omitempty"`
+	// LagAction is what happens to sessions on a reader that falls behind: "end-at-idle"
+	// or "keep".
+	LagAction string `mapstructure:"lag_action" yaml:"lag_action,omitempty"`
 }
 
 // Health configures the active probes of a listener's paths.

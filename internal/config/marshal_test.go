@@ -27,6 +27,10 @@ func full() *Config {
 				LoginInterval: 40 * time.Second, LoginUser: "probe", LoginDatabase: "postgres",
 				Ping: new(bool), PingInterval: 3 * time.Second, PingTimeout: 2 * time.Second},
 			Paths: []Path{{Name: "direct", Address: "db.example.com:3306", TLSServerName: "cert.example.com", TokenHost: "token.example.com:3306"}},
+			Role:  RoleReader,
+			Cluster: Cluster{Discovery: "aurora-mysql", InstanceTemplate: "?.cluster-xyz.us-east-1.rds.amazonaws.com:3306",
+				RefreshInterval: 30 * time.Second, FailoverRefreshInterval: 100 * time.Millisecond, FailoverWindow: 30 * time.Second,
+				MaxReplicaLag: 5 * time.Second, ReaderFallback: "writer", Balance: "least-connections", LagAction: "end-at-idle"},
 		}},
 		UnixSockets: UnixSockets{Dir: "/nonexistent-rdsvalet", Mode: "0640", Owner: "1000", Group: "2000"},
 	}
