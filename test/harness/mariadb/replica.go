@@ -104,7 +104,9 @@ func (s *Server) ReadOnly(ctx context.Context) (readOnly, innodbReadOnly bool, e
 
 // StopSQLThread stops applying replicated events (STOP SLAVE SQL_THREAD); the IO thread
 // keeps fetching the primary's binary log, so the replica falls behind with every write.
-func (s *Server) StopSQLThread(ctx context.Context) error { return s.Exec(ctx, "STOP SLAVE SQL_THREAD") }
+func (s *Server) StopSQLThread(ctx context.Context) error {
+	return s.Exec(ctx, "STOP SLAVE SQL_THREAD")
+}
 
 // StartSQLThread resumes applying (START SLAVE SQL_THREAD).
 func (s *Server) StartSQLThread(ctx context.Context) error {
