@@ -59,6 +59,37 @@ func (s *Server) StartStandby(ctx context.Context, o Options) (*Server, error) {
 	return sb, nil
 }
 
+// Follow points a standby at another primary (after a failover: a surviving standby follows
+// the promoted one): a new slot there, primary_conninfo and primary_slot_name by ALTER SYSTEM,
+// a reload, and it returns once the WAL receiver streams from primary. The standby follows
+// the new timeline (recovery_target_timeline is latest); it cannot if it had replayed WAL of
+// the old primary that the new one never received.
+func (s *Server) Follow(ctx context.Context, primary *Server) error {
+	slot := fmt.Sprintf("standby_%d_%d", primary.Port, slotSeq.Add(1))
+	if err := primary.Exec(ctx, "SELECT pg_create_physical_replication_slot('"+slot+"')"); err != nil {
+		return err
+	}
+	conninfo := fmt.Sprintf("host=%s port=%d user=%s application_name=%s", primary.Host, primary.Port, ReplicationRole, slot)
+	// One statement per call: ALTER SYSTEM refuses to run inside the implicit transaction of
+	// a multi-statement query.
+	for _, q := range []string{
+		"ALTER SYSTEM SET primary_conninfo = " + quoteLiteral(conninfo),
+		"ALTER SYSTEM SET primary_slot_name = " + quoteLiteral(slot),
+		"SELECT pg_reload_conf()",
+	} {
+		if err := s.Exec(ctx, q); err != nil {
+			return err
+		}
+	}
+	s.primary, s.slot = primary, slot
+	return s.poll(ctx, "streaming from "+primary.Addr(), func(ctx context.Context) (bool, error) {
+		var n int
+		err := s.queryRowArgs(ctx, "SELECT count(*)::int FROM pg_stat_wal_receiver WHERE status = 'streaming' AND sender_port = $1",
+			[]any{primary.Port}, &n)
+		return err == nil && n == 1, err
+	})
+}
+
 // Primary is the server a standby was made from (nil for a primary started by Start).
 func (s *Server) Primary() *Server { return s.primary }
 

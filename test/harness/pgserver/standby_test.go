@@ -53,6 +53,7 @@ func TestStandby(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := startStandby(t, p, ca)
+	other := startStandby(t, p, ca) // follows sb after the failover
 
 	t.Run("streams and refuses writes", func(t *testing.T) {
 		if in, err := sb.InRecovery(ctx); err != nil || !in {
@@ -152,6 +153,24 @@ func TestStandby(t *testing.T) {
 		}
 		if n := count(t, ctx, sb); n != before+1 {
 			t.Fatalf("rows %d after a write on %d", n, before)
+		}
+	})
+
+	t.Run("the other standby follows the promoted one", func(t *testing.T) {
+		if err := other.Follow(ctx, sb); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.Exec(ctx, "INSERT INTO repl_t (v) VALUES ('followed')"); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.WaitCaughtUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n, want := count(t, ctx, other), count(t, ctx, sb); n != want {
+			t.Fatalf("follower has %d rows, new primary %d", n, want)
+		}
+		if in, err := other.InRecovery(ctx); err != nil || !in {
+			t.Fatalf("follower in recovery = %v (%v)", in, err)
 		}
 	})
 }

@@ -86,6 +86,19 @@ func (i *Instance) WaitCaughtUp(ctx context.Context) error {
 	return i.MariaDB.WaitCaughtUp(ctx)
 }
 
+// Follow makes this replica replicate from primary (after a failover, the surviving replicas
+// follow the promoted instance): pgserver's Follow (a new slot, primary_conninfo) or
+// mariadb's (CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos).
+func (i *Instance) Follow(ctx context.Context, primary *Instance) error {
+	if i.PG != nil && primary.PG != nil {
+		return i.PG.Follow(ctx, primary.PG)
+	}
+	if i.MariaDB != nil && primary.MariaDB != nil {
+		return i.MariaDB.Follow(ctx, primary.MariaDB)
+	}
+	return fmt.Errorf("world: %s cannot follow %s (another engine)", i.ID, primary.ID)
+}
+
 // IsWriter asks the server what a client would: pg_is_in_recovery() false, or MySQL
 // read_only and innodb_read_only both off.
 func (i *Instance) IsWriter(ctx context.Context) (bool, error) {
@@ -113,7 +126,15 @@ func instanceDomain(region string) string { return "c1uster7test." + region + ".
 
 // startCluster gives the PostgreSQL primary (and the MariaDB one) o.Replicas (o.MySQLReplicas)
 // replicas, an instance stand-in each, and the topology stand-ins.
+// The two engines start side by side (a cluster start is mostly waiting for servers).
 func (w *World) startCluster(ctx context.Context, o Options) error {
+	pgErr := make(chan error, 1)
+	go func() { pgErr <- w.startPGCluster(ctx, o) }()
+	myErr := w.startMySQLCluster(ctx, o)
+	return errors.Join(<-pgErr, myErr)
+}
+
+func (w *World) startPGCluster(ctx context.Context, o Options) error {
 	domain := instanceDomain(o.Region)
 	if o.Replicas > 0 {
 		w.InstanceTemplate = "?." + domain + ":" + rdsPort
@@ -142,6 +163,11 @@ func (w *World) startCluster(ctx context.Context, o Options) error {
 			}
 		}
 	}
+	return nil
+}
+
+func (w *World) startMySQLCluster(ctx context.Context, o Options) error {
+	domain := instanceDomain(o.Region)
 	if o.MySQL && o.MySQLReplicas > 0 {
 		w.MySQLInstanceTemplate = "?." + domain + ":" + rdsMySQLPort
 		ids := clusterIDs(o.ClusterID+"-mysql", o.MySQLReplicas)

@@ -149,5 +149,21 @@ func TestWorldCluster(t *testing.T) {
 		if ok, err := w.MySQLInstances[1].IsWriter(ctx); err != nil || !ok {
 			t.Fatalf("IsWriter %v %v", ok, err)
 		}
+		// The surviving replicas follow the new writers and see its writes.
+		for _, pair := range [][2]*world.Instance{{w.Instances[2], w.Instances[1]}, {w.MySQLInstances[2], w.MySQLInstances[1]}} {
+			if err := pair[0].Follow(ctx, pair[1]); err != nil {
+				t.Fatal(err)
+			}
+			if err := pair[0].WaitCaughtUp(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if inRecovery(w.Instances[2]) != true {
+			t.Fatal("orders-3 left recovery")
+		}
+		var n int
+		if err := myDB(w.MySQLInstances[2]).QueryRowContext(ctx, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'promoted'").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("orders-mysql-3 does not see the new writer's table: %d %v", n, err)
+		}
 	})
 }
