@@ -195,29 +195,12 @@ func (s *Server) WaitCaughtUp(ctx context.Context) error {
 	})
 }
 
-// poll checks cond every 20ms until it holds, ctx ends or 30s pass.
+// poll checks cond every 20ms until it holds, ctx ends, 30s pass or the server exits.
 func (s *Server) poll(ctx context.Context, what string, cond func(context.Context) (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var last error
-	for {
-		ok, err := cond(ctx)
-		if ok {
-			return nil
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("pgserver %s: %s: %w (last error: %v)", s.Addr(), what, ctx.Err(), last)
-		case <-s.proc.Exited():
-			return fmt.Errorf("pgserver %s: %s: server exited", s.Addr(), what)
-		case <-tick.C:
-		}
+	if err := s.proc.Poll(ctx, 30*time.Second, what, cond); err != nil {
+		return fmt.Errorf("pgserver %s: %w", s.Addr(), err)
 	}
+	return nil
 }
 
 // queryRow runs one query (no parameters) as the superuser and scans its single row.
