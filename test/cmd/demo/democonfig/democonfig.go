@@ -9,26 +9,41 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/config"
 )
 
-// Input is what the demo knows once its local world is up.
+// Input is what the demo knows once its local world is up. The paths are the instances of
+// each engine's cluster (the replicas first, the primary last: the reader listener's
+// fallback), each through its own toxiproxy proxy.
 type Input struct {
 	AdminListen, Region, CAFile string
 	PostgresListen, MySQLListen string
-	PostgresPaths, MySQLPaths   []config.Path
+	// PostgresReaderListen and MySQLReaderListen serve the reader listeners.
+	PostgresReaderListen, MySQLReaderListen string
+	PostgresPaths, MySQLPaths               []config.Path
 }
 
-// Build returns one Postgres and one MySQL listener, each verifying TLS against the demo CA and
-// probing fast enough that toxiproxy faults show in /paths within seconds.
+// ProbeUser is the user the cluster listeners' topology monitor and kept probe sessions log in
+// as (a cluster listener needs one).
+const ProbeUser = "app"
+
+// Build returns per engine a writer listener and a reader listener over the same instances,
+// each verifying TLS against the demo CA and probing fast enough that toxiproxy faults show in
+// /paths within seconds. A role makes each a cluster listener with the defaults (static
+// discovery: each instance's own answer; docs/cluster.md).
 func Build(in Input) *config.Config {
 	tls := config.TLS{Mode: config.TLSVerifyFull, CAFile: in.CAFile}
-	health := config.Health{Interval: time.Second, TLSInterval: 2 * time.Second}
+	health := config.Health{Interval: time.Second, TLSInterval: 2 * time.Second, LoginUser: ProbeUser}
+	listener := func(name, engine, listen, role string, paths []config.Path) config.Listener {
+		return config.Listener{Name: name, Engine: engine, Listen: listen, Role: role, TLS: tls, Health: health, Paths: paths}
+	}
 	return &config.Config{
 		Log:      config.Log{Level: "info"},
 		Admin:    config.Admin{Listen: in.AdminListen},
 		AWS:      config.AWS{Region: in.Region},
 		Shutdown: config.Shutdown{MaxDelay: 5 * time.Second},
 		Listeners: []config.Listener{
-			{Name: "postgres", Engine: config.EnginePostgres, Listen: in.PostgresListen, TLS: tls, Health: health, Paths: in.PostgresPaths},
-			{Name: "mysql", Engine: config.EngineMySQL, Listen: in.MySQLListen, TLS: tls, Health: health, Paths: in.MySQLPaths},
+			listener("postgres", config.EnginePostgres, in.PostgresListen, config.RoleWriter, in.PostgresPaths),
+			listener("postgres-ro", config.EnginePostgres, in.PostgresReaderListen, config.RoleReader, in.PostgresPaths),
+			listener("mysql", config.EngineMySQL, in.MySQLListen, config.RoleWriter, in.MySQLPaths),
+			listener("mysql-ro", config.EngineMySQL, in.MySQLReaderListen, config.RoleReader, in.MySQLPaths),
 		},
 	}
 }
