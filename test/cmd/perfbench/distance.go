@@ -191,13 +191,10 @@ func (b *bench) startFloor() error {
 	return nil
 }
 
-// runPG measures one pgbench case on every path, b.o.reps times, rotating the order of the
-// paths per repetition so that no path is always first after a change.
-func (b *bench) runPG(dist, name string, args []string, clients int, paths []string) error {
-	key := caseKey(dist, "pgbench", name, clients)
-	if !b.wantKey(key) {
-		return nil
-	}
+// interleave measures one case on every path, b.o.reps times, rotating the order of the paths
+// per repetition so that no path is always first after a change; the sidecar's first run of
+// the case is profiled when --profile is set.
+func (b *bench) interleave(key string, paths []string, run func(path string) (sample, error)) (map[string][]sample, error) {
 	samples := map[string][]sample{}
 	for r := 0; r < b.o.reps; r++ {
 		for i := range paths {
@@ -206,13 +203,28 @@ func (b *bench) runPG(dist, name string, args []string, clients int, paths []str
 			if p == "sidecar" {
 				wait = b.profiled(key, b.o.dur)
 			}
-			s, err := b.pgbenchAt(dist, p, args, clients, b.o.dur)
+			s, err := run(p)
 			wait()
 			if err != nil {
-				return fmt.Errorf("%s on %s: %w", key, p, err)
+				return nil, fmt.Errorf("%s on %s: %w", key, p, err)
 			}
 			samples[p] = append(samples[p], s)
 		}
+	}
+	return samples, nil
+}
+
+// runPG measures one pgbench case on every path (interleave) and adds its rows.
+func (b *bench) runPG(dist, name string, args []string, clients int, paths []string) error {
+	key := caseKey(dist, "pgbench", name, clients)
+	if !b.wantKey(key) {
+		return nil
+	}
+	samples, err := b.interleave(key, paths, func(p string) (sample, error) {
+		return b.pgbenchAt(dist, p, args, clients, b.o.dur)
+	})
+	if err != nil {
+		return err
 	}
 	for _, p := range paths {
 		b.addAt(dist, "pgbench", name, p, clients, samples[p])
@@ -226,21 +238,11 @@ func (b *bench) runSysbench(dist, test string, threads int, paths []string) erro
 	if !b.wantKey(key) {
 		return nil
 	}
-	samples := map[string][]sample{}
-	for r := 0; r < b.o.reps; r++ {
-		for i := range paths {
-			p := paths[(i+r)%len(paths)]
-			wait := func() {}
-			if p == "sidecar" {
-				wait = b.profiled(key, b.o.dur)
-			}
-			s, err := b.sysbenchRunAt(dist, test, p, threads, b.o.dur)
-			wait()
-			if err != nil {
-				return fmt.Errorf("%s on %s: %w", key, p, err)
-			}
-			samples[p] = append(samples[p], s)
-		}
+	samples, err := b.interleave(key, paths, func(p string) (sample, error) {
+		return b.sysbenchRunAt(dist, test, p, threads, b.o.dur)
+	})
+	if err != nil {
+		return err
 	}
 	for _, p := range paths {
 		b.addAt(dist, "sysbench", test, p, threads, samples[p])

@@ -383,21 +383,11 @@ func (b *bench) run() error {
 		if eng == "postgres" {
 			paths = []string{"direct-tls", "pgbouncer", "sidecar"}
 		}
-		samples := map[string][]sample{}
-		for r := 0; r < b.o.reps; r++ {
-			for i := range paths {
-				p := paths[(i+r)%len(paths)]
-				wait := func() {}
-				if p == "sidecar" {
-					wait = b.profiled("connect-loop/"+eng, b.o.dur)
-				}
-				s, err := b.connectLoop(eng, p, 4, b.o.dur)
-				wait()
-				if err != nil {
-					return fmt.Errorf("connect loop %s %s: %w", eng, p, err)
-				}
-				samples[p] = append(samples[p], s)
-			}
+		samples, err := b.interleave("connect-loop/"+eng, paths, func(p string) (sample, error) {
+			return b.connectLoop(eng, p, 4, b.o.dur)
+		})
+		if err != nil {
+			return err
 		}
 		for _, p := range paths {
 			b.add("connect-loop", eng+" connect+SELECT 1", p, 4, samples[p])
