@@ -203,6 +203,8 @@ type bench struct {
 	sidePGAt     map[string]string // distance -> the sidecar's pg listener behind that hop
 	sideMyAt     map[string]string
 	hopRTT       map[string][2]float64 // distance -> measured echo RTT p50, p99 (ms); "" is bare loopback
+	commit       string                // what was measured: the checkout at the start
+	emptyRuns    []string              // pgbench runs that completed no transaction
 	readingCPU   map[string]sample     // distance -> the profiled reading run (readingRuns)
 	admin        string
 	results      []result
@@ -230,6 +232,7 @@ func (b *bench) cmd(line string) {
 
 func (b *bench) run() error {
 	b.started = time.Now()
+	b.commit = commit()
 	ctx := context.Background()
 	if err := ensurePackages(b.logf); err != nil {
 		return err
@@ -693,7 +696,7 @@ func (b *bench) doCleanup() {
 		_ = b.pg.Stop(ctx)
 		cancel()
 	}
-	if b.dir != "" {
+	if b.dir != "" && os.Getenv("PERFBENCH_KEEP") == "" {
 		_ = os.RemoveAll(b.dir)
 	}
 }
@@ -862,6 +865,12 @@ func (b *bench) pgbenchAt(dist, path string, args []string, clients int, dur tim
 		}
 	}
 	m.stop(&s, tx)
+	if tx == 0 {
+		// A run whose clients spent it connecting (a loaded machine): it stays a sample (the
+		// median of the repetitions absorbs one), and the report says how many there were.
+		b.emptyRuns = append(b.emptyRuns, fmt.Sprintf("%s pgbench %s c%d", path+"@"+dist, strings.Join(args, " "), clients))
+		b.logf("pgbench %s on %s (distance %q): no transactions:\n%s", strings.Join(args, " "), path, dist, out)
+	}
 	// Per-transaction log lines: client_id transaction_no time(µs) script_no epoch µs.
 	var lat []float64
 	files, _ := filepath.Glob(filepath.Join(logDir, "tx*"))

@@ -92,7 +92,7 @@ func (b *bench) writeReport() error {
 	p := func(f string, a ...any) { fmt.Fprintf(&w, f, a...) }
 	p("# Benchmarks: sidecar vs direct vs PgBouncer, at zero and at a network hop's distance\n\n")
 	p("Written by `make bench-perf` (test/cmd/perfbench) on %s UTC at commit %s; the whole run took %s.\n",
-		time.Now().UTC().Format("2006-01-02 15:04"), commit(), b.total.Round(time.Second))
+		time.Now().UTC().Format("2006-01-02 15:04"), b.commit, b.total.Round(time.Second))
 	p("Every figure above the appended notes (\"What the profiles showed\") is from this run.\n\n")
 	p("- Machine: %s.\n", machine())
 	p("- The machine may be shared with other work while this runs: absolute numbers are noisy, so the\n")
@@ -127,6 +127,10 @@ func (b *bench) writeReport() error {
 			p(" %s: p50 %.3f ms, p99 %.3f ms;", d.name, r[0], r[1])
 		}
 		p(" bare loopback p50 %.3f ms. The hop is its own process, on the same two cores.\n", b.hopRTT[""][0])
+	}
+	if len(b.emptyRuns) > 0 {
+		p("- **%d pgbench runs completed no transaction** (their clients spent the run connecting on a\n", len(b.emptyRuns))
+		p("  loaded machine); each is a zero sample in its row's median: %s.\n", strings.Join(b.emptyRuns, "; "))
 	}
 	p("\n")
 
