@@ -294,6 +294,12 @@ func clients(ctx context.Context, region string, o options) (provision.Clients, 
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
 		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), EKS: eks.NewFromConfig(cfg),
+		// Cross-region read replicas are created and managed by calls to their own Region.
+		RDSIn: func(_ context.Context, region string) (provision.RDSAPI, error) {
+			cc := cfg.Copy()
+			cc.Region = region
+			return rds.NewFromConfig(cc), nil
+		},
 		ConsumerEC2: func(ctx context.Context, roleARN string) (provision.ConsumerEC2API, error) {
 			if roleARN == "" {
 				return ec2c, nil

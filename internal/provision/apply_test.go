@@ -58,6 +58,11 @@ func clientsOf(t *testing.T, fake *fakeaws.Server) provision.Clients {
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
 		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg),
+		RDSIn: func(_ context.Context, region string) (provision.RDSAPI, error) {
+			cc := cfg.Copy()
+			cc.Region = region
+			return rds.NewFromConfig(cc), nil
+		},
 		ConsumerEC2: func(context.Context, string) (provision.ConsumerEC2API, error) { return ec2c, nil },
 	}
 }

@@ -338,7 +338,9 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		}
 		o := &State{Kind: kindInstance, Name: deref(in.DBInstanceIdentifier), ID: deref(in.DBInstanceArn), Status: deref(in.DBInstanceStatus),
 			Attrs: a, Tags: tags, Out: map[string]string{"instance.resource_id": deref(in.DbiResourceId), "instance.secret_arn": secretArn,
-				"instance.parameter_apply_status": pgApply}}
+				"instance.parameter_apply_status": pgApply,
+				// Its read replicas: ids in this Region, ARNs in others (replicas.go finds them).
+				"instance.replicas": strings.Join(in.ReadReplicaDBInstanceIdentifiers, ",")}}
 		if in.Endpoint != nil {
 			o.Out["instance.address"] = deref(in.Endpoint.Address)
 			o.Out["instance.port"] = strconv.Itoa(int(deref(in.Endpoint.Port)))
