@@ -140,8 +140,10 @@ func TestReplicasApplyIdempotentDriftRemoveDestroy(t *testing.T) {
 	// Destroy deletes the replicas before their source: when the source's delete comes, none
 	// is left (RDS would promote them to standalone instances, left running).
 	var atSourceDelete []string
+	sawSource := false
 	fake.OnCall("DeleteDBInstance", func() {
 		if in, _ := fake.Instance("catalog"); in.Status == "deleting" {
+			sawSource = true
 			for _, r := range []struct{ region, id string }{{"", "catalog-ro2"}, {"eu-west-1", "catalog-eu"}} {
 				if _, ok := fake.Replica(r.region, r.id); ok {
 					atSourceDelete = append(atSourceDelete, r.id)
@@ -152,7 +154,7 @@ func TestReplicasApplyIdempotentDriftRemoveDestroy(t *testing.T) {
 	if _, err := p.Destroy(ctx, provision.DestroyOptions{ForceDeletionProtection: true}); err != nil {
 		t.Fatal(err)
 	}
-	if len(atSourceDelete) != 0 {
+	if !sawSource || len(atSourceDelete) != 0 {
 		t.Errorf("replicas still there when the source was deleted: %v", atSourceDelete)
 	}
 	for k, n := range fake.Counts() {

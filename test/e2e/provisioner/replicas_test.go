@@ -1,6 +1,7 @@
 package provisioner_test
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,6 +81,22 @@ func TestReplicasPlanApplyIdempotentDestroyInOrder(t *testing.T) {
 		t.Errorf("written config:\n%s", b)
 	}
 
+	// status lists the replicas with their endpoints, the cross-region one included.
+	st := h.mustRun("status", "--output", "json")
+	var status struct {
+		Replicas []struct {
+			ID, Region string
+			Path       *struct{ Address string }
+		}
+	}
+	if err := json.Unmarshal([]byte(st.stdout), &status); err != nil || len(status.Replicas) != 2 || status.Replicas[1].Region != "eu-west-1" ||
+		status.Replicas[1].Path == nil || !strings.HasPrefix(status.Replicas[1].Path.Address, "orders-eu.") {
+		t.Errorf("status: %v\n%s", err, st.stdout)
+	}
+	if st := h.mustRun("status"); !strings.Contains(st.stdout, "REPLICA") || !strings.Contains(st.stdout, "orders-eu") {
+		t.Errorf("status table:\n%s", st.stdout)
+	}
+
 	h.fake.ResetCalls()
 	if got := h.plan(); len(got) != 0 {
 		t.Errorf("second plan: %v", changeNames(got))
@@ -90,8 +107,10 @@ func TestReplicasPlanApplyIdempotentDestroyInOrder(t *testing.T) {
 	}
 
 	var atSourceDelete []string
+	sawSource := false
 	h.fake.OnCall("DeleteDBInstance", func() {
 		if in, _ := h.fake.Instance("orders"); in.Status == "deleting" {
+			sawSource = true
 			if _, ok := h.fake.Replica("", "orders-ro1"); ok {
 				atSourceDelete = append(atSourceDelete, "orders-ro1")
 			}
@@ -101,7 +120,7 @@ func TestReplicasPlanApplyIdempotentDestroyInOrder(t *testing.T) {
 		}
 	})
 	h.mustRun("destroy", "--force-deletion-protection")
-	if len(atSourceDelete) != 0 {
+	if !sawSource || len(atSourceDelete) != 0 {
 		t.Errorf("replicas still there when the source was deleted: %v", atSourceDelete)
 	}
 	_, ok1 = h.fake.Replica("", "orders-ro1")
