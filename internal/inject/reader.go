@@ -1,7 +1,6 @@
 package inject
 
 import (
-	"fmt"
 	"net"
 	"strconv"
 
@@ -19,15 +18,7 @@ const AnnotationReader = "rdsvalet.io/reader"
 func ReaderPort(writer int32) int32 { return writer + 1 }
 
 func wantsReader(pod *corev1.Pod, cfg Config) (bool, error) {
-	v, ok := pod.Annotations[AnnotationReader]
-	if !ok {
-		return cfg.Reader, nil
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, fmt.Errorf("annotation %s=%q: want true or false", AnnotationReader, v)
-	}
-	return b, nil
+	return boolAnnotation(pod, AnnotationReader, cfg.Reader)
 }
 
 // readerEnv points the app at the reader listeners; the writer's variables (PGHOST, PGPORT,

@@ -201,17 +201,7 @@ func TestEveryKindRepairsTagDriftAndFollowsSpecChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, c := range plan.Changes {
-		if c.Action == provision.ActionNoop {
-			continue
-		}
-		var fs []string
-		for _, f := range c.Fields {
-			fs = append(fs, f.Field)
-		}
-		got = append(got, string(c.Action)+" "+c.Kind+" "+strings.Join(fs, "+"))
-	}
+	got := changeLines(plan, false)
 	// The proxy role's rds-db:connect list follows the ServiceAccounts (end-to-end IAM).
 	want := "update security-group ingress|update db-instance backup_retention_days+multi_az|update iam-role policy|update endpoint-service allowed_principals|delete iam-role "
 	if strings.Join(got, "|") != want {

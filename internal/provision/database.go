@@ -305,14 +305,7 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 	}
 	var res []*State
 	for _, in := range out.DBInstances {
-		var sgs []string
-		for _, g := range in.VpcSecurityGroups {
-			sgs = append(sgs, deref(g.VpcSecurityGroupId))
-		}
-		tags := map[string]string{}
-		for _, t := range in.TagList {
-			tags[deref(t.Key)] = deref(t.Value)
-		}
+		sgs, tags := instanceGroupsAndTags(in)
 		mp := "secret"
 		secretArn := ""
 		if in.MasterUserSecret != nil {
@@ -348,6 +341,20 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		res = append(res, o)
 	}
 	return res, nil
+}
+
+// instanceGroupsAndTags are a described instance's VPC security group ids and tags (the source
+// and its replicas alike).
+func instanceGroupsAndTags(in rdst.DBInstance) ([]string, map[string]string) {
+	var sgs []string
+	for _, g := range in.VpcSecurityGroups {
+		sgs = append(sgs, deref(g.VpcSecurityGroupId))
+	}
+	tags := map[string]string{}
+	for _, t := range in.TagList {
+		tags[deref(t.Key)] = deref(t.Value)
+	}
+	return sgs, tags
 }
 
 func (instanceHandler) create(ctx context.Context, e *env, d *State) error {

@@ -108,14 +108,7 @@ func (replicaHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 			return nil, awsErr(kindReplica, ref.id, "rds:DescribeDBInstances", err)
 		}
 		for _, in := range out.DBInstances {
-			var sgs []string
-			for _, g := range in.VpcSecurityGroups {
-				sgs = append(sgs, deref(g.VpcSecurityGroupId))
-			}
-			tags := map[string]string{}
-			for _, t := range in.TagList {
-				tags[deref(t.Key)] = deref(t.Value)
-			}
+			sgs, tags := instanceGroupsAndTags(in)
 			a := map[string]string{"region": ref.region, "class": deref(in.DBInstanceClass), "iam_auth": b2s(deref(in.IAMDatabaseAuthenticationEnabled)),
 				"source": deref(in.ReadReplicaSourceDBInstanceIdentifier), "security_groups": sortedJoin(sgs),
 				"availability_zone": deref(in.AvailabilityZone)}

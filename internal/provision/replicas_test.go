@@ -23,7 +23,11 @@ func replicaWorld(t *testing.T) (*fakeaws.Server, *provision.Spec) {
 	return fake, s
 }
 
-func changesOf(plan *provision.Plan) []string {
+// changesOf renders each change of the plan as "ACTION KIND NAME FIELD+FIELD".
+func changesOf(plan *provision.Plan) []string { return changeLines(plan, true) }
+
+// changeLines renders each change as "ACTION KIND [NAME ]FIELD+FIELD", no-ops left out.
+func changeLines(plan *provision.Plan, withName bool) []string {
 	var got []string
 	for _, c := range plan.Changes {
 		if c.Action == provision.ActionNoop {
@@ -33,7 +37,11 @@ func changesOf(plan *provision.Plan) []string {
 		for _, f := range c.Fields {
 			fs = append(fs, f.Field)
 		}
-		got = append(got, string(c.Action)+" "+c.Kind+" "+c.Name+" "+strings.Join(fs, "+"))
+		name := ""
+		if withName {
+			name = c.Name + " "
+		}
+		got = append(got, string(c.Action)+" "+c.Kind+" "+name+strings.Join(fs, "+"))
 	}
 	return got
 }

@@ -12,11 +12,7 @@ import (
 // refusals, the replication fields DescribeDBInstances returns, a cross-Region replica made
 // in the destination Region with a presigned request, and what deleting does.
 func TestReadReplicaRules(t *testing.T) {
-	s, err := Start(Config{AccountID: "111122223333", Region: "us-east-1", AccessKey: "AKIDTEST", SecretKey: "right", ReadyAfter: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startTestFake(t, 2)
 	ctx := context.Background()
 	cfg := sdkConfig(s)
 	r := rds.NewFromConfig(cfg)
@@ -48,7 +44,7 @@ func TestReadReplicaRules(t *testing.T) {
 	}
 	create("nobackup", 0)
 	create("src", 7)
-	_, err = r.CreateDBInstanceReadReplica(ctx, &rds.CreateDBInstanceReadReplicaInput{DBInstanceIdentifier: aws.String("early"), SourceDBInstanceIdentifier: aws.String("src")})
+	_, err := r.CreateDBInstanceReadReplica(ctx, &rds.CreateDBInstanceReadReplicaInput{DBInstanceIdentifier: aws.String("early"), SourceDBInstanceIdentifier: aws.String("src")})
 	wantCode(t, "replica of a source still creating", err, "InvalidDBInstanceState")
 	for range 2 { // creating -> available
 		describe(r, "nobackup")
