@@ -289,6 +289,25 @@ func TestAdmissionOverHTTPS(t *testing.T) {
 						}
 					},
 				},
+				{
+					name: "reader listener", namespace: "shop", wantPatch: true, wantAllowed: true,
+					annotations: `, "rdsvalet.io/reader": "true", "rdsvalet.io/engines": "mysql,postgres", "rdsvalet.io/database": "orders"`,
+					check: func(t *testing.T, p *corev1.Pod) {
+						got := map[string]string{}
+						for _, e := range p.Spec.Containers[len(p.Spec.Containers)-1].Env {
+							got[e.Name] = e.Value
+						}
+						if got["MYSQL_PORT"] != "3306" || got["PGPORT"] != "5432" || got["RDSVALET_MYSQL_READER_ADDR"] != "127.0.0.1:3307" ||
+							got["RDSVALET_POSTGRES_READER_ADDR"] != "127.0.0.1:5433" || got["DATABASE_READER_URL"] != "mysql://127.0.0.1:3307/orders" {
+							t.Errorf("app env = %v", got)
+						}
+					},
+				},
+				{
+					name: "reader annotation not a boolean is denied", namespace: "shop",
+					annotations: `, "rdsvalet.io/reader": "sometimes"`,
+					wantMessage: `annotation rdsvalet.io/reader="sometimes": want true or false`,
+				},
 				{name: "already injected", namespace: "shop", annotations: `, "rdsvalet.io/status": "injected"`, wantAllowed: true},
 				{name: "skipped namespace", namespace: "rds-valet", wantAllowed: true},
 				{name: "kube-system", namespace: "kube-system", wantAllowed: true},
@@ -585,5 +604,47 @@ func TestWaitSubcommand(t *testing.T) {
 				t.Fatalf("exit %d stderr %q; want exit %d mentioning %q", code, stderr.String(), tc.wantCode, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestReaderFlagIsTheDefault: with --reader, a pod without the annotation gets the reader
+// listener's address; one annotated "false" does not.
+func TestReaderFlagIsTheDefault(t *testing.T) {
+	ca, err := injecttest.NewCA("test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inj := startInjector(t, ca, "1.30", "--reader")
+	for i, tc := range []struct {
+		annotations string
+		want        string
+	}{{"", "127.0.0.1:5433"}, {`, "rdsvalet.io/reader": "false"`, ""}} {
+		input := pod(tc.annotations)
+		code, body := inj.post(t, review(fmt.Sprintf("805ab4f5-6393-11e8-b7cc-42010a8000%02d", i), "shop", input), "application/json")
+		if code != http.StatusOK {
+			t.Fatalf("status %d: %s", code, body)
+		}
+		r := decodeResponse(t, body).Response
+		patch, err := jsonpatch.DecodePatch(r.Patch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patched, err := patch.Apply([]byte(input))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p corev1.Pod
+		if err := json.Unmarshal(patched, &p); err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		for _, e := range p.Spec.Containers[len(p.Spec.Containers)-1].Env {
+			if e.Name == "RDSVALET_POSTGRES_READER_ADDR" {
+				got = e.Value
+			}
+		}
+		if got != tc.want {
+			t.Errorf("annotations %q: RDSVALET_POSTGRES_READER_ADDR = %q, want %q", tc.annotations, got, tc.want)
+		}
 	}
 }

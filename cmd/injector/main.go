@@ -49,6 +49,7 @@ type options struct {
 	cpuReq, memReq, cpuLim, memLim, logLevel, logFormat                                    string
 	certPoll, waitTimeout                                                                  time.Duration
 	unixSocket                                                                             bool
+	reader                                                                                 bool
 	adminPort                                                                              int
 	runAsUser                                                                              int64
 }
@@ -77,6 +78,7 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or console")
 	fs.BoolVar(&o.unixSocket, "unix-socket", false, "give pods without the rdsvalet.io/unix-socket annotation the sidecar's unix sockets (shared emptyDir at /var/run/rds-valet)")
+	fs.BoolVar(&o.reader, "reader", false, "give pods without the rdsvalet.io/reader annotation the reader listener's address (RDSVALET_<ENGINE>_READER_ADDR, DATABASE_READER_URL)")
 	return fs
 }
 
@@ -156,6 +158,7 @@ func run(ctx context.Context, args []string) error {
 				WaitTimeout:     o.waitTimeout,
 				SkipNamespaces:  skipNS,
 				UnixSocket:      o.unixSocket,
+				Reader:          o.reader,
 			},
 		},
 	})

@@ -294,6 +294,12 @@ func clients(ctx context.Context, region string, o options) (provision.Clients, 
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
 		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), EKS: eks.NewFromConfig(cfg),
+		// Cross-region read replicas are created and managed by calls to their own Region.
+		RDSIn: func(_ context.Context, region string) (provision.RDSAPI, error) {
+			cc := cfg.Copy()
+			cc.Region = region
+			return rds.NewFromConfig(cc), nil
+		},
 		ConsumerEC2: func(ctx context.Context, roleARN string) (provision.ConsumerEC2API, error) {
 			if roleARN == "" {
 				return ec2c, nil
@@ -329,7 +335,7 @@ func writeStatus(w io.Writer, db string, states []*provision.State, out *provisi
 		}
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"database": db, "resources": rs, "paths": out.Paths, "users": out.Users})
+		return enc.Encode(map[string]any{"database": db, "resources": rs, "paths": out.Paths, "users": out.Users, "replicas": out.Replicas})
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KIND\tNAME\tSTATUS\tOWNED\tID")
@@ -340,6 +346,17 @@ func writeStatus(w io.Writer, db string, states []*provision.State, out *provisi
 	fmt.Fprintln(tw, "PATH\tADDRESS\tTLS SERVER NAME\tTOKEN HOST")
 	for _, pth := range out.Paths {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", pth.Name, pth.Address, pth.TLSServerName, pth.TokenHost)
+	}
+	if len(out.Replicas) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "REPLICA\tREGION\tADDRESS")
+		for _, r := range out.Replicas {
+			addr := "(not created)"
+			if r.Path != nil {
+				addr = r.Path.Address
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.ID, r.Region, addr)
+		}
 	}
 	return tw.Flush()
 }

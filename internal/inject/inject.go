@@ -100,6 +100,9 @@ type Config struct {
 	// UnixSocket gives pods without the rdsvalet.io/unix-socket annotation the sidecar's unix
 	// sockets (unixsocket.go).
 	UnixSocket bool
+	// Reader gives pods without the rdsvalet.io/reader annotation the reader listener's
+	// address (reader.go).
+	Reader bool
 }
 
 func (c Config) withDefaults() Config {
@@ -192,6 +195,7 @@ type request struct {
 	containers []string
 	logLevel   string
 	unixSocket bool
+	reader     bool
 }
 
 // Mutate returns a copy of pod with the sidecar injected, or the pod unchanged (as a copy) when
@@ -260,6 +264,9 @@ func Mutate(pod *corev1.Pod, namespace string, cfg Config) (*corev1.Pod, Outcome
 	})
 
 	env := appEnv(req)
+	if req.reader {
+		env = append(env, readerEnv(req)...)
+	}
 	for i := range out.Spec.Containers {
 		c := &out.Spec.Containers[i]
 		if c.Name != ContainerName && req.wantsEnv(c.Name) {
@@ -379,13 +386,23 @@ func parseRequest(pod *corev1.Pod, cfg Config) (request, error) {
 		}
 		*p.dst = int32(n)
 	}
+	wantReader, _ := wantsReader(pod, cfg) // its error is reported below
 	used := map[int32]string{r.adminPort: "admin"}
 	for _, e := range r.engines {
-		port := r.port(e)
-		if other, ok := used[port]; ok {
-			errs = append(errs, fmt.Sprintf("port %d is used by both the %s and the %s listener", port, other, e))
+		ports := map[string]int32{e: r.port(e)}
+		if wantReader {
+			ports[e+" reader"] = ReaderPort(r.port(e))
 		}
-		used[port] = e
+		for _, what := range []string{e, e + " reader"} {
+			port, ok := ports[what]
+			if !ok {
+				continue
+			}
+			if other, ok := used[port]; ok {
+				errs = append(errs, fmt.Sprintf("port %d is used by both the %s and the %s listener", port, other, what))
+			}
+			used[port] = what
+		}
 	}
 
 	if v, ok := a[AnnotationImage]; ok {
@@ -448,6 +465,9 @@ func parseRequest(pod *corev1.Pod, cfg Config) (request, error) {
 	if r.unixSocket, err = wantsUnixSocket(pod, cfg); err != nil {
 		errs = append(errs, err.Error())
 	}
+	if r.reader, err = wantsReader(pod, cfg); err != nil {
+		errs = append(errs, err.Error())
+	}
 	if len(errs) > 0 {
 		return request{}, &DeniedError{Reason: strings.Join(errs, "; ")}
 	}
@@ -492,6 +512,9 @@ func checkPortConflicts(pod *corev1.Pod, r request) error {
 	ours := map[int32]string{r.adminPort: "admin"}
 	for _, e := range r.engines {
 		ours[r.port(e)] = e
+		if r.reader {
+			ours[ReaderPort(r.port(e))] = e + " reader"
+		}
 	}
 	var errs []string
 	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
@@ -512,9 +535,9 @@ func checkPortConflicts(pod *corev1.Pod, r request) error {
 
 func portAnnotation(what string) string {
 	switch what {
-	case "postgres":
+	case "postgres", "postgres reader":
 		return AnnotationPostgresPort
-	case "mysql":
+	case "mysql", "mysql reader":
 		return AnnotationMySQLPort
 	}
 	return AnnotationAdminPort

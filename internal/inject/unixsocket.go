@@ -28,13 +28,18 @@ const socketModeNoFSGroup = "0666"
 
 // wantsUnixSocket is the annotation's answer, else the injector's default.
 func wantsUnixSocket(pod *corev1.Pod, cfg Config) (bool, error) {
-	v, ok := pod.Annotations[AnnotationUnixSocket]
+	return boolAnnotation(pod, AnnotationUnixSocket, cfg.UnixSocket)
+}
+
+// boolAnnotation is a "true"/"false" annotation's value, else def.
+func boolAnnotation(pod *corev1.Pod, key string, def bool) (bool, error) {
+	v, ok := pod.Annotations[key]
 	if !ok {
-		return cfg.UnixSocket, nil
+		return def, nil
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {
-		return false, fmt.Errorf("annotation %s=%q: want true or false", AnnotationUnixSocket, v)
+		return false, fmt.Errorf("annotation %s=%q: want true or false", key, v)
 	}
 	return b, nil
 }

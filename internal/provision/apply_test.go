@@ -58,6 +58,11 @@ func clientsOf(t *testing.T, fake *fakeaws.Server) provision.Clients {
 	return provision.Clients{
 		RDS: rds.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg), EC2: ec2c, ELB: elb.NewFromConfig(cfg),
 		Secrets: secretsmanager.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg),
+		RDSIn: func(_ context.Context, region string) (provision.RDSAPI, error) {
+			cc := cfg.Copy()
+			cc.Region = region
+			return rds.NewFromConfig(cc), nil
+		},
 		ConsumerEC2: func(context.Context, string) (provision.ConsumerEC2API, error) { return ec2c, nil },
 	}
 }
@@ -196,17 +201,7 @@ func TestEveryKindRepairsTagDriftAndFollowsSpecChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, c := range plan.Changes {
-		if c.Action == provision.ActionNoop {
-			continue
-		}
-		var fs []string
-		for _, f := range c.Fields {
-			fs = append(fs, f.Field)
-		}
-		got = append(got, string(c.Action)+" "+c.Kind+" "+strings.Join(fs, "+"))
-	}
+	got := changeLines(plan, false)
 	// The proxy role's rds-db:connect list follows the ServiceAccounts (end-to-end IAM).
 	want := "update security-group ingress|update db-instance backup_retention_days+multi_az|update iam-role policy|update endpoint-service allowed_principals|delete iam-role "
 	if strings.Join(got, "|") != want {

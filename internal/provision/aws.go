@@ -24,6 +24,7 @@ type RDSAPI interface {
 	ModifyDBSubnetGroup(context.Context, *rds.ModifyDBSubnetGroupInput, ...func(*rds.Options)) (*rds.ModifyDBSubnetGroupOutput, error)
 	DeleteDBSubnetGroup(context.Context, *rds.DeleteDBSubnetGroupInput, ...func(*rds.Options)) (*rds.DeleteDBSubnetGroupOutput, error)
 	CreateDBInstance(context.Context, *rds.CreateDBInstanceInput, ...func(*rds.Options)) (*rds.CreateDBInstanceOutput, error)
+	CreateDBInstanceReadReplica(context.Context, *rds.CreateDBInstanceReadReplicaInput, ...func(*rds.Options)) (*rds.CreateDBInstanceReadReplicaOutput, error)
 	DescribeDBInstances(context.Context, *rds.DescribeDBInstancesInput, ...func(*rds.Options)) (*rds.DescribeDBInstancesOutput, error)
 	ModifyDBInstance(context.Context, *rds.ModifyDBInstanceInput, ...func(*rds.Options)) (*rds.ModifyDBInstanceOutput, error)
 	DeleteDBInstance(context.Context, *rds.DeleteDBInstanceInput, ...func(*rds.Options)) (*rds.DeleteDBInstanceOutput, error)
@@ -134,14 +135,16 @@ type STSAPI interface {
 // Clients bundles the service clients. ConsumerEC2 builds the consumer side's client (assuming
 // roleARN when it is not empty); it is only called when the spec asks for a consumer endpoint.
 type Clients struct {
-	RDS         RDSAPI
-	IAM         IAMAPI
-	EC2         EC2API
-	ELB         ELBAPI
-	Secrets     SecretsAPI
-	STS         STSAPI
-	KMS         KMSAPI
-	EKS         EKSAPI // only with access.identity: pod-identity (podidentity.go)
+	RDS     RDSAPI
+	IAM     IAMAPI
+	EC2     EC2API
+	ELB     ELBAPI
+	Secrets SecretsAPI
+	STS     STSAPI
+	KMS     KMSAPI
+	EKS     EKSAPI // only with access.identity: pod-identity (podidentity.go)
+	// RDSIn is the RDS client of another Region, for cross-Region read replicas (replicas.go).
+	RDSIn       func(ctx context.Context, region string) (RDSAPI, error)
 	ConsumerEC2 func(ctx context.Context, roleARN string) (ConsumerEC2API, error)
 }
 

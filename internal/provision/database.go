@@ -305,14 +305,7 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 	}
 	var res []*State
 	for _, in := range out.DBInstances {
-		var sgs []string
-		for _, g := range in.VpcSecurityGroups {
-			sgs = append(sgs, deref(g.VpcSecurityGroupId))
-		}
-		tags := map[string]string{}
-		for _, t := range in.TagList {
-			tags[deref(t.Key)] = deref(t.Value)
-		}
+		sgs, tags := instanceGroupsAndTags(in)
 		mp := "secret"
 		secretArn := ""
 		if in.MasterUserSecret != nil {
@@ -338,7 +331,9 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		}
 		o := &State{Kind: kindInstance, Name: deref(in.DBInstanceIdentifier), ID: deref(in.DBInstanceArn), Status: deref(in.DBInstanceStatus),
 			Attrs: a, Tags: tags, Out: map[string]string{"instance.resource_id": deref(in.DbiResourceId), "instance.secret_arn": secretArn,
-				"instance.parameter_apply_status": pgApply}}
+				"instance.parameter_apply_status": pgApply,
+				// Its read replicas: ids in this Region, ARNs in others (replicas.go finds them).
+				"instance.replicas": strings.Join(in.ReadReplicaDBInstanceIdentifiers, ",")}}
 		if in.Endpoint != nil {
 			o.Out["instance.address"] = deref(in.Endpoint.Address)
 			o.Out["instance.port"] = strconv.Itoa(int(deref(in.Endpoint.Port)))
@@ -346,6 +341,20 @@ func (instanceHandler) observe(ctx context.Context, e *env) ([]*State, error) {
 		res = append(res, o)
 	}
 	return res, nil
+}
+
+// instanceGroupsAndTags are a described instance's VPC security group ids and tags (the source
+// and its replicas alike).
+func instanceGroupsAndTags(in rdst.DBInstance) ([]string, map[string]string) {
+	var sgs []string
+	for _, g := range in.VpcSecurityGroups {
+		sgs = append(sgs, deref(g.VpcSecurityGroupId))
+	}
+	tags := map[string]string{}
+	for _, t := range in.TagList {
+		tags[deref(t.Key)] = deref(t.Value)
+	}
+	return sgs, tags
 }
 
 func (instanceHandler) create(ctx context.Context, e *env, d *State) error {

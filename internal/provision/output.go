@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -20,6 +21,18 @@ type Outputs struct {
 	Port     int32
 	Paths    []PathOut
 	Users    []UserOut
+	// Replicas are the spec's read replicas; MaxReplicaLag is the reader listener's limit.
+	Replicas      []ReplicaOut
+	MaxReplicaLag time.Duration
+}
+
+// ReplicaOut is one read replica: where it lives and, once it exists, its instance endpoint.
+type ReplicaOut struct {
+	Name       string   `json:"name"`
+	ID         string   `json:"id"`
+	Region     string   `json:"region"`
+	ResourceID string   `json:"resource_id,omitempty"`
+	Path       *PathOut `json:"path,omitempty"`
 }
 
 // PathOut is one path with its three names (docs/architecture.md, "A path is three names, not
@@ -50,6 +63,10 @@ func (e *env) outputs() *Outputs {
 		inst := e.get("instance.address")
 		o.Paths = append(o.Paths, PathOut{Name: "instance", Address: inst + ":" + port, TLSServerName: inst, TokenHost: inst + ":" + port})
 	}
+	o.Replicas, o.MaxReplicaLag = e.replicaOutputs(), e.spec.Reader.MaxReplicaLag
+	if o.MaxReplicaLag == 0 {
+		o.MaxReplicaLag = DefaultMaxReplicaLag
+	}
 	for _, sa := range e.spec.Access.ServiceAccounts {
 		arn := e.out["role."+irsaRoleName(e.spec, sa)+".arn"]
 		o.Users = append(o.Users, UserOut{Namespace: sa.Namespace, ServiceAccount: sa.Name, DBUser: sa.DBUser, RoleARN: arn})
@@ -64,9 +81,13 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 	if len(o.Paths) == 0 {
 		return nil, fmt.Errorf("database %s: no path is known yet (nothing created?); run apply first", o.Database)
 	}
-	body, err := config.Marshal(&config.Config{AWS: config.AWS{Region: o.Region}, Listeners: []config.Listener{{
+	listeners := []config.Listener{{
 		Name: o.Database, Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.Port),
-		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: o.Paths}}})
+		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: o.Paths}}
+	if r := o.readerListener(); r != nil {
+		listeners = append(listeners, *r)
+	}
+	body, err := config.Marshal(&config.Config{AWS: config.AWS{Region: o.Region}, Listeners: listeners})
 	if err != nil {
 		return nil, err
 	}
@@ -76,8 +97,40 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 	for _, u := range o.Users {
 		fmt.Fprintf(&b, "#   %s/%s -> %s (%s)\n", u.Namespace, u.ServiceAccount, u.DBUser, u.RoleARN)
 	}
+	for _, r := range o.Replicas {
+		if r.Region != o.Region && r.Path != nil {
+			// The sidecar signs IAM tokens for aws.region only: a sidecar in that Region reads there.
+			fmt.Fprintf(&b, "# Cross-region replica %s in %s (not in this config: run a sidecar in %s with aws.region %s): %s\n", r.ID, r.Region, r.Region, r.Region, r.Path.Address)
+		}
+	}
 	b.Write(body)
 	return b.Bytes(), nil
+}
+
+// ReaderPort is the reader listener's port: the writer's plus one (5433, 3307).
+func (o *Outputs) ReaderPort() int32 { return o.Port + 1 }
+
+// readerListener is the listener for reads when in-Region replicas exist: role reader, the
+// replicas' instance endpoints, then the primary's (the fallback), statically listed. The RDS
+// Proxy's default target group serves only the writer, so replicas are reached directly.
+func (o *Outputs) readerListener() *config.Listener {
+	var paths []config.Path
+	for _, r := range o.Replicas {
+		if r.Region == o.Region && r.Path != nil {
+			paths = append(paths, *r.Path)
+		}
+	}
+	if len(paths) == 0 {
+		return nil
+	}
+	for _, p := range o.Paths {
+		if p.Name == "instance" {
+			paths = append(paths, p)
+		}
+	}
+	return &config.Listener{Name: o.Database + "-reader", Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.ReaderPort()),
+		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: paths, Role: config.RoleReader,
+		Cluster: config.Cluster{Discovery: "static", MaxReplicaLag: o.MaxReplicaLag, ReaderFallback: "writer"}}
 }
 
 // ConfigMaps renders one ConfigMap (data key config.yaml) per namespace: the given one, or

@@ -39,6 +39,7 @@ const (
 	kindSubnetGroup = "db-subnet-group"
 	kindSecret      = "secret"
 	kindInstance    = "db-instance"
+	kindReplica     = "db-replica"
 	kindRole        = "iam-role"
 	kindProxy       = "db-proxy"
 	kindProxyTarget = "db-proxy-target"
@@ -51,7 +52,7 @@ const (
 
 // handlers returns every resource kind in dependency order; destroy walks it backwards.
 func (p *Provisioner) handlers() []handler {
-	return []handler{&sgHandler{}, &subnetGroupHandler{}, &paramGroupHandler{}, &secretHandler{}, &instanceHandler{}, proxyRoleHandler(),
+	return []handler{&sgHandler{}, &subnetGroupHandler{}, &paramGroupHandler{}, &secretHandler{}, &instanceHandler{}, &replicaHandler{}, proxyRoleHandler(),
 		&proxyHandler{}, &proxyTargetHandler{}, &lbHandler{}, &targetGroupHandler{}, &listenerHandler{},
 		&serviceHandler{}, &endpointHandler{}, irsaRoleHandler(), podIdentityHandler{}, syncTargetsRoleHandler()}
 }

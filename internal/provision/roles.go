@@ -95,6 +95,9 @@ func irsaRoleHandler() *roleHandler {
 				}
 				res = append(res, fmt.Sprintf("arn:aws:rds-db:%s:%s:dbuser:%s/%s", e.region, e.account, id, sa.DBUser))
 			}
+			// The read replicas are reached at their instance endpoints: the app's role
+			// connects there too, each replica in its own Region.
+			res = append(res, replicaConnectResources(e, sa.DBUser)...)
 			policy := mustJSON(map[string]any{"Version": "2012-10-17", "Statement": []any{map[string]any{
 				"Sid": "ConnectAsDBUser", "Effect": "Allow", "Action": "rds-db:connect", "Resource": res}}})
 			out = append(out, roleSpec{name: irsaRoleName(e.spec, sa), trust: trust, policy: policy})

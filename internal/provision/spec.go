@@ -26,6 +26,10 @@ type Spec struct {
 	Network     NetworkSpec       `yaml:"network"`
 	Access      AccessSpec        `yaml:"access"`
 	PrivateLink PrivateLinkSpec   `yaml:"privatelink"`
+	// Replicas are read replicas of the instance (spec_replicas.go); Reader tunes the sidecar's
+	// reader listener for them.
+	Replicas []ReplicaSpec `yaml:"replicas"`
+	Reader   ReaderSpec    `yaml:"reader"`
 }
 
 type EngineSpec struct {
@@ -286,6 +290,7 @@ func (s *Spec) Validate() error {
 		seenSA[key] = true
 	}
 	s.validateDBUsers(add)
+	s.validateReplicas(add)
 	pl := s.PrivateLink
 	// Principal ARNs take no path: EC2 refuses them (API_ModifyVpcEndpointServicePermissions).
 	// A consumer section with enabled: false says where our consumer endpoint is, so turning

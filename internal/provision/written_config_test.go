@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -98,5 +100,70 @@ func TestWrittenSidecarConfigsLoad(t *testing.T) {
 	}
 	if !engines["postgres"] || !engines["mysql"] {
 		t.Errorf("examples cover engines %v; want postgres and mysql", engines)
+	}
+}
+
+// TestWrittenSidecarConfigReaderListener: with in-region replicas the written config gains a
+// reader listener per engine on the writer's port + 1, which the sidecar's own loader (and
+// config.Validate) accepts: the replicas' instance endpoints with their three names, then the
+// primary's; a cross-region replica is only named in a comment (the sidecar signs IAM tokens
+// for aws.region).
+func TestWrittenSidecarConfigReaderListener(t *testing.T) {
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	base, err := LoadSpec("../../docs/examples/catalog-replicas.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, engine := range []string{"postgres", "mysql"} {
+		for _, lag := range []time.Duration{0, 5 * time.Second} {
+			t.Run(fmt.Sprintf("%s/lag=%s", engine, lag), func(t *testing.T) {
+				s := *base
+				s.Engine.Type, s.Reader.MaxReplicaLag = engine, lag
+				port := strconv.Itoa(int(s.Port()))
+				out := map[string]string{"proxy.endpoint": "catalog.proxy-cxyz.us-east-1.rds.amazonaws.com", "instance.address": "catalog.cxyz.us-east-1.rds.amazonaws.com"}
+				for _, r := range s.Replicas {
+					k := "replica." + s.ReplicaID(r) + "."
+					out[k+"address"], out[k+"port"] = s.ReplicaID(r)+".cxyz."+s.ReplicaRegion(r)+".rds.amazonaws.com", port
+				}
+				file, err := (&env{spec: &s, region: s.Region, out: out}).outputs().SidecarConfig()
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg, err := loadSidecarConfig(t, file)
+				if err != nil {
+					t.Fatalf("%v\n%s", err, file)
+				}
+				if len(cfg.Listeners) != 2 {
+					t.Fatalf("%d listeners:\n%s", len(cfg.Listeners), file)
+				}
+				w, r := cfg.Listeners[0], cfg.Listeners[1]
+				wantLag := lag
+				if wantLag == 0 {
+					wantLag = DefaultMaxReplicaLag
+				}
+				if r.Name != "catalog-reader" || r.Role != config.RoleReader || r.Engine != engine || r.Auth.Mode != config.AuthIAM || r.TLS.Mode != config.TLSVerifyFull ||
+					r.Cluster.Discovery != "static" || r.Cluster.MaxReplicaLag != wantLag || r.Cluster.ReaderFallback != "writer" || w.Role == config.RoleReader {
+					t.Errorf("reader listener %+v", r)
+				}
+				if wp, rp := w.Listen, r.Listen; wp != "127.0.0.1:"+port || rp != fmt.Sprintf("127.0.0.1:%d", s.Port()+1) {
+					t.Errorf("listen %s / %s", wp, rp)
+				}
+				var names []string
+				for _, p := range r.Paths {
+					names = append(names, p.Name)
+					host := strings.TrimSuffix(p.Address, ":"+port)
+					if p.TLSServerName != host || p.TokenHost != p.Address || !strings.HasSuffix(host, ".us-east-1.rds.amazonaws.com") {
+						t.Errorf("path %+v", p)
+					}
+				}
+				if strings.Join(names, ",") != "replica-ro1,replica-ro2,instance" {
+					t.Errorf("reader paths %v", names)
+				}
+				if !strings.Contains(string(file), "# Cross-region replica catalog-eu in eu-west-1") || strings.Contains(string(file), "address: catalog-eu.") {
+					t.Errorf("cross-region replica handling:\n%s", file)
+				}
+			})
+		}
 	}
 }

@@ -28,12 +28,19 @@ func wantCode(t *testing.T, what string, err error, code string) {
 	}
 }
 
-func TestPreconditionsAndLifecycle(t *testing.T) {
-	s, err := Start(Config{AccountID: "111122223333", Region: "us-east-1", AccessKey: "AKIDTEST", SecretKey: "right", ReadyAfter: 2})
+// startTestFake starts a fake for sdkConfig's credentials, closed when the test ends.
+func startTestFake(t *testing.T, readyAfter int) *Server {
+	t.Helper()
+	s, err := Start(Config{AccountID: "111122223333", Region: "us-east-1", AccessKey: "AKIDTEST", SecretKey: "right", ReadyAfter: readyAfter})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestPreconditionsAndLifecycle(t *testing.T) {
+	s := startTestFake(t, 2)
 	ctx := context.Background()
 	cfg := sdkConfig(s)
 	r, i, sm, e := rds.NewFromConfig(cfg), iam.NewFromConfig(cfg), secretsmanager.NewFromConfig(cfg), ec2.NewFromConfig(cfg)

@@ -11,22 +11,22 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 	switch action {
 	case "CreateDBSubnetGroup":
 		name := strings.ToLower(c.get("DBSubnetGroupName"))
-		if st.subnetGroups[name] != nil {
+		if st.subnetGroups[st.instKey(c.region, name)] != nil {
 			return nil, errf(400, "DBSubnetGroupAlreadyExists", "DB subnet group %s already exists", name)
 		}
 		subs := c.strs("SubnetIds")
 		if len(subs) < 2 {
 			return nil, errf(400, "DBSubnetGroupDoesNotCoverEnoughAZs", "DB Subnet Group doesn't meet availability zone coverage requirement.")
 		}
-		g := &subnetGroup{name: name, desc: c.get("DBSubnetGroupDescription"), arn: c.arn("rds", "subgrp:"+name),
+		g := &subnetGroup{name: name, region: c.region, desc: c.get("DBSubnetGroupDescription"), arn: c.arn("rds", "subgrp:"+name),
 			vpc: "vpc-0a1b2c3d4e5f60718", subnets: subs, tags: c.tagsFrom("Tags")}
-		st.subnetGroups[name] = g
+		st.subnetGroups[st.instKey(c.region, name)] = g
 		return []X{st.subnetGroupX(g, "DBSubnetGroup")}, nil
 	case "DescribeDBSubnetGroups":
 		name := strings.ToLower(c.get("DBSubnetGroupName"))
 		var items []X
 		for _, g := range st.subnetGroups {
-			if name == "" || g.name == name {
+			if (name == "" || g.name == name) && g.region == c.region {
 				items = append(items, st.subnetGroupX(g, "DBSubnetGroup"))
 			}
 		}
@@ -35,7 +35,7 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 		}
 		return []X{E("DBSubnetGroups", items...)}, nil
 	case "ModifyDBSubnetGroup":
-		g := st.subnetGroups[strings.ToLower(c.get("DBSubnetGroupName"))]
+		g := st.subnetGroups[st.instKey(c.region, c.get("DBSubnetGroupName"))]
 		if g == nil {
 			return nil, errf(404, "DBSubnetGroupNotFoundFault", "DB subnet group not found")
 		}
@@ -43,24 +43,28 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 		return []X{st.subnetGroupX(g, "DBSubnetGroup")}, nil
 	case "DeleteDBSubnetGroup":
 		name := strings.ToLower(c.get("DBSubnetGroupName"))
-		if st.subnetGroups[name] == nil {
+		key := st.instKey(c.region, name)
+		if st.subnetGroups[key] == nil {
 			return nil, errf(404, "DBSubnetGroupNotFoundFault", "DB subnet group '%s' not found", name)
 		}
 		for _, in := range st.instances {
-			if in.subnetGroup == name {
+			if in.subnetGroup == key {
 				return nil, errf(400, "InvalidDBSubnetGroupStateFault", "Cannot delete the subnet group '%s' because at least one database instance: %s is still using it.", name, in.id)
 			}
 		}
-		delete(st.subnetGroups, name)
+		delete(st.subnetGroups, key)
 		return nil, nil
 	case "CreateDBInstance":
 		return st.createInstance(c)
+	case "CreateDBInstanceReadReplica":
+		return st.createReadReplica(c)
 	case "DescribeDBInstances":
 		id := strings.ToLower(c.get("DBInstanceIdentifier"))
 		var items []X
 		for _, k := range sortedKeys(st.instances) {
 			in := st.instances[k]
-			if id != "" && in.id != id {
+			// Each Region has its own instances (cross-Region read replicas live in theirs).
+			if (id != "" && in.id != id) || in.region != c.region {
 				continue
 			}
 			st.tick(&in.life)
@@ -78,7 +82,7 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 		}
 		return []X{E("DBInstances", items...)}, nil
 	case "ModifyDBInstance":
-		in := st.instances[strings.ToLower(c.get("DBInstanceIdentifier"))]
+		in := st.instances[st.instKey(c.region, c.get("DBInstanceIdentifier"))]
 		if in == nil {
 			return nil, errf(404, "DBInstanceNotFound", "DBInstance %s not found.", c.get("DBInstanceIdentifier"))
 		}
@@ -139,7 +143,7 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 		}
 		return []X{st.instanceX(in)}, nil
 	case "DeleteDBInstance":
-		in := st.instances[strings.ToLower(c.get("DBInstanceIdentifier"))]
+		in := st.instances[st.instKey(c.region, c.get("DBInstanceIdentifier"))]
 		if in == nil {
 			return nil, errf(404, "DBInstanceNotFound", "DBInstance %s not found.", c.get("DBInstanceIdentifier"))
 		}
@@ -148,6 +152,9 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 		}
 		if !c.boolean("SkipFinalSnapshot") && c.get("FinalDBSnapshotIdentifier") == "" {
 			return nil, errf(400, "InvalidParameterCombination", "FinalDBSnapshotIdentifier is required unless SkipFinalSnapshot is specified.")
+		}
+		if aerr := st.deleteReplicaRules(c, in); aerr != nil {
+			return nil, aerr
 		}
 		for _, p := range st.proxies {
 			p.targets = remove(p.targets, in.id)
@@ -299,10 +306,10 @@ func (st *state) rds(c *reqCtx, action string) (any, *apiError) {
 
 func (st *state) createInstance(c *reqCtx) (any, *apiError) {
 	id := strings.ToLower(c.get("DBInstanceIdentifier"))
-	if st.instances[id] != nil {
+	if st.instances[st.instKey(c.region, id)] != nil {
 		return nil, errf(400, "DBInstanceAlreadyExists", "DB instance already exists")
 	}
-	sg := st.subnetGroups[strings.ToLower(c.get("DBSubnetGroupName"))]
+	sg := st.subnetGroups[st.instKey(c.region, c.get("DBSubnetGroupName"))]
 	if sg == nil {
 		return nil, errf(404, "DBSubnetGroupNotFoundFault", "DBSubnetGroup %s not found.", c.get("DBSubnetGroupName"))
 	}
@@ -338,9 +345,9 @@ func (st *state) createInstance(c *reqCtx) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	in := &dbInstance{id: id, arn: c.arn("rds", "db:"+id), resID: "db-" + strings.ToUpper(st.id("", 26)),
+	in := &dbInstance{id: id, region: c.region, arn: c.arn("rds", "db:"+id), resID: "db-" + strings.ToUpper(st.id("", 26)),
 		class: c.get("DBInstanceClass"), engine: c.get("Engine"), version: c.get("EngineVersion"),
-		masterUser: c.get("MasterUsername"), subnetGroup: sg.name, kms: kms, paramGroup: pg, paramApply: "in-sync",
+		masterUser: c.get("MasterUsername"), subnetGroup: st.instKey(c.region, sg.name), kms: kms, paramGroup: pg, paramApply: "in-sync",
 		storage: c.int32("AllocatedStorage"), maxStorage: maxSt, backup: c.int32("BackupRetentionPeriod"),
 		multiAZ: c.boolean("MultiAZ"), delProt: c.boolean("DeletionProtection"), iamAuth: c.boolean("EnableIAMDatabaseAuthentication"),
 		encrypted: c.boolean("StorageEncrypted"), managed: managed, sgs: sgs, tags: c.tagsFrom("Tags"), port: port,
@@ -353,7 +360,7 @@ func (st *state) createInstance(c *reqCtx) (any, *apiError) {
 		st.secrets["rds!"+id] = &secret{name: "rds!" + id, arn: in.secretArn, tags: map[string]string{}}
 	}
 	in.set("creating", "available")
-	st.instances[id] = in
+	st.instances[st.instKey(c.region, id)] = in
 	return []X{st.instanceX(in)}, nil
 }
 
@@ -503,6 +510,10 @@ func (st *state) instanceX(in *dbInstance) X {
 	if in.managed {
 		kids = append(kids, E("MasterUserSecret", T("SecretArn", in.secretArn), T("SecretStatus", "active")))
 	}
+	if in.az != "" {
+		kids = append(kids, T("AvailabilityZone", in.az))
+	}
+	kids = append(kids, st.replicationX(in)...)
 	return E("DBInstance", kids...)
 }
 

@@ -98,6 +98,7 @@ func Start(cfg Config) (*Server, error) {
 		creds: map[string]creds{cfg.AccessKey: {secret: cfg.SecretKey, account: cfg.AccountID}},
 		hooks: map[string][]func(){}, st: newState()}
 	s.st.readyAfter = cfg.ReadyAfter
+	s.st.home = cfg.Region
 	s.srv = &http.Server{Handler: s}
 	go func() { _ = s.srv.Serve(ln) }()
 	return s, nil
@@ -239,6 +240,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := &reqCtx{s: s, form: form, json: jbody, account: caller.account, region: s.cfg.Region, caller: caller, rest: rest}
+	if service == "rds" {
+		// RDS is regional: the Region is the one the request was signed for (a cross-Region
+		// read replica is created by a call to the destination Region).
+		if m := authRE.FindStringSubmatch(r.Header.Get("Authorization")); m != nil {
+			ctx.region = m[3]
+		}
+	}
 	var out any
 	var aerr2 *apiError
 	switch service {

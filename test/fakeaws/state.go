@@ -151,13 +151,16 @@ func (st *state) tick(l *life) {
 }
 
 type subnetGroup struct {
-	name, desc, arn, vpc string
-	subnets              []string
-	tags                 map[string]string
+	name, region, desc, arn, vpc string
+	subnets                      []string
+	tags                         map[string]string
 }
 
 type dbInstance struct {
 	life
+	// region is where the instance lives; replication (replicas.go) links instances across Regions.
+	region, az                                                           string
+	replica                                                              replication
 	id, arn, resID, class, engine, version, masterUser, subnetGroup, kms string
 	storage, maxStorage, backup                                          int32
 	multiAZ, delProt, iamAuth, encrypted, managed                        bool
@@ -241,7 +244,10 @@ type vpcEndpoint struct {
 }
 
 type state struct {
-	readyAfter   int
+	readyAfter int
+	// home is the fake's own Region (Config.Region): its instances and subnet groups are keyed
+	// by name alone, those of other Regions by REGION/name (instKey).
+	home         string
 	n            int
 	subnetGroups map[string]*subnetGroup
 	instances    map[string]*dbInstance

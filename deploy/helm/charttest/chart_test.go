@@ -342,8 +342,8 @@ func TestTemplate(t *testing.T) {
 			args: []string{"--kube-version", "1.30.2"},
 			check: func(t *testing.T, objs []rendered) {
 				dep, wh := injectorChecks(t, objs, "v1.30.2", "Fail")
-				if a := args(dep.Spec.Template.Spec.Containers[0]); a["--unix-socket"] != "false" {
-					t.Errorf("injector --unix-socket = %q by default, want false (apps keep the loopback port)", a["--unix-socket"])
+				if a := args(dep.Spec.Template.Spec.Containers[0]); a["--unix-socket"] != "false" || a["--reader"] != "false" {
+					t.Errorf("injector --unix-socket = %q, --reader = %q by default, want false (apps keep the loopback port, no reader env)", a["--unix-socket"], a["--reader"])
 				}
 				w := wh.Webhooks[0]
 				if w.ObjectSelector == nil || w.ObjectSelector.MatchLabels["rdsvalet.io/inject"] != "true" {
@@ -393,7 +393,7 @@ func TestTemplate(t *testing.T) {
 				want := map[string]string{
 					"--image":      "111122223333.dkr.ecr.eu-west-1.amazonaws.com/rds-valet@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 					"--admin-port": "9191", "--cpu-limit": "1", "--memory-request": "96Mi", "--wait-timeout": "90s",
-					"--skip-namespaces": namespace + ",monitoring", "--listen": ":10443", "--unix-socket": "true",
+					"--skip-namespaces": namespace + ",monitoring", "--listen": ":10443", "--unix-socket": "true", "--reader": "true",
 				}
 				for k, v := range want {
 					if a[k] != v {
@@ -563,6 +563,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"typo in a nested key", []string{"sidecar.adminport=9090"}, "additional properties 'adminport' not allowed"},
 		{"port out of range", []string{"sidecar.adminPort=70000"}, "/sidecar/adminPort"},
 		{"unix socket not a boolean", []string{"sidecar.unixSocket=maybe"}, "/sidecar/unixSocket"},
+		{"reader not a boolean", []string{"sidecar.reader=maybe"}, "/sidecar/reader"},
 		{"provisioner without a spec", []string{"provisioner.enabled=true", "provisioner.serviceAccount.roleArn=arn:aws:iam::111122223333:role/p"}, "/provisioner/spec"},
 		{"provisioner without an IRSA role", []string{"provisioner.enabled=true", "provisioner.spec=x"}, "/provisioner/serviceAccount/roleArn"},
 		{"malformed role ARN", []string{"provisioner.serviceAccount.roleArn=role/p"}, "/provisioner/serviceAccount/roleArn"},

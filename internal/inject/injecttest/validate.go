@@ -8,6 +8,7 @@ package injecttest
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -205,6 +206,32 @@ func Validate(pod *corev1.Pod) error {
 			for _, e := range c.Env {
 				if strings.Contains(strings.ToUpper(e.Name), "PASSWORD") || hasURLPassword(e.Value) {
 					bad("container %s env %s looks like a password", c.Name, e.Name)
+				}
+			}
+		}
+	}
+	// A reader listener's address is a loopback port of its own: not the writer's, not admin's.
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range cs {
+			taken := map[string]string{}
+			for _, e := range c.Env {
+				switch e.Name {
+				case "PGPORT", "MYSQL_PORT":
+					taken[e.Value] = e.Name
+				}
+			}
+			for _, p := range sc.Ports {
+				taken[strconv.Itoa(int(p.ContainerPort))] = "sidecar port " + p.Name
+			}
+			for _, e := range c.Env {
+				if e.Name != "RDSVALET_POSTGRES_READER_ADDR" && e.Name != "RDSVALET_MYSQL_READER_ADDR" {
+					continue
+				}
+				host, port, err := net.SplitHostPort(e.Value)
+				if err != nil || host != "127.0.0.1" {
+					bad("container %s env %s=%q is not a loopback host:port", c.Name, e.Name, e.Value)
+				} else if other, ok := taken[port]; ok {
+					bad("container %s env %s=%q uses the port of %s", c.Name, e.Name, e.Value, other)
 				}
 			}
 		}

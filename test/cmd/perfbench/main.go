@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/tls"
 	"database/sql/driver"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -48,6 +49,7 @@ const (
 	myUser     = "bench"
 	myPassword = "bench-password-not-secret"
 	myDB       = "bench"
+	floorUser  = "bench_floor"
 	idleConns  = 2000
 )
 
@@ -66,6 +68,19 @@ type opts struct {
 }
 
 func main() {
+	// The relays perfbench starts are this binary run again (relays.go).
+	if len(os.Args) > 1 && (os.Args[1] == "hop" || os.Args[1] == "floor") {
+		var err error
+		if os.Args[1] == "hop" {
+			err = runHop(os.Args[2:])
+		} else if len(os.Args) < 4 {
+			err = errors.New("usage: perfbench floor CA-FILE SERVER-NAME listen,upstream...")
+		} else {
+			err = runFloor(os.Args[2], os.Args[3], os.Args[4:])
+		}
+		fmt.Fprintln(os.Stderr, "perfbench", os.Args[1]+":", err)
+		os.Exit(1)
+	}
 	var o opts
 	flag.StringVar(&o.sidecar, "sidecar", "bin/sidecar", "the sidecar binary")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "report to write")
@@ -121,7 +136,7 @@ func (b *bench) profiled(key string, d time.Duration) func() {
 		return func() {}
 	}
 	b.profiledKeys[key] = true
-	file := filepath.Join(b.o.profile, "cpu-"+strings.NewReplacer("/", "_", " ", "", "+", "").Replace(key)+".pprof")
+	file := filepath.Join(b.o.profile, "cpu-"+profileName(key)+".pprof")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -130,6 +145,11 @@ func (b *bench) profiled(key string, d time.Duration) func() {
 		}
 	}()
 	return func() { <-done }
+}
+
+// profileName is a case key as a file name.
+func profileName(key string) string {
+	return strings.NewReplacer("/", "_", " ", "", "+", "").Replace(key)
 }
 
 func fetch(url, file string) error {
@@ -154,6 +174,7 @@ func fetch(url, file string) error {
 
 // result is the median over the measured runs.
 type result struct {
+	dist              string // network-distance profile (distance.go); "" is zero distance
 	suite, name, path string
 	clients           int
 	s                 sample
@@ -173,6 +194,18 @@ type bench struct {
 	sideLog      *os.File
 	sidePG       string
 	sideMy       string
+	sideSock     string // the pg listener's unix socket directory
+	hop          *exec.Cmd
+	floor        *exec.Cmd
+	floorPG      map[string]string // distance -> the floor relay's listen address
+	hopPG        map[string]string // distance -> the hop in front of PostgreSQL
+	hopMy        map[string]string // distance -> the hop in front of MariaDB
+	sidePGAt     map[string]string // distance -> the sidecar's pg listener behind that hop
+	sideMyAt     map[string]string
+	hopRTT       map[string][2]float64 // distance -> measured echo RTT p50, p99 (ms); "" is bare loopback
+	commit       string                // what was measured: the checkout at the start
+	emptyRuns    []string              // pgbench runs that completed no transaction
+	readingCPU   map[string]sample     // distance -> the profiled reading run (readingRuns)
 	admin        string
 	results      []result
 	notes        []string
@@ -199,6 +232,7 @@ func (b *bench) cmd(line string) {
 
 func (b *bench) run() error {
 	b.started = time.Now()
+	b.commit = commit()
 	ctx := context.Background()
 	if err := ensurePackages(b.logf); err != nil {
 		return err
@@ -236,6 +270,12 @@ func (b *bench) run() error {
 	if err := b.pg.CreateDatabase(ctx, pgDB, pgUser); err != nil {
 		return err
 	}
+	// The floor relays the app's own login inside its TLS session, so libpq, which sees no TLS,
+	// would refuse the SCRAM-SHA-256-PLUS (channel binding) a TLS server offers: the floor's
+	// app logs in as an md5 role instead (login is outside the measured relay cost anyway).
+	if err := b.pg.CreatePasswordRole(ctx, floorUser, pgPassword, pgserver.MD5); err != nil {
+		return err
+	}
 	b.logf("pgbench -i -s 10")
 	init := exec.Command("pgbench", "-i", "-q", "-s", "10", b.pgConn("direct-plain"))
 	init.Env = append(os.Environ(), "PGPASSWORD="+pgPassword)
@@ -243,7 +283,7 @@ func (b *bench) run() error {
 		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
 	}
 	b.cmd("pgbench -i -q -s 10 'host=127.0.0.1 port=PG dbname=bench user=bench sslmode=disable'")
-	if err := b.startBouncer(); err != nil {
+	if err := grantFloor(ctx, b.pg); err != nil {
 		return err
 	}
 	if !b.o.skipMy {
@@ -261,7 +301,16 @@ func (b *bench) run() error {
 			return err
 		}
 	}
+	if err := b.startHop(); err != nil {
+		return err
+	}
+	if err := b.startBouncer(); err != nil {
+		return err
+	}
 	if err := b.startSidecar(); err != nil {
+		return err
+	}
+	if err := b.startFloor(); err != nil {
 		return err
 	}
 	if !b.o.skipMy {
@@ -270,9 +319,9 @@ func (b *bench) run() error {
 		}
 	}
 
-	pgPaths := []string{"direct-plain", "direct-tls", "pgbouncer", "sidecar"}
+	pgPaths := []string{"direct-plain", "direct-tls", "pgbouncer", "sidecar", "floor"}
 	b.logf("warm-up")
-	for _, p := range pgPaths {
+	for _, p := range append(pgPaths, "sidecar-unix") {
 		if _, err := b.pgbench(p, []string{"-S"}, 8, 2*time.Second); err != nil {
 			return err
 		}
@@ -290,28 +339,16 @@ func (b *bench) run() error {
 		{"-S -C", []string{"-S", "-C"}, 16},
 	}
 	for _, c := range pgCases {
-		if !b.want("pgbench", c.name, c.clients) {
-			continue
+		paths := pgPaths
+		if c.name == "-S" && c.clients == 8 {
+			// The app side over the sidecar's unix socket, beside the same sidecar over TCP.
+			paths = append(slices.Clone(pgPaths), "sidecar-unix")
 		}
-		samples := map[string][]sample{}
-		for r := 0; r < b.o.reps; r++ {
-			for i := range pgPaths {
-				// Rotate the order per repetition so that no path is always first after a change.
-				p := pgPaths[(i+r)%len(pgPaths)]
-				wait := func() {}
-				if p == "sidecar" {
-					wait = b.profiled(fmt.Sprintf("pgbench/%s/%d", c.name, c.clients), b.o.dur)
-				}
-				s, err := b.pgbench(p, c.args, c.clients, b.o.dur)
-				wait()
-				if err != nil {
-					return fmt.Errorf("pgbench %s %s c=%d: %w", c.name, p, c.clients, err)
-				}
-				samples[p] = append(samples[p], s)
-			}
+		if c.name == "-S -C" {
+			paths = pgPaths[:4] // a new TLS session per connection: the floor would measure only the handshake
 		}
-		for _, p := range pgPaths {
-			b.add("pgbench", c.name, p, c.clients, samples[p])
+		if err := b.runPG("", c.name, c.args, c.clients, paths); err != nil {
+			return err
 		}
 	}
 	if !b.o.skipMy {
@@ -323,30 +360,17 @@ func (b *bench) run() error {
 		}
 		for _, test := range []string{"oltp_point_select", "oltp_read_only"} {
 			for _, n := range []int{1, 8, 32} {
-				if !b.want("sysbench", test, n) {
-					continue
-				}
-				samples := map[string][]sample{}
-				for r := 0; r < b.o.reps; r++ {
-					for i := range myPaths {
-						p := myPaths[(i+r)%len(myPaths)]
-						wait := func() {}
-						if p == "sidecar" {
-							wait = b.profiled(fmt.Sprintf("sysbench/%s/%d", test, n), b.o.dur)
-						}
-						s, err := b.sysbenchRun(test, p, n, b.o.dur)
-						wait()
-						if err != nil {
-							return fmt.Errorf("sysbench %s %s %d: %w", test, p, n, err)
-						}
-						samples[p] = append(samples[p], s)
-					}
-				}
-				for _, p := range myPaths {
-					b.add("sysbench", test, p, n, samples[p])
+				if err := b.runSysbench("", test, n, myPaths); err != nil {
+					return err
 				}
 			}
 		}
+	}
+	if err := b.distanceCases(); err != nil {
+		return err
+	}
+	if err := b.readingRuns(); err != nil {
+		return err
 	}
 	// Connect per query: a new connection (and, through the sidecar, a new upstream TLS session
 	// and login) for every SELECT 1.
@@ -362,21 +386,11 @@ func (b *bench) run() error {
 		if eng == "postgres" {
 			paths = []string{"direct-tls", "pgbouncer", "sidecar"}
 		}
-		samples := map[string][]sample{}
-		for r := 0; r < b.o.reps; r++ {
-			for i := range paths {
-				p := paths[(i+r)%len(paths)]
-				wait := func() {}
-				if p == "sidecar" {
-					wait = b.profiled("connect-loop/"+eng, b.o.dur)
-				}
-				s, err := b.connectLoop(eng, p, 4, b.o.dur)
-				wait()
-				if err != nil {
-					return fmt.Errorf("connect loop %s %s: %w", eng, p, err)
-				}
-				samples[p] = append(samples[p], s)
-			}
+		samples, err := b.interleave("connect-loop/"+eng, paths, func(p string) (sample, error) {
+			return b.connectLoop(eng, p, 4, b.o.dur)
+		})
+		if err != nil {
+			return err
 		}
 		for _, p := range paths {
 			b.add("connect-loop", eng+" connect+SELECT 1", p, 4, samples[p])
@@ -396,6 +410,10 @@ func (b *bench) run() error {
 }
 
 func (b *bench) add(suite, name, path string, clients int, ss []sample) {
+	b.addAt("", suite, name, path, clients, ss)
+}
+
+func (b *bench) addAt(dist, suite, name, path string, clients int, ss []sample) {
 	med := func(f func(sample) float64) float64 {
 		v := make([]float64, 0, len(ss))
 		for _, s := range ss {
@@ -411,14 +429,14 @@ func (b *bench) add(suite, name, path string, clients int, ss []sample) {
 	for _, s := range ss {
 		hwm = max(hwm, s.hwmKB)
 	}
-	r := result{suite: suite, name: name, path: path, clients: clients, runs: len(ss), s: sample{
+	r := result{dist: dist, suite: suite, name: name, path: path, clients: clients, runs: len(ss), s: sample{
 		tps: med(func(s sample) float64 { return s.tps }), p50: med(func(s sample) float64 { return s.p50 }),
 		p99: med(func(s sample) float64 { return s.p99 }), p999: med(func(s sample) float64 { return s.p999 }),
 		cpuPerTx: med(func(s sample) float64 { return s.cpuPerTx }), hwmKB: hwm,
 	}}
 	b.results = append(b.results, r)
-	b.logf("%-12s %-18s c=%-3d %-12s tps %9.1f p50 %.3f p99 %.3f p99.9 %.3f cpu/tx %.1fµs hwm %d KiB",
-		suite, name, clients, path, r.s.tps, r.s.p50, r.s.p99, r.s.p999, r.s.cpuPerTx, hwm)
+	b.logf("%-6s %-12s %-18s c=%-3d %-12s tps %9.1f p50 %.3f p99 %.3f p99.9 %.3f cpu/tx %.1fµs hwm %d KiB",
+		dist, suite, name, clients, path, r.s.tps, r.s.p50, r.s.p99, r.s.p999, r.s.cpuPerTx, hwm)
 }
 
 // --- processes -------------------------------------------------------------------------------
@@ -480,9 +498,14 @@ func (b *bench) startBouncer() error {
 	// a difference in the server's work, not the proxy's: at 5 s runs it was worth about 40 µs
 	// of PostgreSQL CPU per -S transaction. Within a run the pool works as usual (-S -C and the
 	// connect loop reuse server connections).
+	var atDistance strings.Builder
+	for _, d := range distances {
+		_, port, _ := net.SplitHostPort(b.hopPG[d.name])
+		fmt.Fprintf(&atDistance, "%s = host=127.0.0.1 port=%s dbname=%s user=%s password=%s\n", bouncerDB(d.name), port, pgDB, pgUser, pgPassword)
+	}
 	ini := fmt.Sprintf(`[databases]
 %s = host=127.0.0.1 port=%d dbname=%s user=%s password=%s
-
+%s
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = %d
@@ -498,7 +521,7 @@ server_tls_ca_file = %s
 ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
-`, pgDB, b.pg.Port, pgDB, pgUser, pgPassword, b.bncPort, filepath.Join(dir, "users.txt"), b.caFile)
+`, pgDB, b.pg.Port, pgDB, pgUser, pgPassword, atDistance.String(), b.bncPort, filepath.Join(dir, "users.txt"), b.caFile)
 	if err := os.WriteFile(filepath.Join(dir, "users.txt"), []byte(users), 0o644); err != nil {
 		return err
 	}
@@ -547,12 +570,24 @@ func (b *bench) startSidecar() error {
 	b.sidePG = fmt.Sprintf("127.0.0.1:%d", freePort())
 	b.sideMy = fmt.Sprintf("127.0.0.1:%d", freePort())
 	b.admin = fmt.Sprintf("127.0.0.1:%d", freePort())
+	b.sideSock = filepath.Join(b.dir, "sock")
 	cfg := config.Config{Admin: config.Admin{Listen: b.admin}, Listeners: []config.Listener{{
-		Name: "pg", Listen: b.sidePG, MaxConnections: b.o.idle + 100,
+		Name: "pg", Listen: b.sidePG, UnixSocket: b.sideSock, MaxConnections: b.o.idle + 100,
 		Auth:  config.Auth{Mode: config.AuthPassword, PasswordFile: pwFile},
 		TLS:   config.TLS{CAFile: b.caFile},
 		Paths: []config.Path{{Name: "direct", Address: b.pg.Addr(), TLSServerName: "localhost"}},
 	}}}
+	// One listener per network distance, whose only path crosses that distance's hop.
+	b.sidePGAt, b.sideMyAt = map[string]string{}, map[string]string{}
+	for _, d := range distances {
+		b.sidePGAt[d.name] = fmt.Sprintf("127.0.0.1:%d", freePort())
+		cfg.Listeners = append(cfg.Listeners, config.Listener{
+			Name: "pg-" + d.id, Listen: b.sidePGAt[d.name], MaxConnections: 200,
+			Auth:  config.Auth{Mode: config.AuthPassword, PasswordFile: pwFile},
+			TLS:   config.TLS{CAFile: b.caFile},
+			Paths: []config.Path{{Name: "hop", Address: b.hopPG[d.name], TLSServerName: "localhost"}},
+		})
+	}
 	if b.my != nil {
 		myPw := filepath.Join(b.dir, "my-password")
 		if err := os.WriteFile(myPw, []byte(myPassword+"\n"), 0o600); err != nil {
@@ -564,6 +599,15 @@ func (b *bench) startSidecar() error {
 			TLS:   config.TLS{Mode: config.TLSVerifyFull, CAFile: b.caFile},
 			Paths: []config.Path{{Name: "direct", Address: b.my.Addr(), TLSServerName: "localhost", TokenHost: b.my.Addr()}},
 		})
+		for _, d := range distances {
+			b.sideMyAt[d.name] = fmt.Sprintf("127.0.0.1:%d", freePort())
+			cfg.Listeners = append(cfg.Listeners, config.Listener{
+				Name: "mysql-" + d.id, Engine: config.EngineMySQL, Listen: b.sideMyAt[d.name],
+				Auth:  config.Auth{Mode: config.AuthPassword, PasswordFile: myPw},
+				TLS:   config.TLS{Mode: config.TLSVerifyFull, CAFile: b.caFile},
+				Paths: []config.Path{{Name: "hop", Address: b.hopMy[d.name], TLSServerName: "localhost", TokenHost: b.my.Addr()}},
+			})
+		}
 	}
 	body, err := config.Marshal(&cfg)
 	if err != nil {
@@ -630,7 +674,7 @@ func (b *bench) cleanup() {
 }
 
 func (b *bench) doCleanup() {
-	for _, c := range []*exec.Cmd{b.side, b.bouncer} {
+	for _, c := range []*exec.Cmd{b.side, b.bouncer, b.floor, b.hop} {
 		if c != nil && c.Process != nil {
 			_ = c.Process.Signal(syscall.SIGTERM)
 			done := make(chan struct{})
@@ -652,7 +696,7 @@ func (b *bench) doCleanup() {
 		_ = b.pg.Stop(ctx)
 		cancel()
 	}
-	if b.dir != "" {
+	if b.dir != "" && os.Getenv("PERFBENCH_KEEP") == "" {
 		_ = os.RemoveAll(b.dir)
 	}
 }
@@ -670,8 +714,10 @@ func pkgVersion(pkg string) string {
 // proxyPID is the process whose CPU and memory a path's row reports: the sidecar or PgBouncer.
 func (b *bench) proxyPID(path string) int {
 	switch path {
-	case "sidecar":
+	case "sidecar", "sidecar-unix":
 		return b.side.Process.Pid
+	case "floor":
+		return b.floor.Process.Pid
 	case "pgbouncer":
 		return b.bouncer.Process.Pid
 	}
@@ -746,23 +792,47 @@ func (m meter) stop(s *sample, tx float64) {
 
 // --- pgbench -----------------------------------------------------------------------------
 
-func (b *bench) pgConn(path string) string {
-	base := fmt.Sprintf("dbname=%s user=%s ", pgDB, pgUser)
+func (b *bench) pgConn(path string) string { return b.pgConnAt("", path) }
+
+// pgConnAt is path's conninfo at a network distance: the direct path dials the hop in front of
+// PostgreSQL, the proxies have a listener (database, for PgBouncer) whose upstream is the hop.
+func (b *bench) pgConnAt(dist, path string) string {
+	db, pgAddr := pgDB, b.pg.Addr()
+	if dist != "" {
+		db, pgAddr = bouncerDB(dist), b.hopPG[dist]
+	}
+	hostPort := func(addr string) string {
+		host, port, _ := net.SplitHostPort(addr)
+		return "host=" + host + " port=" + port
+	}
+	base := fmt.Sprintf("user=%s ", pgUser)
 	switch path {
 	case "direct-plain":
-		return base + fmt.Sprintf("host=127.0.0.1 port=%d sslmode=disable", b.pg.Port)
+		return base + fmt.Sprintf("dbname=%s %s sslmode=disable", pgDB, hostPort(pgAddr))
 	case "direct-tls":
-		return base + fmt.Sprintf("host=127.0.0.1 port=%d sslmode=verify-full sslrootcert=%s", b.pg.Port, b.caFile)
+		return base + fmt.Sprintf("dbname=%s %s sslmode=verify-full sslrootcert=%s", pgDB, hostPort(pgAddr), b.caFile)
 	case "pgbouncer":
-		return base + fmt.Sprintf("host=127.0.0.1 port=%d sslmode=disable", b.bncPort)
+		return base + fmt.Sprintf("dbname=%s host=127.0.0.1 port=%d sslmode=disable", db, b.bncPort)
 	case "sidecar":
-		host, port, _ := net.SplitHostPort(b.sidePG)
-		return base + fmt.Sprintf("host=%s port=%s sslmode=disable", host, port)
+		addr := b.sidePG
+		if dist != "" {
+			addr = b.sidePGAt[dist]
+		}
+		return base + fmt.Sprintf("dbname=%s %s sslmode=disable", pgDB, hostPort(addr))
+	case "sidecar-unix":
+		_, port, _ := net.SplitHostPort(b.sidePG)
+		return base + fmt.Sprintf("dbname=%s host=%s port=%s", pgDB, b.sideSock, port)
+	case "floor":
+		return fmt.Sprintf("user=%s dbname=%s %s sslmode=disable", floorUser, pgDB, hostPort(b.floorPG[dist]))
 	}
 	panic(path)
 }
 
 func (b *bench) pgbench(path string, args []string, clients int, dur time.Duration) (sample, error) {
+	return b.pgbenchAt("", path, args, clients, dur)
+}
+
+func (b *bench) pgbenchAt(dist, path string, args []string, clients int, dur time.Duration) (sample, error) {
 	logDir, err := os.MkdirTemp(b.dir, "pglog-")
 	if err != nil {
 		return sample{}, err
@@ -773,7 +843,7 @@ func (b *bench) pgbench(path string, args []string, clients int, dur time.Durati
 	a = append(a, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(jobs), "-T", strconv.Itoa(int(dur.Seconds())),
 		"--log", "--log-prefix="+filepath.Join(logDir, "tx"))
 	b.cmd("PGPASSWORD=... pgbench " + strings.Join(a[:len(a)-2], " ") + " --log '<" + path + " conninfo>'")
-	a = append(a, b.pgConn(path))
+	a = append(a, b.pgConnAt(dist, path))
 	// A hung run (a lost message would hang pgbench for ever) fails the benchmark instead.
 	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
 	defer cancel()
@@ -795,6 +865,12 @@ func (b *bench) pgbench(path string, args []string, clients int, dur time.Durati
 		}
 	}
 	m.stop(&s, tx)
+	if tx == 0 {
+		// A run whose clients spent it connecting (a loaded machine): it stays a sample (the
+		// median of the repetitions absorbs one), and the report says how many there were.
+		b.emptyRuns = append(b.emptyRuns, fmt.Sprintf("%s pgbench %s c%d", path+"@"+dist, strings.Join(args, " "), clients))
+		b.logf("pgbench %s on %s (distance %q): no transactions:\n%s", strings.Join(args, " "), path, dist, out)
+	}
 	// Per-transaction log lines: client_id transaction_no time(µs) script_no epoch µs.
 	var lat []float64
 	files, _ := filepath.Glob(filepath.Join(logDir, "tx*"))
@@ -852,10 +928,19 @@ func (b *bench) sysbenchFiles(ca *pki.CA) error {
 }
 
 func (b *bench) sysbench(test, path string, threads int, dur time.Duration, verb string) (string, error) {
+	return b.sysbenchAt("", test, path, threads, dur, verb)
+}
+
+func (b *bench) sysbenchAt(dist, test, path string, threads int, dur time.Duration, verb string) (string, error) {
 	addr := b.my.Addr()
 	ssl := "on"
-	if path == "sidecar" {
+	switch {
+	case path == "sidecar" && dist == "":
 		addr, ssl = b.sideMy, "off"
+	case path == "sidecar":
+		addr, ssl = b.sideMyAt[dist], "off"
+	case dist != "":
+		addr = b.hopMy[dist]
 	}
 	host, port, _ := net.SplitHostPort(addr)
 	a := []string{test, "--db-driver=mysql", "--mysql-host=" + host, "--mysql-port=" + port,
@@ -875,8 +960,12 @@ func (b *bench) sysbench(test, path string, threads int, dur time.Duration, verb
 }
 
 func (b *bench) sysbenchRun(test, path string, threads int, dur time.Duration) (sample, error) {
+	return b.sysbenchRunAt("", test, path, threads, dur)
+}
+
+func (b *bench) sysbenchRunAt(dist, test, path string, threads int, dur time.Duration) (sample, error) {
 	m := startMeter(b.proxyPID(path))
-	out, err := b.sysbench(test, path, threads, dur, "run")
+	out, err := b.sysbenchAt(dist, test, path, threads, dur, "run")
 	if err != nil {
 		return sample{}, fmt.Errorf("%v\n%s", err, out)
 	}
