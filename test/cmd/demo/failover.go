@@ -131,7 +131,7 @@ func (c *control) measure(ctx context.Context, engine string, old, next *world.I
 	fmt.Fprintf(&b, "(first write acknowledged by %s; a write loop through the sidecar all along).\n", next.ID)
 	fmt.Fprintf(&b, "Writes accepted by %s after it was demoted: %d. Transactions: %s.\n", old.ID, res.AckedBy(writeloop.ServerID(old), demoted), res)
 	for _, e := range res.Samples {
-		fmt.Fprintf(&b, "  cut with no word on its outcome: %s\n", e)
+		fmt.Fprintf(&b, "  ended without the outcome-unknown error: %s\n", e)
 	}
 	return b.String(), nil
 }

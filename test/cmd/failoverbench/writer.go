@@ -62,7 +62,7 @@ func runWriter(ctx context.Context, runs int, sidecarBin string) (map[string][]w
 			fmt.Fprintf(os.Stderr, "writer run %d/%d %-8s promoted in %5.2fs; first write: sidecar %+6.2fs, dns %+6.2fs; demoted writes %d/%d; sidecar %s\n",
 				i+1, runs, e, s.promote.Seconds(), s.sidecar.Seconds(), s.dns.Seconds(), s.demotedSidecar, s.demDNS, s.sidecarRes)
 			for _, m := range s.sidecarRes.Samples {
-				fmt.Fprintf(os.Stderr, "  sidecar transaction cut with no word: %s\n", m)
+				fmt.Fprintf(os.Stderr, "  sidecar transaction ended without the outcome-unknown error: %s\n", m)
 			}
 		}
 	}
@@ -306,17 +306,18 @@ time is a write the new writer acknowledged before the harness's own poll saw th
 Transactions through the sidecar, over all runs (every one that did not commit, by how it
 ended; "not begun" is a connect or BEGIN that failed, nothing sent inside a transaction):
 
-| engine | committed | outcome unknown (08007) | refused read-only (database's answer) | not begun | cut with no word on the outcome |
-|---|---|---|---|---|---|
+| engine | committed | outcome unknown (08007) | refused read-only (database's answer) | not begun | the database's own FATAL, in a transaction | cut with no word on the outcome |
+|---|---|---|---|---|---|---|
 `)
 	for _, e := range writerEngines {
-		var sum [5]int
+		var sum [writeloop.Cut + 1]int
 		for _, x := range res[e] {
 			for o := writeloop.Committed; o <= writeloop.Cut; o++ {
 				sum[o] += x.sidecarRes.Outcomes[o]
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d |\n", e, sum[0], sum[1], sum[2], sum[3], sum[4])
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d |\n", e, sum[writeloop.Committed], sum[writeloop.OutcomeUnknown],
+			sum[writeloop.ReadOnlyRefused], sum[writeloop.NotBegun], sum[writeloop.ServerFatal], sum[writeloop.Cut])
 	}
 	b.WriteString("\n" + writerReading)
 	return b.String()
@@ -337,5 +338,10 @@ MariaDB's read-only demotion refuses the app user's writes (1290) on sessions th
 there. The transactions in flight when the writer died ended with the sidecar's outcome-unknown
 error (PostgreSQL ` + "`08007`" + `, MySQL ` + "`2013`" + ` with SQL state ` + "`08007`" + `); "not begun" are BEGINs or
 connects that failed on a session the failover had ended between transactions, with nothing
-written. ` + "`make bench-failover WRITER_RUNS=n`" + ` sets the runs; ` + "`--runs 0`" + ` keeps the path section.
+written. "The database's own FATAL" is PostgreSQL's: a backend whose postmaster was killed
+notices it and ends its session with `+"`FATAL 57P01`"+` ("terminating connection due to unexpected
+postmaster exit") before the upstream connection closes; the sidecar relays the database's
+answer as the session's farewell and does not replace it. Sent before COMMIT it means rolled
+back; as the answer to COMMIT it leaves the outcome unknown without saying so (see the run's
+stderr for which). ` + "`make bench-failover WRITER_RUNS=n`" + ` sets the runs; ` + "`--runs 0`" + ` keeps the path section.
 `

@@ -189,10 +189,11 @@ const (
 	OutcomeUnknown                 // the sidecar's farewell: PostgreSQL 08007, MySQL 2013/08007
 	ReadOnlyRefused                // the database's own refusal (25006, 1290): nothing written
 	NotBegun                       // no transaction was open: the connect or BEGIN failed
+	ServerFatal                    // in a transaction, the database's own FATAL ended the session (e.g. 57P01, its postmaster died)
 	Cut                            // in a transaction, the connection broke with no word on the outcome
 )
 
-var outcomeNames = [...]string{"committed", "outcome unknown", "refused read-only", "not begun", "cut, no word"}
+var outcomeNames = [...]string{"committed", "outcome unknown", "refused read-only", "not begun", "server's own FATAL", "cut, no word"}
 
 func (o Outcome) String() string { return outcomeNames[o] }
 
@@ -209,6 +210,8 @@ func Classify(err error) Outcome {
 		return ReadOnlyRefused
 	case !errors.Is(err, errInTx):
 		return NotBegun
+	case errors.As(err, &pe) && pe.Severity == "FATAL":
+		return ServerFatal
 	}
 	return Cut
 }
@@ -297,7 +300,7 @@ func (l *Loop) record(a Ack, err error) {
 		l.acks = append(l.acks, a)
 		close(l.changed)
 		l.changed = make(chan struct{})
-	} else if o == Cut && len(l.samples) < 5 {
+	} else if (o == Cut || o == ServerFatal) && len(l.samples) < 5 {
 		l.samples = append(l.samples, err.Error())
 	}
 }
@@ -336,7 +339,7 @@ func (l *Loop) Acks() int {
 type Result struct {
 	Acks     []Ack
 	Outcomes map[Outcome]int
-	Samples  []string // errors of transactions cut with no word on their outcome
+	Samples  []string // errors of transactions cut with no word on their outcome, or by the server's FATAL
 }
 
 // AckedBy counts the transactions server acknowledged whose COMMIT was sent at or after

@@ -25,6 +25,8 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("%w: %w", errBegin, io.EOF), NotBegun},
 		{errors.New("dial tcp 127.0.0.1:1: connection refused"), NotBegun},
 		{fmt.Errorf("%w: commit: %w", errInTx, io.ErrUnexpectedEOF), Cut},
+		{fmt.Errorf("%w: commit: %w", errInTx, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), ServerFatal},
+		{fmt.Errorf("%w: %w", errBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), NotBegun},
 	} {
 		if got := Classify(c.err); got != c.want {
 			t.Errorf("Classify(%v) = %v, want %v", c.err, got, c.want)
