@@ -331,8 +331,9 @@ wait inside the sidecar (up to ` + "`connect_timeout`" + `) and are handed to th
 answers, so the app's first write follows within about one fast check of the promotion. The
 DNS-following client's sessions break at the kill; its reconnects resolve the name, which still
 names the old writer until the flip, and its cache keeps that answer for the 5 s TTL: it writes
-again only once the stale answer expires, up to 5 s after the flip, and with AWS's own 15-20 s
-of DNS propagation it would be 15-25 s. No write landed on a demoted writer through the sidecar:
+again only once the stale answer expires, up to 5 s after the flip; AWS's own 15-20 s of DNS
+propagation would come on top. The last column counts writes a demoted writer acknowledged
+(COMMIT sent after its read_only was set or it was killed), which must stay 0 for the sidecar:
 a writer listener greets a session only on an instance that answered as writer at login, and
 MariaDB's read-only demotion refuses the app user's writes (1290) on sessions that were already
 there. The transactions in flight when the writer died ended with the sidecar's outcome-unknown
