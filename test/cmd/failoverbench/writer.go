@@ -340,7 +340,7 @@ there. The transactions in flight when the writer died ended with the sidecar's 
 error (PostgreSQL ` + "`08007`" + `, MySQL ` + "`2013`" + ` with SQL state ` + "`08007`" + `); "not begun" are BEGINs or
 connects that failed on a session the failover had ended between transactions, with nothing
 written. "The database's own FATAL" is PostgreSQL's: a backend whose postmaster was killed
-notices it and ends its session with `+"`FATAL 57P01`"+` ("terminating connection due to unexpected
+notices it and ends its session with ` + "`FATAL 57P01`" + ` ("terminating connection due to unexpected
 postmaster exit") before the upstream connection closes; the sidecar relays the database's
 answer as the session's farewell and does not replace it. Sent before COMMIT it means rolled
 back; as the answer to COMMIT it leaves the outcome unknown without saying so (see the run's
