@@ -21,12 +21,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	toxiclient "github.com/Shopify/toxiproxy/v2/client"
@@ -128,25 +125,15 @@ func runPaths(ctx context.Context, runs int, sidecarBin string) (string, error) 
 	pgAddr, admin := freeAddr(), freeAddr()
 	// Default health settings: what a user gets without tuning, with a probe user (which the
 	// kept, pinged probe sessions need).
-	cfg, err := config.Marshal(&config.Config{
+	stop, err := startSidecar(w, &config.Config{
 		Log: config.Log{Level: "warn"}, Admin: config.Admin{Listen: admin}, AWS: config.AWS{Region: w.Region},
 		Listeners: []config.Listener{{Name: "pg", Listen: pgAddr, TLS: config.TLS{CAFile: w.CAFile}, Paths: paths,
 			Health: config.Health{LoginUser: "app"}}},
-	})
+	}, "bench.yaml", sidecarBin)
 	if err != nil {
 		return "", err
 	}
-	cfgFile := filepath.Join(w.Dir, "bench.yaml")
-	if err := os.WriteFile(cfgFile, cfg, 0o644); err != nil {
-		return "", err
-	}
-	cmd := exec.Command(sidecarBin, "--config", cfgFile)
-	cmd.Env = w.Environ(os.Environ())
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	defer stop()
 	if err := until(30*time.Second, func() bool { return state(admin, "privatelink") == "up" }); err != nil {
 		return "", fmt.Errorf("sidecar not up: %w", err)
 	}

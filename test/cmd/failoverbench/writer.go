@@ -94,7 +94,7 @@ func writerRun(ctx context.Context, sidecarBin string) (map[string]writerSample,
 		cfg.Listeners = append(cfg.Listeners, config.Listener{Name: e, Engine: e, Listen: listen[e], Role: config.RoleWriter,
 			TLS: config.TLS{CAFile: w.CAFile}, Health: config.Health{LoginUser: world.DefaultDB}, Paths: paths})
 	}
-	stop, err := startSidecar(w, cfg, sidecarBin)
+	stop, err := startSidecar(w, cfg, "bench-writer.yaml", sidecarBin)
 	if err != nil {
 		return nil, err
 	}
@@ -219,12 +219,13 @@ func sameFreePort(ips ...string) ([]string, string, error) {
 	return nil, "", errors.New("no port free on every loopback address")
 }
 
-func startSidecar(w *world.World, cfg *config.Config, sidecarBin string) (stop func(), err error) {
+// startSidecar writes cfg into the world's directory as name and runs the sidecar on it.
+func startSidecar(w *world.World, cfg *config.Config, name, sidecarBin string) (stop func(), err error) {
 	body, err := config.Marshal(cfg)
 	if err != nil {
 		return nil, err
 	}
-	cfgFile := filepath.Join(w.Dir, "bench-writer.yaml")
+	cfgFile := filepath.Join(w.Dir, name)
 	if err := os.WriteFile(cfgFile, body, 0o644); err != nil {
 		return nil, err
 	}
