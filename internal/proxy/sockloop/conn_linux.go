@@ -242,3 +242,13 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 	}
 	return c.inner.SetWriteDeadline(t)
 }
+
+// SyscallConn is the socket's raw access while the connection is Go's (before it is handed to
+// a loop, or after a loop handed it back): internal/reuse peeks at a pooled session's socket.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.inner.(syscall.Conn)
+	if c.detached.Load() || !ok {
+		return nil, errors.New("sockloop: the socket is not Go's now")
+	}
+	return sc.SyscallConn()
+}
