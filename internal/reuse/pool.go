@@ -297,7 +297,11 @@ func (p *Pool) reset(h *held, t proxy.Tracker) {
 	state, err := p.eng.Reset(ctx, h.conn, h.state, t)
 	cancel()
 	if err != nil {
-		p.discard(h, ReasonResetFailed, err)
+		reason := ReasonResetFailed
+		if p.ctx.Err() != nil {
+			reason, err = ReasonShutdown, nil
+		}
+		p.discard(h, reason, err)
 		return
 	}
 	h.state = state
