@@ -11,6 +11,7 @@ package reuse
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -27,9 +28,9 @@ type Engine interface {
 	// Key is who may share a session logged in for st: sessions are reused only between
 	// startups with the same key (the pool adds the path). "" means never reuse one.
 	Key(st *proxy.Startup) string
-	// Adopt starts the engine's record of a session fresh from a login for st; ok false
-	// leaves the session out of reuse.
-	Adopt(s *proxy.Session, st *proxy.Startup) (state any, ok bool)
+	// Adopt starts the engine's record of a session fresh from a login for st (it may ask the
+	// server, before the app is greeted); ok false leaves the session out of reuse.
+	Adopt(ctx context.Context, s *proxy.Session, st *proxy.Startup) (state any, ok bool)
 	// Reset makes a session an app left idle ready for the next app (PostgreSQL DISCARD ALL,
 	// MySQL COM_RESET_CONNECTION), t being the relay's tracker of the session that ended. An
 	// error discards the session.
@@ -229,7 +230,7 @@ func (p *Pool) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, err
 	if err != nil {
 		return nil, err
 	}
-	if state, ok := p.eng.Adopt(sess, st); ok {
+	if state, ok := p.eng.Adopt(ctx, sess, st); ok {
 		h := &held{slot: slot{key: key, path: sess.Path}, state: state, creds: p.credentials(), born: time.Now()}
 		sess.Release = p.releaser(h)
 	}
@@ -500,15 +501,21 @@ func (p *Pool) spares() {
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ResetTimeout)
 		sess, err := p.inner.Open(ctx, id.st)
 		cancel()
+		if err == nil && len(sess.Leftover) > 0 {
+			p.eng.Close(sess.Conn, nil)
+			err = errors.New("the server sent more than its login")
+		}
 		if err != nil {
 			p.cfg.Metrics.spares.WithLabelValues(p.cfg.Listener, "failed").Inc()
 			p.cfg.Log.Debug("cannot log in a warm spare", zap.Error(err))
 			return
 		}
 		p.cfg.Metrics.spares.WithLabelValues(p.cfg.Listener, "ok").Inc()
-		state, ok := p.eng.Adopt(sess, id.st)
+		actx, cancel := context.WithTimeout(p.ctx, p.cfg.ResetTimeout)
+		state, ok := p.eng.Adopt(actx, sess, id.st)
+		cancel()
 		h := &held{slot: slot{key: keys[i], path: sess.Path}, conn: sess.Conn, state: state, creds: p.credentials(), born: time.Now()}
-		if !ok || len(sess.Leftover) > 0 {
+		if !ok {
 			p.discard(h, ReasonResetFailed, nil)
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
@@ -30,6 +31,7 @@ type pooledState struct {
 	charset byte   // the collation id the session logged in with
 	names   string // "SET NAMES ..." for that collation, once looked up
 	db      string // the database the identity names ("" none)
+	role    string // CURRENT_ROLE() at login ("" for NULL)
 	status  uint16
 }
 
@@ -44,14 +46,38 @@ func (p *Protocol) Key(st *proxy.Startup) string {
 	return fmt.Sprintf("%s\x00%s\x00%x\x00%d", app.user, app.resp.Database, app.caps&passthroughCaps, app.resp.Charset)
 }
 
-// Adopt implements reuse.Engine.
-func (p *Protocol) Adopt(s *proxy.Session, st *proxy.Startup) (any, bool) {
+// Adopt implements reuse.Engine: it asks the fresh session for its role (COM_RESET_CONNECTION
+// leaves a SET ROLE in place on MariaDB), one round trip on a login the app waits for anyway.
+func (p *Protocol) Adopt(ctx context.Context, s *proxy.Session, st *proxy.Startup) (any, bool) {
 	up, ok := s.Engine.(*upstreamConn)
 	app := st.Engine.(*appConn)
-	if !ok || up.status&gm.SERVER_STATUS_IN_TRANS != 0 || app.resp.Charset == 0 {
+	if !ok || up.status&gm.SERVER_STATUS_IN_TRANS != 0 || app.resp.Charset == 0 || len(s.Leftover) > 0 {
 		return nil, false
 	}
-	return &pooledState{caps: app.caps, charset: app.resp.Charset, db: app.resp.Database, status: up.status}, true
+	ps := &pooledState{caps: app.caps, charset: app.resp.Charset, db: app.resp.Database, status: up.status}
+	unbind := wire.BindContextKept(ctx, s.Conn)
+	defer func() { unbind(); _ = s.Conn.SetDeadline(time.Time{}) }()
+	br := bufio.NewReaderSize(s.Conn, 1024)
+	row, err := queryRow(s.Conn, br, ps, "SELECT CURRENT_ROLE()")
+	if err != nil || len(row) != 1 || br.Buffered() > 0 || ps.status != up.status {
+		return nil, false
+	}
+	if row[0] != nil {
+		ps.role = *row[0]
+	}
+	return ps, true
+}
+
+// restoreRole is the statement that gives a session its login role back: none (both
+// servers), MySQL 8's default roles (its CURRENT_ROLE() quotes names), or MariaDB's one role.
+func restoreRole(role string) string {
+	switch {
+	case role == "" || role == "NONE":
+		return "SET ROLE NONE"
+	case strings.HasPrefix(role, "`"):
+		return "SET ROLE DEFAULT"
+	}
+	return "SET ROLE `" + strings.ReplaceAll(role, "`", "``") + "`"
 }
 
 // Reset implements reuse.Engine: COM_RESET_CONNECTION, the session's character set again,
@@ -75,18 +101,25 @@ func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, _ proxy.
 	if _, err := command(conn, br, ps, append([]byte{comQuery}, ps.names...)); err != nil {
 		return nil, fmt.Errorf("%s: %w", ps.names, wire.CtxErr(ctx, err))
 	}
+	if _, err := command(conn, br, ps, append([]byte{comQuery}, restoreRole(ps.role)...)); err != nil {
+		return nil, fmt.Errorf("%s: %w", restoreRole(ps.role), wire.CtxErr(ctx, err))
+	}
 	if ps.db != "" {
 		if _, err := command(conn, br, ps, append([]byte{comInitDB}, ps.db...)); err != nil {
 			return nil, fmt.Errorf("COM_INIT_DB: %w", wire.CtxErr(ctx, err))
 		}
-	} else {
-		row, err := queryRow(conn, br, ps, "SELECT DATABASE()")
-		if err != nil || len(row) != 1 {
-			return nil, fmt.Errorf("SELECT DATABASE(): %v", wire.CtxErr(ctx, err))
-		}
-		if row[0] != nil {
-			return nil, fmt.Errorf("the session is in database %q, and its identity names none", *row[0])
-		}
+	}
+	// What the reset cannot undo is checked, not assumed: no database if the identity names
+	// none (MySQL cannot leave one), and the login's role.
+	row, err := queryRow(conn, br, ps, "SELECT DATABASE(), CURRENT_ROLE()")
+	if err != nil || len(row) != 2 {
+		return nil, fmt.Errorf("SELECT DATABASE(), CURRENT_ROLE(): %v", wire.CtxErr(ctx, err))
+	}
+	if got := deref(row[0]); got != ps.db {
+		return nil, fmt.Errorf("the session is in database %q, its identity names %q", got, ps.db)
+	}
+	if got := deref(row[1]); got != ps.role {
+		return nil, fmt.Errorf("the session's role is %q after the reset, %q at login", got, ps.role)
 	}
 	if ps.status&(gm.SERVER_STATUS_IN_TRANS|gm.SERVER_MORE_RESULTS_EXISTS) != 0 {
 		return nil, fmt.Errorf("status 0x%04x after the reset", ps.status)
@@ -129,6 +162,13 @@ func (p *Protocol) Close(conn net.Conn, _ any) {
 	_ = conn.SetDeadline(time.Now().Add(100 * time.Millisecond))
 	_ = WritePacket(conn, 0, []byte{comQuit})
 	_ = conn.Close()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // command sends one command and reads its OK, recording the status.

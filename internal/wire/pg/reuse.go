@@ -69,7 +69,7 @@ func (p *Protocol) Key(st *proxy.Startup) string {
 }
 
 // Adopt implements reuse.Engine: the server's key and reported parameters from the login.
-func (p *Protocol) Adopt(s *proxy.Session, st *proxy.Startup) (any, bool) {
+func (p *Protocol) Adopt(_ context.Context, s *proxy.Session, st *proxy.Startup) (any, bool) {
 	up, ok := s.Engine.(*upstreamConn)
 	if !ok || up.status != 'I' {
 		return nil, false
