@@ -320,7 +320,7 @@ func (s *Sidecar) Run(ctx context.Context) int {
 	case <-s.quit: // the admin server logged the request
 	}
 	code := s.drain()
-	s.closePools() // no app is left to hand a pooled session to
+	s.closePools()  // no app is left to hand a pooled session to
 	s.loops.Close() // every server has drained: no session is left on them
 	stopProbes()
 	sctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)

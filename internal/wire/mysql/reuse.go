@@ -263,4 +263,3 @@ func queryRow(conn net.Conn, br *bufio.Reader, ps *pooledState, sql string) ([]*
 		}
 	}
 }
-
