@@ -3,6 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,5 +247,72 @@ func TestReusePostgresNoStateLeaks(t *testing.T) {
 	// Every case but the last was served by one login: the session went from app to app.
 	if n := w.StandinLoginsOK() - loginsBefore; n > 3 {
 		t.Errorf("%d upstream logins for the cases' app sessions; want 3 (the first, the superuser case's and the one after the abandoned transaction)", n)
+	}
+}
+
+// TestReuseLoginBudgetHoldsAt500ConnectsPerSecond: apps connect, SELECT 1 and close at 500/s
+// through a reusing listener whose login budget is 20/s (burst 5); every connect succeeds, and
+// the logins that reach the RDS stand-in stay within the budget (counts, not timings).
+func TestReuseLoginBudgetHoldsAt500ConnectsPerSecond(t *testing.T) {
+	const (
+		rate, burst = 20, 5
+		workers     = 20
+		connects    = 1000 // 2 s at 500/s
+		perSecond   = 500
+	)
+	w := startWorld(t)
+	cfg := strings.Replace(iamConfig(w, "    pool: {max_idle: 30}"), "listeners:",
+		fmt.Sprintf("login_budget: {per_second: %d, burst: %d}\nlisteners:", rate, burst), 1)
+	s := startSidecar(t, cfg, w.SidecarEnv)
+	host, port, _ := net.SplitHostPort(s.pgAddr)
+	dsn := fmt.Sprintf("host=%s port=%s user=app dbname=app sslmode=disable connect_timeout=10", host, port)
+	before := w.StandinLoginsOK()
+	start := time.Now()
+	tick := time.NewTicker(time.Second / perSecond)
+	defer tick.Stop()
+	jobs := make(chan struct{})
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				c, err := pgx.Connect(ctx, dsn)
+				if err == nil {
+					_, err = c.Exec(ctx, "SELECT 1")
+					_ = c.Close(ctx)
+				}
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+		}()
+	}
+	for range connects {
+		<-tick.C
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	wg.Wait()
+	took := time.Since(start)
+	logins := w.StandinLoginsOK() - before
+	allowed := burst + int(float64(rate)*took.Seconds()) + 1
+	hits := s.metric("rdsvalet_reuse_checkouts_total", `listener="pg"`, `result="hit"`)
+	t.Logf("%d connects in %v (%.0f/s): %d failed, %d logins reached the stand-in (budget allows %d), %v reuse hits, %v budget waits",
+		connects, took.Round(time.Millisecond), connects/took.Seconds(), failed.Load(), logins, allowed, hits,
+		s.metric("rdsvalet_reuse_login_budget_waits_total"))
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of %d connects failed; first: %v", n, connects, firstErr.Load())
+	}
+	if logins > allowed {
+		t.Errorf("%d logins reached the stand-in in %v; the budget allows %d", logins, took, allowed)
+	}
+	if hits < connects-float64(allowed) {
+		t.Errorf("%v reuse hits of %d connects", hits, connects)
 	}
 }

@@ -185,6 +185,7 @@ type bench struct {
 	total        time.Duration
 	mu           sync.Mutex
 	cleanOnce    sync.Once
+	reuse        *reuseSidecar // the second sidecar, with session reuse (reuse.go)
 }
 
 func (b *bench) logf(f string, a ...any) {
@@ -381,6 +382,9 @@ func (b *bench) run() error {
 		for _, p := range paths {
 			b.add("connect-loop", eng+" connect+SELECT 1", p, 4, samples[p])
 		}
+	}
+	if err := b.runReuse(); err != nil {
+		return err
 	}
 	if !b.o.skipIdle && b.want("idle", "sessions", b.o.idle) {
 		b.idleKB, b.idleErr = b.idleMemory(b.o.idle)
@@ -630,6 +634,7 @@ func (b *bench) cleanup() {
 }
 
 func (b *bench) doCleanup() {
+	b.stopReuseSidecar()
 	for _, c := range []*exec.Cmd{b.side, b.bouncer} {
 		if c != nil && c.Process != nil {
 			_ = c.Process.Signal(syscall.SIGTERM)
@@ -674,6 +679,10 @@ func (b *bench) proxyPID(path string) int {
 		return b.side.Process.Pid
 	case "pgbouncer":
 		return b.bouncer.Process.Pid
+	case reusePath:
+		if b.reuse != nil {
+			return b.reuse.cmd.Process.Pid
+		}
 	}
 	return 0
 }
@@ -757,6 +766,10 @@ func (b *bench) pgConn(path string) string {
 		return base + fmt.Sprintf("host=127.0.0.1 port=%d sslmode=disable", b.bncPort)
 	case "sidecar":
 		host, port, _ := net.SplitHostPort(b.sidePG)
+		return base + fmt.Sprintf("host=%s port=%s sslmode=disable", host, port)
+	}
+	if addr, ok := b.reuseAddr("postgres", path); ok {
+		host, port, _ := net.SplitHostPort(addr)
 		return base + fmt.Sprintf("host=%s port=%s sslmode=disable", host, port)
 	}
 	panic(path)
@@ -956,6 +969,9 @@ func (b *bench) connectLoop(engine, path string, workers int, dur time.Duration)
 		cfg := mysql.NewConfig()
 		cfg.User, cfg.Passwd, cfg.DBName, cfg.Net = myUser, myPassword, myDB, "tcp"
 		cfg.Addr = b.sideMy
+		if addr, ok := b.reuseAddr("mysql", path); ok {
+			cfg.Addr = addr
+		}
 		if path == "direct-tls" {
 			cfg.Addr = b.my.Addr()
 			cfg.TLS = &tls.Config{RootCAs: b.ca.CertPool(), ServerName: "localhost"}
