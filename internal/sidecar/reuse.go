@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -53,13 +54,27 @@ func credentialsDigest(lc config.Listener) func() string {
 		return nil
 	}
 	file := lc.Auth.PasswordFile
+	var mu sync.Mutex
+	var seen os.FileInfo
+	digest := ""
 	return func() string {
+		// Asked at every checkout: the file is read again only when its stat changes.
+		fi, err := os.Stat(file)
+		if err != nil {
+			return "unreadable"
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if seen != nil && fi.ModTime().Equal(seen.ModTime()) && fi.Size() == seen.Size() && os.SameFile(fi, seen) {
+			return digest
+		}
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return "unreadable"
 		}
 		sum := sha256.Sum256(b)
-		return hex.EncodeToString(sum[:8])
+		seen, digest = fi, hex.EncodeToString(sum[:8])
+		return digest
 	}
 }
 

@@ -144,6 +144,7 @@ func startFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	if o.refreshWindow == 0 {
 		o.refreshWindow = 2 * time.Second
 	}
+	o.pgExtra, o.myExtra = withSuitePool(o.pgExtra), withSuitePool(o.myExtra)
 	if o.shutdown == "" {
 		o.shutdown = fmt.Sprintf("{max_delay: 10s, kill_grace: %s}", faultKillGrace)
 	}

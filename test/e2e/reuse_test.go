@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -315,4 +316,22 @@ func TestReuseLoginBudgetHoldsAt500ConnectsPerSecond(t *testing.T) {
 	if hits < connects-float64(allowed) {
 		t.Errorf("%v reuse hits of %d connects", hits, connects)
 	}
+}
+
+// withSuitePool adds a pool block to a fault or load suite listener's extra YAML when
+// RDSVALET_E2E_POOL is set (its value is the block, e.g. "{max_idle: 2}"; "1" means that one),
+// so that `make test-fault-reuse` / `test-load-reuse` run the suites with session reuse on.
+// A small max_idle keeps the pooled sessions within the suites' fd leak tolerance.
+func withSuitePool(extra string) string {
+	v := os.Getenv("RDSVALET_E2E_POOL")
+	if v == "" {
+		return extra
+	}
+	if v == "1" {
+		v = "{max_idle: 2}"
+	}
+	if extra != "" {
+		extra += "\n"
+	}
+	return extra + "    pool: " + v
 }
