@@ -55,8 +55,7 @@ func (p *Protocol) Adopt(ctx context.Context, s *proxy.Session, st *proxy.Startu
 		return nil, false
 	}
 	ps := &pooledState{caps: app.caps, charset: app.resp.Charset, db: app.resp.Database, status: up.status}
-	unbind := wire.BindContextKept(ctx, s.Conn)
-	defer func() { unbind(); _ = s.Conn.SetDeadline(time.Time{}) }()
+	defer wire.BindPooled(ctx, s.Conn)()
 	br := bufio.NewReaderSize(s.Conn, 1024)
 	row, err := queryRow(s.Conn, br, ps, "SELECT CURRENT_ROLE()")
 	if err != nil || len(row) != 1 || br.Buffered() > 0 || ps.status != up.status {
@@ -85,8 +84,7 @@ func restoreRole(role string) string {
 // reused, as MySQL cannot leave a database).
 func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, _ proxy.Tracker) (any, error) {
 	ps := state.(*pooledState)
-	unbind := wire.BindContextKept(ctx, conn)
-	defer func() { unbind(); _ = conn.SetDeadline(time.Time{}) }()
+	defer wire.BindPooled(ctx, conn)()
 	br := bufio.NewReaderSize(conn, 4096)
 	if _, err := command(conn, br, ps, []byte{comResetConnection}); err != nil {
 		return nil, fmt.Errorf("COM_RESET_CONNECTION: %w", wire.CtxErr(ctx, err))
@@ -132,8 +130,7 @@ func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, _ proxy.
 
 // Ping implements reuse.Engine: COM_PING.
 func (p *Protocol) Ping(ctx context.Context, conn net.Conn, state any) error {
-	unbind := wire.BindContextKept(ctx, conn)
-	defer func() { unbind(); _ = conn.SetDeadline(time.Time{}) }()
+	defer wire.BindPooled(ctx, conn)()
 	br := bufio.NewReaderSize(conn, 256)
 	if _, err := command(conn, br, state.(*pooledState), []byte{comPing}); err != nil {
 		return err

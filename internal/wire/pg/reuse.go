@@ -97,8 +97,7 @@ func (p *Protocol) Adopt(_ context.Context, s *proxy.Session, st *proxy.Startup)
 // (the app's session may have changed any of them, and a promotion in_hot_standby).
 func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, _ proxy.Tracker) (any, error) {
 	ps := state.(*pooledState)
-	unbind := wire.BindContextKept(ctx, conn)
-	defer func() { unbind(); _ = conn.SetDeadline(time.Time{}) }()
+	defer wire.BindPooled(ctx, conn)()
 	var q strings.Builder
 	q.WriteString("SELECT ")
 	for i, name := range ps.reported {
@@ -139,8 +138,7 @@ func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, _ proxy.
 
 // Ping implements reuse.Engine: a Sync, answered by ReadyForQuery.
 func (p *Protocol) Ping(ctx context.Context, conn net.Conn, state any) error {
-	unbind := wire.BindContextKept(ctx, conn)
-	defer func() { unbind(); _ = conn.SetDeadline(time.Time{}) }()
+	defer wire.BindPooled(ctx, conn)()
 	if _, err := conn.Write([]byte{'S', 0, 0, 0, 4}); err != nil {
 		return err
 	}
@@ -172,7 +170,7 @@ func (p *Protocol) Reuse(ctx context.Context, conn net.Conn, state any, st *prox
 	}
 	if len(sets) > 0 {
 		slices.Sort(sets)
-		unbind := wire.BindContextKept(ctx, conn)
+		done := wire.BindPooled(ctx, conn)
 		err := func() error {
 			out, _ := (&pgproto3.Query{String: "SELECT " + strings.Join(sets, ", ")}).Encode(nil)
 			if _, err := conn.Write(out); err != nil {
@@ -187,8 +185,7 @@ func (p *Protocol) Reuse(ctx context.Context, conn net.Conn, state any, st *prox
 			}
 			return nil
 		}()
-		unbind()
-		_ = conn.SetDeadline(time.Time{})
+		done()
 		if err != nil {
 			return nil, fmt.Errorf("set the app's parameters: %w", wire.CtxErr(ctx, err))
 		}
