@@ -171,4 +171,3 @@ func (b *bench) runReuse() error {
 	}
 	return nil
 }
-
