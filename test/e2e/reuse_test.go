@@ -335,3 +335,16 @@ func withSuitePool(extra string) string {
 	}
 	return extra + "    pool: " + v
 }
+
+// suitePoolKept is how many upstream sessions a suite listener may keep with no app when the
+// suites run with reuse on (withSuitePool's max_idle): pooled, not leaked.
+func suitePoolKept() int {
+	switch v := os.Getenv("RDSVALET_E2E_POOL"); v {
+	case "":
+		return 0
+	case "1":
+		return 2
+	default:
+		return 20 // a block of the caller's own: at most the default max_idle
+	}
+}
