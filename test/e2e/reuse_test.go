@@ -205,6 +205,24 @@ func TestReusePostgresNoStateLeaks(t *testing.T) {
 			t.Errorf("the greeting says session_authorization %q, want app", v)
 		}
 	})
+	t.Run("cancel on a reused session", func(t *testing.T) {
+		b := leaveAndReuse(t, s, func(c *pgx.Conn) { mustExec(t, c, "SELECT 1") })
+		// pgx cancels a query whose context ends with a CancelRequest carrying the key of
+		// the reused session's greeting: the server's pid and the sidecar's fresh secret.
+		qctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := b.Exec(qctx, "SELECT pg_sleep(30)")
+		if took := time.Since(start); err == nil || took > 10*time.Second {
+			t.Fatalf("pg_sleep(30) on a reused session ended after %v with %v; want it cancelled at once", took, err)
+		}
+		waitFor(t, 15*time.Second, "the cancelled query gone from the server", func() error {
+			if n, err := w.ActiveQueries("SELECT pg_sleep(30)"); err != nil || n != 0 {
+				return fmt.Errorf("%d running (%v)", n, err)
+			}
+			return nil
+		})
+	})
 	t.Run("open transaction", func(t *testing.T) {
 		pgPooled(t, s, "pg", 1)
 		a := connect(t, s, "app")
