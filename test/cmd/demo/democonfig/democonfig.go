@@ -14,6 +14,8 @@ type Input struct {
 	AdminListen, Region, CAFile string
 	PostgresListen, MySQLListen string
 	PostgresPaths, MySQLPaths   []config.Path
+	// NoPool leaves session reuse off (to compare, e.g. drivers' test suites with and without).
+	NoPool bool
 }
 
 // Build returns one Postgres and one MySQL listener, each verifying TLS against the demo CA and
@@ -22,7 +24,12 @@ type Input struct {
 func Build(in Input) *config.Config {
 	tls := config.TLS{Mode: config.TLSVerifyFull, CAFile: in.CAFile}
 	health := config.Health{Interval: time.Second, TLSInterval: 2 * time.Second}
-	pool := func() *config.Pool { return &config.Pool{MaxIdle: 10, MinIdle: 1} }
+	pool := func() *config.Pool {
+		if in.NoPool {
+			return nil
+		}
+		return &config.Pool{MaxIdle: 10, MinIdle: 1}
+	}
 	return &config.Config{
 		Log:      config.Log{Level: "info"},
 		Admin:    config.Admin{Listen: in.AdminListen},
