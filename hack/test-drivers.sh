@@ -3,6 +3,8 @@
 # (docs/reuse.md): pgx's root package and go-sql-driver/mysql's, each against `make demo`'s
 # sidecar (its world: PostgreSQL and MariaDB behind the RDS stand-ins, IAM logins), started
 # with and without --no-pool. Prints pass / fail / skip counts per suite and mode.
+# TestConnectorReturnsTimeout is skipped: it dials 1.1.1.1, and without internet access the
+# dial fails early and the test dereferences a nil error (a panic that ends the whole run).
 # Usage: hack/test-drivers.sh [bin/sidecar]   (make test-drivers)
 set -euo pipefail
 SIDECAR=${1:-bin/sidecar}
@@ -37,7 +39,7 @@ for mode in on off; do
 		$GO test -count=1 -timeout 15m -json . >"$work/pgx-$mode.json" 2>&1 || true)
 	echo "pgx v5.7.6 (root package), reuse $mode: $(count <"$work/pgx-$mode.json")"
 	(cd "$work/mysql" && MYSQL_TEST_USER=app MYSQL_TEST_PASS= MYSQL_TEST_PROT=tcp MYSQL_TEST_ADDR=127.0.0.1:23306 \
-		MYSQL_TEST_DBNAME=app $GO test -count=1 -timeout 15m -json . >"$work/mysql-$mode.json" 2>&1 || true)
+		MYSQL_TEST_DBNAME=app $GO test -count=1 -timeout 15m -json -skip "^TestConnectorReturnsTimeout$" . >"$work/mysql-$mode.json" 2>&1 || true)
 	echo "go-sql-driver/mysql v1.9.3, reuse $mode: $(count <"$work/mysql-$mode.json")"
 	kill "$demo"; wait "$demo" 2>/dev/null || true
 done
