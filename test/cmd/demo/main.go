@@ -39,6 +39,7 @@ func run() error {
 	myListen := flag.String("mysql", "127.0.0.1:3306", "where the sidecar serves MySQL")
 	adminListen := flag.String("admin", "127.0.0.1:9090", "the sidecar's admin server")
 	toxiAPI := flag.String("toxiproxy", "127.0.0.1:8474", "toxiproxy's HTTP API")
+	noPool := flag.Bool("no-pool", false, "run the listeners without session reuse (docs/reuse.md)")
 	flag.Parse()
 
 	for _, a := range []string{*pgListen, *myListen, *adminListen, *toxiAPI} {
@@ -74,7 +75,7 @@ func run() error {
 		return err
 	}
 	defer tn.Close()
-	in := democonfig.Input{AdminListen: *adminListen, Region: w.Region, CAFile: w.CAFile, PostgresListen: *pgListen, MySQLListen: *myListen}
+	in := democonfig.Input{AdminListen: *adminListen, Region: w.Region, CAFile: w.CAFile, PostgresListen: *pgListen, MySQLListen: *myListen, NoPool: *noPool}
 	for _, name := range []string{"privatelink", "rds-proxy", "instance"} {
 		addr, err := tn.AddPath(name, "", w.Address)
 		if err != nil {
