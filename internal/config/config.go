@@ -46,6 +46,8 @@ type Config struct {
 	Listeners []Listener `mapstructure:"listeners" yaml:"listeners,omitempty"`
 	// UnixSockets configures the listeners' unix sockets (unixsocket.go).
 	UnixSockets UnixSockets `mapstructure:"unix_sockets" yaml:"unix_sockets,omitempty"`
+	// LoginBudget rate-limits every listener's upstream logins (pool.go).
+	LoginBudget LoginBudget `mapstructure:"login_budget" yaml:"login_budget,omitempty"`
 }
 
 // DNS configures how upstream names are resolved. Names are resolved on every dial (no
@@ -113,6 +115,8 @@ type Listener struct {
 	// Cluster, when set, makes the paths instances of one cluster whose roles are checked
 	// and discovered (docs/cluster.md).
 	Cluster Cluster `mapstructure:"cluster" yaml:"cluster,omitempty"`
+	// Pool, when set, reuses logged-in upstream sessions (pool.go, docs/reuse.md).
+	Pool *Pool `mapstructure:"pool" yaml:"pool,omitempty"`
 }
 
 // Listener roles.
@@ -238,6 +242,8 @@ func Defaults() Config {
 		Admin:    Admin{Listen: ":9090", Readiness: ReadyWhenUp},
 		AWS:      AWS{CredentialsRefreshWindow: 5 * time.Minute, TokenCacheMaxEntries: 1024},
 		Shutdown: Shutdown{MinDelay: 0, MaxDelay: 30 * time.Second, KillGrace: 5 * time.Second, ExitCodeOnCut: 1},
+
+		LoginBudget: LoginBudget{PerSecond: DefaultLoginBudgetPerSecond, Burst: DefaultLoginBudgetBurst},
 	}
 }
 
@@ -325,6 +331,7 @@ func (c *Config) applyListenerDefaults() {
 		}
 	}
 	c.applyUnixSocketDefaults()
+	c.applyPoolDefaults()
 }
 
 // Validate reports every problem at once, each prefixed with the key that is wrong.
@@ -481,6 +488,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.validateUnixSockets(bad)
+	c.validatePools(bad)
 	if needRegion && c.AWS.Region == "" {
 		bad("aws.region", "is required for IAM authentication (or set AWS_REGION)")
 	}

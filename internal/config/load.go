@@ -61,6 +61,8 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	v.SetDefault("shutdown.max_delay", d.Shutdown.MaxDelay)
 	v.SetDefault("shutdown.kill_grace", d.Shutdown.KillGrace)
 	v.SetDefault("shutdown.exit_code_on_cut", d.Shutdown.ExitCodeOnCut)
+	v.SetDefault("login_budget.per_second", d.LoginBudget.PerSecond)
+	v.SetDefault("login_budget.burst", d.LoginBudget.Burst)
 
 	file := os.Getenv(EnvPrefix + "_CONFIG")
 	if fs != nil {

@@ -73,6 +73,13 @@ type Session struct {
 	// Engine is what the engine's login learnt that its greeting needs (the server's
 	// parameters, its key, the transaction status).
 	Engine any
+	// Release, when set (a Source that reuses sessions, internal/reuse), takes the upstream
+	// back when the app leaves the session idle: the relay hands it conn, open and in Go's
+	// poller again, with the session's Tracker, instead of closing it; it owns conn from then
+	// on. A session that ended any other way calls it with a nil conn and the reason it
+	// closed (CloseClient: the app left it busy). It is called from the relay loop, so it
+	// must not block.
+	Release func(conn net.Conn, t Tracker, reason string)
 }
 
 // Upstream is a logged-in upstream session, ready for the relay.
@@ -94,6 +101,9 @@ type Upstream struct {
 	Farewell func(reason string) []byte
 	// User and Database name the session in logs.
 	User, Database string
+	// Release is the Session's (Handshake copies it): set, an app that leaves the session
+	// idle leaves the upstream to it.
+	Release func(conn net.Conn, t Tracker, reason string)
 }
 
 // Tracker follows a session's framing to tell when it is idle: no request outstanding and no
@@ -102,6 +112,15 @@ type Tracker interface {
 	FromClient(p []byte)
 	FromServer(p []byte)
 	Idle() bool
+}
+
+// Goodbye is a Tracker that knows its protocol's goodbye (PostgreSQL Terminate, MySQL
+// COM_QUIT): a session whose upstream can be reused (Upstream.Release) keeps that message from
+// the server, which would end the session.
+type Goodbye interface {
+	// Goodbye reports whether p, a chunk from the app, is exactly the goodbye message sent
+	// with the session idle.
+	Goodbye(p []byte) bool
 }
 
 // FarewellText is what an app is told when its relayed session ends for reason (see

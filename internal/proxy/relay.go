@@ -31,6 +31,9 @@ type session struct {
 	relay  *sockloop.Relay // set once the loop has the session
 	closed bool
 	reason string
+	// leaving: the app said goodbye with the session idle; the goodbye was kept from the
+	// server so that the upstream can serve another app (Upstream.Release).
+	leaving bool
 	// When the app last sent bytes and the upstream last did (UnixNano), for the silent-session
 	// check and the health set's "sessions are receiving data".
 	lastFromApp, lastFromUpstream int64
@@ -146,6 +149,13 @@ func (ss *session) FromApp(p []byte) bool {
 		ss.mu.Unlock()
 		return false
 	}
+	if ss.up.Release != nil && !ss.draining.Load() && !ss.evicted.Load() {
+		if g, ok := ss.up.Tracker.(Goodbye); ok && g.Goodbye(p) {
+			ss.closed, ss.reason, ss.leaving = true, CloseClient, true
+			ss.mu.Unlock()
+			return false
+		}
+	}
 	ss.up.Tracker.FromClient(p)
 	ss.lastFromApp = time.Now().UnixNano()
 	ss.mu.Unlock()
@@ -181,7 +191,7 @@ func (ss *session) Check() bool {
 func (ss *session) Farewell(by sockloop.Side) []byte {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.up == nil || ss.up.Farewell == nil {
+	if ss.up == nil || ss.up.Farewell == nil || ss.leaving {
 		return nil
 	}
 	reason := ss.reason // "" if the loop could not go on with the session
@@ -189,6 +199,24 @@ func (ss *session) Farewell(by sockloop.Side) []byte {
 		reason = CloseUpstream
 	}
 	return ss.up.Farewell(reason)
+}
+
+// Keep implements sockloop.Keeper: the upstream outlives the app when its source reuses it,
+// the app left (with its goodbye, or hanging up) while the session was idle, and the sidecar
+// is not moving the session off its path or shutting down. Any doubt closes it.
+func (ss *session) Keep(by sockloop.Side) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.up == nil || ss.up.Release == nil || ss.draining.Load() || ss.evicted.Load() {
+		return false
+	}
+	switch {
+	case by == sockloop.ByHandler && ss.leaving:
+	case by == sockloop.ByApp && !ss.closed:
+	default:
+		return false
+	}
+	return ss.up.Tracker.Idle()
 }
 
 // Ended implements sockloop.Handler.

@@ -465,7 +465,11 @@ func Handshake(ctx context.Context, proto Protocol, source Source, c net.Conn) (
 		proto.Reject(c, st, err)
 		return nil, err
 	}
-	return proto.Greet(c, st, sess)
+	up, err := proto.Greet(c, st, sess)
+	if up != nil {
+		up.Release = sess.Release
+	}
+	return up, err
 }
 
 // sessionEnded is the end of a relayed session, called by its loop.
@@ -476,6 +480,11 @@ func (s *Server) sessionEnded(ss *session, reason string, e sockloop.End) {
 	if reason == CloseUpstream && s.cfg.OnNetworkFailure != nil && isNetworkFailure(e.UpstreamErr) {
 		// A session dying on a network error says as much about the path as a failed dial.
 		s.cfg.OnNetworkFailure(ss.up.Path, e.UpstreamErr)
+	}
+	if ss.up.Release != nil {
+		// The app left the session idle (e.Upstream is open): the upstream goes back to its
+		// source for the next app; else the source hears why it is gone.
+		ss.up.Release(e.Upstream, ss.up.Tracker, reason)
 	}
 	s.m.closed.WithLabelValues(s.cfg.Name, reason).Inc()
 	ss.log.Debug("session ended", zap.String("reason", reason), zap.Int64("bytes_from_app", e.FromApp), zap.Int64("bytes_to_app", e.ToApp))

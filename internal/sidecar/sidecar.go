@@ -23,6 +23,7 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
+	"github.com/rdsvalet/rds-valet/internal/reuse"
 	"github.com/rdsvalet/rds-valet/internal/upstream"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 	"github.com/rdsvalet/rds-valet/internal/wire/mysql"
@@ -56,6 +57,8 @@ type Sidecar struct {
 	admin     *admin.Server
 	// loops relay every listener's sessions; closed once no session is left on them.
 	loops *sockloop.Loops
+	// budget is the pod's upstream login budget, shared by every listener; nil when off.
+	budget *reuse.Budget
 
 	started, draining atomic.Bool
 	quit              chan struct{}
@@ -69,6 +72,7 @@ type listener struct {
 	paths  *health.Set
 	prober health.Prober
 	probe  health.ProbeConfig
+	pool   *reuse.Pool // nil without session reuse
 }
 
 // New builds and binds everything cfg describes. On error nothing is left bound.
@@ -92,7 +96,10 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 	}
 	m := metrics{
 		proxy: proxy.NewMetrics(d.Registry), health: health.NewMetrics(d.Registry),
-		pg: pg.NewMetrics(d.Registry), mysql: mysql.NewMetrics(d.Registry),
+		pg: pg.NewMetrics(d.Registry), mysql: mysql.NewMetrics(d.Registry), reuse: reuse.NewMetrics(d.Registry),
+	}
+	if b := cfg.LoginBudget; b.PerSecond > 0 {
+		s.budget = reuse.NewBudget(reuse.BudgetConfig{Rate: b.PerSecond, Burst: b.Burst}, d.Registry)
 	}
 	for _, lc := range cfg.Listeners {
 		l, err := s.newListener(lc, tokens, m)
@@ -126,6 +133,7 @@ type metrics struct {
 	health *health.Metrics
 	pg     *pg.Metrics
 	mysql  *mysql.Metrics
+	reuse  *reuse.Metrics
 }
 
 // newTokenCache loads AWS credentials once for every IAM listener; nil when none uses IAM.
@@ -199,21 +207,24 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		Listener: lc.Name, Paths: set, Engine: eng, Secret: secret,
 		ConnectTimeout: lc.ConnectTimeout, Observer: m.proxy,
 	})
+	sessions, pool := s.sessionSource(lc, eng, source, set, log, m.reuse)
 	srv := proxy.NewServer(proxy.Config{
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
 		OnNetworkFailure: set.ReportFailure, Loops: s.loops,
 		SessionTimeout: lc.SessionTimeout, PathDown: set.IsDown, Unix: unixSocket(lc, s.cfg.UnixSockets),
-	}, eng, source, s.log, m.proxy)
+	}, eng, sessions, s.log, m.proxy)
 	// Sessions leave a down path only when another path is up; with none up they stay, each
 	// ended by its own evidence of death (the kernel's dead-peer bound, session_timeout).
 	set.WatchMoves(srv.EvictPath)
 	set.SetReceived(srv.LastReceived)
 	if err := srv.Listen(); err != nil {
+		closePool(pool)
 		return nil, err
 	}
 	if err := checkBound(srv.Addr(), lc.AllowNonLoopback); err != nil {
 		srv.Close()
+		closePool(pool)
 		return nil, err
 	}
 	probe := health.ProbeConfig{
@@ -221,7 +232,7 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		Timeout: lc.Health.Timeout, Dialer: dialer, Log: s.log,
 	}
 	probe.PingInterval, probe.PingTimeout = pingSchedule(lc, log)
-	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: probe}, nil
+	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: probe, pool: pool}, nil
 }
 
 // unixSocket is the listener's unix socket as the server binds it; no Path without one.
@@ -292,6 +303,9 @@ func (s *Sidecar) Run(ctx context.Context) int {
 			defer wg.Done()
 			l.paths.Run(probeCtx, l.prober, l.probe)
 		}()
+		if l.pool != nil {
+			l.pool.Start(poolTick(l.cfg.Pool.IdleTimeout))
+		}
 		s.log.Info("listening", zap.String("listener", l.cfg.Name), zap.String("addr", l.srv.Addr().String()))
 		if ua := l.srv.UnixAddr(); ua != nil {
 			s.log.Info("listening", zap.String("listener", l.cfg.Name), zap.String("unix_socket", ua.String()))
@@ -306,6 +320,7 @@ func (s *Sidecar) Run(ctx context.Context) int {
 	case <-s.quit: // the admin server logged the request
 	}
 	code := s.drain()
+	s.closePools()  // no app is left to hand a pooled session to
 	s.loops.Close() // every server has drained: no session is left on them
 	stopProbes()
 	sctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
@@ -363,6 +378,7 @@ func (s *Sidecar) closeListeners() {
 	for _, l := range s.listeners {
 		l.srv.Close()
 	}
+	s.closePools()
 }
 
 // ErrDraining is the readiness verdict of a sidecar that is shutting down.

@@ -52,3 +52,13 @@ func BindContextKept(ctx context.Context, c net.Conn) (unbind func()) {
 		}
 	}
 }
+
+// BindPooled is BindContextKept for a pooled session's exchange: the returned func unbinds and
+// leaves the connection with no deadline, ready for its next user.
+func BindPooled(ctx context.Context, c net.Conn) (done func()) {
+	unbind := BindContextKept(ctx, c)
+	return func() {
+		unbind()
+		_ = c.SetDeadline(NoDeadline)
+	}
+}

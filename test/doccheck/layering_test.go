@@ -36,6 +36,12 @@ func TestLayering(t *testing.T) {
 		{"internal/wire/pg", "internal/config", "the protocols take settings from the assembly, not the config format"},
 		{"internal/wire/mysql", "internal/config", "the protocols take settings from the assembly, not the config format"},
 		{"internal/proxy", "internal/config", "the proxy takes settings from the assembly, not the config format"},
+		{"internal/proxy", "internal/reuse", "sources plug into the proxy, not the other way round"},
+		{"internal/reuse", "internal/wire", "the pool resets sessions through the reuse.Engine interface, any engine"},
+		{"internal/reuse", "internal/health", "the pool is told the best path and which are down by the assembly"},
+		{"internal/reuse", "internal/config", "the pool takes its settings from the assembly, not the config format"},
+		{"internal/wire/pg", "internal/reuse", "an engine implements reuse.Engine without knowing the pool"},
+		{"internal/wire/mysql", "internal/reuse", "an engine implements reuse.Engine without knowing the pool"},
 	}
 	for _, r := range rules {
 		d, ok := deps[mod+r.pkg]

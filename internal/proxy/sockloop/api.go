@@ -1,6 +1,9 @@
 package sockloop
 
-import "errors"
+import (
+	"errors"
+	"net"
+)
 
 // ErrClosed is what Start returns once the Loops are being closed.
 var ErrClosed = errors.New("sockloop: the relay loops are closed")
@@ -36,9 +39,23 @@ type Handler interface {
 	Ended(End)
 }
 
+// Keeper is a Handler that may take the upstream connection back when its app leaves, to
+// serve another app later (internal/reuse). The loop asks Keep once, when the relay ends by the
+// app or by the handler and nothing is queued for the upstream; true makes the loop take the
+// upstream socket out of its epoll set and give it back to Go's poller (blocking Read and Write,
+// deadlines) instead of closing it, and hand it over in End.Upstream: from then on the loop
+// never touches it again. No farewell is sent to the app then.
+type Keeper interface {
+	Keep(by Side) bool
+}
+
 // End says how a relay ended.
 type End struct {
 	By Side
+	// Upstream, when the handler kept it (Keeper), is the upstream connection, open and no
+	// longer the loop's: a *tls.Conn as Start was given, or the *Conn. It is the handler's to
+	// close.
+	Upstream net.Conn
 	// UpstreamErr is the upstream read error that ended the relay (io.EOF for a clean close),
 	// for passive health checks.
 	UpstreamErr error

@@ -85,6 +85,29 @@ func (c *Conn) detach() error {
 	return nil
 }
 
+// reattach gives a detached socket back to Go's poller: a fresh descriptor for it becomes
+// the wrapped connection (blocking Read and Write, deadlines), and the loop's one is closed.
+// The caller has taken it out of its epoll set. On error nothing has changed.
+func (c *Conn) reattach() error {
+	if !c.detached.Load() || c.closed {
+		return errors.New("sockloop: the connection is not a detached open socket")
+	}
+	nfd, err := dupCloexec(c.fd)
+	if err != nil {
+		return os.NewSyscallError("dup", err)
+	}
+	f := os.NewFile(uintptr(nfd), "sockloop-upstream")
+	nc, err := net.FileConn(f) // duplicates it again, into Go's poller
+	_ = f.Close()
+	if err != nil {
+		return err
+	}
+	_ = syscall.Close(c.fd)
+	c.inner, c.fd, c.armed, c.out = nc, -1, false, nil
+	c.detached.Store(false)
+	return nil
+}
+
 func (c *Conn) opError(op string, e syscall.Errno) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.remote, Err: os.NewSyscallError(op, e)}
 }
@@ -218,4 +241,14 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 		return nil
 	}
 	return c.inner.SetWriteDeadline(t)
+}
+
+// SyscallConn is the socket's raw access while the connection is Go's (before it is handed to
+// a loop, or after a loop handed it back): internal/reuse peeks at a pooled session's socket.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.inner.(syscall.Conn)
+	if c.detached.Load() || !ok {
+		return nil, errors.New("sockloop: the socket is not Go's now")
+	}
+	return sc.SyscallConn()
 }

@@ -588,8 +588,11 @@ func (r *Relay) end(by Side, upErr error) {
 		return
 	}
 	r.ended = true
-	_ = r.closeUpstream()
-	if by != ByApp && len(r.app.out) == 0 {
+	kept := r.keep(by)
+	if kept == nil {
+		_ = r.closeUpstream()
+	}
+	if kept == nil && by != ByApp && len(r.app.out) == 0 {
 		if msg := r.h.Farewell(by); len(msg) > 0 {
 			// Best effort: an app that is not reading loses it with the connection.
 			_, _ = r.app.send(msg)
@@ -597,7 +600,29 @@ func (r *Relay) end(by Side, upErr error) {
 	}
 	_ = r.app.Close()
 	r.loop.retired = append(r.loop.retired, r.slot)
-	r.h.Ended(End{By: by, UpstreamErr: upErr, FromApp: r.fromApp, ToApp: r.toApp})
+	r.h.Ended(End{By: by, UpstreamErr: upErr, FromApp: r.fromApp, ToApp: r.toApp, Upstream: kept})
+}
+
+// keep hands the upstream back to a handler that wants it (Keeper): out of the epoll set,
+// back in Go's poller. nil when it stays the loop's to close.
+func (r *Relay) keep(by Side) net.Conn {
+	k, ok := r.h.(Keeper)
+	if !ok || (by != ByApp && by != ByHandler) || len(r.up.out) > 0 || !k.Keep(by) {
+		return nil
+	}
+	if r.upMask != 0 {
+		if err := r.loop.register(r.up.fd, r.slot, sideUp, r.upMask, 0); err != nil {
+			return nil
+		}
+		r.upMask = 0
+	}
+	if err := r.up.reattach(); err != nil {
+		return nil
+	}
+	if r.tls != nil {
+		return r.tls
+	}
+	return r.up
 }
 
 // closeUpstream sends a TLS close_notify if the socket takes it now, then closes the socket.

@@ -406,3 +406,8 @@ func (t *tracker) Idle() bool {
 	return !t.lost && t.cli.atBoundary() && t.srv.atBoundary() && len(t.cmds) == 0 && t.state == stIdle &&
 		t.status&(gm.SERVER_STATUS_IN_TRANS|gm.SERVER_MORE_RESULTS_EXISTS) == 0
 }
+
+// Goodbye implements proxy.Goodbye: p is a COM_QUIT packet alone, sent with the session idle.
+func (t *tracker) Goodbye(p []byte) bool {
+	return len(p) == 5 && p[0] == 1 && p[1] == 0 && p[2] == 0 && p[3] == 0 && p[4] == comQuit && t.Idle()
+}

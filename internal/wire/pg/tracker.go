@@ -97,3 +97,8 @@ func (t *tracker) Idle() bool {
 	return t.cli.atBoundary() && t.srv.atBoundary() && !t.wantState &&
 		t.expected == t.received && t.status == 'I'
 }
+
+// Goodbye implements proxy.Goodbye: p is a Terminate message alone, sent with the session idle.
+func (t *tracker) Goodbye(p []byte) bool {
+	return len(p) == 5 && p[0] == 'X' && p[1] == 0 && p[2] == 0 && p[3] == 0 && p[4] == 4 && t.Idle()
+}

@@ -49,6 +49,7 @@ func run() error {
 	controlListen := flag.String("control", "127.0.0.1:8475", "the demo's control endpoint (POST /failover?engine=postgres|mysql)")
 	adminListen := flag.String("admin", "127.0.0.1:9090", "the sidecar's admin server")
 	toxiAPI := flag.String("toxiproxy", "127.0.0.1:8474", "toxiproxy's HTTP API")
+	noPool := flag.Bool("no-pool", false, "run the listeners without session reuse (docs/reuse.md)")
 	flag.Parse()
 	// The driver logs every broken connection to stderr; the loops count them instead.
 	_ = mysql.SetLogger(&mysql.NopLogger{})
@@ -92,7 +93,7 @@ func run() error {
 		}
 	}
 	in := democonfig.Input{AdminListen: *adminListen, Region: w.Region, CAFile: w.CAFile, PostgresListen: *pgListen, MySQLListen: *myListen,
-		PostgresReaderListen: *pgReader, MySQLReaderListen: *myReader}
+		PostgresReaderListen: *pgReader, MySQLReaderListen: *myReader, NoPool: *noPool}
 	if in.PostgresPaths, err = instancePaths(tn, w.Instances); err != nil {
 		return err
 	}

@@ -218,6 +218,7 @@ type bench struct {
 	total        time.Duration
 	mu           sync.Mutex
 	cleanOnce    sync.Once
+	reuse        *reuseSidecar // the second sidecar, with session reuse (reuse.go)
 }
 
 func (b *bench) logf(f string, a ...any) {
@@ -395,6 +396,9 @@ func (b *bench) run() error {
 		for _, p := range paths {
 			b.add("connect-loop", eng+" connect+SELECT 1", p, 4, samples[p])
 		}
+	}
+	if err := b.runReuse(); err != nil {
+		return err
 	}
 	if !b.o.skipIdle && b.want("idle", "sessions", b.o.idle) {
 		b.idleKB, b.idleErr = b.idleMemory(b.o.idle)
@@ -674,6 +678,7 @@ func (b *bench) cleanup() {
 }
 
 func (b *bench) doCleanup() {
+	b.stopReuseSidecar()
 	for _, c := range []*exec.Cmd{b.side, b.bouncer, b.floor, b.hop} {
 		if c != nil && c.Process != nil {
 			_ = c.Process.Signal(syscall.SIGTERM)
@@ -720,6 +725,10 @@ func (b *bench) proxyPID(path string) int {
 		return b.floor.Process.Pid
 	case "pgbouncer":
 		return b.bouncer.Process.Pid
+	case reusePath:
+		if b.reuse != nil {
+			return b.reuse.cmd.Process.Pid
+		}
 	}
 	return 0
 }
@@ -824,6 +833,10 @@ func (b *bench) pgConnAt(dist, path string) string {
 		return base + fmt.Sprintf("dbname=%s host=%s port=%s", pgDB, b.sideSock, port)
 	case "floor":
 		return fmt.Sprintf("user=%s dbname=%s %s sslmode=disable", floorUser, pgDB, hostPort(b.floorPG[dist]))
+	}
+	if addr, ok := b.reuseAddr("postgres", path); ok {
+		host, port, _ := net.SplitHostPort(addr)
+		return base + fmt.Sprintf("dbname=%s host=%s port=%s sslmode=disable", pgDB, host, port)
 	}
 	panic(path)
 }
@@ -1045,6 +1058,9 @@ func (b *bench) connectLoop(engine, path string, workers int, dur time.Duration)
 		cfg := mysql.NewConfig()
 		cfg.User, cfg.Passwd, cfg.DBName, cfg.Net = myUser, myPassword, myDB, "tcp"
 		cfg.Addr = b.sideMy
+		if addr, ok := b.reuseAddr("mysql", path); ok {
+			cfg.Addr = addr
+		}
 		if path == "direct-tls" {
 			cfg.Addr = b.my.Addr()
 			cfg.TLS = &tls.Config{RootCAs: b.ca.CertPool(), ServerName: "localhost"}

@@ -18,6 +18,8 @@ type Input struct {
 	// PostgresReaderListen and MySQLReaderListen serve the reader listeners.
 	PostgresReaderListen, MySQLReaderListen string
 	PostgresPaths, MySQLPaths               []config.Path
+	// NoPool leaves session reuse off (to compare, e.g. drivers' test suites with and without).
+	NoPool bool
 }
 
 // ProbeUser is the user the cluster listeners' topology monitor and kept probe sessions log in
@@ -26,13 +28,20 @@ const ProbeUser = "app"
 
 // Build returns per engine a writer listener and a reader listener over the same instances,
 // each verifying TLS against the demo CA and probing fast enough that toxiproxy faults show in
-// /paths within seconds. A role makes each a cluster listener with the defaults (static
-// discovery: each instance's own answer; docs/cluster.md).
+// /paths within seconds, and reusing sessions (docs/reuse.md) with a warm spare, so that
+// per-request clients connect fast. A role makes each a cluster listener with the defaults
+// (static discovery: each instance's own answer; docs/cluster.md).
 func Build(in Input) *config.Config {
 	tls := config.TLS{Mode: config.TLSVerifyFull, CAFile: in.CAFile}
 	health := config.Health{Interval: time.Second, TLSInterval: 2 * time.Second, LoginUser: ProbeUser}
+	pool := func() *config.Pool {
+		if in.NoPool {
+			return nil
+		}
+		return &config.Pool{MaxIdle: 10, MinIdle: 1}
+	}
 	listener := func(name, engine, listen, role string, paths []config.Path) config.Listener {
-		return config.Listener{Name: name, Engine: engine, Listen: listen, Role: role, TLS: tls, Health: health, Paths: paths}
+		return config.Listener{Name: name, Engine: engine, Listen: listen, Role: role, TLS: tls, Health: health, Paths: paths, Pool: pool()}
 	}
 	return &config.Config{
 		Log:      config.Log{Level: "info"},
