@@ -178,11 +178,10 @@ Ctrl-C stops everything.
 }
 
 // instancePaths puts a toxiproxy path in front of each instance, named by its id, and returns
-// the sidecar paths to them: the replicas first, the primary last (the reader listener's
-// fallback; the writer listener goes by role, whatever the order).
+// the sidecar paths to them, the primary first.
 func instancePaths(tn *faultnet.Net, insts []*world.Instance) ([]config.Path, error) {
 	var paths []config.Path
-	for _, i := range append(append([]*world.Instance(nil), insts[1:]...), insts[0]) {
+	for _, i := range insts {
 		addr, err := tn.AddPath(i.ID, "", i.Address)
 		if err != nil {
 			return nil, err

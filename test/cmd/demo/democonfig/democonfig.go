@@ -10,8 +10,7 @@ import (
 )
 
 // Input is what the demo knows once its local world is up. The paths are the instances of
-// each engine's cluster (the replicas first, the primary last: the reader listener's
-// fallback), each through its own toxiproxy proxy.
+// each engine's cluster, the primary first, each through its own toxiproxy proxy.
 type Input struct {
 	AdminListen, Region, CAFile string
 	PostgresListen, MySQLListen string
@@ -50,9 +49,19 @@ func Build(in Input) *config.Config {
 		Shutdown: config.Shutdown{MaxDelay: 5 * time.Second},
 		Listeners: []config.Listener{
 			listener("postgres", config.EnginePostgres, in.PostgresListen, config.RoleWriter, in.PostgresPaths),
-			listener("postgres-ro", config.EnginePostgres, in.PostgresReaderListen, config.RoleReader, in.PostgresPaths),
+			listener("postgres-ro", config.EnginePostgres, in.PostgresReaderListen, config.RoleReader, primaryLast(in.PostgresPaths)),
 			listener("mysql", config.EngineMySQL, in.MySQLListen, config.RoleWriter, in.MySQLPaths),
-			listener("mysql-ro", config.EngineMySQL, in.MySQLReaderListen, config.RoleReader, in.MySQLPaths),
+			listener("mysql-ro", config.EngineMySQL, in.MySQLReaderListen, config.RoleReader, primaryLast(in.MySQLPaths)),
 		},
 	}
+}
+
+// primaryLast puts the replicas first and the primary (paths[0]) last: the reader listener's
+// fallback. The writer listener keeps the primary first; both go by role, and the order only
+// decides among candidates with the role.
+func primaryLast(paths []config.Path) []config.Path {
+	if len(paths) == 0 {
+		return nil
+	}
+	return append(append([]config.Path(nil), paths[1:]...), paths[0])
 }
