@@ -24,7 +24,9 @@ type session struct {
 	srv      *Server
 	client   net.Conn
 	draining atomic.Bool // close at the next idle point: the sidecar is shutting down
-	evicted  atomic.Bool // close at the next idle point: the session's path went down
+	// evicted, when set, is the reason to close at the next idle point: the session's path
+	// went down, its instance lost the listener's role or fell behind.
+	evicted atomic.Pointer[string]
 
 	mu     sync.Mutex // orders tracker updates against closing, see closeIfIdle
 	up     *Upstream
@@ -170,8 +172,8 @@ func (ss *session) Check() bool {
 	switch {
 	case ss.draining.Load():
 		ss.closeIdleLocked(CloseDrain)
-	case ss.evicted.Load():
-		ss.closeIdleLocked(ClosePathDown)
+	case ss.evicted.Load() != nil:
+		ss.closeIdleLocked(*ss.evicted.Load())
 	}
 	return ss.closed
 }

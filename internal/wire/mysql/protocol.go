@@ -45,8 +45,14 @@ type Config struct {
 	LocalPasswordFile string
 	// ProbeUser and ProbeDatabase are what login probes log in as.
 	ProbeUser, ProbeDatabase string
-	Log                      *zap.Logger
-	Metrics                  *Metrics
+	// OutcomeUnknown makes the farewell of a session that ends busy say its transaction's
+	// outcome is unknown (SQL state 08007): set on a cluster's writer listener.
+	OutcomeUnknown bool
+	// TopologySchema is where Aurora MySQL's replica_host_status view is read
+	// ("information_schema" when empty).
+	TopologySchema string
+	Log            *zap.Logger
+	Metrics        *Metrics
 }
 
 // Metrics are the MySQL protocol's own metrics, shared by every MySQL listener.
@@ -244,7 +250,7 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 	path := s.Path
 	return &proxy.Upstream{
 		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
-		Farewell: func(reason string) []byte { return farewell(tr, reason, path) },
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path, p.cfg.OutcomeUnknown) },
 		User:     app.user, Database: app.resp.Database,
 	}, nil
 }

@@ -104,6 +104,7 @@ type upstreamConn struct {
 	br     *bufio.Reader
 	ok     []byte // the payload of the OK that ended the login, for the app
 	status uint16
+	caps   uint32 // what the login asked for: CLIENT_DEPRECATE_EOF shapes a result set
 }
 
 // login negotiates TLS on a greeted connection (SSLRequest with the same flags as the response
@@ -167,7 +168,7 @@ func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResp
 				return nil, errors.New("upstream sent a malformed OK packet")
 			}
 			_ = raw.SetDeadline(wire.NoDeadline)
-			return &upstreamConn{conn: tc, br: br, ok: p, status: st}, nil
+			return &upstreamConn{conn: tc, br: br, ok: p, status: st, caps: resp.Capabilities}, nil
 		case gm.ERR_HEADER:
 			return nil, &upstreamError{*ParseErr(p)}
 		case gm.EOF_HEADER: // AuthSwitchRequest

@@ -52,8 +52,11 @@ type Config struct {
 	LocalPasswordFile string
 	// ProbeUser and ProbeDatabase are what login probes log in as.
 	ProbeUser, ProbeDatabase string
-	Log                      *zap.Logger
-	Metrics                  *Metrics
+	// OutcomeUnknown makes the farewell of a session that ends busy say 08007 (its
+	// transaction's outcome is unknown): set on a cluster's writer listener.
+	OutcomeUnknown bool
+	Log            *zap.Logger
+	Metrics        *Metrics
 }
 
 // Metrics are the Postgres protocol's own metrics, shared by every Postgres listener.
@@ -198,7 +201,7 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 	return &proxy.Upstream{
 		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
 		OnClose:  forget,
-		Farewell: func(reason string) []byte { return farewell(tr, reason, path) },
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path, p.cfg.OutcomeUnknown) },
 		User:     st.User, Database: st.Database,
 	}, nil
 }
