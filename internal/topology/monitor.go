@@ -106,6 +106,7 @@ type Monitor struct {
 	writer               string // the current writer, "" while there is none
 	conflict             []string
 	lostAt               time.Time // when the last writer was lost, zero when not in a failover
+	lost                 string    // the writer lost then
 	fastUntil            time.Time
 	failovers            uint64
 	lastFailoverAt       time.Time
@@ -360,18 +361,24 @@ func (mo *Monitor) chooseWriterLocked(now time.Time) []evictOrder {
 	var out []evictOrder
 	if old != "" {
 		oldIn := mo.find(old)
-		if next != "" || (oldIn != nil && oldIn.role == Reader) {
+		if next != "" || roleOf(oldIn) == Reader {
 			// Replaced or demoted: its sessions must leave. An instance that merely stopped
-			// answering keeps them: they end on their own if it is gone, and stay if it was a blip.
-			if mo.cfg.Role == Writer {
-				out = append(out, evictOrder{old, EvictFailover})
-			}
+			// answering keeps them until another writer answers: they end on their own if it
+			// is gone, and stay if it was a blip.
+			out = append(out, evictOrder{old, EvictFailover})
 		}
 		if mo.lostAt.IsZero() {
-			mo.lostAt = now
+			mo.lostAt, mo.lost = now, old
 			mo.cfg.Log.Warn("the writer is lost: new writer connections wait for the next one", zap.String("writer", old),
 				zap.String("role_now", string(roleOf(oldIn))))
 		}
+	} else if next != "" && mo.lost != "" && mo.lost != next && roleOf(mo.find(mo.lost)) != Reader {
+		// The writer went silent, then another answered: the silent one's sessions leave too
+		// (a demoted one's left already).
+		out = append(out, evictOrder{mo.lost, EvictFailover})
+	}
+	if mo.cfg.Role != Writer {
+		out = nil // a reader listener's sessions follow reader rules (Record)
 	}
 	mo.fastUntil = now.Add(mo.cfg.FailoverWindow)
 	if next != "" {
@@ -381,12 +388,12 @@ func (mo *Monitor) chooseWriterLocked(now time.Time) []evictOrder {
 			mo.lastFailoverAt, mo.lastFailoverDuration = now, d
 			mo.m.failovers.WithLabelValues(mo.cfg.Listener).Inc()
 			mo.m.failoverSeconds.WithLabelValues(mo.cfg.Listener).Observe(d.Seconds())
-			mo.cfg.Log.Warn("failover: a new writer answers", zap.String("writer", next), zap.String("previous", old),
+			mo.cfg.Log.Warn("failover: a new writer answers", zap.String("writer", next), zap.String("previous", mo.lost),
 				zap.Duration("since_writer_lost", d))
 		} else {
 			mo.cfg.Log.Info("writer found", zap.String("writer", next))
 		}
-		mo.lostAt = time.Time{}
+		mo.lostAt, mo.lost = time.Time{}, ""
 	}
 	for _, in := range mo.inst {
 		v := 0.0
