@@ -51,6 +51,8 @@ func (c *fakeCluster) Accept(name string, r topology.Report) error {
 
 func (c *fakeCluster) Retry() time.Duration { return time.Hour }
 
+func (c *fakeCluster) Kick() {}
+
 // roleLogin is an engine whose sessions are pipes and whose role check reads the cluster's
 // roles as they are at the check.
 type roleLogin struct {

@@ -77,6 +77,8 @@ type Cluster interface {
 	Accept(instance string, r topology.Report) error
 	// Retry is how long to wait for a change before looking again.
 	Retry() time.Duration
+	// Kick says a login on an instance failed: the cluster should look again now.
+	Kick()
 }
 
 // RoleChecker is an engine that reads an instance's role on a logged-in session, before the
@@ -224,6 +226,9 @@ func (s *Paths) try(ctx context.Context, st *proxy.Startup, cands []health.Path)
 			}
 		case health.ClassPath:
 			set.ReportFailure(p.Name, err)
+		}
+		if s.cfg.Cluster != nil && result != "role_mismatch" {
+			s.cfg.Cluster.Kick() // the instance may be going: the cluster looks now
 		}
 		// ClassSecret: a login that could not get its IAM token or password says nothing about
 		// the path; counted against it, a credential outage would mark healthy paths down.

@@ -270,7 +270,13 @@ func classifyUpstream(err error) error {
 	var pe *unsupportedPluginError
 	switch {
 	case errors.As(err, &ue):
-		return &proxy.AnsweredError{Err: err, Retry: answerRetry(&ue.Err)}
+		retry := answerRetry(&ue.Err)
+		if retry == "" && ue.greeting && ue.Code == gm.ER_HANDSHAKE_ERROR {
+			// In place of a greeting: the server (a proxy, an endpoint whose database is
+			// gone) cannot start any session; another path or instance may.
+			retry = "the server refused to start a session (1043 instead of its greeting)"
+		}
+		return &proxy.AnsweredError{Err: err, Retry: retry}
 	case errors.As(err, &pe):
 		return &proxy.AnsweredError{Err: err}
 	}

@@ -172,7 +172,7 @@ func textQuery(w io.Writer, br *bufio.Reader, sql string, deprecateEOF bool) ([]
 			return nil, errors.New("empty packet in a query result")
 		}
 		if p[0] == gm.ERR_HEADER {
-			return nil, &upstreamError{*ParseErr(p)}
+			return nil, &upstreamError{Err: *ParseErr(p)}
 		}
 		return p, nil
 	}

@@ -20,6 +20,8 @@ type Dialer = wire.Dialer
 // upstreamError is an ERR packet the upstream sent during the greeting or the login.
 type upstreamError struct {
 	Err
+	// greeting: the server sent the ERR instead of its greeting, refusing any session now.
+	greeting bool
 }
 
 func (e *upstreamError) Error() string {
@@ -83,7 +85,7 @@ func dialGreeting(ctx context.Context, d Dialer, addr string) (*greeted, error) 
 	if err != nil {
 		var e *Err
 		if errors.As(err, &e) {
-			return nil, &upstreamError{*e}
+			return nil, &upstreamError{Err: *e, greeting: true}
 		}
 		return nil, fmt.Errorf("initial handshake from %s: %w; not a MySQL server?", addr, err)
 	}
@@ -170,7 +172,7 @@ func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResp
 			_ = raw.SetDeadline(wire.NoDeadline)
 			return &upstreamConn{conn: tc, br: br, ok: p, status: st, caps: resp.Capabilities}, nil
 		case gm.ERR_HEADER:
-			return nil, &upstreamError{*ParseErr(p)}
+			return nil, &upstreamError{Err: *ParseErr(p)}
 		case gm.EOF_HEADER: // AuthSwitchRequest
 			if switched {
 				return nil, errors.New("upstream switched the auth plugin twice")

@@ -241,8 +241,8 @@ func classifyLogin(err error) error {
 }
 
 // answerRetry says why another path could change a refusal with SQLSTATE code, or "" when it
-// would not. Only a server that is going away qualifies: behind another path (the RDS Proxy
-// rather than the instance endpoint) may be the new writer. A full database (53300), a bad
+// would not. Only a server that is going away (or cannot reach its database) qualifies: behind
+// another path (the RDS Proxy rather than the instance endpoint) may be the new writer. A full database (53300), a bad
 // password (28P01) or a malformed startup (08P01) is the same on every path.
 func answerRetry(code string) string {
 	switch code {
@@ -250,6 +250,10 @@ func answerRetry(code string) string {
 		return "the server is starting up or shutting down (57P03)"
 	case codeAdminShutdown:
 		return "the server is shutting down (57P01)"
+	case codeConnectionFailure:
+		// A proxy or endpoint in front of a database that is gone (RDS Proxy, an instance
+		// endpoint whose host died in a failover): another path or instance may have one.
+		return "the server could not reach its database (08006)"
 	}
 	return ""
 }
