@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,6 +184,14 @@ func outcomeUnknown(err error) bool {
 		return me.Number == 2013 && string(me.SQLState[:]) == "08007" && strings.Contains(me.Message, "outcome is unknown")
 	}
 	return false
+}
+
+// readOnlyRefusal reports whether err is the database refusing a write as read-only
+// (PostgreSQL 25006, MySQL 1290 --read-only).
+func readOnlyRefusal(err error) bool {
+	var pe *pgconn.PgError
+	var me *mysql.MySQLError
+	return errors.As(err, &pe) && pe.Code == "25006" || errors.As(err, &me) && me.Number == 1290
 }
 
 // clusterRig is a cluster world and a sidecar over it.
@@ -428,5 +438,251 @@ func keepWriting(ctx context.Context, e clusterEngine, w *testWorld, stop <-chan
 			return nil
 		case <-t.C:
 		}
+	}
+}
+
+// A session on the writer listener never runs on a reader, and one on the reader listener
+// never on the writer, across many connects while the cluster fails over twice (promote a
+// standby, kill the old writer; then again). Role changes and connects are ordered by a lock so
+// that no role changes between a session's login and its query (that race belongs to the
+// monitor, which ends such sessions after the fact): what is tested is that each login is
+// checked, while the monitor's view is stale right after each change.
+func TestClusterRolesAcrossFailovers(t *testing.T) {
+	const (
+		maxConnects = 1000
+		budget      = 25 * time.Second
+	)
+	for _, e := range clusterEngines {
+		t.Run(e.name, func(t *testing.T) {
+			r := startClusterRig(t, e, 2, ", max_replica_lag: 30s, reader_fallback: none")
+			insts := e.instances(r.w)
+			ctx := ctxTimeout(t, 2*time.Minute)
+			var mu sync.RWMutex
+			type tally struct{ ok, refused, wrong int }
+			var wmu sync.Mutex
+			counts := map[string]*tally{"rw": {}, "ro": {}}
+			var wrong []string
+			total := atomic.Int64{}
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			loop := func(listener, addr string, wantWriter bool) {
+				defer wg.Done()
+				for total.Load() < maxConnects {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					mu.RLock()
+					// A reader listener left without a reader waits connect_timeout: the
+					// client gives up sooner so that the loop goes on.
+					wait := 20 * time.Second
+					if !wantWriter {
+						wait = 3 * time.Second
+					}
+					cctx, cancel := context.WithTimeout(ctx, wait)
+					s, err := e.connect(cctx, addr)
+					var srv string
+					var writer bool
+					if err == nil {
+						srv, writer, err = s.whoami(cctx)
+						s.close()
+					}
+					cancel()
+					mu.RUnlock()
+					total.Add(1)
+					wmu.Lock()
+					c := counts[listener]
+					switch {
+					case err != nil:
+						c.refused++ // no instance with the role (a reader listener with no reader left)
+					case writer != wantWriter:
+						c.wrong++
+						wrong = append(wrong, fmt.Sprintf("%s session on %s answered writer=%v", listener, r.ids[srv], writer))
+					default:
+						c.ok++
+					}
+					wmu.Unlock()
+				}
+			}
+			wg.Add(2)
+			go loop("rw", r.s.pgAddr, true)
+			go loop("ro", r.s.myAddr, false)
+			start := time.Now()
+			failover := func(next, old *world.Instance) {
+				time.Sleep(time.Duration(budget.Nanoseconds() / 4)) // connects run between failovers
+				mu.Lock()
+				if err := next.Promote(ctx); err != nil {
+					t.Errorf("promote %s: %v", next.ID, err)
+				}
+				mu.Unlock()
+				time.Sleep(200 * time.Millisecond) // two writers for a moment: the current one is kept
+				mu.Lock()
+				old.Kill()
+				mu.Unlock()
+			}
+			failover(insts[1], insts[0])
+			failover(insts[2], insts[1])
+			time.Sleep(time.Duration(budget.Nanoseconds() / 4))
+			close(stop)
+			wg.Wait()
+			t.Logf("%d connects in %v: writer listener %+v, reader listener %+v", total.Load(), time.Since(start).Round(time.Millisecond), *counts["rw"], *counts["ro"])
+			if len(wrong) > 0 {
+				t.Fatalf("%d sessions ran on the wrong role: %v", len(wrong), wrong)
+			}
+			if counts["rw"].ok < 30 || counts["ro"].ok < 10 {
+				t.Fatalf("too few sessions served to show anything: writer %+v, reader %+v", *counts["rw"], *counts["ro"])
+			}
+			if counts["rw"].refused > 0 {
+				t.Fatalf("%d writer-listener connects failed: new connections must wait for the new writer within connect_timeout", counts["rw"].refused)
+			}
+			if n := r.s.metric("rdsvalet_topology_failovers_total", `listener="rw"`); n != 2 {
+				t.Fatalf("rdsvalet_topology_failovers_total{listener=rw} = %v, want 2", n)
+			}
+			if w := r.topology(t)["rw"].Writer; w != insts[2].ID {
+				t.Fatalf("/topology writer %q, want %s", w, insts[2].ID)
+			}
+		})
+	}
+}
+
+// A write loop through the writer listener while the primary is killed and the replica
+// promoted (MySQL: the primary first demoted with read_only, as a planned failover does):
+// every transaction either committed or failed with the outcome-unknown error (or failed
+// before it began, on a session the failover ended between transactions); no write was
+// acknowledged by an instance after it stopped being the writer; writes resume on the new one.
+func TestClusterWriteLoopAcrossFailover(t *testing.T) {
+	const loops = 4
+	for _, e := range clusterEngines {
+		t.Run(e.name, func(t *testing.T) {
+			r := startClusterRig(t, e, 1, "")
+			insts := e.instances(r.w)
+			old, next := insts[0], insts[1]
+			ctx := ctxTimeout(t, 2*time.Minute)
+			type ack struct {
+				server string
+				at     time.Time
+			}
+			var mu sync.Mutex
+			var acks []ack
+			var unknown, beforeBegin, refusedRO int
+			var bad []string
+			var n atomic.Int64
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for range loops {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var s clusterSession
+					defer func() {
+						if s != nil {
+							s.close()
+						}
+					}()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if s == nil {
+							var err error
+							if s, err = e.connect(ctx, r.s.pgAddr); err != nil {
+								mu.Lock()
+								bad = append(bad, "connect: "+err.Error())
+								mu.Unlock()
+								return
+							}
+						}
+						srv, committed, err := s.write(ctx, int(n.Add(1)))
+						now := time.Now()
+						mu.Lock()
+						switch {
+						case committed:
+							acks = append(acks, ack{srv, now})
+						case outcomeUnknown(err):
+							unknown++
+						case readOnlyRefusal(err):
+							refusedRO++ // the demoted writer's own refusal: nothing written
+						case !strings.Contains(err.Error(), "in transaction"):
+							beforeBegin++ // the session was ended between transactions
+						default:
+							bad = append(bad, err.Error())
+						}
+						mu.Unlock()
+						if err != nil {
+							s.close()
+							s = nil
+						}
+					}
+				}()
+			}
+			count := func() int {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(acks)
+			}
+			waitFor(t, 20*time.Second, "writes before the failover", func() error {
+				if c := count(); c < 20 {
+					return fmt.Errorf("%d acknowledged", c)
+				}
+				return nil
+			})
+			demotedAt := time.Now()
+			if e.name == "mysql" {
+				if err := old.MariaDB.SetReadOnly(ctx, true); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(300 * time.Millisecond) // sessions on the demoted writer meet read_only
+			}
+			old.Kill()
+			if err := next.Promote(ctx); err != nil {
+				t.Fatal(err)
+			}
+			promotedAt := time.Now()
+			before := count()
+			waitFor(t, 20*time.Second, "writes on the new writer", func() error {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, a := range acks[before:] {
+					if r.ids[a.server] == next.ID {
+						return nil
+					}
+				}
+				return errors.New("none yet")
+			})
+			firstWrite := time.Since(promotedAt)
+			time.Sleep(500 * time.Millisecond)
+			close(stop)
+			wg.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			onOld, onNext := 0, 0
+			for _, a := range acks {
+				switch r.ids[a.server] {
+				case old.ID:
+					onOld++
+					if a.at.After(demotedAt.Add(time.Second)) {
+						t.Errorf("a write acknowledged by %s at %v, %v after it was demoted", old.ID, a.at.Format("15:04:05.000"), a.at.Sub(demotedAt))
+					}
+				case next.ID:
+					onNext++
+				default:
+					t.Errorf("a write acknowledged by unknown server %q", a.server)
+				}
+			}
+			t.Logf("%d writes acknowledged (%d by %s, %d by %s), %d outcome unknown, %d refused read-only by the demoted writer, %d ended between transactions; first write on the new writer %v after promotion",
+				len(acks), onOld, old.ID, onNext, next.ID, unknown, refusedRO, beforeBegin, firstWrite.Round(time.Millisecond))
+			if len(bad) > 0 {
+				t.Fatalf("%d transactions failed otherwise than committed or outcome unknown: %v", len(bad), bad)
+			}
+			if unknown == 0 {
+				t.Fatalf("no transaction was in flight at the failover (%d loops in 30 ms transactions): the test shows nothing", loops)
+			}
+			if firstWrite > 5*time.Second {
+				t.Fatalf("first write on the new writer %v after promotion; want well within connect_timeout", firstWrite)
+			}
+		})
 	}
 }
