@@ -145,3 +145,42 @@ func TestTemplate(t *testing.T) {
 		t.Error("a template without ? made a path")
 	}
 }
+
+// The lag of a standby is how long ago it had received what it has replayed: a blip of
+// received-but-not-replayed WAL costs at most one check interval, a paused replay grows.
+func TestReplayTracker(t *testing.T) {
+	var tr ReplayTracker
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	check := func(s float64, recv, replay uint64, want time.Duration, known bool) {
+		t.Helper()
+		lag, k := tr.Observe(at(s), recv, replay)
+		if lag != want || k != known {
+			t.Fatalf("at %.1fs recv %d replay %d: lag %s known %v, want %s %v", s, recv, replay, lag, k, want, known)
+		}
+	}
+	check(0, 100, 100, 0, true)
+	check(1, 120, 110, time.Second, true) // a blip: had 100 at 0 s, 110 not seen received yet
+	check(2, 120, 120, 0, true)
+	// Replay paused at 120 while WAL keeps coming.
+	check(3, 130, 120, time.Second, true)
+	check(4, 140, 120, 2*time.Second, true)
+	check(9, 190, 120, 7*time.Second, true)
+	// Resumed, partly caught up: it had 140 at 4 s.
+	check(10, 200, 140, 6*time.Second, true)
+	check(11, 200, 200, 0, true)
+	// A fresh tracker on a standby already behind cannot say at first.
+	var fresh ReplayTracker
+	if _, known := fresh.Observe(t0, 50, 40); known {
+		t.Fatal("a first check behind was known")
+	}
+	if lag, known := fresh.Observe(t0.Add(time.Second), 50, 40); !known || lag != time.Second {
+		t.Fatalf("second check: %s %v, want at least 1s behind", lag, known)
+	}
+	if v, err := ParseLSN("16/B374D848"); err != nil || v != 0x16B374D848 {
+		t.Fatalf("ParseLSN = %x, %v", v, err)
+	}
+	if _, err := ParseLSN("nope"); err == nil {
+		t.Fatal("ParseLSN took nope")
+	}
+}

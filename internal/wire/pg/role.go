@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -20,12 +21,11 @@ import (
 // roleQuery is the login's role check when the server did not report in_hot_standby.
 const roleQuery = "SELECT pg_catalog.pg_is_in_recovery()"
 
-// monitorQuery reads the role and a reader's replay lag: 0 when everything received is
-// replayed (an idle primary sends nothing, and a replica with nothing to replay is not
-// behind), else the age of the last replayed transaction; NULL when it cannot say.
-const monitorQuery = "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN NULL " +
-	"WHEN pg_catalog.pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_catalog.pg_last_wal_replay_lsn() THEN 0 " +
-	"ELSE EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()) END"
+// monitorQuery reads the role and, on a standby, its WAL positions (received, replayed) for
+// the lag (topology.ReplayTracker), with the age of the last replayed transaction as the
+// fallback when there is no WAL receiver.
+const monitorQuery = "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_receive_lsn()::text, " +
+	"pg_catalog.pg_last_wal_replay_lsn()::text, EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())"
 
 // Topology views (docs/cluster.md, "Discovery"). Aurora: the AWS Advanced wrappers' query,
 // rows updated within 5 minutes or the writer's. Multi-AZ DB cluster: rds_tools.show_topology.
@@ -105,8 +105,9 @@ func (p *Protocol) OpenMonitor(ctx context.Context, path health.Path) (topology.
 }
 
 type monitorSession struct {
-	tc *tls.Conn
-	br *bufio.Reader
+	tc     *tls.Conn
+	br     *bufio.Reader
+	replay topology.ReplayTracker
 }
 
 // Check implements topology.Session.
@@ -117,12 +118,21 @@ func (s *monitorSession) Check(ctx context.Context, discovery string) (topology.
 	if err != nil {
 		return topology.Report{}, fmt.Errorf("role check: %w", wire.CtxErr(ctx, err))
 	}
-	if len(sets) != 1 || len(sets[0]) != 1 || len(sets[0][0]) != 2 || sets[0][0][0] == nil {
+	if len(sets) != 1 || len(sets[0]) != 1 || len(sets[0][0]) != 4 || sets[0][0][0] == nil {
 		return topology.Report{}, errors.New("role check: unexpected result shape")
 	}
-	rep, err := topology.ParsePGRole(*sets[0][0][0], sets[0][0][1])
+	row := sets[0][0]
+	rep, err := topology.ParsePGRole(*row[0], row[3])
 	if err != nil {
 		return topology.Report{}, err
+	}
+	if rep.Role == topology.Reader && row[1] != nil && row[2] != nil {
+		recv, err1 := topology.ParseLSN(*row[1])
+		replayed, err2 := topology.ParseLSN(*row[2])
+		if err := errors.Join(err1, err2); err != nil {
+			return topology.Report{}, fmt.Errorf("role check: %w", err)
+		}
+		rep.Lag, rep.LagKnown = s.replay.Observe(time.Now(), recv, replayed)
 	}
 	var q string
 	switch discovery {
