@@ -59,6 +59,10 @@ type Server struct {
 	proc    *daemon.Process
 	ownDir  string
 	sockDir string // removed by Stop when relocated to a short path
+	base    string
+
+	// Set on a replica (StartReplica): the server it replicates from.
+	primary *Server
 
 	stopOnce sync.Once
 	stopErr  error
@@ -87,7 +91,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("mariadb: %w", err)
 	}
 	s := &Server{Host: "127.0.0.1", DataDir: filepath.Join(base, "data"), TLS: o.CA != nil, logf: logf,
-		ownDir: ownDir}
+		ownDir: ownDir, base: base}
 	s.Socket = filepath.Join(base, "mysqld.sock")
 	if len(s.Socket) > maxSocketPath {
 		// A deep test temp dir would overflow sun_path; the socket goes somewhere short.
@@ -135,7 +139,15 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		"--bind-address=" + s.Host,
 		"--skip-name-resolve",
 		"--pid-file=" + filepath.Join(base, "mariadbd.pid"),
-		"--skip-log-bin",
+		// Every server can be a primary (StartReplica): a binary log with GTIDs, row events,
+		// and replicated events logged too so that a promoted replica can serve the others.
+		"--log-bin=binlog",
+		"--binlog-format=ROW",
+		"--log-slave-updates=ON",
+		"--relay-log=relay-bin",
+		"--sync-binlog=0",
+		// A replica notices a dead primary within seconds and retries every second.
+		"--slave-net-timeout=5",
 		"--innodb-buffer-pool-size=32M",
 		"--innodb-log-file-size=16M",
 		"--innodb-flush-log-at-trx-commit=0",
@@ -164,7 +176,8 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 			return fail(fmt.Errorf("mariadb: %w", err))
 		}
 		s.Port = port
-		err = s.startDaemon(ctx, mariadbd, base, cred, append(args, "--port="+strconv.Itoa(port)))
+		// server_id must differ within a replication topology; the port does on one machine.
+		err = s.startDaemon(ctx, mariadbd, base, cred, append(args, "--port="+strconv.Itoa(port), "--server-id="+strconv.Itoa(port)))
 		if err == nil {
 			logf("mariadb: ready on %s (tls=%v, socket %s)", s.Addr(), s.TLS, s.Socket)
 			return s, nil

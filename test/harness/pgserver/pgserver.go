@@ -75,6 +75,12 @@ type Server struct {
 	logf   func(string, ...any)
 	proc   *daemon.Process
 	ownDir string // removed by Stop when we created it
+	bin    string
+	cred   *syscall.Credential
+
+	// Set on a standby (StartStandby): the server it streams from and its slot there.
+	primary *Server
+	slot    string
 
 	stopOnce sync.Once
 	stopErr  error
@@ -82,53 +88,74 @@ type Server struct {
 
 // Start creates a cluster and starts the server, returning once it accepts connections.
 func Start(ctx context.Context, o Options) (*Server, error) {
-	logf := o.Logf
-	if logf == nil {
-		logf = func(string, ...any) {}
-	}
-	bin, err := findBinDir(o.BinDir)
+	s, bin, cred, base, err := prepare(o)
 	if err != nil {
 		return nil, err
 	}
-	cred, err := osuser.For("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("pgserver: %w", err)
-	}
-	base, ownDir, err := daemon.WorkDir(o.Dir, "pg", cred)
-	if err != nil {
-		return nil, fmt.Errorf("pgserver: %w", err)
-	}
-	s := &Server{Host: "127.0.0.1", DataDir: filepath.Join(base, "data"), SocketDir: filepath.Join(base, "sock"),
-		TLS: o.CA != nil, logf: logf, ownDir: ownDir}
-	if len(s.SocketDir)+len("/.s.PGSQL.65535") > maxSocketPath {
-		// A deep test temp dir would overflow sun_path; the socket goes somewhere short instead.
-		if s.SocketDir, err = os.MkdirTemp("", "pgsock-"); err != nil {
-			return nil, fmt.Errorf("pgserver: socket dir: %w", err)
-		}
-	} else if err := os.Mkdir(s.SocketDir, 0o755); err != nil {
-		return nil, fmt.Errorf("pgserver: %w", err)
-	}
-	for _, d := range []string{base, s.SocketDir} {
-		if err := chown(d, cred); err != nil {
-			return nil, err
-		}
-	}
-	fail := func(err error) (*Server, error) {
-		s.cleanupFiles()
-		return nil, err
-	}
-
 	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", s.DataDir, "-U", Superuser,
 		"--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
 	initdb.Dir = base
 	initdb.Env = []string{"PATH=/usr/bin:/bin", "LANG=C", "LC_ALL=C"}
 	setCred(initdb, cred)
 	if out, err := initdb.CombinedOutput(); err != nil {
-		return fail(fmt.Errorf("pgserver: initdb: %w\n%s", err, out))
+		s.cleanupFiles()
+		return nil, fmt.Errorf("pgserver: initdb: %w\n%s", err, out)
 	}
 	if err := writeHBA(s.DataDir); err != nil {
-		return fail(err)
+		s.cleanupFiles()
+		return nil, err
 	}
+	if err := s.launch(ctx, o, bin, base, cred, nil); err != nil {
+		return nil, err
+	}
+	if err := s.Exec(ctx, fmt.Sprintf("CREATE ROLE %s NOLOGIN; CREATE ROLE %s NOLOGIN", scramGroup, md5Group)); err != nil {
+		_ = s.Stop(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+// prepare makes the server's directories (owned by the server's OS user when root).
+func prepare(o Options) (s *Server, bin string, cred *syscall.Credential, base string, err error) {
+	logf := o.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if bin, err = findBinDir(o.BinDir); err != nil {
+		return nil, "", nil, "", err
+	}
+	if cred, err = osuser.For("postgres"); err != nil {
+		return nil, "", nil, "", fmt.Errorf("pgserver: %w", err)
+	}
+	base, ownDir, err := daemon.WorkDir(o.Dir, "pg", cred)
+	if err != nil {
+		return nil, "", nil, "", fmt.Errorf("pgserver: %w", err)
+	}
+	s = &Server{Host: "127.0.0.1", DataDir: filepath.Join(base, "data"), SocketDir: filepath.Join(base, "sock"),
+		TLS: o.CA != nil, logf: logf, ownDir: ownDir, bin: bin, cred: cred}
+	if len(s.SocketDir)+len("/.s.PGSQL.65535") > maxSocketPath {
+		// A deep test temp dir would overflow sun_path; the socket goes somewhere short instead.
+		if s.SocketDir, err = os.MkdirTemp("", "pgsock-"); err != nil {
+			s.cleanupFiles()
+			return nil, "", nil, "", fmt.Errorf("pgserver: socket dir: %w", err)
+		}
+	} else if err := os.Mkdir(s.SocketDir, 0o755); err != nil {
+		s.cleanupFiles()
+		return nil, "", nil, "", fmt.Errorf("pgserver: %w", err)
+	}
+	for _, d := range []string{base, s.SocketDir} {
+		if err := chown(d, cred); err != nil {
+			s.cleanupFiles()
+			return nil, "", nil, "", err
+		}
+	}
+	return s, bin, cred, base, nil
+}
+
+// launch starts postgres on a data directory made by initdb or pg_basebackup, with the
+// harness's settings, TLS, Options.Settings and then extra, on a fresh port. On error the
+// files are cleaned up.
+func (s *Server) launch(ctx context.Context, o Options, bin, base string, cred *syscall.Credential, extra map[string]string) error {
 	settings := map[string]string{
 		"listen_addresses":        s.Host,
 		"unix_socket_directories": s.SocketDir,
@@ -140,15 +167,31 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		"logging_collector":       "off",
 		"log_min_messages":        "warning",
 		"log_line_prefix":         "%m [%p] ",
-		"max_wal_senders":         "0",
-		"wal_level":               "minimal",
+		// Every server can be a primary: streaming standbys (StartStandby) need WAL senders
+		// and slots, and a promoted standby must serve the next one.
+		"wal_level":             "replica",
+		"max_wal_senders":       "10",
+		"max_replication_slots": "10",
+		"wal_keep_size":         "64MB",
+		// Both ends of a replication connection notice a dead peer within seconds.
+		"wal_sender_timeout":           "5s",
+		"wal_receiver_timeout":         "5s",
+		"wal_receiver_status_interval": "1s",
+		"hot_standby_feedback":         "on",
+		// A standby whose primary died retries every 5s by default, and a promote request
+		// waits for that sleep: failover tests want the promotion at once.
+		"wal_retrieve_retry_interval": "100ms",
 	}
 	if o.CA != nil {
 		if err := s.writeTLS(o.CA, o.TLSNames, cred, settings); err != nil {
-			return fail(err)
+			s.cleanupFiles()
+			return err
 		}
 	}
 	for k, v := range o.Settings {
+		settings[k] = v
+	}
+	for k, v := range extra {
 		settings[k] = v
 	}
 
@@ -157,24 +200,21 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	for attempt := 1; ; attempt++ {
 		port, err := daemon.FreePort()
 		if err != nil {
-			return fail(fmt.Errorf("pgserver: %w", err))
+			s.cleanupFiles()
+			return fmt.Errorf("pgserver: %w", err)
 		}
 		settings["port"] = strconv.Itoa(port)
 		s.Port = port
 		err = s.startPostgres(ctx, bin, base, cred, settings)
 		if err == nil {
-			logf("pgserver: ready on %s (tls=%v, data %s)", s.Addr(), s.TLS, s.DataDir)
-			if err := s.Exec(ctx, fmt.Sprintf("CREATE ROLE %s NOLOGIN; CREATE ROLE %s NOLOGIN", scramGroup, md5Group)); err != nil {
-				_ = s.Stop(context.Background())
-				return nil, err
-			}
-			return s, nil
+			s.logf("pgserver: ready on %s (tls=%v, data %s)", s.Addr(), s.TLS, s.DataDir)
+			return nil
 		}
 		if attempt == 3 || s.proc == nil || !strings.Contains(s.proc.LogTail(), "could not bind") {
 			s.cleanupFiles()
-			return nil, err
+			return err
 		}
-		logf("pgserver: port %d taken, retrying", port)
+		s.logf("pgserver: port %d taken, retrying", port)
 	}
 }
 
@@ -237,6 +277,8 @@ func writeHBA(dataDir string) error {
 	hba := strings.Join([]string{
 		"# written by test/harness/pgserver: password roles first, then trust on loopback",
 		"local all all trust",
+		"local replication all trust",
+		"host replication all 127.0.0.1/32 trust",
 		"host all +" + scramGroup + " 127.0.0.1/32 scram-sha-256",
 		"host all +" + md5Group + " 127.0.0.1/32 md5",
 		"host all all 127.0.0.1/32 trust",
@@ -351,6 +393,13 @@ func (s *Server) Stop(ctx context.Context) error {
 			s.stopErr = fmt.Errorf("pgserver: %w", err)
 		}
 		s.cleanupFiles()
+		if s.primary != nil {
+			// A slot nobody reads from would hold WAL on the primary forever; the primary
+			// may be gone already (failover tests), which is fine.
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = s.primary.Exec(dctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '"+s.slot+"' AND NOT active")
+			cancel()
+		}
 	})
 	return s.stopErr
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/rdsvalet/rds-valet/test/harness/pgserver"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
 	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
+	"github.com/rdsvalet/rds-valet/test/harness/topology"
 )
 
 // Defaults for Options.
@@ -66,6 +67,19 @@ type Options struct {
 	// stand-in's resource; nil means the world's db user (DB). A non-nil empty list allows
 	// none, so every IAM login is refused by the stand-in.
 	DBUsersAllowed []string
+	// Replicas makes the PostgreSQL side a cluster: the primary plus this many streaming
+	// standbys (pg_basebackup), each instance behind its own stand-in (World.Instances),
+	// with the Aurora / Multi-AZ topology functions installed (test/harness/topology).
+	Replicas int
+	// MySQLReplicas does the same for MariaDB (GTID replicas; needs MySQL), with the
+	// topology tables refreshed by World.MySQLTopology.
+	MySQLReplicas int
+	// ClusterID names the instances: ClusterID-1 (the primary), ClusterID-2, ... and
+	// ClusterID-mysql-N; default "orders".
+	ClusterID string
+	// MySQLTopologySchema holds the replica_host_status view; default
+	// topology.DefaultMySQLSchema.
+	MySQLTopologySchema string
 	// Logf receives every component's log lines.
 	Logf func(format string, args ...any)
 }
@@ -108,6 +122,17 @@ type World struct {
 	MySQLTLSServerName string
 	MySQLTokenHost     string
 
+	// Cluster side, set when Options.Replicas / MySQLReplicas: every instance, the
+	// primary first (the same server as PG / MariaDB), and the instance endpoint template
+	// ("?.DOMAIN:PORT", "?" standing for the instance id) a sidecar's discovery would use.
+	// The single-instance names above (Address, ...) stay those of the original primary.
+	Instances             []*Instance
+	MySQLInstances        []*Instance
+	InstanceTemplate      string
+	MySQLInstanceTemplate string
+	// MySQLTopology refreshes the MySQL topology tables from the servers' state.
+	MySQLTopology *topology.MySQL
+
 	// Env is the sidecar's AWS environment as KEY=VALUE, IRSA-style, with every other
 	// credential source neutralised (empty values count as unset for the SDK).
 	Env []string
@@ -132,6 +157,12 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
+	}
+	if o.ClusterID == "" {
+		o.ClusterID = "orders"
+	}
+	if err := o.clusterProblems(); err != nil {
+		return nil, err
 	}
 	w = &World{Region: o.Region, DBUser: o.DB, DBName: o.DB, TLSServerName: o.RDSHost,
 		TokenHost: net.JoinHostPort(o.RDSHost, rdsPort)}
@@ -194,6 +225,10 @@ func Start(ctx context.Context, o Options) (w *World, err error) {
 		if err = w.startMySQL(ctx, o); err != nil {
 			return w, err
 		}
+	}
+
+	if err = w.startCluster(ctx, o); err != nil {
+		return w, err
 	}
 
 	empty := filepath.Join(w.Dir, "aws-empty")
@@ -324,7 +359,7 @@ func (w *World) RotateWebIdentityToken() error {
 
 // Close stops everything, the stand-in first so that no session outlives the database.
 func (w *World) Close(ctx context.Context) error {
-	var errs []error
+	errs := []error{w.closeCluster(ctx)}
 	if w.Standin != nil {
 		errs = append(errs, w.Standin.Close())
 	}

@@ -205,3 +205,30 @@ func WorkDir(dir, prefix string, cred *syscall.Credential) (base, own string, er
 	}
 	return base, own, nil
 }
+
+// Poll checks cond every 20ms until it holds; it fails when ctx ends, timeout passes or the
+// server exits first, with cond's last error. For a running server's state changes
+// (promotion, catch-up), as WaitReady is for start-up.
+func (p *Process) Poll(ctx context.Context, timeout time.Duration, what string, cond func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		ok, err := cond(ctx)
+		if ok {
+			return nil
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %s: %w (last error: %v)", p.name, what, ctx.Err(), last)
+		case <-p.exited:
+			return fmt.Errorf("%s: %s: server exited", p.name, what)
+		case <-tick.C:
+		}
+	}
+}

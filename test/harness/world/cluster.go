@@ -1,0 +1,276 @@
+package world
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/rdsvalet/rds-valet/test/harness/iamtoken"
+	"github.com/rdsvalet/rds-valet/test/harness/mariadb"
+	"github.com/rdsvalet/rds-valet/test/harness/pgserver"
+	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
+	"github.com/rdsvalet/rds-valet/test/harness/topology"
+)
+
+// Engines of an Instance.
+const (
+	Postgres = "postgres"
+	MySQL    = "mysql"
+)
+
+// Instance is one DB instance of a world's cluster: a real server (the primary or a
+// replica replicating from it for real), behind its own RDS stand-in that verifies IAM
+// tokens for its own endpoint name, as an instance endpoint of an Aurora or Multi-AZ DB
+// cluster.
+type Instance struct {
+	ID     string // DB instance identifier, e.g. "orders-2"
+	Engine string // Postgres or MySQL
+
+	PG      *pgserver.Server // set for Postgres
+	MariaDB *mariadb.Server  // set for MySQL
+	Standin *rdsstandin.Server
+
+	// The instance's three names for a sidecar path: dial the stand-in at Address, verify
+	// TLSServerName (the instance endpoint, ID + "." + the world's instance domain), sign the
+	// IAM token for TokenHost (that endpoint with the engine's RDS port).
+	Address       string
+	TLSServerName string
+	TokenHost     string
+}
+
+// Promote makes this instance the writer for real: pg_ctl promote (returning once
+// pg_is_in_recovery() is false), or for MariaDB STOP SLAVE, RESET SLAVE ALL, read_only=0.
+// The old writer is left as it is: kill it, stop it or make it read-only separately.
+func (i *Instance) Promote(ctx context.Context) error {
+	if i.PG != nil {
+		return i.PG.Promote(ctx)
+	}
+	return i.MariaDB.Promote(ctx)
+}
+
+// Kill ends the instance's server with SIGKILL, as a crash would; its stand-in stays up
+// and fails logins (the backend refuses), as an instance endpoint whose host died does.
+func (i *Instance) Kill() {
+	if i.PG != nil {
+		i.PG.Kill()
+		return
+	}
+	i.MariaDB.Kill()
+}
+
+// PauseReplication makes a replica fall behind for real: pg_wal_replay_pause(), or STOP
+// SLAVE SQL_THREAD.
+func (i *Instance) PauseReplication(ctx context.Context) error {
+	if i.PG != nil {
+		return i.PG.PauseReplay(ctx)
+	}
+	return i.MariaDB.StopSQLThread(ctx)
+}
+
+// ResumeReplication undoes PauseReplication.
+func (i *Instance) ResumeReplication(ctx context.Context) error {
+	if i.PG != nil {
+		return i.PG.ResumeReplay(ctx)
+	}
+	return i.MariaDB.StartSQLThread(ctx)
+}
+
+// WaitCaughtUp returns once a replica has applied what its primary had written.
+func (i *Instance) WaitCaughtUp(ctx context.Context) error {
+	if i.PG != nil {
+		return i.PG.WaitCaughtUp(ctx)
+	}
+	return i.MariaDB.WaitCaughtUp(ctx)
+}
+
+// Follow makes this replica replicate from primary (after a failover, the surviving replicas
+// follow the promoted instance): pgserver's Follow (a new slot, primary_conninfo) or
+// mariadb's (CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos).
+func (i *Instance) Follow(ctx context.Context, primary *Instance) error {
+	if i.PG != nil && primary.PG != nil {
+		return i.PG.Follow(ctx, primary.PG)
+	}
+	if i.MariaDB != nil && primary.MariaDB != nil {
+		return i.MariaDB.Follow(ctx, primary.MariaDB)
+	}
+	return fmt.Errorf("world: %s cannot follow %s (another engine)", i.ID, primary.ID)
+}
+
+// IsWriter asks the server what a client would: pg_is_in_recovery() false, or MySQL
+// read_only and innodb_read_only both off.
+func (i *Instance) IsWriter(ctx context.Context) (bool, error) {
+	if i.PG != nil {
+		in, err := i.PG.InRecovery(ctx)
+		return !in, err
+	}
+	ro, innoRO, err := i.MariaDB.ReadOnly(ctx)
+	return !ro && !innoRO, err
+}
+
+// Instance returns the cluster instance with id (either engine), or nil.
+func (w *World) Instance(id string) *Instance {
+	for _, i := range append(append([]*Instance(nil), w.Instances...), w.MySQLInstances...) {
+		if i.ID == id {
+			return i
+		}
+	}
+	return nil
+}
+
+// instanceDomain is the DNS suffix of instance endpoints, as RDS names them:
+// ID.<cluster-specific id>.<region>.rds.amazonaws.com.
+func instanceDomain(region string) string { return "c1uster7test." + region + ".rds.amazonaws.com" }
+
+// startCluster gives the PostgreSQL primary (and the MariaDB one) o.Replicas (o.MySQLReplicas)
+// replicas, an instance stand-in each, and the topology stand-ins.
+// The two engines start side by side (a cluster start is mostly waiting for servers).
+func (w *World) startCluster(ctx context.Context, o Options) error {
+	pgErr := make(chan error, 1)
+	go func() { pgErr <- w.startPGCluster(ctx, o) }()
+	myErr := w.startMySQLCluster(ctx, o)
+	return errors.Join(<-pgErr, myErr)
+}
+
+func (w *World) startPGCluster(ctx context.Context, o Options) error {
+	domain := instanceDomain(o.Region)
+	if o.Replicas > 0 {
+		w.InstanceTemplate = "?." + domain + ":" + rdsPort
+		ids := clusterIDs(o.ClusterID, o.Replicas)
+		w.Instances = append(w.Instances, &Instance{ID: ids[0], Engine: Postgres, PG: w.PG})
+		for _, id := range ids[1:] {
+			sb, err := w.PG.StartStandby(ctx, pgserver.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
+			if err != nil {
+				return err
+			}
+			w.Instances = append(w.Instances, &Instance{ID: id, Engine: Postgres, PG: sb})
+		}
+		var members []topology.PGMember
+		for _, i := range w.Instances {
+			if err := w.startInstanceStandin(i, domain, rdsPort, o); err != nil {
+				return err
+			}
+			members = append(members, topology.PGMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 5432}, Server: i.PG})
+		}
+		if err := topology.InstallPostgres(ctx, w.PG, []string{"postgres", o.DB}, members); err != nil {
+			return err
+		}
+		for _, i := range w.Instances[1:] {
+			if err := i.PG.WaitCaughtUp(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (w *World) startMySQLCluster(ctx context.Context, o Options) error {
+	domain := instanceDomain(o.Region)
+	if o.MySQL && o.MySQLReplicas > 0 {
+		w.MySQLInstanceTemplate = "?." + domain + ":" + rdsMySQLPort
+		ids := clusterIDs(o.ClusterID+"-mysql", o.MySQLReplicas)
+		w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: ids[0], Engine: MySQL, MariaDB: w.MariaDB})
+		for _, id := range ids[1:] {
+			r, err := w.MariaDB.StartReplica(ctx, mariadb.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
+			if err != nil {
+				return err
+			}
+			w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: id, Engine: MySQL, MariaDB: r})
+		}
+		var members []topology.MySQLMember
+		for _, i := range w.MySQLInstances {
+			if err := w.startInstanceStandin(i, domain, rdsMySQLPort, o); err != nil {
+				return err
+			}
+			members = append(members, topology.MySQLMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 3306}, Server: i.MariaDB})
+		}
+		var err error
+		if w.MySQLTopology, err = topology.StartMySQL(ctx, topology.MySQLOptions{Schema: o.MySQLTopologySchema, Members: members, Logf: o.Logf}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clusterIDs are base-1 (the primary) to base-(1+replicas).
+func clusterIDs(base string, replicas int) []string {
+	ids := make([]string, replicas+1)
+	for n := range ids {
+		ids[n] = base + "-" + strconv.Itoa(n+1)
+	}
+	return ids
+}
+
+func (w *World) startInstanceStandin(i *Instance, domain, port string, o Options) error {
+	i.TLSServerName = i.ID + "." + domain
+	i.TokenHost = net.JoinHostPort(i.TLSServerName, port)
+	srvTLS, err := w.CA.ServerTLSConfig(i.TLSServerName)
+	if err != nil {
+		return err
+	}
+	// One db user resource for the whole cluster, as Aurora's IAM resource is the cluster's
+	// (arn:...:dbuser:cluster-ID/user), so the world's policy covers every instance.
+	so := rdsstandin.Options{
+		TLS:            srvTLS,
+		Verify:         rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: i.TokenHost, Region: o.Region, Lookup: w.STS.Lookup}),
+		Authorize:      w.AuthorizeDBConnect,
+		DBUserResource: w.DBUserResource,
+		Logf:           o.Logf,
+	}
+	if i.PG != nil {
+		so.Backend = i.PG.Addr()
+		i.Standin, err = rdsstandin.Start(so)
+	} else {
+		so.Backend, so.DBUserResource = i.MariaDB.Addr(), w.MySQLDBUserResource
+		i.Standin, err = rdsstandin.StartMySQL(so)
+	}
+	if err != nil {
+		return err
+	}
+	i.Address = i.Standin.Addr()
+	o.Logf("world: instance %s (%s) stand-in %s (tls %s, token host %s)", i.ID, i.Engine, i.Address, i.TLSServerName, i.TokenHost)
+	return nil
+}
+
+// closeCluster stops what startCluster started (not the primaries: Close does).
+func (w *World) closeCluster(ctx context.Context) error {
+	var errs []error
+	if w.MySQLTopology != nil {
+		w.MySQLTopology.Close()
+	}
+	for _, i := range append(append([]*Instance(nil), w.Instances...), w.MySQLInstances...) {
+		if i.Standin != nil {
+			errs = append(errs, i.Standin.Close())
+		}
+	}
+	for n, i := range w.Instances {
+		if n > 0 {
+			errs = append(errs, i.PG.Stop(ctx))
+		}
+	}
+	for n, i := range w.MySQLInstances {
+		if n > 0 {
+			errs = append(errs, i.MariaDB.Stop(ctx))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (o Options) clusterProblems() error {
+	var p []string
+	if o.Replicas < 0 || o.MySQLReplicas < 0 {
+		p = append(p, "replica counts must not be negative")
+	}
+	if o.MySQLReplicas > 0 && !o.MySQL {
+		p = append(p, "MySQLReplicas needs MySQL")
+	}
+	if o.Replicas > 8 || o.MySQLReplicas > 8 {
+		p = append(p, "at most 8 replicas per engine (max_wal_senders, and the machine)")
+	}
+	if len(p) > 0 {
+		return fmt.Errorf("world: %s", strings.Join(p, "; "))
+	}
+	return nil
+}
