@@ -226,6 +226,13 @@ func (l Listener) validateCluster(key string, bad func(key, format string, args 
 			bad(ck+".instance_template", "with an instance id: %v", err)
 		}
 	}
+	if c.TopologySchema != "" {
+		if c.Discovery != DiscoveryAuroraMySQL {
+			bad(ck+".topology_schema", "is only used with discovery %q", DiscoveryAuroraMySQL)
+		} else if !isIdentifier(c.TopologySchema) {
+			bad(ck+".topology_schema", "%q is not a plain identifier (letters, digits, _)", c.TopologySchema)
+		}
+	}
 	if c.RefreshInterval < minClusterRefreshInterval {
 		bad(ck+".refresh_interval", "must be at least %s", minClusterRefreshInterval)
 	}
@@ -286,6 +293,9 @@ type Cluster struct {
 	// LagAction is what happens to sessions on a reader that falls behind: "end-at-idle"
 	// or "keep".
 	LagAction string `mapstructure:"lag_action" yaml:"lag_action,omitempty"`
+	// TopologySchema is where aurora-mysql discovery reads replica_host_status
+	// ("information_schema" when empty, as on Aurora MySQL).
+	TopologySchema string `mapstructure:"topology_schema" yaml:"topology_schema,omitempty"`
 }
 
 // Health configures the active probes of a listener's paths.
@@ -661,4 +671,17 @@ func checkListen(addr string, allowNonLoopback bool) error {
 		return fmt.Errorf("%q is not a loopback address; set allow_non_loopback to listen beyond the pod", addr)
 	}
 	return nil
+}
+
+// isIdentifier reports whether s is a plain SQL identifier, safe to put in a query unquoted.
+func isIdentifier(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i, c := range s {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }

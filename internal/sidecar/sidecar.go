@@ -201,8 +201,8 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Wrap: sockloop.Wrap,
 			ProbeSecret: mysql.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
-			OutcomeUnknown: outcomeUnknown,
-			Log:            log, Metrics: m.mysql,
+			OutcomeUnknown: outcomeUnknown, TopologySchema: lc.Cluster.TopologySchema,
+			Log: log, Metrics: m.mysql,
 		})
 	default:
 		return nil, fmt.Errorf("engine %q is not supported by this build", lc.Engine)

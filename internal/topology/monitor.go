@@ -449,7 +449,8 @@ func (mo *Monitor) mergeMembersLocked(members []Member, now time.Time) []health.
 	return added
 }
 
-// findMember is the instance a view's member is: by name, or by the template's address.
+// findMember is the instance a view's member is: by name, or by the template's (or the
+// view's) address.
 func (mo *Monitor) findMember(m Member) *instance {
 	addr := m.Address
 	if addr == "" {
@@ -457,8 +458,11 @@ func (mo *Monitor) findMember(m Member) *instance {
 			addr = p.Address
 		}
 	}
+	host, _, _ := splitHostPort(addr)
 	for _, in := range mo.inst {
-		if in.path.Name == m.ID || (addr != "" && in.path.Address == addr) {
+		// By name, by address, or by the endpoint's name: a configured instance reached
+		// through another address (a VPC endpoint, a stand-in) verifies its real endpoint.
+		if in.path.Name == m.ID || (addr != "" && in.path.Address == addr) || (host != "" && in.path.TLSServerName == host) {
 			return in
 		}
 	}

@@ -288,3 +288,19 @@ func TestDiscoveredMembers(t *testing.T) {
 		t.Fatalf("snapshot %+v", st.Instances)
 	}
 }
+
+// A view member that is a configured instance under another name and address (a VPC endpoint
+// or a stand-in in front of it) is that instance, known by its endpoint's TLS name.
+func TestMemberMatchesAConfiguredEndpoint(t *testing.T) {
+	f := newFixture(t, Writer, nil, func(c *Config) {
+		c.Discovery = "multi-az-mysql"
+		c.Instances = []health.Path{{Name: "w", Address: "127.0.0.1:1234", TLSServerName: "db-1.abc.us-east-1.rds.amazonaws.com"}}
+	})
+	f.mo.Record("w", Report{Role: Writer, LagKnown: true, Members: []Member{
+		{ID: "1", Address: "db-1.abc.us-east-1.rds.amazonaws.com:3306"},
+		{ID: "2", Address: "db-2.abc.us-east-1.rds.amazonaws.com:3306"},
+	}}, nil, time.Millisecond)
+	if !slices.Equal(f.added, []string{"2"}) {
+		t.Fatalf("added %v, want only the unknown member 2", f.added)
+	}
+}

@@ -204,10 +204,11 @@ func readOnlyRefusal(err error) bool {
 
 // clusterRig is a cluster world and a sidecar over it.
 type clusterRig struct {
-	e   clusterEngine
-	w   *testWorld
-	s   *sidecar
-	ids map[string]string // server id (port) -> instance id
+	e     clusterEngine
+	w     *testWorld
+	s     *sidecar
+	ids   map[string]string // server id (port) -> instance id
+	paths string            // the listeners' paths, YAML
 }
 
 // startClusterRig starts a world with replicas for e and a sidecar whose listeners list the
@@ -225,6 +226,16 @@ func startClusterRig(t *testing.T, e clusterEngine, replicas int, cluster string
 		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", i.ID, i.Address, i.TLSServerName, i.TokenHost)
 		r.ids[e.serverID(i)] = i.ID
 	}
+	r.paths = paths.String()
+	r.s = r.startSidecar(t, cluster)
+	return r
+}
+
+// startSidecar starts a sidecar over the rig's cluster with cluster added to both listeners'
+// cluster blocks, and waits until it has checked every instance.
+func (r *clusterRig) startSidecar(t *testing.T, cluster string) *sidecar {
+	t.Helper()
+	w, e := r.w, r.e
 	listener := func(name, role, addr string) string {
 		return fmt.Sprintf(`
   - name: %s
@@ -237,7 +248,7 @@ func startClusterRig(t *testing.T, e clusterEngine, replicas int, cluster string
     health: {interval: 500ms, timeout: 400ms, tls_interval: 500ms, rise: 2, fall: 2}
     cluster: {refresh_interval: 300ms, failover_refresh_interval: 50ms, failover_window: 10s%s}
     paths:
-%s`, name, e.name, addr, role, w.CAFile, cluster, paths.String())
+%s`, name, e.name, addr, role, w.CAFile, cluster, r.paths)
 	}
 	cfg := fmt.Sprintf(`
 log: {level: debug}
@@ -245,7 +256,10 @@ admin: {listen: "{{ADMIN}}"}
 aws: {region: %s}
 shutdown: {max_delay: 10s, kill_grace: 2s}
 listeners:%s%s`, w.Region, listener("rw", "writer", "{{PG}}"), listener("ro", "reader", "{{MYSQL}}"))
-	r.s = startSidecar(t, cfg, w.SidecarEnv)
+	s := startSidecar(t, cfg, w.SidecarEnv)
+	prev := r.s
+	r.s = s
+	defer func() { r.s = prev }()
 	r.waitTopology(t, "every instance checked", func(ls map[string]topologyListener) error {
 		for _, l := range ls {
 			for _, in := range l.Instances {
@@ -256,7 +270,7 @@ listeners:%s%s`, w.Region, listener("rw", "writer", "{{PG}}"), listener("ro", "r
 		}
 		return nil
 	})
-	return r
+	return s
 }
 
 type topologyListener struct {
@@ -265,6 +279,7 @@ type topologyListener struct {
 	Failovers float64 `json:"failovers"`
 	Instances []struct {
 		Name       string   `json:"name"`
+		Discovered bool     `json:"discovered"`
 		Role       string   `json:"role"`
 		Fresh      bool     `json:"fresh"`
 		LagSeconds *float64 `json:"lag_seconds"`
@@ -695,6 +710,53 @@ func TestClusterWriteLoopAcrossFailover(t *testing.T) {
 			}
 			if firstWrite > 5*time.Second {
 				t.Fatalf("first write on the new writer %v after promotion; want well within connect_timeout", firstWrite)
+			}
+		})
+	}
+}
+
+// Discovery against the topology stand-ins inside the real servers (test/harness/topology):
+// each view's query runs on every instance without error, its members are the configured
+// instances (matched by id or endpoint name), the writer is the primary, and the reader's lag
+// is known (from the view for Aurora).
+func TestClusterDiscoveryViews(t *testing.T) {
+	for _, e := range clusterEngines {
+		t.Run(e.name, func(t *testing.T) {
+			r := startClusterRig(t, e, 1, "")
+			insts := e.instances(r.w)
+			tmpl, aurora, multiAZ := r.w.InstanceTemplate, "aurora-postgresql", "multi-az-postgresql"
+			extra := ""
+			if e.name == "mysql" {
+				tmpl, aurora, multiAZ = r.w.MySQLInstanceTemplate, "aurora-mysql", "multi-az-mysql"
+				extra = ", topology_schema: " + r.w.MySQLTopology.Schema()
+			}
+			for _, d := range []string{aurora, multiAZ} {
+				cluster := fmt.Sprintf(", discovery: %s, instance_template: %q", d, tmpl)
+				if d == aurora {
+					cluster += extra
+				}
+				r.s = r.startSidecar(t, cluster)
+				r.waitTopology(t, d+": the views read, the reader's lag known", func(ls map[string]topologyListener) error {
+					for _, l := range ls {
+						if l.Writer != insts[0].ID {
+							return fmt.Errorf("%s: writer %q, want %s", l.Listener, l.Writer, insts[0].ID)
+						}
+						for _, in := range l.Instances {
+							switch {
+							case in.LastError != "":
+								return fmt.Errorf("%s: %s: %s", l.Listener, in.Name, in.LastError)
+							case in.Discovered:
+								t.Fatalf("%s: %s discovered as a new instance: the view's members are the configured ones", d, in.Name)
+							case in.Role == "reader" && in.LagSeconds == nil:
+								return fmt.Errorf("%s: reader %s has no lag", l.Listener, in.Name)
+							}
+						}
+					}
+					return nil
+				})
+				if n := r.landings(t, 5, false); n[insts[1].ID] != 5 {
+					t.Fatalf("%s: reader sessions landed %v, want all on %s", d, n, insts[1].ID)
+				}
 			}
 		})
 	}
