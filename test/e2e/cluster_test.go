@@ -65,13 +65,7 @@ var clusterEngines = []clusterEngine{
 		},
 		serverID: func(i *world.Instance) string { return strconv.Itoa(i.PG.Port) },
 		prepare: func(ctx context.Context, w *testWorld) error {
-			c, err := w.PG.Connect(ctx, w.PG.Superuser(), "app")
-			if err != nil {
-				return err
-			}
-			defer c.Close(context.Background())
-			_, err = c.Exec(ctx, "CREATE TABLE IF NOT EXISTS writes (n int PRIMARY KEY); GRANT ALL ON writes TO app")
-			return err
+			return pgExecApp(ctx, w, "CREATE TABLE IF NOT EXISTS writes (n int PRIMARY KEY); GRANT ALL ON writes TO app")
 		},
 	},
 	{
@@ -110,6 +104,17 @@ var clusterEngines = []clusterEngine{
 			return w.MariaDB.Exec(ctx, "CREATE TABLE IF NOT EXISTS app.writes (n int PRIMARY KEY)")
 		},
 	},
+}
+
+// pgExecApp runs sql as the superuser in the app's database on the primary.
+func pgExecApp(ctx context.Context, w *testWorld, sql string) error {
+	c, err := w.PG.Connect(ctx, w.PG.Superuser(), "app")
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	_, err = c.Exec(ctx, sql)
+	return err
 }
 
 type pgSession struct{ c *pgx.Conn }
@@ -362,21 +367,7 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 			}
 			ctx := ctxTimeout(t, 2*time.Minute)
 			// A session on the reader about to lag: with lag_action end-at-idle it ends at idle.
-			var lagging clusterSession
-			for range 10 {
-				s, err := e.connect(ctx, r.s.myAddr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if srv, _, err := s.whoami(ctx); err == nil && r.ids[srv] == paused.ID {
-					lagging = s
-					break
-				}
-				s.close()
-			}
-			if lagging == nil {
-				t.Fatal("no session landed on the reader to pause in 10 tries")
-			}
+			lagging := r.readerSessionOn(t, ctx, paused.ID)
 			defer lagging.close()
 			if err := paused.PauseReplication(ctx); err != nil {
 				t.Fatal(err)
@@ -404,21 +395,7 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 				t.Fatalf("after resume: sessions landed %v, want both readers again", got)
 			}
 			// Kill a reader under an idle session on it.
-			var onFresh clusterSession
-			for range 10 {
-				s, err := e.connect(ctx, r.s.myAddr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if srv, _, err := s.whoami(ctx); err == nil && r.ids[srv] == fresh.ID {
-					onFresh = s
-					break
-				}
-				s.close()
-			}
-			if onFresh == nil {
-				t.Fatal("no session landed on the reader to kill in 10 tries")
-			}
+			onFresh := r.readerSessionOn(t, ctx, fresh.ID)
 			defer onFresh.close()
 			fresh.Kill()
 			waitFor(t, 20*time.Second, "the killed reader's session to end with the sidecar's farewell", func() error {
@@ -451,6 +428,24 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 	}
 }
 
+// readerSessionOn opens reader-listener sessions until one runs on instance (the balance
+// rotates, so a few tries do).
+func (r *clusterRig) readerSessionOn(t *testing.T, ctx context.Context, instance string) clusterSession {
+	t.Helper()
+	for range 10 {
+		s, err := r.e.connect(ctx, r.s.myAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if srv, _, err := s.whoami(ctx); err == nil && r.ids[srv] == instance {
+			return s
+		}
+		s.close()
+	}
+	t.Fatalf("no reader-listener session landed on %s in 10 tries", instance)
+	return nil
+}
+
 // keepWriting inserts on the primary directly until stop, so a paused replica falls behind.
 func keepWriting(ctx context.Context, e clusterEngine, w *testWorld, stop <-chan struct{}) error {
 	t := time.NewTicker(50 * time.Millisecond)
@@ -458,7 +453,7 @@ func keepWriting(ctx context.Context, e clusterEngine, w *testWorld, stop <-chan
 	for n := 1_000_000; ; n++ {
 		var err error
 		if e.name == "postgres" {
-			err = w.PG.Exec(ctx, fmt.Sprintf("INSERT INTO writes VALUES (%d)", n))
+			err = pgExecApp(ctx, w, fmt.Sprintf("INSERT INTO writes VALUES (%d)", n))
 		} else {
 			err = w.MariaDB.Exec(ctx, fmt.Sprintf("INSERT INTO app.writes VALUES (%d)", n))
 		}
