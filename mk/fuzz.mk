@@ -1,5 +1,5 @@
 # Fuzzing: every Go fuzz target (the parsers of network bytes in wire/pg and wire/mysql, the
-# config loader, the provisioner's spec loader) for FUZZTIME each: 16 targets, under 3 minutes
+# config loader, the provisioner's spec loader) for FUZZTIME each: 18 targets, under 3 minutes
 # in all at the default (each run also pays a few seconds to build the instrumented binary). Seed corpora and every past crasher live in <package>/testdata/fuzz and run as
 # plain unit tests in `go test` too. `make test` runs this first (through TEST_TOOLS, the hook
 # the Makefile gives component makefiles), so CI fuzzes on every run. A target whose only failure is

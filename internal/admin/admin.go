@@ -1,5 +1,5 @@
 // Package admin serves the sidecar's HTTP endpoints for the kubelet and Prometheus:
-// /metrics, /healthz (liveness), /readyz (readiness), /startupz, /paths, and POST
+// /metrics, /healthz (liveness), /readyz (readiness), /startupz, /paths, /topology, and POST
 // /quitquitquit (loopback callers only, and nothing a web page could send) to start a graceful
 // shutdown.
 package admin
@@ -27,6 +27,9 @@ type Deps struct {
 	Ready func() error
 	// Paths returns the upstream paths' state for /paths, JSON-encodable.
 	Paths func() any
+	// Topology returns the cluster listeners' instances for /topology, JSON-encodable; nil
+	// serves an empty list.
+	Topology func() any
 	// Quit starts a graceful shutdown, as SIGTERM does.
 	Quit func()
 	Log  *zap.Logger
@@ -74,11 +77,13 @@ func New(addr string, d Deps) (*Server, error) {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /paths", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(d.Paths())
+	mux.HandleFunc("GET /paths", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, d.Paths()) })
+	mux.HandleFunc("GET /topology", func(w http.ResponseWriter, _ *http.Request) {
+		var v any = []any{}
+		if d.Topology != nil {
+			v = d.Topology()
+		}
+		writeJSON(w, v)
 	})
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rdsvalet_admin_quit_refused_total",
@@ -199,4 +204,11 @@ func fromLoopback(r *http.Request) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }

@@ -110,7 +110,10 @@ type Listener struct {
 	TLS               TLS           `mapstructure:"tls" yaml:"tls,omitempty"`
 	Health            Health        `mapstructure:"health" yaml:"health,omitempty"`
 	Paths             []Path        `mapstructure:"paths" yaml:"paths,omitempty"`
-	// Role is what the listener's sessions must run on: RoleWriter (default) or RoleReader.
+	// Role is what the listener's sessions must run on: RoleWriter or RoleReader. Unset (and
+	// no cluster block) the listener is a plain one: its paths are network routes to one
+	// endpoint and no role is checked. Set, or with a cluster block (then it defaults to
+	// writer), the paths are the instances of one cluster (docs/cluster.md).
 	Role string `mapstructure:"role" yaml:"role,omitempty"`
 	// Cluster, when set, makes the paths instances of one cluster whose roles are checked
 	// and discovered (docs/cluster.md).
@@ -124,6 +127,150 @@ const (
 	RoleWriter = "writer"
 	RoleReader = "reader"
 )
+
+// IsCluster reports whether the listener's paths are instances of a cluster whose roles are
+// checked: a role or a cluster block is set.
+func (l Listener) IsCluster() bool { return l.Role != "" || l.Cluster != (Cluster{}) }
+
+// Cluster discovery modes.
+const (
+	DiscoveryStatic             = "static"
+	DiscoveryAuroraPostgres     = "aurora-postgresql"
+	DiscoveryAuroraMySQL        = "aurora-mysql"
+	DiscoveryMultiAZPostgres    = "multi-az-postgresql"
+	DiscoveryMultiAZMySQL       = "multi-az-mysql"
+	FallbackWriter              = "writer"
+	FallbackNone                = "none"
+	BalanceRoundRobin           = "round-robin"
+	BalanceLeastConnections     = "least-connections"
+	BalanceFastest              = "fastest"
+	LagActionEndAtIdle          = "end-at-idle"
+	LagActionKeep               = "keep"
+	DefaultRefreshInterval      = time.Second
+	DefaultFailoverRefresh      = 100 * time.Millisecond
+	DefaultFailoverWindow       = 30 * time.Second
+	DefaultMaxReplicaLag        = 10 * time.Second
+	minClusterRefreshInterval   = 10 * time.Millisecond
+	maxClusterInstances         = 64
+	instanceTemplatePlaceholder = "?"
+)
+
+// discoveryEngine is the engine each discovery mode's view lives in.
+var discoveryEngine = map[string]string{
+	DiscoveryStatic:          "",
+	DiscoveryAuroraPostgres:  EnginePostgres,
+	DiscoveryAuroraMySQL:     EngineMySQL,
+	DiscoveryMultiAZPostgres: EnginePostgres,
+	DiscoveryMultiAZMySQL:    EngineMySQL,
+}
+
+// applyClusterDefaults fills a cluster listener's role and cluster block.
+func (l *Listener) applyClusterDefaults() {
+	if !l.IsCluster() {
+		return
+	}
+	if l.Role == "" {
+		l.Role = RoleWriter
+	}
+	c := &l.Cluster
+	if c.Discovery == "" {
+		c.Discovery = DiscoveryStatic
+	}
+	if c.RefreshInterval == 0 {
+		c.RefreshInterval = DefaultRefreshInterval
+	}
+	if c.FailoverRefreshInterval == 0 {
+		c.FailoverRefreshInterval = min(DefaultFailoverRefresh, c.RefreshInterval)
+	}
+	if c.FailoverWindow == 0 {
+		c.FailoverWindow = DefaultFailoverWindow
+	}
+	if c.MaxReplicaLag == 0 {
+		c.MaxReplicaLag = DefaultMaxReplicaLag
+	}
+	if c.ReaderFallback == "" {
+		c.ReaderFallback = FallbackWriter
+	}
+	if c.Balance == "" {
+		c.Balance = BalanceRoundRobin
+	}
+	if c.LagAction == "" {
+		c.LagAction = LagActionEndAtIdle
+	}
+}
+
+// validateCluster checks a cluster listener's role and cluster block.
+func (l Listener) validateCluster(key string, bad func(key, format string, args ...any)) {
+	if !l.IsCluster() {
+		return
+	}
+	switch l.Role {
+	case RoleWriter, RoleReader:
+	default:
+		bad(key+".role", "%q is not one of writer, reader", l.Role)
+	}
+	c := l.Cluster
+	ck := key + ".cluster"
+	eng, ok := discoveryEngine[c.Discovery]
+	switch {
+	case !ok:
+		bad(ck+".discovery", "%q is not one of static, aurora-postgresql, aurora-mysql, multi-az-postgresql, multi-az-mysql", c.Discovery)
+	case eng != "" && eng != l.Engine:
+		bad(ck+".discovery", "%q reads a %s view; the listener's engine is %s", c.Discovery, eng, l.Engine)
+	}
+	switch {
+	case c.Discovery == DiscoveryStatic && c.InstanceTemplate != "":
+		bad(ck+".instance_template", "is only used with a discovery that names instances (not static)")
+	case ok && c.Discovery != DiscoveryStatic && c.InstanceTemplate == "":
+		bad(ck+".instance_template", "is required with discovery %q (e.g. \"?.cluster-xyz.us-east-1.rds.amazonaws.com:5432\")", c.Discovery)
+	case c.InstanceTemplate != "":
+		if strings.Count(c.InstanceTemplate, instanceTemplatePlaceholder) != 1 {
+			bad(ck+".instance_template", "%q must contain exactly one \"?\" (the instance id)", c.InstanceTemplate)
+		} else if err := checkHostPort(strings.Replace(c.InstanceTemplate, instanceTemplatePlaceholder, "instance-1", 1)); err != nil {
+			bad(ck+".instance_template", "with an instance id: %v", err)
+		}
+	}
+	if c.TopologySchema != "" {
+		if c.Discovery != DiscoveryAuroraMySQL {
+			bad(ck+".topology_schema", "is only used with discovery %q", DiscoveryAuroraMySQL)
+		} else if !isIdentifier(c.TopologySchema) {
+			bad(ck+".topology_schema", "%q is not a plain identifier (letters, digits, _)", c.TopologySchema)
+		}
+	}
+	if c.RefreshInterval < minClusterRefreshInterval {
+		bad(ck+".refresh_interval", "must be at least %s", minClusterRefreshInterval)
+	}
+	if c.FailoverRefreshInterval < minClusterRefreshInterval || c.FailoverRefreshInterval > c.RefreshInterval {
+		bad(ck+".failover_refresh_interval", "must be between %s and refresh_interval %s", minClusterRefreshInterval, c.RefreshInterval)
+	}
+	if c.FailoverWindow < 0 {
+		bad(ck+".failover_window", "must not be negative")
+	}
+	if c.MaxReplicaLag < 0 {
+		bad(ck+".max_replica_lag", "must not be negative")
+	}
+	switch c.ReaderFallback {
+	case FallbackWriter, FallbackNone:
+	default:
+		bad(ck+".reader_fallback", "%q is not one of writer, none", c.ReaderFallback)
+	}
+	switch c.Balance {
+	case BalanceRoundRobin, BalanceLeastConnections, BalanceFastest:
+	default:
+		bad(ck+".balance", "%q is not one of round-robin, least-connections, fastest", c.Balance)
+	}
+	switch c.LagAction {
+	case LagActionEndAtIdle, LagActionKeep:
+	default:
+		bad(ck+".lag_action", "%q is not one of end-at-idle, keep", c.LagAction)
+	}
+	if l.Health.LoginUser == "" && l.Auth.User == "" {
+		bad(key+".health.login_user", "is required for a cluster listener (or set auth.user): the topology monitor logs in to each instance to read its role and lag")
+	}
+	if len(l.Paths) > maxClusterInstances {
+		bad(key+".paths", "a cluster listener has at most %d instances (got %d)", maxClusterInstances, len(l.Paths))
+	}
+}
 
 // Cluster configures how a listener sees the instances of a cluster: their roles, the
 // topology it discovers from the database, and how readers are chosen.
@@ -150,6 +297,9 @@ type Cluster struct {
 	// LagAction is what happens to sessions on a reader that falls behind: "end-at-idle"
 	// or "keep".
 	LagAction string `mapstructure:"lag_action" yaml:"lag_action,omitempty"`
+	// TopologySchema is where aurora-mysql discovery reads replica_host_status
+	// ("information_schema" when empty, as on Aurora MySQL).
+	TopologySchema string `mapstructure:"topology_schema" yaml:"topology_schema,omitempty"`
 }
 
 // Health configures the active probes of a listener's paths.
@@ -329,6 +479,7 @@ func (c *Config) applyListenerDefaults() {
 				}
 			}
 		}
+		l.applyClusterDefaults()
 	}
 	c.applyUnixSocketDefaults()
 	c.applyPoolDefaults()
@@ -486,6 +637,7 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
+		l.validateCluster(key, bad)
 	}
 	c.validateUnixSockets(bad)
 	c.validatePools(bad)
@@ -527,4 +679,17 @@ func checkListen(addr string, allowNonLoopback bool) error {
 		return fmt.Errorf("%q is not a loopback address; set allow_non_loopback to listen beyond the pod", addr)
 	}
 	return nil
+}
+
+// isIdentifier reports whether s is a plain SQL identifier, safe to put in a query unquoted.
+func isIdentifier(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i, c := range s {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }

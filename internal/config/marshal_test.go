@@ -30,7 +30,7 @@ func full() *Config {
 			Role:  RoleReader,
 			Cluster: Cluster{Discovery: "aurora-mysql", InstanceTemplate: "?.cluster-xyz.us-east-1.rds.amazonaws.com:3306",
 				RefreshInterval: 30 * time.Second, FailoverRefreshInterval: 100 * time.Millisecond, FailoverWindow: 30 * time.Second,
-				MaxReplicaLag: 5 * time.Second, ReaderFallback: "writer", Balance: "least-connections", LagAction: "end-at-idle"},
+				MaxReplicaLag: 5 * time.Second, ReaderFallback: "writer", Balance: "least-connections", LagAction: "end-at-idle", TopologySchema: "aurora_information_schema"},
 			Pool: &Pool{MaxIdle: 5, MinIdle: 1, IdleTimeout: time.Minute, MaxLifetime: 2 * time.Hour, CheckAfter: 3 * time.Second, MaxIdentities: 4},
 		}},
 		UnixSockets: UnixSockets{Dir: "/nonexistent-rdsvalet", Mode: "0640", Owner: "1000", Group: "2000"},

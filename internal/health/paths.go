@@ -102,6 +102,19 @@ func NewSet(listener string, paths []Path, th Thresholds, m *Metrics) *Set {
 	return s
 }
 
+// Add appends a path found after the set was made (a cluster instance discovered from a
+// topology view), up; it is not probed by Run (the topology monitor checks it), but real
+// logins report on it and Lookup finds it. A name already present is left alone.
+func (s *Set) Add(p Path) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.find(p.Name) != nil {
+		return
+	}
+	s.paths = append(s.paths, &pathState{Path: p, state: Up, succRun: s.th.Rise})
+	s.metrics.initPath(s.listener, p.Name)
+}
+
 // Watch registers fn to be told of every state change; fn runs on the reporting goroutine
 // and must not block.
 func (s *Set) Watch(fn func(path string, st State)) {

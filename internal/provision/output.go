@@ -120,7 +120,9 @@ func (o *Outputs) readerListener() *config.Listener {
 			paths = append(paths, *r.Path)
 		}
 	}
-	if len(paths) == 0 {
+	// The topology monitor logs in to each instance to read its role and lag, as a db user the
+	// spec grants (the first app's); with no app user there is no one to log in as.
+	if len(paths) == 0 || len(o.Users) == 0 {
 		return nil
 	}
 	for _, p := range o.Paths {
@@ -130,6 +132,7 @@ func (o *Outputs) readerListener() *config.Listener {
 	}
 	return &config.Listener{Name: o.Database + "-reader", Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.ReaderPort()),
 		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: paths, Role: config.RoleReader,
+		Health:  config.Health{LoginUser: o.Users[0].DBUser},
 		Cluster: config.Cluster{Discovery: "static", MaxReplicaLag: o.MaxReplicaLag, ReaderFallback: "writer"}}
 }
 

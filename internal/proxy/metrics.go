@@ -21,6 +21,8 @@ const (
 	CloseCut      = "cut"             // cut busy at the drain's deadline
 	ClosePathDown = "path_down"       // its path went down: closed when idle, or cut after kill_grace
 	CloseSilent   = "upstream_silent" // its request got no byte within session_timeout on a down path
+	CloseFailover = "failover"        // its instance lost the listener's role: closed when idle, or cut after kill_grace
+	CloseLagging  = "lagging"         // its reader fell behind max_replica_lag: closed when idle
 	CloseBothDone = "completed"       // both sides finished together
 )
 
@@ -84,7 +86,7 @@ func (m *Metrics) init(listener, engine string) {
 	for _, d := range []string{"upstream", "downstream"} {
 		m.bytes.WithLabelValues(listener, d)
 	}
-	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseSilent, CloseBothDone} {
+	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseSilent, CloseFailover, CloseLagging, CloseBothDone} {
 		m.closed.WithLabelValues(listener, r)
 	}
 }

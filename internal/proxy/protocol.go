@@ -96,7 +96,7 @@ type Upstream struct {
 	OnClose func()
 	// Farewell, if set, returns what the app reads last when the sidecar ends the session or
 	// the upstream goes away: reason is CloseUpstream, CloseDrain, CloseCut or ClosePathDown
-	// ("" when the relay itself failed). It is called under the session's lock, so it may consult
+	// (or CloseFailover, CloseLagging; "" when the relay itself failed). It is called under the session's lock, so it may consult
 	// the Tracker (to speak only between messages); nil sends nothing.
 	Farewell func(reason string) []byte
 	// User and Database name the session in logs.
@@ -133,6 +133,10 @@ func FarewellText(reason, path string) string {
 		return fmt.Sprintf("terminating connection because its upstream path %q is down; a new connection goes to a healthy path", path)
 	case CloseUpstream:
 		return fmt.Sprintf("the connection to the database on path %q was lost", path)
+	case CloseFailover:
+		return fmt.Sprintf("terminating connection because the instance %q no longer has this listener's role (failover); a new connection goes to the instance that has it", path)
+	case CloseLagging:
+		return fmt.Sprintf("terminating connection because the replica %q fell behind max_replica_lag; a new connection goes to a fresh reader", path)
 	case CloseSilent:
 		return fmt.Sprintf("terminating connection because the database on path %q sent nothing within session_timeout and the path is down", path)
 	}

@@ -24,7 +24,9 @@ type session struct {
 	srv      *Server
 	client   net.Conn
 	draining atomic.Bool // close at the next idle point: the sidecar is shutting down
-	evicted  atomic.Bool // close at the next idle point: the session's path went down
+	// evicted, when set, is the reason to close at the next idle point: the session's path
+	// went down, its instance lost the listener's role or fell behind.
+	evicted atomic.Pointer[string]
 
 	mu     sync.Mutex // orders tracker updates against closing, see closeIfIdle
 	up     *Upstream
@@ -149,7 +151,7 @@ func (ss *session) FromApp(p []byte) bool {
 		ss.mu.Unlock()
 		return false
 	}
-	if ss.up.Release != nil && !ss.draining.Load() && !ss.evicted.Load() {
+	if ss.up.Release != nil && !ss.draining.Load() && ss.evicted.Load() == nil {
 		if g, ok := ss.up.Tracker.(Goodbye); ok && g.Goodbye(p) {
 			ss.closed, ss.reason, ss.leaving = true, CloseClient, true
 			ss.mu.Unlock()
@@ -180,8 +182,8 @@ func (ss *session) Check() bool {
 	switch {
 	case ss.draining.Load():
 		ss.closeIdleLocked(CloseDrain)
-	case ss.evicted.Load():
-		ss.closeIdleLocked(ClosePathDown)
+	case ss.evicted.Load() != nil:
+		ss.closeIdleLocked(*ss.evicted.Load())
 	}
 	return ss.closed
 }
@@ -207,7 +209,7 @@ func (ss *session) Farewell(by sockloop.Side) []byte {
 func (ss *session) Keep(by sockloop.Side) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.up == nil || ss.up.Release == nil || ss.draining.Load() || ss.evicted.Load() {
+	if ss.up == nil || ss.up.Release == nil || ss.draining.Load() || ss.evicted.Load() != nil {
 		return false
 	}
 	switch {

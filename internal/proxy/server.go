@@ -84,7 +84,12 @@ func NewServer(cfg Config, proto Protocol, source Source, log *zap.Logger, m *Me
 // EvictPath moves the sessions pinned to a path that went down off it, so that their apps
 // reconnect (to a healthy path) in seconds instead of hanging on TCP timeouts: idle sessions
 // are closed at once, busy ones at the end of their transaction, the rest after KillGrace.
-func (s *Server) EvictPath(path string) {
+func (s *Server) EvictPath(path string) { s.Evict(path, ClosePathDown, true) }
+
+// Evict ends the sessions on path for reason (ClosePathDown, CloseFailover, CloseLagging):
+// idle ones at once, busy ones when they next go idle, and when cut is set the rest after
+// KillGrace. Each gets the engine's farewell for reason.
+func (s *Server) Evict(path, reason string, cut bool) {
 	s.mu.Lock()
 	var list []*session
 	for ss := range s.sessions {
@@ -95,14 +100,17 @@ func (s *Server) EvictPath(path string) {
 	s.mu.Unlock()
 	var busy []*session
 	for _, ss := range list {
-		ss.evicted.Store(true)
-		if !ss.closeIfIdle(ClosePathDown) {
+		ss.evicted.Store(&reason)
+		if !ss.closeIfIdle(reason) {
 			busy = append(busy, ss)
 		}
 	}
-	s.log.Warn("path down: moving sessions off it", zap.String("path", path),
-		zap.Int("closed_idle", len(list)-len(busy)), zap.Int("busy", len(busy)), zap.Duration("kill_grace", s.cfg.KillGrace))
-	if len(busy) == 0 {
+	if len(list) == 0 && reason != ClosePathDown {
+		return
+	}
+	s.log.Warn(evictWords[reason], zap.String("path", path), zap.String("reason", reason),
+		zap.Int("closed_idle", len(list)-len(busy)), zap.Int("busy", len(busy)), zap.Duration("kill_grace", s.cfg.KillGrace), zap.Bool("cut_after_grace", cut))
+	if len(busy) == 0 || !cut {
 		return
 	}
 	s.wg.Add(1)
@@ -115,9 +123,29 @@ func (s *Server) EvictPath(path string) {
 		case <-s.ctx.Done():
 		}
 		for _, ss := range busy {
-			ss.shut(ClosePathDown)
+			ss.shut(reason)
 		}
 	}()
+}
+
+var evictWords = map[string]string{
+	ClosePathDown: "path down: moving sessions off it",
+	CloseFailover: "instance lost the listener's role (failover): moving sessions off it",
+	CloseLagging:  "replica fell behind max_replica_lag: its sessions end at their next idle point",
+}
+
+// SessionsByPath counts the relayed sessions on each path.
+func (s *Server) SessionsByPath() map[string]int {
+	s.mu.Lock()
+	list := s.snapshotLocked()
+	s.mu.Unlock()
+	out := map[string]int{}
+	for _, ss := range list {
+		if p := ss.path(); p != "" {
+			out[p]++
+		}
+	}
+	return out
 }
 
 // LastReceived is when a live session on path last received bytes from upstream (zero if

@@ -13,12 +13,16 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/reuse"
+	"github.com/rdsvalet/rds-valet/internal/topology"
 )
 
 // sessionSource is what a listener's server gets its upstream sessions from: the path
 // source behind the pod's login budget, and with a pool block the listener's pool in front
 // (its sessions on a path that goes down are closed at once).
-func (s *Sidecar) sessionSource(lc config.Listener, eng engine, paths proxy.Source, set *health.Set, log *zap.Logger, m *reuse.Metrics) (proxy.Source, *reuse.Pool) {
+//
+// On a cluster listener topo is its monitor: pooled sessions are kept for the instance the
+// topology would pick now (never a demoted one), and leave the pool when it evicts an instance.
+func (s *Sidecar) sessionSource(lc config.Listener, eng engine, paths proxy.Source, set *health.Set, topo *topology.Monitor, log *zap.Logger, m *reuse.Metrics) (proxy.Source, *reuse.Pool) {
 	logins := s.budget.Source(paths, lc.ConnectTimeout)
 	re, ok := eng.(reuse.Engine)
 	if lc.Pool == nil || !ok {
@@ -30,6 +34,12 @@ func (s *Sidecar) sessionSource(lc config.Listener, eng engine, paths proxy.Sour
 		IdleTimeout: pc.IdleTimeout, MaxLifetime: pc.MaxLifetime, CheckAfter: pc.CheckAfter,
 		ResetTimeout: lc.ConnectTimeout, MaxIdentities: pc.MaxIdentities,
 		Best: func() string {
+			if topo != nil {
+				if c := topo.Candidates(); len(c) > 0 {
+					return c[0].Name
+				}
+				return ""
+			}
 			if c := set.Candidates(); len(c) > 0 {
 				return c[0].Name
 			}

@@ -24,6 +24,7 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/proxy"
 	"github.com/rdsvalet/rds-valet/internal/proxy/sockloop"
 	"github.com/rdsvalet/rds-valet/internal/reuse"
+	"github.com/rdsvalet/rds-valet/internal/topology"
 	"github.com/rdsvalet/rds-valet/internal/upstream"
 	"github.com/rdsvalet/rds-valet/internal/wire"
 	"github.com/rdsvalet/rds-valet/internal/wire/mysql"
@@ -73,6 +74,8 @@ type listener struct {
 	prober health.Prober
 	probe  health.ProbeConfig
 	pool   *reuse.Pool // nil without session reuse
+	// topo watches the cluster's roles and lag; nil for a plain listener.
+	topo *topology.Monitor
 }
 
 // New builds and binds everything cfg describes. On error nothing is left bound.
@@ -97,6 +100,7 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 	m := metrics{
 		proxy: proxy.NewMetrics(d.Registry), health: health.NewMetrics(d.Registry),
 		pg: pg.NewMetrics(d.Registry), mysql: mysql.NewMetrics(d.Registry), reuse: reuse.NewMetrics(d.Registry),
+		topology: topology.NewMetrics(d.Registry),
 	}
 	if b := cfg.LoginBudget; b.PerSecond > 0 {
 		s.budget = reuse.NewBudget(reuse.BudgetConfig{Rate: b.PerSecond, Burst: b.Burst}, d.Registry)
@@ -115,6 +119,7 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 		Started:  s.started.Load,
 		Ready:    s.Ready,
 		Paths:    func() any { return s.PathsReport() },
+		Topology: func() any { return s.TopologyReport() },
 		Quit:     s.Quit,
 		Log:      s.log,
 
@@ -129,11 +134,12 @@ func New(ctx context.Context, cfg *config.Config, d Deps) (*Sidecar, error) {
 }
 
 type metrics struct {
-	proxy  *proxy.Metrics
-	health *health.Metrics
-	pg     *pg.Metrics
-	mysql  *mysql.Metrics
-	reuse  *reuse.Metrics
+	proxy    *proxy.Metrics
+	health   *health.Metrics
+	pg       *pg.Metrics
+	mysql    *mysql.Metrics
+	topology *topology.Metrics
+	reuse    *reuse.Metrics
 }
 
 // newTokenCache loads AWS credentials once for every IAM listener; nil when none uses IAM.
@@ -166,6 +172,8 @@ type engine interface {
 	proxy.Protocol
 	upstream.Login
 	health.Prober
+	upstream.RoleChecker
+	topology.Checker
 }
 
 func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m metrics) (*listener, error) {
@@ -184,6 +192,8 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	dialer := newDialer(s.cfg.DNS.Server, lc.UpstreamTCP.UserTimeout, lc.UpstreamTCP.Keepalive)
 	secret := secretFor(lc, tokens, s.cfg.AWS.Region)
 	log := s.log.With(zap.String("listener", lc.Name))
+	// A session cut on a cluster's writer may have committed, or not: say so.
+	outcomeUnknown := lc.IsCluster() && lc.Role == config.RoleWriter
 	var eng engine
 	switch lc.Engine {
 	case config.EnginePostgres:
@@ -191,27 +201,55 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Paths: set, Wrap: sockloop.Wrap,
 			ProbeSecret: pg.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
-			Log: log, Metrics: m.pg,
+			OutcomeUnknown: outcomeUnknown,
+			Log:            log, Metrics: m.pg,
 		})
 	case config.EngineMySQL:
 		eng = mysql.New(mysql.Config{
 			Listener: lc.Name, TLS: tlsCfgs, Dialer: dialer, Wrap: sockloop.Wrap,
 			ProbeSecret: mysql.SecretFunc(secret), ForceUser: lc.Auth.User, LocalPasswordFile: lc.LocalPasswordFile,
 			ProbeUser: lc.Health.LoginUser, ProbeDatabase: lc.Health.LoginDatabase,
+			OutcomeUnknown: outcomeUnknown, TopologySchema: lc.Cluster.TopologySchema,
 			Log: log, Metrics: m.mysql,
 		})
 	default:
 		return nil, fmt.Errorf("engine %q is not supported by this build", lc.Engine)
 	}
-	source := upstream.New(upstream.Config{
+	var srv *proxy.Server // the monitor's hooks reach it once it exists
+	ucfg := upstream.Config{
 		Listener: lc.Name, Paths: set, Engine: eng, Secret: secret,
 		ConnectTimeout: lc.ConnectTimeout, Observer: m.proxy,
-	})
-	sessions, pool := s.sessionSource(lc, eng, source, set, log, m.reuse)
-	srv := proxy.NewServer(proxy.Config{
+	}
+	onNetworkFailure := set.ReportFailure
+	var topo *topology.Monitor
+	var pooled *reuse.Pool // set below, before the monitor runs
+	if lc.IsCluster() {
+		// An evicted instance's idle pooled sessions go with its relayed ones.
+		evictPooled := func(path string) {
+			if pooled != nil {
+				pooled.EvictPath(path)
+			}
+		}
+		topo = newMonitor(lc, paths, eng, set, func() *proxy.Server { return srv }, evictPooled, log, m.topology)
+		ucfg.Cluster = topo
+		// A path going down or a session dying on the network may be the writer going: look now.
+		set.Watch(func(_ string, st health.State) {
+			if st == health.Down {
+				topo.Kick()
+			}
+		})
+		onNetworkFailure = func(path string, err error) {
+			set.ReportFailure(path, err)
+			topo.Kick()
+		}
+	}
+	source := upstream.New(ucfg)
+	sessions, pool := s.sessionSource(lc, eng, source, set, topo, log, m.reuse)
+	pooled = pool
+	srv = proxy.NewServer(proxy.Config{
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
-		OnNetworkFailure: set.ReportFailure, Loops: s.loops,
+		OnNetworkFailure: onNetworkFailure, Loops: s.loops,
 		SessionTimeout: lc.SessionTimeout, PathDown: set.IsDown, Unix: unixSocket(lc, s.cfg.UnixSockets),
 	}, eng, sessions, s.log, m.proxy)
 	// Sessions leave a down path only when another path is up; with none up they stay, each
@@ -232,7 +270,32 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 		Timeout: lc.Health.Timeout, Dialer: dialer, Log: s.log,
 	}
 	probe.PingInterval, probe.PingTimeout = pingSchedule(lc, log)
-	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: probe, pool: pool}, nil
+	return &listener{cfg: lc, srv: srv, paths: set, prober: eng, probe: probe, topo: topo, pool: pool}, nil
+}
+
+// newMonitor is a cluster listener's topology monitor: its instances are the paths, its
+// evictions go to the listener's server (srv, once built).
+func newMonitor(lc config.Listener, paths []health.Path, chk topology.Checker, set *health.Set, srv func() *proxy.Server, evictPooled func(string), log *zap.Logger, m *topology.Metrics) *topology.Monitor {
+	c := lc.Cluster
+	return topology.New(topology.Config{
+		Listener: lc.Name, Role: topology.Role(lc.Role), Instances: paths, Checker: chk,
+		Discovery: c.Discovery, Template: topology.Template(c.InstanceTemplate),
+		Refresh: c.RefreshInterval, FailoverRefresh: c.FailoverRefreshInterval, FailoverWindow: c.FailoverWindow,
+		CheckTimeout: min(max(lc.Health.Timeout, time.Second), 2*time.Second),
+		MaxLag:       c.MaxReplicaLag, FallbackToWriter: c.ReaderFallback == config.FallbackWriter,
+		Balance: c.Balance, EndLaggingAtIdle: c.LagAction == config.LagActionEndAtIdle,
+		Sessions: func() map[string]int { return srv().SessionsByPath() },
+		Evict: func(path string, how topology.Eviction) {
+			evictPooled(path)
+			if how == topology.EvictLagging {
+				srv().Evict(path, proxy.CloseLagging, false)
+				return
+			}
+			srv().Evict(path, proxy.CloseFailover, true)
+		},
+		Added: set.Add,
+		Log:   log, Metrics: m,
+	})
 }
 
 // unixSocket is the listener's unix socket as the server binds it; no Path without one.
@@ -305,6 +368,13 @@ func (s *Sidecar) Run(ctx context.Context) int {
 		}()
 		if l.pool != nil {
 			l.pool.Start(poolTick(l.cfg.Pool.IdleTimeout))
+		}
+		if l.topo != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l.topo.Run(probeCtx)
+			}()
 		}
 		s.log.Info("listening", zap.String("listener", l.cfg.Name), zap.String("addr", l.srv.Addr().String()))
 		if ua := l.srv.UnixAddr(); ua != nil {
@@ -415,6 +485,18 @@ func (s *Sidecar) PathsReport() []ListenerReport {
 	for i, l := range s.listeners {
 		out[i] = ListenerReport{Listener: l.cfg.Name, Engine: l.cfg.Engine, TLSMode: l.cfg.TLS.Mode,
 			Warning: tlsWarning(l.cfg.TLS.Mode), Paths: l.paths.Snapshot()}
+	}
+	return out
+}
+
+// TopologyReport is what /topology shows: every cluster listener's instances, their roles,
+// lag and sessions.
+func (s *Sidecar) TopologyReport() []topology.Status {
+	out := []topology.Status{}
+	for _, l := range s.listeners {
+		if l.topo != nil {
+			out = append(out, l.topo.Snapshot())
+		}
 	}
 	return out
 }

@@ -27,6 +27,9 @@ const (
 	codeUnknownError     = gm.ER_UNKNOWN_ERROR
 
 	sidecarPrefix = "rds-valet: "
+	// stateTransactionResolutionUnknown is SQL:2016's 08007, which MySQL has no code for: the
+	// farewell of a transaction cut by a writer failover carries it (docs/cluster.md).
+	stateTransactionResolutionUnknown = "08007"
 )
 
 // sqlState returns the SQL state MySQL uses for code.

@@ -9,7 +9,11 @@ import "github.com/rdsvalet/rds-valet/internal/proxy"
 // read is the answer to its next command, or while a single command waits with no byte of its
 // answer come (a silent upstream), where it is that command's answer; never to an app that
 // has sent COM_QUIT.
-func farewell(t *tracker, reason, path string) []byte {
+//
+// With outcomeUnknown (a cluster's writer listener), a session that ends busy (a transaction
+// open or a command outstanding) is told ERR 2013 with SQL state 08007 and words saying its
+// transaction's outcome is unknown: its COMMIT may have reached the old writer, or not.
+func farewell(t *tracker, reason, path string, outcomeUnknown bool) []byte {
 	if !t.betweenCommands() && !t.awaitingAnswer() {
 		return nil
 	}
@@ -17,5 +21,10 @@ func farewell(t *tracker, reason, path string) []byte {
 	if proxy.ShuttingDown(reason) {
 		code = codeServerShutdown
 	}
-	return AppendPacket(nil, 1, newError(code, "%s", proxy.FarewellText(reason, path)).Encode())
+	e := newError(code, "%s", proxy.FarewellText(reason, path))
+	if outcomeUnknown && !t.Idle() {
+		e = newError(codeServerLost, "%s; the transaction or command in flight may or may not have committed: its outcome is unknown", proxy.FarewellText(reason, path))
+		e.State = stateTransactionResolutionUnknown
+	}
+	return AppendPacket(nil, 1, e.Encode())
 }

@@ -35,7 +35,7 @@ func TestFarewell(t *testing.T) {
 			tr := newTracker(caps, auto)
 			tr.FromClient(tt.fromApp)
 			tr.FromServer(tt.fromServer)
-			b := farewell(tr, tt.reason, "privatelink")
+			b := farewell(tr, tt.reason, "privatelink", false)
 			if tt.wantCode == 0 {
 				if b != nil {
 					t.Fatalf("farewell %q, want none", b)

@@ -45,8 +45,14 @@ type Config struct {
 	LocalPasswordFile string
 	// ProbeUser and ProbeDatabase are what login probes log in as.
 	ProbeUser, ProbeDatabase string
-	Log                      *zap.Logger
-	Metrics                  *Metrics
+	// OutcomeUnknown makes the farewell of a session that ends busy say its transaction's
+	// outcome is unknown (SQL state 08007): set on a cluster's writer listener.
+	OutcomeUnknown bool
+	// TopologySchema is where Aurora MySQL's replica_host_status view is read
+	// ("information_schema" when empty).
+	TopologySchema string
+	Log            *zap.Logger
+	Metrics        *Metrics
 }
 
 // Metrics are the MySQL protocol's own metrics, shared by every MySQL listener.
@@ -244,7 +250,7 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 	path := s.Path
 	return &proxy.Upstream{
 		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
-		Farewell: func(reason string) []byte { return farewell(tr, reason, path) },
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path, p.cfg.OutcomeUnknown) },
 		User:     app.user, Database: app.resp.Database,
 	}, nil
 }
@@ -264,7 +270,13 @@ func classifyUpstream(err error) error {
 	var pe *unsupportedPluginError
 	switch {
 	case errors.As(err, &ue):
-		return &proxy.AnsweredError{Err: err, Retry: answerRetry(&ue.Err)}
+		retry := answerRetry(&ue.Err)
+		if retry == "" && ue.greeting && ue.Code == gm.ER_HANDSHAKE_ERROR {
+			// In place of a greeting: the server (a proxy, an endpoint whose database is
+			// gone) cannot start any session; another path or instance may.
+			retry = "the server refused to start a session (1043 instead of its greeting)"
+		}
+		return &proxy.AnsweredError{Err: err, Retry: retry}
 	case errors.As(err, &pe):
 		return &proxy.AnsweredError{Err: err}
 	}

@@ -62,8 +62,8 @@ func TestFailureReasons(t *testing.T) {
 		err  error
 		want string
 	}{
-		{&upstreamError{Err{Code: 1045, State: "28000"}}, "auth"},
-		{&upstreamError{Err{Code: 1049, State: "42000"}}, "other"},
+		{&upstreamError{Err: Err{Code: 1045, State: "28000"}}, "auth"},
+		{&upstreamError{Err: Err{Code: 1049, State: "42000"}}, "other"},
 		{&unsupportedPluginError{plugin: "auth_gssapi_client"}, "auth"},
 	} {
 		if got := health.Reason(tc.err); got != tc.want {

@@ -20,6 +20,8 @@ type Dialer = wire.Dialer
 // upstreamError is an ERR packet the upstream sent during the greeting or the login.
 type upstreamError struct {
 	Err
+	// greeting: the server sent the ERR instead of its greeting, refusing any session now.
+	greeting bool
 }
 
 func (e *upstreamError) Error() string {
@@ -83,7 +85,7 @@ func dialGreeting(ctx context.Context, d Dialer, addr string) (*greeted, error) 
 	if err != nil {
 		var e *Err
 		if errors.As(err, &e) {
-			return nil, &upstreamError{*e}
+			return nil, &upstreamError{Err: *e, greeting: true}
 		}
 		return nil, fmt.Errorf("initial handshake from %s: %w; not a MySQL server?", addr, err)
 	}
@@ -104,6 +106,7 @@ type upstreamConn struct {
 	br     *bufio.Reader
 	ok     []byte // the payload of the OK that ended the login, for the app
 	status uint16
+	caps   uint32 // what the login asked for: CLIENT_DEPRECATE_EOF shapes a result set
 }
 
 // login negotiates TLS on a greeted connection (SSLRequest with the same flags as the response
@@ -167,9 +170,9 @@ func login(ctx context.Context, gc *greeted, cfg *tls.Config, resp HandshakeResp
 				return nil, errors.New("upstream sent a malformed OK packet")
 			}
 			_ = raw.SetDeadline(wire.NoDeadline)
-			return &upstreamConn{conn: tc, br: br, ok: p, status: st}, nil
+			return &upstreamConn{conn: tc, br: br, ok: p, status: st, caps: resp.Capabilities}, nil
 		case gm.ERR_HEADER:
-			return nil, &upstreamError{*ParseErr(p)}
+			return nil, &upstreamError{Err: *ParseErr(p)}
 		case gm.EOF_HEADER: // AuthSwitchRequest
 			if switched {
 				return nil, errors.New("upstream switched the auth plugin twice")

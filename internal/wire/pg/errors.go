@@ -14,19 +14,22 @@ import (
 
 // SQLSTATE codes the sidecar reports itself.
 const (
-	codeProtocolViolation     = "08P01"
-	codeUnableToConnect       = "08001"
-	codeConnectionFailure     = "08006"
-	codeInvalidAuthSpec       = "28000"
-	codeInvalidPassword       = "28P01"
-	codeTooManyConnections    = "53300"
-	codeCannotConnectNow      = "57P03"
-	codeAdminShutdown         = "57P01"
-	codeFeatureNotSupported   = "0A000"
-	codeInternalError         = "XX000"
-	severityFatal             = "FATAL"
-	sidecarMessagePrefix      = "rds-valet: "
-	maxUpstreamLoginMsgLength = 1 << 20
+	codeProtocolViolation = "08P01"
+	codeUnableToConnect   = "08001"
+	codeConnectionFailure = "08006"
+	// codeTransactionResolutionUnknown: the connection was lost while a transaction or a
+	// request was in flight on a cluster's writer (docs/cluster.md).
+	codeTransactionResolutionUnknown = "08007"
+	codeInvalidAuthSpec              = "28000"
+	codeInvalidPassword              = "28P01"
+	codeTooManyConnections           = "53300"
+	codeCannotConnectNow             = "57P03"
+	codeAdminShutdown                = "57P01"
+	codeFeatureNotSupported          = "0A000"
+	codeInternalError                = "XX000"
+	severityFatal                    = "FATAL"
+	sidecarMessagePrefix             = "rds-valet: "
+	maxUpstreamLoginMsgLength        = 1 << 20
 )
 
 // Error is a failure the app is told about as an ErrorResponse.

@@ -37,7 +37,7 @@ func TestFarewell(t *testing.T) {
 			tr := newTracker('I')
 			tr.FromClient(tt.fromApp)
 			tr.FromServer(tt.fromServer)
-			b := farewell(tr, tt.reason, "privatelink")
+			b := farewell(tr, tt.reason, "privatelink", false)
 			if tt.wantCode == "" {
 				if b != nil {
 					t.Fatalf("farewell %q, want none", b)

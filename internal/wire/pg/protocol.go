@@ -52,8 +52,11 @@ type Config struct {
 	LocalPasswordFile string
 	// ProbeUser and ProbeDatabase are what login probes log in as.
 	ProbeUser, ProbeDatabase string
-	Log                      *zap.Logger
-	Metrics                  *Metrics
+	// OutcomeUnknown makes the farewell of a session that ends busy say 08007 (its
+	// transaction's outcome is unknown): set on a cluster's writer listener.
+	OutcomeUnknown bool
+	Log            *zap.Logger
+	Metrics        *Metrics
 }
 
 // Metrics are the Postgres protocol's own metrics, shared by every Postgres listener.
@@ -198,7 +201,7 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 	return &proxy.Upstream{
 		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
 		OnClose:  forget,
-		Farewell: func(reason string) []byte { return farewell(tr, reason, path) },
+		Farewell: func(reason string) []byte { return farewell(tr, reason, path, p.cfg.OutcomeUnknown) },
 		User:     st.User, Database: st.Database,
 	}, nil
 }
@@ -238,8 +241,8 @@ func classifyLogin(err error) error {
 }
 
 // answerRetry says why another path could change a refusal with SQLSTATE code, or "" when it
-// would not. Only a server that is going away qualifies: behind another path (the RDS Proxy
-// rather than the instance endpoint) may be the new writer. A full database (53300), a bad
+// would not. Only a server that is going away (or cannot reach its database) qualifies: behind
+// another path (the RDS Proxy rather than the instance endpoint) may be the new writer. A full database (53300), a bad
 // password (28P01) or a malformed startup (08P01) is the same on every path.
 func answerRetry(code string) string {
 	switch code {
@@ -247,6 +250,10 @@ func answerRetry(code string) string {
 		return "the server is starting up or shutting down (57P03)"
 	case codeAdminShutdown:
 		return "the server is shutting down (57P01)"
+	case codeConnectionFailure:
+		// A proxy or endpoint in front of a database that is gone (RDS Proxy, an instance
+		// endpoint whose host died in a failover): another path or instance may have one.
+		return "the server could not reach its database (08006)"
 	}
 	return ""
 }
