@@ -42,7 +42,7 @@ bench-quick:
 
 bench-failover: deps build
 	$(GO) build -o $(BIN)/failoverbench ./test/cmd/failoverbench
-	$(BIN)/failoverbench --sidecar $(BIN)/sidecar --runs $(or $(RUNS),20) --out docs/failover.md
+	$(BIN)/failoverbench --sidecar $(BIN)/sidecar --runs $(or $(RUNS),20) --writer-runs $(or $(WRITER_RUNS),10) --out docs/failover.md
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi

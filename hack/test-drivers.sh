@@ -31,6 +31,7 @@ print("pass %(pass)d fail %(fail)d skip %(skip)d" % c, ("failed: "+" ".join(fail
 for mode in on off; do
 	flag=""; [ "$mode" = off ] && flag=--no-pool
 	"$work/demo" --sidecar "$SIDECAR" $flag --postgres 127.0.0.1:25432 --mysql 127.0.0.1:23306 \
+		--postgres-reader 127.0.0.1:25433 --mysql-reader 127.0.0.1:23307 --control 127.0.0.1:28475 \
 		--admin 127.0.0.1:29090 --toxiproxy 127.0.0.1:28474 >"$work/demo-$mode.log" 2>&1 &
 	demo=$!
 	for _ in $(seq 120); do grep -q "demo is up" "$work/demo-$mode.log" && break; sleep 1; done

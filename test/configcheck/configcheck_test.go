@@ -66,13 +66,13 @@ func TestDocSidecarConfigsLoad(t *testing.T) {
 }
 
 func TestDemoSidecarConfigLoads(t *testing.T) {
-	path := func(name, addr string) config.Path {
-		return config.Path{Name: name, Address: addr, TLSServerName: "standin.rdsvalet.test", TokenHost: "db.rdsvalet.test:5432"}
+	path := func(name, addr, host string) config.Path {
+		return config.Path{Name: name, Address: addr, TLSServerName: host, TokenHost: host + ":5432"}
 	}
 	in := democonfig.Input{AdminListen: "127.0.0.1:9090", Region: "us-east-1", CAFile: "/tmp/demo/ca.pem",
-		PostgresListen: "127.0.0.1:5432", MySQLListen: "127.0.0.1:3306",
-		PostgresPaths: []config.Path{path("privatelink", "127.0.0.1:20001"), path("rds-proxy", "127.0.0.1:20002"), path("instance", "127.0.0.1:20003")},
-		MySQLPaths:    []config.Path{path("mysql-privatelink", "127.0.0.1:20011"), path("mysql-rds-proxy", "127.0.0.1:20012"), path("mysql-instance", "127.0.0.1:20013")},
+		PostgresListen: "127.0.0.1:5432", MySQLListen: "127.0.0.1:3306", PostgresReaderListen: "127.0.0.1:5433", MySQLReaderListen: "127.0.0.1:3307",
+		PostgresPaths: []config.Path{path("orders-1", "127.0.0.1:20001", "orders-1.c1uster7test.us-east-1.rds.amazonaws.com"), path("orders-2", "127.0.0.1:20002", "orders-2.c1uster7test.us-east-1.rds.amazonaws.com")},
+		MySQLPaths:    []config.Path{path("orders-mysql-1", "127.0.0.1:20011", "orders-mysql-1.c1uster7test.us-east-1.rds.amazonaws.com"), path("orders-mysql-2", "127.0.0.1:20012", "orders-mysql-2.c1uster7test.us-east-1.rds.amazonaws.com")},
 	}
 	b, err := config.Marshal(democonfig.Build(in))
 	if err != nil {
@@ -82,7 +82,22 @@ func TestDemoSidecarConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, b)
 	}
-	if len(c.Listeners) != 2 || c.Listeners[1].Engine != config.EngineMySQL || len(c.Listeners[1].Paths) != 3 || c.Listeners[0].TLS.CAFile != in.CAFile {
-		t.Errorf("loaded %+v from\n%s", c, b)
+	// The writer listener tries the primary first, the reader listener the replica (the
+	// primary last: its fallback).
+	want := []struct{ name, engine, listen, role, first string }{
+		{"postgres", config.EnginePostgres, in.PostgresListen, config.RoleWriter, "orders-1"},
+		{"postgres-ro", config.EnginePostgres, in.PostgresReaderListen, config.RoleReader, "orders-2"},
+		{"mysql", config.EngineMySQL, in.MySQLListen, config.RoleWriter, "orders-mysql-1"},
+		{"mysql-ro", config.EngineMySQL, in.MySQLReaderListen, config.RoleReader, "orders-mysql-2"},
+	}
+	if len(c.Listeners) != len(want) {
+		t.Fatalf("loaded %d listeners, want %d, from\n%s", len(c.Listeners), len(want), b)
+	}
+	for i, w := range want {
+		l := c.Listeners[i]
+		if l.Name != w.name || l.Engine != w.engine || l.Listen != w.listen || l.Role != w.role || len(l.Paths) != 2 || l.Paths[0].Name != w.first ||
+			l.TLS.CAFile != in.CAFile || l.Health.LoginUser != democonfig.ProbeUser {
+			t.Errorf("listener %d: loaded %+v, want %+v, from\n%s", i, l, w, b)
+		}
 	}
 }

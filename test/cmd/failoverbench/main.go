@@ -1,7 +1,13 @@
-// Command failoverbench measures how fast the sidecar moves off a failed path, with its
-// default probe settings: over N runs it cuts the preferred path (down, reset_peer, blackhole in
-// turn) and records the time until the sidecar marks it down and the time until the first new
-// connection succeeds, then writes the distributions as a Markdown report.
+// Command failoverbench measures how fast the sidecar moves, with its default settings:
+//   - off a failed path: over N runs it cuts the preferred path (down, reset_peer, blackhole in
+//     turn) and records the time until the sidecar marks it down and the time until the first
+//     new connection succeeds;
+//   - to a cluster's new writer (writer.go): over M runs per engine, a write loop through the
+//     sidecar's writer listener while the standby is promoted and the primary killed, beside a
+//     client that follows DNS with a 5 s TTL.
+//
+// Each writes its distributions as a section of a Markdown report, keeping the rest of the
+// file (its hand-written sections, and the other part's section when that part did not run).
 // `make bench-failover` runs it.
 package main
 
@@ -15,15 +21,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	toxiclient "github.com/Shopify/toxiproxy/v2/client"
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rdsvalet/rds-valet/internal/config"
@@ -47,60 +51,91 @@ var faults = []fault{
 }
 
 func main() {
-	runs := flag.Int("runs", 20, "cuts per fault kind")
+	runs := flag.Int("runs", 20, "cuts per fault kind (0: leave the path section as it is)")
+	writerRuns := flag.Int("writer-runs", 10, "writer failovers per engine (0: leave the writer section as it is)")
 	sidecarBin := flag.String("sidecar", "bin/sidecar", "the sidecar binary")
-	out := flag.String("out", "docs/failover.md", "report to write")
+	out := flag.String("out", "docs/failover.md", "report to update")
 	flag.Parse()
-	if err := run(*runs, *sidecarBin, *out); err != nil {
+	// The driver logs every broken connection to stderr; the loops count them instead.
+	_ = mysql.SetLogger(&mysql.NopLogger{})
+	if err := run(*runs, *writerRuns, *sidecarBin, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "failoverbench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs int, sidecarBin, out string) error {
+func run(runs, writerRuns int, sidecarBin, out string) error {
 	ctx := context.Background()
+	doc, err := os.ReadFile(out)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	report := string(doc)
+	if report == "" {
+		report = "# Failover timing\n"
+	}
+	if runs > 0 {
+		s, err := runPaths(ctx, runs, sidecarBin)
+		if err != nil {
+			return err
+		}
+		report = setSection(report, "paths", s)
+	}
+	if writerRuns > 0 {
+		res, err := runWriter(ctx, writerRuns, sidecarBin)
+		if err != nil {
+			return err
+		}
+		report = setSection(report, "writer", writerReport(res))
+	}
+	return os.WriteFile(out, []byte(report), 0o644)
+}
+
+// setSection replaces what lies between the section's markers in doc with body, or appends
+// the section when doc has no such markers.
+func setSection(doc, name, body string) string {
+	begin, end := "<!-- bench-failover:"+name+" -->\n", "<!-- /bench-failover:"+name+" -->\n"
+	section := begin + body + end
+	i, j := strings.Index(doc, begin), strings.Index(doc, end)
+	if i < 0 || j < i {
+		return strings.TrimRight(doc, "\n") + "\n\n" + section
+	}
+	return doc[:i] + section + doc[j+len(end):]
+}
+
+func runPaths(ctx context.Context, runs int, sidecarBin string) (string, error) {
 	w, err := world.Start(ctx, world.Options{})
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer w.Close(ctx)
 	n, err := faultnet.Start("127.0.0.1:0")
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer n.Close()
 	var paths []config.Path
 	for _, name := range []string{"privatelink", "rds-proxy", "instance"} {
 		addr, err := n.AddPath(name, "", w.Address)
 		if err != nil {
-			return err
+			return "", err
 		}
 		paths = append(paths, config.Path{Name: name, Address: addr, TLSServerName: w.TLSServerName, TokenHost: w.TokenHost})
 	}
 	pgAddr, admin := freeAddr(), freeAddr()
 	// Default health settings: what a user gets without tuning, with a probe user (which the
 	// kept, pinged probe sessions need).
-	cfg, err := config.Marshal(&config.Config{
+	stop, err := startSidecar(w, &config.Config{
 		Log: config.Log{Level: "warn"}, Admin: config.Admin{Listen: admin}, AWS: config.AWS{Region: w.Region},
 		Listeners: []config.Listener{{Name: "pg", Listen: pgAddr, TLS: config.TLS{CAFile: w.CAFile}, Paths: paths,
 			Health: config.Health{LoginUser: "app"}}},
-	})
+	}, "bench.yaml", sidecarBin)
 	if err != nil {
-		return err
+		return "", err
 	}
-	cfgFile := filepath.Join(w.Dir, "bench.yaml")
-	if err := os.WriteFile(cfgFile, cfg, 0o644); err != nil {
-		return err
-	}
-	cmd := exec.Command(sidecarBin, "--config", cfgFile)
-	cmd.Env = w.Environ(os.Environ())
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	defer stop()
 	if err := until(30*time.Second, func() bool { return state(admin, "privatelink") == "up" }); err != nil {
-		return fmt.Errorf("sidecar not up: %w", err)
+		return "", fmt.Errorf("sidecar not up: %w", err)
 	}
 
 	host, port, _ := net.SplitHostPort(pgAddr)
@@ -110,17 +145,17 @@ func run(runs int, sidecarBin, out string) error {
 	for i := range runs {
 		for fi, f := range faults {
 			if err := until(30*time.Second, func() bool { return preferred(admin) == "privatelink" }); err != nil {
-				return fmt.Errorf("privatelink never came back: %w", err)
+				return "", fmt.Errorf("privatelink never came back: %w", err)
 			}
 			if err := until(30*time.Second, func() bool { return probeSessions(admin) == 3 }); err != nil {
-				return fmt.Errorf("probe sessions not kept on every path: %w", err)
+				return "", fmt.Errorf("probe sessions not kept on every path: %w", err)
 			}
 			// The waits above end in step with the probes (the path came back at a probe);
 			// a real fault arrives at any point of their cycle.
 			time.Sleep(rand.N(2 * time.Second))
 			cut := time.Now()
 			if err := f.apply(n); err != nil {
-				return err
+				return "", err
 			}
 			// One reconnecting client, like an app's pool after its connection broke.
 			firstOK := make(chan time.Duration, 1)
@@ -141,12 +176,12 @@ func run(runs int, sidecarBin, out string) error {
 				firstOK <- -1
 			}()
 			if err := until(time.Minute, func() bool { return state(admin, "privatelink") == "down" }); err != nil {
-				return fmt.Errorf("run %d %s: not detected: %w", i, f.name, err)
+				return "", fmt.Errorf("run %d %s: not detected: %w", i, f.name, err)
 			}
 			results[fi].detect = append(results[fi].detect, time.Since(cut))
 			results[fi].first = append(results[fi].first, <-firstOK)
 			if err := n.Restore("privatelink"); err != nil {
-				return err
+				return "", err
 			}
 			fmt.Fprintf(os.Stderr, "run %d/%d %-45s detected %6.2fs, first connection %6.2fs\n", i+1, runs, f.name,
 				results[fi].detect[i].Seconds(), results[fi].first[i].Seconds())
@@ -154,9 +189,7 @@ func run(runs int, sidecarBin, out string) error {
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, `# Failover timing
-
-Measured by `+"`make bench-failover`"+` (test/cmd/failoverbench) on %s, %d CPUs, %s, on %s.
+	fmt.Fprintf(&b, `Measured by `+"`make bench-failover`"+` (test/cmd/failoverbench) on %s, %d CPUs, %s, on %s.
 The sidecar (default health settings with a probe user, `+"`health.login_user: app`"+`: one kept
 probe session per path pinged every 1 s with a 1 s timeout, TLS probe every 10 s, login probe
 every 30 s, fall 2, rise 2, connect timeout 10 s) reaches the RDS stand-in over three toxiproxy
@@ -180,7 +213,7 @@ measures, from the cut:
 			pct(d, 50), pct(d, 90), pct(d, 100), pct(c, 50), pct(c, 90), pct(c, 100))
 	}
 	b.WriteString("\n" + reading)
-	return os.WriteFile(out, []byte(b.String()), 0o644)
+	return b.String(), nil
 }
 
 const reading = `Reading it: "down" and "reset_peer" fail fast: the reconnecting client's dials fail at
