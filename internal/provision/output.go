@@ -98,9 +98,8 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 		fmt.Fprintf(&b, "#   %s/%s -> %s (%s)\n", u.Namespace, u.ServiceAccount, u.DBUser, u.RoleARN)
 	}
 	for _, r := range o.Replicas {
-		if r.Region != o.Region && r.Path != nil {
-			// The sidecar signs IAM tokens for aws.region only: a sidecar in that Region reads there.
-			fmt.Fprintf(&b, "# Cross-region replica %s in %s (not in this config: run a sidecar in %s with aws.region %s): %s\n", r.ID, r.Region, r.Region, r.Region, r.Path.Address)
+		if r.Region != o.Region && r.Path != nil && len(o.Users) > 0 {
+			fmt.Fprintf(&b, "# Cross-region replica %s in %s: in %s-reader with its region, used only while no replica in %s is fresh\n", r.ID, r.Region, o.Database, o.Region)
 		}
 	}
 	b.Write(body)
@@ -110,18 +109,25 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 // ReaderPort is the reader listener's port: the writer's plus one (5433, 3307).
 func (o *Outputs) ReaderPort() int32 { return o.Port + 1 }
 
-// readerListener is the listener for reads when in-Region replicas exist: role reader, the
-// replicas' instance endpoints, then the primary's (the fallback), statically listed. The RDS
-// Proxy's default target group serves only the writer, so replicas are reached directly.
+// readerListener is the listener for reads when replicas exist: role reader, the replicas'
+// instance endpoints, then the primary's (the fallback), statically listed. The RDS Proxy's
+// default target group serves only the writer, so replicas are reached directly. A
+// cross-region replica's path carries its Region: its IAM token is signed there, and the
+// sidecar takes it only while no replica of its own Region is fresh.
 func (o *Outputs) readerListener() *config.Listener {
 	var paths []config.Path
 	for _, r := range o.Replicas {
-		if r.Region == o.Region && r.Path != nil {
-			paths = append(paths, *r.Path)
+		if r.Path == nil {
+			continue
 		}
+		p := *r.Path
+		if r.Region != o.Region {
+			p.Region = r.Region
+		}
+		paths = append(paths, p)
 	}
 	// The topology monitor logs in to each instance to read its role and lag, as a db user the
-	// spec grants (the first app's); with no app user there is no one to log in as.
+	// spec grants (the first app's, Spec.ProbeUser); with no app user there is no one to log in as.
 	if len(paths) == 0 || len(o.Users) == 0 {
 		return nil
 	}
