@@ -138,7 +138,7 @@ func (o *Outputs) readerListener() *config.Listener {
 	}
 	return &config.Listener{Name: o.Database + "-reader", Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.ReaderPort()),
 		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: paths, Role: config.RoleReader,
-		Health:  config.Health{LoginUser: o.Users[0].DBUser},
+		Health:  config.Health{LoginUser: o.Users[0].DBUser}, // = Spec.probeUser
 		Cluster: config.Cluster{Discovery: "static", MaxReplicaLag: o.MaxReplicaLag, ReaderFallback: "writer"}}
 }
 
