@@ -24,6 +24,10 @@ type Outputs struct {
 	// Replicas are the spec's read replicas; MaxReplicaLag is the reader listener's limit.
 	Replicas      []ReplicaOut
 	MaxReplicaLag time.Duration
+	// ProbeDatabase is the database the reader listener's probe user logs in to: PostgreSQL's
+	// access.database (a login defaults to a database named as the user, which RDS does not
+	// have); "" on MySQL, where a login needs none.
+	ProbeDatabase string
 }
 
 // ReplicaOut is one read replica: where it lives and, once it exists, its instance endpoint.
@@ -64,6 +68,9 @@ func (e *env) outputs() *Outputs {
 		o.Paths = append(o.Paths, PathOut{Name: "instance", Address: inst + ":" + port, TLSServerName: inst, TokenHost: inst + ":" + port})
 	}
 	o.Replicas, o.MaxReplicaLag = e.replicaOutputs(), e.spec.Reader.MaxReplicaLag
+	if e.spec.Engine.Type == "postgres" {
+		o.ProbeDatabase = e.spec.grantsDatabase()
+	}
 	if o.MaxReplicaLag == 0 {
 		o.MaxReplicaLag = DefaultMaxReplicaLag
 	}
@@ -138,7 +145,7 @@ func (o *Outputs) readerListener() *config.Listener {
 	}
 	return &config.Listener{Name: o.Database + "-reader", Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.ReaderPort()),
 		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: paths, Role: config.RoleReader,
-		Health:  config.Health{LoginUser: o.Users[0].DBUser}, // = Spec.probeUser
+		Health:  config.Health{LoginUser: o.Users[0].DBUser, LoginDatabase: o.ProbeDatabase}, // = Spec.probeUser
 		Cluster: config.Cluster{Discovery: "static", MaxReplicaLag: o.MaxReplicaLag, ReaderFallback: "writer"}}
 }
 

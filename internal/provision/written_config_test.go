@@ -143,6 +143,7 @@ func TestWrittenSidecarConfigReaderListener(t *testing.T) {
 					wantLag = DefaultMaxReplicaLag
 				}
 				if r.Name != "catalog-reader" || r.Role != config.RoleReader || r.Engine != engine || r.Auth.Mode != config.AuthIAM || r.TLS.Mode != config.TLSVerifyFull ||
+					r.Health.LoginUser != "catalog_app" || r.Health.LoginDatabase != map[string]string{"postgres": "postgres", "mysql": ""}[engine] ||
 					r.Cluster.Discovery != "static" || r.Cluster.MaxReplicaLag != wantLag || r.Cluster.ReaderFallback != "writer" || w.Role == config.RoleReader {
 					t.Errorf("reader listener %+v", r)
 				}
