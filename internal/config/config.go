@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -361,6 +362,17 @@ type Path struct {
 	Address       string `mapstructure:"address" yaml:"address,omitempty"`
 	TLSServerName string `mapstructure:"tls_server_name" yaml:"tls_server_name,omitempty"`
 	TokenHost     string `mapstructure:"token_host" yaml:"token_host,omitempty"`
+	// Region is the AWS Region the path's IAM token is signed for (its endpoint's Region, e.g.
+	// a cross-region read replica's); empty = aws.region.
+	Region string `mapstructure:"region" yaml:"region,omitempty"`
+}
+
+// PathRegion is the Region p's IAM token is signed for: its own, else aws.region.
+func (c *Config) PathRegion(p Path) string {
+	if p.Region != "" {
+		return p.Region
+	}
+	return c.AWS.Region
 }
 
 // Default listener settings.
@@ -636,6 +648,10 @@ func (c *Config) Validate() error {
 					bad(pk+".token_host", "%v", err)
 				}
 			}
+			// Like aws.region, only IAM authentication uses it.
+			if p.Region != "" && !regionRE.MatchString(p.Region) {
+				bad(pk+".region", "%q is not an AWS Region such as us-west-2", p.Region)
+			}
 		}
 		l.validateCluster(key, bad)
 	}
@@ -644,8 +660,15 @@ func (c *Config) Validate() error {
 	if needRegion && c.AWS.Region == "" {
 		bad("aws.region", "is required for IAM authentication (or set AWS_REGION)")
 	}
+	if c.AWS.Region != "" && !regionRE.MatchString(c.AWS.Region) {
+		bad("aws.region", "%q is not an AWS Region such as us-east-1", c.AWS.Region)
+	}
 	return errors.Join(errs...)
 }
+
+// regionRE is an AWS Region's name (us-east-1, eu-central-2, us-gov-west-1, cn-north-1), the
+// provisioner's rule too: a typo would sign tokens RDS refuses with no hint why.
+var regionRE = regexp.MustCompile(`^[a-z]{2}(-gov)?-[a-z]+-\d$`)
 
 func checkHostPort(addr string) error {
 	host, port, err := net.SplitHostPort(addr)

@@ -166,3 +166,32 @@ func TestPingOnNeedsAProbeUser(t *testing.T) {
 		}
 	}
 }
+
+// A path's region signs its IAM token (a cross-region replica's); it defaults to aws.region and
+// is checked like it.
+func TestPathRegion(t *testing.T) {
+	c, err := load(t, writeConfig(t, `
+aws: {region: us-east-1}
+listeners:
+  - paths:
+      - {name: home, address: "db.example.com:5432"}
+      - {name: west, address: "db-west.example.com:5432", region: us-west-2}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Listeners[0].Paths; c.PathRegion(p[0]) != "us-east-1" || c.PathRegion(p[1]) != "us-west-2" || p[0].Region != "" {
+		t.Errorf("regions: %q %q (%+v)", c.PathRegion(p[0]), c.PathRegion(p[1]), p)
+	}
+	_, err = load(t, writeConfig(t, `
+aws: {region: us-east-l}
+listeners:
+  - paths:
+      - {name: west, address: "db-west.example.com:5432", region: "us west 2"}
+`))
+	for _, want := range []string{`aws.region: "us-east-l" is not an AWS Region`, `listeners[0].paths[0].region: "us west 2" is not an AWS Region`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q, got %v", want, err)
+		}
+	}
+}

@@ -26,7 +26,7 @@ func full() *Config {
 			Health: Health{Interval: 3 * time.Second, Timeout: time.Second, TLSInterval: 11 * time.Second, Rise: 3, Fall: 4,
 				LoginInterval: 40 * time.Second, LoginUser: "probe", LoginDatabase: "postgres",
 				Ping: new(bool), PingInterval: 3 * time.Second, PingTimeout: 2 * time.Second},
-			Paths: []Path{{Name: "direct", Address: "db.example.com:3306", TLSServerName: "cert.example.com", TokenHost: "token.example.com:3306"}},
+			Paths: []Path{{Name: "direct", Address: "db.example.com:3306", TLSServerName: "cert.example.com", TokenHost: "token.example.com:3306", Region: "eu-central-1"}},
 			Role:  RoleReader,
 			Cluster: Cluster{Discovery: "aurora-mysql", InstanceTemplate: "?.cluster-xyz.us-east-1.rds.amazonaws.com:3306",
 				RefreshInterval: 30 * time.Second, FailoverRefreshInterval: 100 * time.Millisecond, FailoverWindow: 30 * time.Second,

@@ -51,6 +51,10 @@ var RDSIAM = MySQLAuth{Plugin: "AWSAuthenticationPlugin", AuthString: "RDS"}
 type User struct {
 	Name   string
 	Grants []Grant
+	// Monitor: the user reads replication status, as the sidecar's topology monitor does when
+	// it logs in as this user to read each replica's lag (SHOW REPLICA STATUS). MySQL needs a
+	// global privilege for that (mysql.go, monitorPrivilege); PostgreSQL none (pg.go).
+	Monitor bool
 }
 
 // Action is what a run does to one db user.
@@ -71,6 +75,9 @@ type Change struct {
 	User       string
 	Action     Action
 	Statements []string
+	// Notes say what the run could not do for the user and why (a server version with no
+	// fitting privilege); they do not fail the run.
+	Notes []string
 }
 
 // Session is a logged-in master connection.

@@ -46,3 +46,16 @@ func TestRDSIAMClause(t *testing.T) {
 		t.Errorf("RDSIAM = %+v", RDSIAM)
 	}
 }
+
+func TestMonitorPrivilegeByVersion(t *testing.T) {
+	for v, want := range map[string]string{
+		"8.0.39": "REPLICATION CLIENT", "8.4.3": "REPLICATION CLIENT", "5.7.44-log": "REPLICATION CLIENT",
+		"10.11.9-MariaDB-log": "SLAVE MONITOR", "10.5.9-MariaDB": "SLAVE MONITOR", "11.4.3-MariaDB": "SLAVE MONITOR",
+		"10.4.34-MariaDB": "REPLICATION CLIENT", "10.5.8-MariaDB": "",
+	} {
+		got, note := monitorPrivilege(v)
+		if got != want || (got == "") != (note != "") {
+			t.Errorf("%s: %q (note %q), want %q", v, got, note, want)
+		}
+	}
+}

@@ -31,6 +31,9 @@ type mysqlSession struct {
 	db   *sql.DB
 	t    Target
 	auth MySQLAuth
+	// monitorPriv is the global privilege that lets a user read replica status on this server
+	// ("" when none fits; monitorNote says why).
+	monitorPriv, monitorNote string
 }
 
 func connectMySQL(ctx context.Context, t Target) (Session, error) {
@@ -61,7 +64,44 @@ func connectMySQL(ctx context.Context, t Target) (Session, error) {
 		db.Close()
 		return nil, fmt.Errorf("dbusers: MySQL auth %q AS %q: not a plugin name and a plain auth string", auth.Plugin, auth.AuthString)
 	}
-	return &mysqlSession{db: db, t: t, auth: auth}, nil
+	var version string
+	if err := db.QueryRowContext(ctx, "SELECT @@version").Scan(&version); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("mysql at %s: reading the server version: %w", t.Addr, err)
+	}
+	s := &mysqlSession{db: db, t: t, auth: auth}
+	s.monitorPriv, s.monitorNote = monitorPrivilege(version)
+	return s, nil
+}
+
+// monitorPrivilege is the global privilege that allows SHOW REPLICA STATUS / SHOW SLAVE STATUS
+// on a server of this @@version, and nothing more:
+//   - MySQL 8.0 and 8.4 (RDS for MySQL): REPLICATION CLIENT, "enables use of the SHOW BINARY
+//     LOG STATUS, SHOW REPLICA STATUS and SHOW BINARY LOGS statements"
+//     (https://dev.mysql.com/doc/refman/8.4/en/privileges-provided.html#priv_replication-client);
+//     RDS for MySQL's master user holds it with the grant option
+//     (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.MasterAccounts.html).
+//   - MariaDB 10.5.9 and later (every RDS for MariaDB version): SLAVE MONITOR (alias REPLICA
+//     MONITOR), which took SHOW SLAVE STATUS over from REPLICATION CLIENT, now an alias of
+//     BINLOG MONITOR (https://mariadb.com/kb/en/grant/#replica-monitor,
+//     https://mariadb.com/docs/server/ref/mdb/privileges/REPLICA_MONITOR).
+//   - MariaDB before 10.5: REPLICATION CLIENT.
+//   - MariaDB 10.5.0-10.5.8: only REPLICATION SLAVE ADMIN allows it, which also starts and
+//     stops replication; not granted (a note says so), and the lag stays unknown there.
+func monitorPrivilege(version string) (priv, note string) {
+	if !strings.Contains(version, "MariaDB") {
+		return "REPLICATION CLIENT", ""
+	}
+	var major, minor, patch int
+	fmt.Sscanf(version, "%d.%d.%d", &major, &minor, &patch)
+	v := major*10000 + minor*100 + patch
+	switch {
+	case v >= 100509:
+		return "SLAVE MONITOR", ""
+	case v < 100500:
+		return "REPLICATION CLIENT", ""
+	}
+	return "", fmt.Sprintf("MariaDB %s lets only REPLICATION SLAVE ADMIN (which can stop replication) read SHOW SLAVE STATUS: not granted; the replicas' lag stays unknown until 10.5.9", version)
 }
 
 func (s *mysqlSession) Close() { _ = s.db.Close() }
@@ -79,10 +119,11 @@ func myLiteral(s string) string {
 type myUser struct {
 	exists, authOK, sslOK, managed bool
 	privs                          map[string]set // database -> privileges
+	global                         set            // privileges ON *.*
 }
 
 func (s *mysqlSession) user(ctx context.Context, name string) (*myUser, error) {
-	u := &myUser{privs: map[string]set{}}
+	u := &myUser{privs: map[string]set{}, global: set{}}
 	var plugin, sslType, authStr sql.NullString
 	err := s.db.QueryRowContext(ctx, "SELECT plugin, ssl_type, authentication_string FROM mysql.user WHERE User = ? AND Host = ?", name, mysqlHost).
 		Scan(&plugin, &sslType, &authStr)
@@ -133,7 +174,23 @@ func (s *mysqlSession) user(ctx context.Context, name string) (*myUser, error) {
 		}
 		u.privs[db][p] = true
 	}
-	return u, prows.Err()
+	if err := prows.Err(); err != nil {
+		return nil, s.queryErr("privileges of "+name, err)
+	}
+	grows, err := s.db.QueryContext(ctx, "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ?",
+		"'"+name+"'@'"+mysqlHost+"'")
+	if err != nil {
+		return nil, s.queryErr("global privileges of "+name, err)
+	}
+	defer grows.Close()
+	for grows.Next() {
+		var p string
+		if err := grows.Scan(&p); err != nil {
+			return nil, s.queryErr("global privileges of "+name, err)
+		}
+		u.global[p] = true
+	}
+	return u, grows.Err()
 }
 
 func (s *mysqlSession) Plan(ctx context.Context, users []User, revokeRemoved bool) ([]Change, error) {
@@ -171,7 +228,17 @@ func (s *mysqlSession) Plan(ctx context.Context, users []User, revokeRemoved boo
 			st = append(st, "GRANT "+myIdent(mysqlMarker)+" TO "+acct)
 		}
 		st = append(st, myPrivStatements(acct, wanted(want), u)...)
-		out = append(out, Change{User: want.Name, Action: action(u.exists, st), Statements: st})
+		var notes []string
+		switch {
+		case want.Monitor && s.monitorPriv == "":
+			notes = append(notes, s.monitorNote)
+		case want.Monitor && !u.global[s.monitorPriv]:
+			// The sidecar's topology monitor reads the replicas' lag as this user.
+			st = append(st, "GRANT "+s.monitorPriv+" ON *.* TO "+acct)
+		case !want.Monitor && s.monitorPriv != "" && u.global[s.monitorPriv]:
+			st = append(st, "REVOKE "+s.monitorPriv+" ON *.* FROM "+acct)
+		}
+		out = append(out, Change{User: want.Name, Action: action(u.exists, st), Statements: st, Notes: notes})
 	}
 	removed, err := s.managedUsers(ctx)
 	if err != nil {

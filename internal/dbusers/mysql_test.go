@@ -247,3 +247,46 @@ func TestMariaDBUsersGrantsIdempotentAndRevoke(t *testing.T) {
 		t.Errorf("after revoke: app_ro exists %v, by_hand exists %v", w.userExists("app_ro"), w.userExists("by_hand"))
 	}
 }
+
+// The probe user of a reader listener reads the replicas' lag with SHOW SLAVE STATUS / SHOW
+// REPLICA STATUS: Monitor grants what this server needs for that (MariaDB 10.11: SLAVE
+// MONITOR), once; without Monitor it is revoked.
+func TestMariaDBMonitorUserReadsReplicaStatus(t *testing.T) {
+	w := startMariaDB(t)
+	s := w.session(testAuth)
+	users := []dbusers.User{{Name: "app_probe", Grants: mustGrants(t, "mysql", "readonly on schema orders")}}
+	w.run(s, users, false)
+	if err := w.exec("app_probe", true, "SHOW SLAVE STATUS"); myCode(err) != 1227 {
+		t.Fatalf("SHOW SLAVE STATUS without the grant: want access denied (1227), got %v", err)
+	}
+
+	users[0].Monitor = true
+	plan, ran := w.run(s, users, false)
+	want := "GRANT SLAVE MONITOR ON *.* TO `app_probe`@`%`"
+	if len(plan) != 1 || plan[0].Action != dbusers.Update || !contains(ran, want) || len(ran) != 1 {
+		t.Fatalf("monitor plan %+v ran %v; want only %q", plan, ran, want)
+	}
+	for _, q := range []string{"SHOW SLAVE STATUS", "SHOW REPLICA STATUS"} {
+		if err := w.exec("app_probe", true, q); err != nil {
+			t.Errorf("%s after the grant: %v", q, err)
+		}
+	}
+	if err := w.exec("app_probe", true, "STOP SLAVE"); myCode(err) != 1227 {
+		t.Errorf("STOP SLAVE with the monitor grant: want access denied (1227), got %v", err)
+	}
+
+	before := w.writes()
+	plan, ran = w.run(w.session(testAuth), users, false)
+	if len(plan) != 1 || plan[0].Action != dbusers.Noop || len(ran) != 0 || w.writes() != before {
+		t.Errorf("second run: plan %+v ran %v, write counters %d -> %d", plan, ran, before, w.writes())
+	}
+
+	users[0].Monitor = false
+	_, ran = w.run(s, users, false)
+	if !contains(ran, "REVOKE SLAVE MONITOR ON *.* FROM `app_probe`@`%`") {
+		t.Errorf("without replicas: ran %v", ran)
+	}
+	if err := w.exec("app_probe", true, "SHOW SLAVE STATUS"); myCode(err) != 1227 {
+		t.Errorf("SHOW SLAVE STATUS after the revoke: want 1227, got %v", err)
+	}
+}

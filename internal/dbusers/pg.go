@@ -212,6 +212,10 @@ func (s *pgSession) Plan(ctx context.Context, users []User, revokeRemoved bool) 
 	}
 	var out []Change
 	inSpec := map[string]bool{}
+	// User.Monitor needs nothing here: pg_is_in_recovery(), pg_last_wal_receive_lsn(),
+	// pg_last_wal_replay_lsn() and pg_last_xact_replay_timestamp() are executable by PUBLIC
+	// ("Recovery Information Functions",
+	// https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-RECOVERY-CONTROL).
 	for _, u := range users {
 		inSpec[u.Name] = true
 		if !ValidName(u.Name) {

@@ -343,3 +343,23 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// On PostgreSQL the topology monitor's queries need no grant: the recovery information
+// functions are executable by PUBLIC. Monitor plans the same statements, and the user runs the
+// sidecar's monitoring query (wire/pg monitorQuery) right after creation.
+func TestPostgresMonitorNeedsNoGrant(t *testing.T) {
+	w := startPG(t)
+	s := w.session()
+	plain, err := s.Plan(context.Background(), []dbusers.User{{Name: "app_probe"}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, _ := w.run(s, []dbusers.User{{Name: "app_probe", Monitor: true}}, false)
+	if len(plan) != 1 || len(plain) != 1 || strings.Join(plan[0].Statements, ";") != strings.Join(plain[0].Statements, ";") || len(plan[0].Notes) != 0 {
+		t.Fatalf("monitor plan %+v, without monitor %+v", plan, plain)
+	}
+	if err := w.query("app_probe", "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_receive_lsn()::text, "+
+		"pg_catalog.pg_last_wal_replay_lsn()::text, EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())"); err != nil {
+		t.Fatalf("the monitoring query as a new db user: %v", err)
+	}
+}

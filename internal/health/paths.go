@@ -19,6 +19,9 @@ type Path struct {
 	Address       string
 	TLSServerName string
 	TokenHost     string
+	// Region is the AWS Region the IAM token is signed for (the sidecar fills in aws.region
+	// when the config gives none); "" = the listener's default.
+	Region string
 }
 
 // State is a path's health as the selector sees it.
@@ -329,6 +332,7 @@ type PathStatus struct {
 	Address       string    `json:"address"`
 	TLSServerName string    `json:"tls_server_name"`
 	TokenHost     string    `json:"token_host"`
+	Region        string    `json:"region,omitempty"`
 	State         string    `json:"state"`
 	Preferred     bool      `json:"preferred"`
 	Since         time.Time `json:"since,omitzero"`
@@ -348,7 +352,7 @@ func (s *Set) Snapshot() []PathStatus {
 	out := make([]PathStatus, 0, len(s.paths))
 	for _, p := range s.paths {
 		out = append(out, PathStatus{
-			Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost,
+			Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost, Region: p.Region,
 			State: p.state.String(), Preferred: p.Name == best, Since: p.changedAt,
 			LastError: p.lastErr, LastErrorAt: p.lastErrAt, LastLoginAt: p.lastOK, LastProbeAt: p.lastProbe,
 			Successes: p.successes, Failures: p.failures,

@@ -57,6 +57,9 @@ func (p *Provisioner) dbUsersStep(ctx context.Context, e *env, plan *Plan, apply
 			for _, g := range u.Grants {
 				gs = append(gs, g.String())
 			}
+			if u.Monitor && e.spec.Engine.Type == "mysql" {
+				gs = append(gs, "replica status (REPLICATION CLIENT, MariaDB: SLAVE MONITOR)")
+			}
 			plan.Changes = append(plan.Changes, Change{Kind: kindDBUser, Name: u.Name, Action: ActionCreate,
 				Fields: []FieldDiff{{Field: "grants", To: strings.Join(append([]string{"rds_iam"}, gs...), ", ")}}})
 		}
@@ -101,6 +104,9 @@ func (p *Provisioner) dbUsersStep(ctx context.Context, e *env, plan *Plan, apply
 		}
 		for _, q := range c.Statements {
 			pc.Fields = append(pc.Fields, FieldDiff{Field: "sql", To: q})
+		}
+		for _, n := range c.Notes {
+			plan.Notes = append(plan.Notes, fmt.Sprintf("db user %q: %s", c.User, n))
 		}
 		plan.Changes = append(plan.Changes, pc)
 	}

@@ -28,8 +28,17 @@ func (s *Spec) validateDBUsers(add func(path, format string, args ...any)) {
 	}
 }
 
+// probeUser is the db user the written reader listener's topology monitor logs in as
+// (health.login_user: the first ServiceAccount's), "" without replicas or users.
+func (s *Spec) probeUser() string {
+	if len(s.Replicas) == 0 || len(s.Access.ServiceAccounts) == 0 {
+		return ""
+	}
+	return s.Access.ServiceAccounts[0].DBUser
+}
+
 // dbUsers is the spec's db users, each once (ServiceAccounts may share one; their grants add
-// up), in spec order.
+// up), in spec order. The probe user also reads replication status (dbusers.User.Monitor).
 func (s *Spec) dbUsers() []dbusers.User {
 	var out []dbusers.User
 	idx := map[string]int{}
@@ -38,7 +47,7 @@ func (s *Spec) dbUsers() []dbusers.User {
 		if !ok {
 			i = len(out)
 			idx[sa.DBUser] = i
-			out = append(out, dbusers.User{Name: sa.DBUser})
+			out = append(out, dbusers.User{Name: sa.DBUser, Monitor: sa.DBUser == s.probeUser()})
 		}
 		for _, g := range sa.Grants {
 			if pg, err := dbusers.ParseGrant(g, s.Engine.Type); err == nil {

@@ -80,3 +80,29 @@ func TestPlanNotesArePrinted(t *testing.T) {
 		t.Errorf("table:\n%s\njson:\n%s", tb.String(), jb.String())
 	}
 }
+
+// With replicas, the first db user is the reader listener's probe user (health.login_user)
+// and is asked to read replication status (dbusers.User.Monitor); without, nobody is.
+func TestProbeUserMonitorsReplicas(t *testing.T) {
+	s, err := LoadSpec("../../docs/examples/catalog-replicas.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var monitors []string
+	for _, u := range s.dbUsers() {
+		if u.Monitor {
+			monitors = append(monitors, u.Name)
+		}
+	}
+	r := (&env{spec: s, region: s.Region, out: map[string]string{"instance.address": "catalog.cxyz.us-east-1.rds.amazonaws.com",
+		"replica.catalog-ro1.address": "catalog-ro1.cxyz.us-east-1.rds.amazonaws.com", "replica.catalog-ro1.port": "5432"}}).outputs().readerListener()
+	if len(monitors) != 1 || r == nil || monitors[0] != r.Health.LoginUser || monitors[0] != s.probeUser() {
+		t.Fatalf("monitor users %v, reader listener %+v", monitors, r)
+	}
+	s.Replicas = nil
+	for _, u := range s.dbUsers() {
+		if u.Monitor {
+			t.Errorf("no replicas, yet %s monitors", u.Name)
+		}
+	}
+}

@@ -24,6 +24,10 @@ type Outputs struct {
 	// Replicas are the spec's read replicas; MaxReplicaLag is the reader listener's limit.
 	Replicas      []ReplicaOut
 	MaxReplicaLag time.Duration
+	// ProbeDatabase is the database the reader listener's probe user logs in to: PostgreSQL's
+	// access.database (a login defaults to a database named as the user, which RDS does not
+	// have); "" on MySQL, where a login needs none.
+	ProbeDatabase string
 }
 
 // ReplicaOut is one read replica: where it lives and, once it exists, its instance endpoint.
@@ -64,6 +68,9 @@ func (e *env) outputs() *Outputs {
 		o.Paths = append(o.Paths, PathOut{Name: "instance", Address: inst + ":" + port, TLSServerName: inst, TokenHost: inst + ":" + port})
 	}
 	o.Replicas, o.MaxReplicaLag = e.replicaOutputs(), e.spec.Reader.MaxReplicaLag
+	if e.spec.Engine.Type == "postgres" {
+		o.ProbeDatabase = e.spec.grantsDatabase()
+	}
 	if o.MaxReplicaLag == 0 {
 		o.MaxReplicaLag = DefaultMaxReplicaLag
 	}
@@ -98,9 +105,8 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 		fmt.Fprintf(&b, "#   %s/%s -> %s (%s)\n", u.Namespace, u.ServiceAccount, u.DBUser, u.RoleARN)
 	}
 	for _, r := range o.Replicas {
-		if r.Region != o.Region && r.Path != nil {
-			// The sidecar signs IAM tokens for aws.region only: a sidecar in that Region reads there.
-			fmt.Fprintf(&b, "# Cross-region replica %s in %s (not in this config: run a sidecar in %s with aws.region %s): %s\n", r.ID, r.Region, r.Region, r.Region, r.Path.Address)
+		if r.Region != o.Region && r.Path != nil && len(o.Users) > 0 {
+			fmt.Fprintf(&b, "# Cross-region replica %s in %s: in %s-reader with its region, used only while no replica in %s is fresh\n", r.ID, r.Region, o.Database, o.Region)
 		}
 	}
 	b.Write(body)
@@ -110,18 +116,25 @@ func (o *Outputs) SidecarConfig() ([]byte, error) {
 // ReaderPort is the reader listener's port: the writer's plus one (5433, 3307).
 func (o *Outputs) ReaderPort() int32 { return o.Port + 1 }
 
-// readerListener is the listener for reads when in-Region replicas exist: role reader, the
-// replicas' instance endpoints, then the primary's (the fallback), statically listed. The RDS
-// Proxy's default target group serves only the writer, so replicas are reached directly.
+// readerListener is the listener for reads when replicas exist: role reader, the replicas'
+// instance endpoints, then the primary's (the fallback), statically listed. The RDS Proxy's
+// default target group serves only the writer, so replicas are reached directly. A
+// cross-region replica's path carries its Region: its IAM token is signed there, and the
+// sidecar takes it only while no replica of its own Region is fresh.
 func (o *Outputs) readerListener() *config.Listener {
 	var paths []config.Path
 	for _, r := range o.Replicas {
-		if r.Region == o.Region && r.Path != nil {
-			paths = append(paths, *r.Path)
+		if r.Path == nil {
+			continue
 		}
+		p := *r.Path
+		if r.Region != o.Region {
+			p.Region = r.Region
+		}
+		paths = append(paths, p)
 	}
 	// The topology monitor logs in to each instance to read its role and lag, as a db user the
-	// spec grants (the first app's); with no app user there is no one to log in as.
+	// spec grants (the first app's, Spec.ProbeUser); with no app user there is no one to log in as.
 	if len(paths) == 0 || len(o.Users) == 0 {
 		return nil
 	}
@@ -132,7 +145,7 @@ func (o *Outputs) readerListener() *config.Listener {
 	}
 	return &config.Listener{Name: o.Database + "-reader", Engine: o.Engine, Listen: fmt.Sprintf("127.0.0.1:%d", o.ReaderPort()),
 		Auth: config.Auth{Mode: config.AuthIAM}, TLS: config.TLS{Mode: config.TLSVerifyFull}, Paths: paths, Role: config.RoleReader,
-		Health:  config.Health{LoginUser: o.Users[0].DBUser},
+		Health:  config.Health{LoginUser: o.Users[0].DBUser, LoginDatabase: o.ProbeDatabase}, // = Spec.probeUser
 		Cluster: config.Cluster{Discovery: "static", MaxReplicaLag: o.MaxReplicaLag, ReaderFallback: "writer"}}
 }
 

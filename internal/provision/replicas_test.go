@@ -7,6 +7,7 @@ import (
 
 	"github.com/rdsvalet/rds-valet/internal/provision"
 	"github.com/rdsvalet/rds-valet/test/fakeaws"
+	"github.com/rdsvalet/rds-valet/test/harness/awsiam"
 )
 
 // replicaWorld is the fake with what catalog-replicas.yaml needs outside its own Region: the
@@ -84,7 +85,7 @@ func TestReplicasApplyIdempotentDriftRemoveDestroy(t *testing.T) {
 	}
 
 	// The outputs: three replicas with their endpoints; the written config's reader listener
-	// holds the in-region ones, then the primary, and names the cross-region one in a comment.
+	// holds them all (the cross-region one with its region), then the primary.
 	if len(out.Replicas) != 3 || out.Replicas[2].Region != "eu-west-1" || out.Replicas[0].Path == nil || !strings.Contains(out.Replicas[2].Path.Address, ".eu-west-1.rds.amazonaws.com:5432") {
 		t.Fatalf("replica outputs %+v", out.Replicas)
 	}
@@ -93,7 +94,8 @@ func TestReplicasApplyIdempotentDriftRemoveDestroy(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"name: catalog-reader", "listen: 127.0.0.1:5433", "role: reader", "name: replica-ro1", "name: replica-ro2",
-		"discovery: static", "max_replica_lag: 30s", "reader_fallback: writer", "# Cross-region replica catalog-eu in eu-west-1"} {
+		"discovery: static", "max_replica_lag: 30s", "reader_fallback: writer", "# Cross-region replica catalog-eu in eu-west-1",
+		"name: replica-eu", "region: eu-west-1"} {
 		if !strings.Contains(string(cfgText), want) {
 			t.Errorf("sidecar config lacks %q:\n%s", want, cfgText)
 		}
@@ -109,6 +111,19 @@ func TestReplicasApplyIdempotentDriftRemoveDestroy(t *testing.T) {
 		arn := "arn:aws:rds-db:" + r.Region + ":111122223333:dbuser:" + r.ResourceID + "/catalog_app"
 		if r.ResourceID == "" || !strings.Contains(pol, arn) {
 			t.Errorf("policy lacks %s: %s", arn, pol)
+		}
+		// As IAM decides it (the evaluator the fake's Authorized uses): allowed in the
+		// replica's own Region, not for the same DbiResourceId in another Region.
+		if d := awsiam.Evaluate([]string{pol}, awsiam.Request{Action: "rds-db:connect", Resource: arn}); d != awsiam.Allow {
+			t.Errorf("rds-db:connect on %s: %v", arn, d)
+		}
+		other := "us-west-2"
+		if r.Region == other {
+			other = "us-east-1"
+		}
+		wrong := strings.Replace(arn, ":"+r.Region+":", ":"+other+":", 1)
+		if d := awsiam.Evaluate([]string{pol}, awsiam.Request{Action: "rds-db:connect", Resource: wrong}); d == awsiam.Allow {
+			t.Errorf("rds-db:connect allowed on %s (the replica's id in the wrong Region)", wrong)
 		}
 	}
 

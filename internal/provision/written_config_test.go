@@ -106,8 +106,8 @@ func TestWrittenSidecarConfigsLoad(t *testing.T) {
 // TestWrittenSidecarConfigReaderListener: with in-region replicas the written config gains a
 // reader listener per engine on the writer's port + 1, which the sidecar's own loader (and
 // config.Validate) accepts: the replicas' instance endpoints with their three names, then the
-// primary's; a cross-region replica is only named in a comment (the sidecar signs IAM tokens
-// for aws.region).
+// primary's; a cross-region replica is among them with its region (its IAM token is signed
+// there), the in-region ones without (aws.region).
 func TestWrittenSidecarConfigReaderListener(t *testing.T) {
 	t.Setenv("AWS_REGION", "")
 	t.Setenv("AWS_DEFAULT_REGION", "")
@@ -143,6 +143,7 @@ func TestWrittenSidecarConfigReaderListener(t *testing.T) {
 					wantLag = DefaultMaxReplicaLag
 				}
 				if r.Name != "catalog-reader" || r.Role != config.RoleReader || r.Engine != engine || r.Auth.Mode != config.AuthIAM || r.TLS.Mode != config.TLSVerifyFull ||
+					r.Health.LoginUser != "catalog_app" || r.Health.LoginDatabase != map[string]string{"postgres": "postgres", "mysql": ""}[engine] ||
 					r.Cluster.Discovery != "static" || r.Cluster.MaxReplicaLag != wantLag || r.Cluster.ReaderFallback != "writer" || w.Role == config.RoleReader {
 					t.Errorf("reader listener %+v", r)
 				}
@@ -153,14 +154,19 @@ func TestWrittenSidecarConfigReaderListener(t *testing.T) {
 				for _, p := range r.Paths {
 					names = append(names, p.Name)
 					host := strings.TrimSuffix(p.Address, ":"+port)
-					if p.TLSServerName != host || p.TokenHost != p.Address || !strings.HasSuffix(host, ".us-east-1.rds.amazonaws.com") {
-						t.Errorf("path %+v", p)
+					region := "us-east-1"
+					if p.Name == "replica-eu" {
+						region = "eu-west-1"
+					}
+					if p.TLSServerName != host || p.TokenHost != p.Address || !strings.HasSuffix(host, "."+region+".rds.amazonaws.com") ||
+						cfg.PathRegion(p) != region || (p.Region != "") != (region != "us-east-1") {
+						t.Errorf("path %+v: want the three names of an endpoint in %s, signed there", p, region)
 					}
 				}
-				if strings.Join(names, ",") != "replica-ro1,replica-ro2,instance" {
+				if strings.Join(names, ",") != "replica-ro1,replica-ro2,replica-eu,instance" {
 					t.Errorf("reader paths %v", names)
 				}
-				if !strings.Contains(string(file), "# Cross-region replica catalog-eu in eu-west-1") || strings.Contains(string(file), "address: catalog-eu.") {
+				if !strings.Contains(string(file), "# Cross-region replica catalog-eu in eu-west-1: in catalog-reader") || !strings.Contains(string(file), "region: eu-west-1") {
 					t.Errorf("cross-region replica handling:\n%s", file)
 				}
 			})

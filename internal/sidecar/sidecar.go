@@ -187,6 +187,10 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	paths := make([]health.Path, len(lc.Paths))
 	for i, p := range lc.Paths {
 		paths[i] = health.Path{Name: p.Name, Address: p.Address, TLSServerName: p.TLSServerName, TokenHost: p.TokenHost}
+		if lc.Auth.Mode == config.AuthIAM {
+			// The Region its token is signed for, shown in /paths and /topology.
+			paths[i].Region = s.cfg.PathRegion(p)
+		}
 	}
 	set := health.NewSet(lc.Name, paths, health.Thresholds{Rise: lc.Health.Rise, Fall: lc.Health.Fall}, m.health)
 	dialer := newDialer(s.cfg.DNS.Server, lc.UpstreamTCP.UserTimeout, lc.UpstreamTCP.Keepalive)
@@ -230,7 +234,11 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 				pooled.EvictPath(path)
 			}
 		}
-		topo = newMonitor(lc, paths, eng, set, func() *proxy.Server { return srv }, evictPooled, log, m.topology)
+		region := "" // the paths' Regions, for the nearest readers first
+		if lc.Auth.Mode == config.AuthIAM {
+			region = s.cfg.AWS.Region
+		}
+		topo = newMonitor(lc, region, paths, eng, set, func() *proxy.Server { return srv }, evictPooled, log, m.topology)
 		ucfg.Cluster = topo
 		// A path going down or a session dying on the network may be the writer going: look now.
 		set.Watch(func(_ string, st health.State) {
@@ -275,7 +283,7 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 
 // newMonitor is a cluster listener's topology monitor: its instances are the paths, its
 // evictions go to the listener's server (srv, once built).
-func newMonitor(lc config.Listener, paths []health.Path, chk topology.Checker, set *health.Set, srv func() *proxy.Server, evictPooled func(string), log *zap.Logger, m *topology.Metrics) *topology.Monitor {
+func newMonitor(lc config.Listener, region string, paths []health.Path, chk topology.Checker, set *health.Set, srv func() *proxy.Server, evictPooled func(string), log *zap.Logger, m *topology.Metrics) *topology.Monitor {
 	c := lc.Cluster
 	return topology.New(topology.Config{
 		Listener: lc.Name, Role: topology.Role(lc.Role), Instances: paths, Checker: chk,
@@ -283,7 +291,7 @@ func newMonitor(lc config.Listener, paths []health.Path, chk topology.Checker, s
 		Refresh: c.RefreshInterval, FailoverRefresh: c.FailoverRefreshInterval, FailoverWindow: c.FailoverWindow,
 		CheckTimeout: min(max(lc.Health.Timeout, time.Second), 2*time.Second),
 		MaxLag:       c.MaxReplicaLag, FallbackToWriter: c.ReaderFallback == config.FallbackWriter,
-		Balance: c.Balance, EndLaggingAtIdle: c.LagAction == config.LagActionEndAtIdle,
+		Balance: c.Balance, LocalRegion: region, EndLaggingAtIdle: c.LagAction == config.LagActionEndAtIdle,
 		Sessions: func() map[string]int { return srv().SessionsByPath() },
 		Evict: func(path string, how topology.Eviction) {
 			evictPooled(path)

@@ -60,6 +60,10 @@ type Config struct {
 	FallbackToWriter bool
 	// Balance orders fresh readers: "round-robin", "least-connections" or "fastest".
 	Balance string
+	// LocalRegion is the sidecar's own Region (aws.region): a reader listener takes fresh
+	// readers there first, and readers of other Regions (health.Path.Region) only when none
+	// there is fresh ("route to the nearest read replica"). "" = no preference.
+	LocalRegion string
 	// EndLaggingAtIdle ends the sessions of a reader that falls behind at their next idle point.
 	EndLaggingAtIdle bool
 	// Sessions counts live sessions per instance (the listener's proxy.Server); nil is none.
@@ -519,11 +523,20 @@ func (mo *Monitor) Candidates() []health.Path {
 			out = append(out, in.path)
 		}
 	} else {
-		var fresh []*instance
+		var fresh, remote []*instance
 		for _, in := range mo.inst {
-			if in.fresh {
+			switch {
+			case !in.fresh:
+			case mo.local(in):
 				fresh = append(fresh, in)
+			default:
+				remote = append(remote, in)
 			}
+		}
+		if len(fresh) == 0 {
+			// The nearest fresh readers only: another Region's are a round trip across the
+			// continent away, taken only when none here is fresh.
+			fresh = remote
 		}
 		out = append(out, mo.balance(fresh, sessions)...)
 		if mo.cfg.FallbackToWriter && len(fresh) == 0 {
@@ -540,6 +553,11 @@ func (mo *Monitor) Candidates() []health.Path {
 		}
 	}
 	return out
+}
+
+// local reports whether the instance is in the sidecar's Region (or either has none).
+func (mo *Monitor) local(in *instance) bool {
+	return mo.cfg.LocalRegion == "" || in.path.Region == "" || in.path.Region == mo.cfg.LocalRegion
 }
 
 // balance orders fresh readers: round robin rotates the start; least connections sorts by
@@ -643,6 +661,7 @@ func (mo *Monitor) Retry() time.Duration { return mo.cfg.FailoverRefresh }
 type InstanceStatus struct {
 	Name        string    `json:"name"`
 	Address     string    `json:"address"`
+	Region      string    `json:"region,omitempty"`
 	Role        Role      `json:"role"`
 	Writer      bool      `json:"writer"`
 	Fresh       bool      `json:"fresh,omitempty"`
@@ -682,7 +701,7 @@ func (mo *Monitor) Snapshot() Status {
 		LastFailoverAt: mo.lastFailoverAt, LastFailoverSeconds: mo.lastFailoverDuration.Seconds(),
 		MaxReplicaLagSeconds: mo.cfg.MaxLag.Seconds()}
 	for _, in := range mo.inst {
-		is := InstanceStatus{Name: in.path.Name, Address: in.path.Address, Role: in.role, Writer: in.path.Name == mo.writer,
+		is := InstanceStatus{Name: in.path.Name, Address: in.path.Address, Region: in.path.Region, Role: in.role, Writer: in.path.Name == mo.writer,
 			Fresh: in.fresh, Sessions: sessions[in.path.Name], Discovered: in.discovered, CheckedAt: in.checkedAt,
 			CheckMillis: float64(in.rtt.Microseconds()) / 1000, LastError: in.lastErr}
 		if in.role == Reader && in.lagKnown {

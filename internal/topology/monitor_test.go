@@ -304,3 +304,62 @@ func TestMemberMatchesAConfiguredEndpoint(t *testing.T) {
 		t.Fatalf("added %v, want only the unknown member 2", f.added)
 	}
 }
+
+// Route to the nearest read replica: a reader listener takes fresh readers of its own Region
+// (or of none given) and another Region's only when none here is fresh, before the writer.
+func TestReaderPrefersItsRegion(t *testing.T) {
+	regions := map[string]string{"east1": "us-east-1", "east2": "", "west": "us-west-2", "w": "us-east-1"}
+	f := newFixture(t, Reader, []string{"east1", "west", "east2", "w"}, func(c *Config) {
+		c.LocalRegion = "us-east-1"
+		for i := range c.Instances {
+			c.Instances[i].Region = regions[c.Instances[i].Name]
+		}
+	})
+	f.writer("w")
+	for _, r := range []string{"east1", "west", "east2"} {
+		f.reader(r, 0)
+	}
+	first := map[string]int{}
+	for range 10 {
+		c := f.mo.Candidates()
+		if got := names(c); got != "east1 east2" && got != "east2 east1" {
+			t.Fatalf("every reader fresh: candidates %q, want the two in us-east-1 only", got)
+		}
+		first[c[0].Name]++
+	}
+	if first["east1"] != 5 || first["east2"] != 5 {
+		t.Fatalf("round robin over the local readers put first %v, want 5 each", first)
+	}
+	f.reader("east1", 3*time.Second)
+	f.reader("east2", 3*time.Second)
+	if got := names(f.mo.Candidates()); got != "west" {
+		t.Fatalf("no fresh local reader: candidates %q, want the us-west-2 one (before the writer)", got)
+	}
+	if err := f.mo.Accept("w", Report{Role: Writer}); err == nil {
+		t.Fatal("the writer was accepted while a reader in another Region is fresh")
+	}
+	f.reader("west", 3*time.Second)
+	if got := names(f.mo.Candidates()); got != "w" {
+		t.Fatalf("no fresh reader anywhere: candidates %q, want the writer (fallback)", got)
+	}
+	f.reader("west", 0)
+	f.reader("east2", 0)
+	if got := names(f.mo.Candidates()); got != "east2" {
+		t.Fatalf("east2 caught up: candidates %q, want east2 alone", got)
+	}
+	for _, is := range f.mo.Snapshot().Instances {
+		if is.Region != regions[is.Name] {
+			t.Errorf("/topology: %s region %q, want %q", is.Name, is.Region, regions[is.Name])
+		}
+	}
+
+	// Without a local Region (a password listener) there is no preference.
+	g := newFixture(t, Reader, []string{"east1", "west"}, func(c *Config) {
+		c.Instances[1].Region = "us-west-2"
+	})
+	g.reader("east1", 0)
+	g.reader("west", 0)
+	if got := len(g.mo.Candidates()); got != 2 {
+		t.Fatalf("no local Region: %d candidates, want both readers", got)
+	}
+}

@@ -33,11 +33,16 @@ type Login interface {
 type Secret func(ctx context.Context, p health.Path, user string) (string, error)
 
 // IAMSecret signs an RDS IAM auth token for user at the path's token host (the RDS endpoint's
-// real name, even when the dialed address is a VPC endpoint), cached and shared across
-// connections by tokens.
+// real name, even when the dialed address is a VPC endpoint) in the path's Region (a
+// cross-region replica's own; region when the path has none), cached and shared across
+// connections by tokens (keyed by host, Region and user).
 func IAMSecret(tokens *auth.TokenCache, region string) Secret {
 	return func(ctx context.Context, p health.Path, user string) (string, error) {
-		return tokens.Token(ctx, auth.Key{Endpoint: p.TokenHost, Region: region, User: user})
+		r := region
+		if p.Region != "" {
+			r = p.Region
+		}
+		return tokens.Token(ctx, auth.Key{Endpoint: p.TokenHost, Region: r, User: user})
 	}
 }
 

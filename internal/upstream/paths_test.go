@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"go.uber.org/zap"
+
 	"github.com/rdsvalet/rds-valet/internal/auth"
 	"github.com/rdsvalet/rds-valet/internal/health"
 	"github.com/rdsvalet/rds-valet/internal/proxy"
@@ -179,5 +183,25 @@ func TestOpenMovesOnFromAHangUp(t *testing.T) {
 	var ne *proxy.NoPathError
 	if !errors.As(err, &ne) || strings.Join(tried, " ") != "a b" || !allUp(set) {
 		t.Fatalf("Open = %v after %v, paths %v; want a NoPathError after a and b, both up", err, tried, set.Snapshot())
+	}
+}
+
+// A path with its own Region (a cross-region replica) gets a token signed there; the others
+// the listener's. The cache keys by Region too, so the same host and user in two Regions are
+// two tokens.
+func TestIAMSecretSignsForThePathsRegion(t *testing.T) {
+	var minted []auth.Key
+	tokens := auth.NewTokenCache(auth.TokenCacheConfig{Minter: func(_ context.Context, k auth.Key, _ aws.Credentials) (string, error) {
+		minted = append(minted, k)
+		return k.Endpoint + "@" + k.Region, nil
+	}}, credentials.StaticCredentialsProvider{Value: aws.Credentials{AccessKeyID: "AKID", SecretAccessKey: "s"}}, zap.NewNop(), nil)
+	secret := IAMSecret(tokens, "us-east-1")
+	ctx := context.Background()
+	home := health.Path{Name: "instance", TokenHost: "db:5432"}
+	west := health.Path{Name: "replica-west", TokenHost: "db:5432", Region: "us-west-2"}
+	a, err1 := secret(ctx, home, "app")
+	b, err2 := secret(ctx, west, "app")
+	if err1 != nil || err2 != nil || a != "db:5432@us-east-1" || b != "db:5432@us-west-2" || len(minted) != 2 {
+		t.Fatalf("tokens %q %q (%v %v), minted %+v", a, b, err1, err2, minted)
 	}
 }

@@ -65,7 +65,7 @@ func TestReplicasPlanApplyIdempotentDestroyInOrder(t *testing.T) {
 	}
 
 	// The written config: the writer listener as before, and the reader on 5433 whose paths
-	// are the in-region replica and then the primary.
+	// are the replicas (the cross-region one with its region) and then the primary.
 	b, err := os.ReadFile(filepath.Join(h.dir, "sidecar.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +76,8 @@ func TestReplicasPlanApplyIdempotentDestroyInOrder(t *testing.T) {
 		t.Fatalf("written config does not load: %v\n%s", err, b)
 	}
 	if len(cfg.Listeners) != 2 || cfg.Listeners[1].Listen != "127.0.0.1:5433" || cfg.Listeners[1].Role != config.RoleReader ||
-		len(cfg.Listeners[1].Paths) != 2 || cfg.Listeners[1].Paths[0].Name != "replica-ro1" || cfg.Listeners[1].Paths[1].Name != "instance" ||
+		len(cfg.Listeners[1].Paths) != 3 || cfg.Listeners[1].Paths[0].Name != "replica-ro1" || cfg.Listeners[1].Paths[0].Region != "" ||
+		cfg.Listeners[1].Paths[1].Name != "replica-eu" || cfg.Listeners[1].Paths[1].Region != "eu-west-1" || cfg.Listeners[1].Paths[2].Name != "instance" ||
 		cfg.Listeners[1].Cluster.MaxReplicaLag.String() != "10s" || !strings.Contains(string(b), "# Cross-region replica orders-eu in eu-west-1") {
 		t.Errorf("written config:\n%s", b)
 	}

@@ -99,6 +99,14 @@ func startProvisionedSidecarOn(t *testing.T, w *identityWorld, pathName, tokenFi
 		t.Fatalf("no %s path in the provisioned config:\n%s", pathName, raw)
 	}
 	l["paths"] = paths
+	return launchSidecar(t, w.h, cfg, s, tokenFile, roleARN)
+}
+
+// launchSidecar runs the built sidecar with cfg (its admin listen set to s.admin) and the pod's
+// IRSA environment, and waits for /startupz.
+func launchSidecar(t *testing.T, h *harness, cfg map[string]any, s *runningSidecar, tokenFile, roleARN string) *runningSidecar {
+	t.Helper()
+	cfg["admin"] = map[string]any{"listen": s.admin}
 	out, _ := yaml.Marshal(cfg)
 	file := filepath.Join(t.TempDir(), "sidecar.yaml")
 	if err := os.WriteFile(file, out, 0o644); err != nil {
@@ -107,7 +115,7 @@ func startProvisionedSidecarOn(t *testing.T, w *identityWorld, pathName, tokenFi
 	cmd := exec.Command(sidecarBinary(t), "--config", file)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(),
 		"AWS_WEB_IDENTITY_TOKEN_FILE=" + tokenFile, "AWS_ROLE_ARN=" + roleARN, "AWS_ROLE_SESSION_NAME=orders-api-pod",
-		"AWS_ENDPOINT_URL_STS=" + w.h.fake.URL, "AWS_REGION=" + region, "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_ENDPOINT_URL_STS=" + h.fake.URL, "AWS_REGION=" + region, "AWS_EC2_METADATA_DISABLED=true",
 		"AWS_CONFIG_FILE=" + filepath.Join(t.TempDir(), "none"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(t.TempDir(), "none")}
 	cmd.Stdout, cmd.Stderr = lockedWriter{s}, lockedWriter{s}
 	if err := cmd.Start(); err != nil {
