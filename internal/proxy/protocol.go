@@ -61,6 +61,15 @@ type Source interface {
 	Open(ctx context.Context, st *Startup) (*Session, error)
 }
 
+// PathEvicter is a Source that keeps upstream sessions of its own between apps (internal/reuse's
+// pool). Server.Evict tells it whenever sessions must leave a path (the path went down, its
+// instance lost the listener's role, fell behind, or a fallback is over), so that one call
+// reaches both the relayed sessions and the kept ones. reason is Evict's (ClosePathDown,
+// CloseFailover, ...). It must not block.
+type PathEvicter interface {
+	EvictPath(path, reason string)
+}
+
 // Session is a logged-in upstream session, before the app is greeted.
 type Session struct {
 	// Path is the name of the path the session runs on.

@@ -88,8 +88,12 @@ func (s *Server) EvictPath(path string) { s.Evict(path, ClosePathDown, true) }
 
 // Evict ends the sessions on path for reason (ClosePathDown, CloseFailover, CloseLagging):
 // idle ones at once, busy ones when they next go idle, and when cut is set the rest after
-// KillGrace. Each gets the engine's farewell for reason.
+// KillGrace. Each gets the engine's farewell for reason. A source that keeps sessions of its
+// own (PathEvicter) drops those on path too.
 func (s *Server) Evict(path, reason string, cut bool) {
+	if pe, ok := s.source.(PathEvicter); ok {
+		pe.EvictPath(path, reason)
+	}
 	s.mu.Lock()
 	var list []*session
 	for ss := range s.sessions {

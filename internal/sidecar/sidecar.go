@@ -222,15 +222,8 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	}
 	onNetworkFailure := set.ReportFailure
 	var topo *topology.Monitor
-	var pooled *reuse.Pool // set below, before the monitor runs
 	if lc.IsCluster() {
-		// An evicted instance's idle pooled sessions go with its relayed ones.
-		evictPooled := func(path string) {
-			if pooled != nil {
-				pooled.EvictPath(path)
-			}
-		}
-		topo = newMonitor(lc, paths, eng, set, func() *proxy.Server { return srv }, evictPooled, log, m.topology)
+		topo = newMonitor(lc, paths, eng, set, func() *proxy.Server { return srv }, log, m.topology)
 		ucfg.Cluster = topo
 		// A path going down or a session dying on the network may be the writer going: look now.
 		set.Watch(func(_ string, st health.State) {
@@ -245,7 +238,8 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	}
 	source := upstream.New(ucfg)
 	sessions, pool := s.sessionSource(lc, eng, source, set, topo, log, m.reuse)
-	pooled = pool
+	// Every eviction below (a path moved, a failover, a lagging reader, a fallback over) is one
+	// srv.Evict, which reaches the pool's idle sessions too (proxy.PathEvicter).
 	srv = proxy.NewServer(proxy.Config{
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
@@ -274,8 +268,8 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 }
 
 // newMonitor is a cluster listener's topology monitor: its instances are the paths, its
-// evictions go to the listener's server (srv, once built).
-func newMonitor(lc config.Listener, paths []health.Path, chk topology.Checker, set *health.Set, srv func() *proxy.Server, evictPooled func(string), log *zap.Logger, m *topology.Metrics) *topology.Monitor {
+// evictions go to the listener's server (srv, once built), and through it to its pool.
+func newMonitor(lc config.Listener, paths []health.Path, chk topology.Checker, set *health.Set, srv func() *proxy.Server, log *zap.Logger, m *topology.Metrics) *topology.Monitor {
 	c := lc.Cluster
 	return topology.New(topology.Config{
 		Listener: lc.Name, Role: topology.Role(lc.Role), Instances: paths, Checker: chk,
@@ -286,7 +280,6 @@ func newMonitor(lc config.Listener, paths []health.Path, chk topology.Checker, s
 		Balance: c.Balance, EndLaggingAtIdle: c.LagAction == config.LagActionEndAtIdle,
 		Sessions: func() map[string]int { return srv().SessionsByPath() },
 		Evict: func(path string, how topology.Eviction) {
-			evictPooled(path)
 			if how == topology.EvictLagging {
 				srv().Evict(path, proxy.CloseLagging, false)
 				return
