@@ -124,9 +124,9 @@ type Config struct {
 	// instance has another role than the listener's now (a demotion the topology monitor has
 	// not seen yet), and the session is discarded (reason role); an error fails the check
 	// (check_failed). nil: no role check (a plain listener).
-	Role func(ctx context.Context, path string, conn net.Conn, state any) (ok bool, err error)
-	Log         *zap.Logger
-	Metrics     *Metrics
+	Role    func(ctx context.Context, path string, conn net.Conn, state any) (ok bool, err error)
+	Log     *zap.Logger
+	Metrics *Metrics
 }
 
 // Pool is a proxy.Source that reuses sessions, logging in through inner on a miss.
