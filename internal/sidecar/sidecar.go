@@ -280,8 +280,12 @@ func newMonitor(lc config.Listener, paths []health.Path, chk topology.Checker, s
 		Balance: c.Balance, EndLaggingAtIdle: c.LagAction == config.LagActionEndAtIdle,
 		Sessions: func() map[string]int { return srv().SessionsByPath() },
 		Evict: func(path string, how topology.Eviction) {
-			if how == topology.EvictLagging {
+			switch how {
+			case topology.EvictLagging:
 				srv().Evict(path, proxy.CloseLagging, false)
+				return
+			case topology.EvictFallbackOver:
+				srv().Evict(path, proxy.CloseFallback, false)
 				return
 			}
 			srv().Evict(path, proxy.CloseFailover, true)
@@ -448,7 +452,9 @@ func (s *Sidecar) closeListeners() {
 var ErrDraining = errors.New("draining")
 
 // Ready is the readiness verdict: not while draining, and under the healthy-path policy not
-// while any listener has no healthy path.
+// while any listener has no healthy path, nor while a cluster writer listener has had no
+// writer for longer than a failover may take (noWriterLimit): a connection waiting now would
+// fail. Within it (a failover under way: connections wait) it stays ready.
 func (s *Sidecar) Ready() error {
 	if s.draining.Load() {
 		return ErrDraining
@@ -458,9 +464,22 @@ func (s *Sidecar) Ready() error {
 			if !l.paths.AnyUp() {
 				return fmt.Errorf("listener %s has no healthy path", l.cfg.Name)
 			}
+			if l.topo == nil || l.cfg.Role != config.RoleWriter {
+				continue
+			}
+			if d, limit := l.topo.NoWriterFor(), noWriterLimit(l.cfg); d > limit {
+				return fmt.Errorf("listener %s has had no writer for %s (longer than its failover_window and connect_timeout, %s)",
+					l.cfg.Name, d.Round(time.Second), limit)
+			}
 		}
 	}
 	return nil
+}
+
+// noWriterLimit is how long a cluster writer listener may be without a writer and stay ready:
+// the longer of its failover_window and its connect_timeout (a connection waits that long).
+func noWriterLimit(lc config.Listener) time.Duration {
+	return max(lc.Cluster.FailoverWindow, lc.ConnectTimeout)
 }
 
 // ListenerReport is one listener's entry in /paths.
