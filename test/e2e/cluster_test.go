@@ -363,6 +363,10 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 			r := startClusterRig(t, e, 2, ", max_replica_lag: 1s, reader_fallback: writer")
 			insts := e.instances(r.w)
 			primary, paused, fresh := insts[0], insts[1], insts[2]
+			// A standby's lag is known from its second check: until then the fallback would put
+			// sessions on the writer.
+			r.waitTopology(t, "both readers fresh", r.fresh(t, paused.ID, true))
+			r.waitTopology(t, "both readers fresh", r.fresh(t, fresh.ID, true))
 			if got := r.landings(t, 20, false); got[paused.ID] == 0 || got[fresh.ID] == 0 {
 				t.Fatalf("both readers fresh: sessions landed %v, want both readers used", got)
 			}
