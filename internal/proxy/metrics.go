@@ -23,6 +23,7 @@ const (
 	CloseSilent   = "upstream_silent" // its request got no byte within session_timeout on a down path
 	CloseFailover = "failover"        // its instance lost the listener's role: closed when idle, or cut after kill_grace
 	CloseLagging  = "lagging"         // its reader fell behind max_replica_lag: closed when idle
+	CloseFallback = "fallback_over"   // a reader listener's session on the writer (reader_fallback) once a reader is fresh again: closed when idle
 	CloseBothDone = "completed"       // both sides finished together
 )
 
@@ -86,7 +87,7 @@ func (m *Metrics) init(listener, engine string) {
 	for _, d := range []string{"upstream", "downstream"} {
 		m.bytes.WithLabelValues(listener, d)
 	}
-	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseSilent, CloseFailover, CloseLagging, CloseBothDone} {
+	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseSilent, CloseFailover, CloseLagging, CloseFallback, CloseBothDone} {
 		m.closed.WithLabelValues(listener, r)
 	}
 }

@@ -61,6 +61,15 @@ type Source interface {
 	Open(ctx context.Context, st *Startup) (*Session, error)
 }
 
+// PathEvicter is a Source that keeps upstream sessions of its own between apps (internal/reuse's
+// pool). Server.Evict tells it whenever sessions must leave a path (the path went down, its
+// instance lost the listener's role, fell behind, or a fallback is over), so that one call
+// reaches both the relayed sessions and the kept ones. reason is Evict's (ClosePathDown,
+// CloseFailover, ...). It must not block.
+type PathEvicter interface {
+	EvictPath(path, reason string)
+}
+
 // Session is a logged-in upstream session, before the app is greeted.
 type Session struct {
 	// Path is the name of the path the session runs on.
@@ -96,7 +105,7 @@ type Upstream struct {
 	OnClose func()
 	// Farewell, if set, returns what the app reads last when the sidecar ends the session or
 	// the upstream goes away: reason is CloseUpstream, CloseDrain, CloseCut or ClosePathDown
-	// (or CloseFailover, CloseLagging; "" when the relay itself failed). It is called under the session's lock, so it may consult
+	// (or CloseFailover, CloseLagging, CloseFallback; "" when the relay itself failed). It is called under the session's lock, so it may consult
 	// the Tracker (to speak only between messages); nil sends nothing.
 	Farewell func(reason string) []byte
 	// User and Database name the session in logs.
@@ -137,6 +146,8 @@ func FarewellText(reason, path string) string {
 		return fmt.Sprintf("terminating connection because the instance %q no longer has this listener's role (failover); a new connection goes to the instance that has it", path)
 	case CloseLagging:
 		return fmt.Sprintf("terminating connection because the replica %q fell behind max_replica_lag; a new connection goes to a fresh reader", path)
+	case CloseFallback:
+		return fmt.Sprintf("terminating connection because it ran on the writer %q only while no reader was fresh (reader_fallback); a new connection goes to a fresh reader", path)
 	case CloseSilent:
 		return fmt.Sprintf("terminating connection because the database on path %q sent nothing within session_timeout and the path is down", path)
 	}

@@ -86,10 +86,15 @@ func NewServer(cfg Config, proto Protocol, source Source, log *zap.Logger, m *Me
 // are closed at once, busy ones at the end of their transaction, the rest after KillGrace.
 func (s *Server) EvictPath(path string) { s.Evict(path, ClosePathDown, true) }
 
-// Evict ends the sessions on path for reason (ClosePathDown, CloseFailover, CloseLagging):
+// Evict ends the sessions on path for reason (ClosePathDown, CloseFailover, CloseLagging,
+// CloseFallback):
 // idle ones at once, busy ones when they next go idle, and when cut is set the rest after
-// KillGrace. Each gets the engine's farewell for reason.
+// KillGrace. Each gets the engine's farewell for reason. A source that keeps sessions of its
+// own (PathEvicter) drops those on path too.
 func (s *Server) Evict(path, reason string, cut bool) {
+	if pe, ok := s.source.(PathEvicter); ok {
+		pe.EvictPath(path, reason)
+	}
 	s.mu.Lock()
 	var list []*session
 	for ss := range s.sessions {
@@ -132,6 +137,7 @@ var evictWords = map[string]string{
 	ClosePathDown: "path down: moving sessions off it",
 	CloseFailover: "instance lost the listener's role (failover): moving sessions off it",
 	CloseLagging:  "replica fell behind max_replica_lag: its sessions end at their next idle point",
+	CloseFallback: "a reader is fresh again: the reader listener's sessions on the writer (reader_fallback) end at their next idle point",
 }
 
 // SessionsByPath counts the relayed sessions on each path.

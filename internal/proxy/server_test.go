@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -348,5 +349,61 @@ func TestNoPathErrorNamesEveryPath(t *testing.T) {
 	e := &NoPathError{Attempts: []*PathError{{Path: "a", Err: errors.New("refused")}, {Path: "b", Err: errors.New("timeout")}}}
 	if got := e.Error(); got != "no upstream path worked: a: refused; b: timeout" {
 		t.Fatalf("%q", got)
+	}
+}
+
+// keepingSource is a Source that keeps sessions of its own (as internal/reuse's pool does):
+// it records what Server.Evict tells it.
+type keepingSource struct {
+	dialSource
+	mu      sync.Mutex
+	evicted []string
+}
+
+func (k *keepingSource) EvictPath(path, reason string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.evicted = append(k.evicted, path+":"+reason)
+}
+
+func (k *keepingSource) got() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.evicted...)
+}
+
+// Every eviction (a path down, a failover, a lagging reader) reaches the relayed sessions and
+// the source's kept ones through the one call.
+func TestEvictReachesTheSource(t *testing.T) {
+	up := startUpstream(t)
+	defer close(up.release)
+	reg := prometheus.NewRegistry()
+	set := health.NewSet("l", []health.Path{{Name: "p1", Address: up.ln.Addr().String()}}, health.Thresholds{Rise: 1, Fall: 1}, health.NewMetrics(reg))
+	src := &keepingSource{dialSource: dialSource{set}}
+	s := NewServer(Config{Name: "l", Engine: "line", Listen: "127.0.0.1:0", HandshakeTimeout: 5 * time.Second,
+		ConnectTimeout: 5 * time.Second, KillGrace: time.Second, Loops: newLoops(t)}, lineProto{}, src, zaptest.NewLogger(t), NewMetrics(reg))
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = s.Serve(); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	ts := &testServer{Server: s, paths: set, reg: reg}
+	app, _ := dialApp(t, ts)
+	if _, err := app.ask("x"); err != nil {
+		t.Fatal(err)
+	}
+	s.Evict("p1", CloseFailover, true)
+	if _, err := app.br.ReadString('\n'); err == nil {
+		t.Fatal("the relayed idle session survived the eviction")
+	}
+	s.EvictPath("p2")
+	s.Evict("p1", CloseLagging, false)
+	want := []string{"p1:" + CloseFailover, "p2:" + ClosePathDown, "p1:" + CloseLagging}
+	if got := src.got(); !slices.Equal(got, want) {
+		t.Fatalf("the source was told %v, want %v", got, want)
+	}
+	if v := ts.closed(CloseFailover); v != 1 {
+		t.Errorf("failover closes = %v, want 1", v)
 	}
 }

@@ -53,6 +53,8 @@ const (
 	ReasonCheckFailed  = "check_failed"        // the check at checkout failed
 	ReasonReuseFailed  = "reuse_failed"        // applying the new app's parameters failed
 	ReasonPathDown     = "path_down"           // its path went down
+	ReasonEvicted      = "evicted"             // its instance lost the listener's role, fell behind, or served a fallback that is over
+	ReasonRole         = "role"                // the check at checkout found its instance in another role than the listener's
 	ReasonCredentials  = "credentials_changed" // logged in with other credentials than now
 	ReasonShutdown     = "shutdown"            // the sidecar is shutting down
 	ReasonAppLeftBusy  = "app_left_busy"       // the app left inside a transaction or a request
@@ -60,7 +62,7 @@ const (
 )
 
 var allReasons = []string{ReasonFull, ReasonIdleTimeout, ReasonLifetime, ReasonResetFailed, ReasonCheckFailed,
-	ReasonReuseFailed, ReasonPathDown, ReasonCredentials, ReasonShutdown, ReasonAppLeftBusy, ReasonSessionEnded}
+	ReasonReuseFailed, ReasonPathDown, ReasonEvicted, ReasonRole, ReasonCredentials, ReasonShutdown, ReasonAppLeftBusy, ReasonSessionEnded}
 
 // Metrics are reuse's metrics, shared by every pool.
 type Metrics struct {
@@ -117,8 +119,14 @@ type Config struct {
 	// Credentials names the credentials logins use now (a digest, never the secret): a
 	// session logged in under other ones is not reused. nil: never changes.
 	Credentials func() string
-	Log         *zap.Logger
-	Metrics     *Metrics
+	// Role, on a cluster listener, is the role check a fresh login gets, for a pooled session
+	// at a checkout that made the round trip (pooled longer than CheckAfter): ok false, its
+	// instance has another role than the listener's now (a demotion the topology monitor has
+	// not seen yet), and the session is discarded (reason role); an error fails the check
+	// (check_failed). nil: no role check (a plain listener).
+	Role    func(ctx context.Context, path string, conn net.Conn, state any) (ok bool, err error)
+	Log     *zap.Logger
+	Metrics *Metrics
 }
 
 // Pool is a proxy.Source that reuses sessions, logging in through inner on a miss.
@@ -139,7 +147,10 @@ type Pool struct {
 	tick   uint64
 }
 
-var _ proxy.Source = (*Pool)(nil)
+var (
+	_ proxy.Source      = (*Pool)(nil)
+	_ proxy.PathEvicter = (*Pool)(nil)
+)
 
 // slot is one identity on one path.
 type slot struct{ key, path string }
@@ -248,6 +259,9 @@ func (p *Pool) check(ctx context.Context, h *held) string {
 	case h.creds != p.credentials():
 		return ReasonCredentials
 	}
+	if p.cfg.PathDown != nil && p.cfg.PathDown(h.path) {
+		return ReasonPathDown
+	}
 	if err := quiet(h.conn); err != nil {
 		return ReasonCheckFailed
 	}
@@ -256,6 +270,16 @@ func (p *Pool) check(ctx context.Context, h *held) string {
 		defer cancel()
 		if err := p.eng.Ping(cctx, h.conn, h.state); err != nil {
 			return ReasonCheckFailed
+		}
+		if p.cfg.Role != nil {
+			ok, err := p.cfg.Role(cctx, h.path, h.conn, h.state)
+			switch {
+			case err != nil:
+				p.cfg.Log.Debug("pooled session's role check failed", zap.String("path", h.path), zap.Error(err))
+				return ReasonCheckFailed
+			case !ok:
+				return ReasonRole
+			}
 		}
 	}
 	return ""
@@ -387,8 +411,13 @@ func (p *Pool) remember(key string, st *proxy.Startup) {
 	p.warm[key] = &identity{st: st, used: p.tick}
 }
 
-// EvictPath closes the sessions pooled on a path that went down.
-func (p *Pool) EvictPath(path string) {
+// EvictPath implements proxy.PathEvicter: the listener's server evicts path (reason is its
+// close reason), so the sessions pooled there are closed too.
+func (p *Pool) EvictPath(path, reason string) {
+	why := ReasonEvicted
+	if reason == proxy.ClosePathDown {
+		why = ReasonPathDown
+	}
 	p.mu.Lock()
 	var out []*held
 	for at, list := range p.idle {
@@ -401,17 +430,17 @@ func (p *Pool) EvictPath(path string) {
 	if len(out) == 0 || p.closed {
 		p.mu.Unlock()
 		for _, h := range out {
-			p.discard(h, ReasonPathDown, nil)
+			p.discard(h, why, nil)
 		}
 		return
 	}
-	// Called from health's watchers, which must not block: the goodbyes go on their own.
+	// Called from the server's evictions (health's watchers, the monitor), which must not block: the goodbyes go on their own.
 	p.wg.Add(1)
 	p.mu.Unlock()
 	go func() {
 		defer p.wg.Done()
 		for _, h := range out {
-			p.discard(h, ReasonPathDown, nil)
+			p.discard(h, why, nil)
 		}
 	}()
 }
@@ -457,6 +486,10 @@ func (p *Pool) expire() {
 				out, why = append(out, h), append(why, ReasonIdleTimeout)
 			case p.cfg.MaxLifetime > 0 && now.Sub(h.born) >= p.cfg.MaxLifetime:
 				out, why = append(out, h), append(why, ReasonLifetime)
+			case p.cfg.PathDown != nil && p.cfg.PathDown(h.path):
+				// Sessions leave a path that went down at the server's eviction, which waits
+				// for another path to be up; idle pooled ones need not wait.
+				out, why = append(out, h), append(why, ReasonPathDown)
 			default:
 				kept = append(kept, h)
 			}

@@ -1,8 +1,11 @@
 package sidecar
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -18,10 +21,13 @@ import (
 
 // sessionSource is what a listener's server gets its upstream sessions from: the path
 // source behind the pod's login budget, and with a pool block the listener's pool in front
-// (its sessions on a path that goes down are closed at once).
+// (its sessions on a path that goes down are closed at its next tick; the server's evictions
+// reach it as a proxy.PathEvicter).
 //
 // On a cluster listener topo is its monitor: pooled sessions are kept for the instance the
-// topology would pick now (never a demoted one), and leave the pool when it evicts an instance.
+// topology would pick now (never a demoted one), leave the pool when the server evicts an
+// instance, and one pooled past check_after gets the login's role check at checkout, judged
+// by the monitor as a login's is.
 func (s *Sidecar) sessionSource(lc config.Listener, eng engine, paths proxy.Source, set *health.Set, topo *topology.Monitor, log *zap.Logger, m *reuse.Metrics) (proxy.Source, *reuse.Pool) {
 	logins := s.budget.Source(paths, lc.ConnectTimeout)
 	re, ok := eng.(reuse.Engine)
@@ -46,14 +52,40 @@ func (s *Sidecar) sessionSource(lc config.Listener, eng engine, paths proxy.Sour
 			return ""
 		},
 		PathDown: set.IsDown, Credentials: credentialsDigest(lc),
-		Log: log, Metrics: m,
+		Role: pooledRole(eng, topo),
+		Log:  log, Metrics: m,
 	}, re, logins)
-	set.Watch(func(path string, st health.State) {
-		if st == health.Down {
-			pool.EvictPath(path)
-		}
-	})
 	return pool, pool
+}
+
+// pooledRoleChecker is an engine that reads a pooled session's instance role (wire/pg,
+// wire/mysql).
+type pooledRoleChecker interface {
+	PooledRole(ctx context.Context, conn net.Conn, state any) (topology.Report, error)
+}
+
+// pooledRole is a cluster listener pool's role check at checkout: the engine's check on the
+// pooled session, judged by the monitor (a mismatch is counted and makes it look now); nil
+// for a plain listener.
+func pooledRole(eng engine, topo *topology.Monitor) func(context.Context, string, net.Conn, any) (bool, error) {
+	rc, ok := eng.(pooledRoleChecker)
+	if topo == nil || !ok {
+		return nil
+	}
+	return func(ctx context.Context, path string, conn net.Conn, state any) (bool, error) {
+		rep, err := rc.PooledRole(ctx, conn, state)
+		if err != nil {
+			return false, err
+		}
+		if err := topo.Accept(path, rep); err != nil {
+			var me *topology.MismatchError
+			if errors.As(err, &me) {
+				return false, nil
+			}
+			return false, err
+		}
+		return true, nil
+	}
 }
 
 // credentialsDigest names a password-mode listener's password now (a digest: the pool

@@ -226,19 +226,12 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	}
 	onNetworkFailure := set.ReportFailure
 	var topo *topology.Monitor
-	var pooled *reuse.Pool // set below, before the monitor runs
 	if lc.IsCluster() {
-		// An evicted instance's idle pooled sessions go with its relayed ones.
-		evictPooled := func(path string) {
-			if pooled != nil {
-				pooled.EvictPath(path)
-			}
-		}
 		region := "" // the paths' Regions, for the nearest readers first
 		if lc.Auth.Mode == config.AuthIAM {
 			region = s.cfg.AWS.Region
 		}
-		topo = newMonitor(lc, region, paths, eng, set, func() *proxy.Server { return srv }, evictPooled, log, m.topology)
+		topo = newMonitor(lc, region, paths, eng, set, func() *proxy.Server { return srv }, log, m.topology)
 		ucfg.Cluster = topo
 		// A path going down or a session dying on the network may be the writer going: look now.
 		set.Watch(func(_ string, st health.State) {
@@ -253,7 +246,8 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 	}
 	source := upstream.New(ucfg)
 	sessions, pool := s.sessionSource(lc, eng, source, set, topo, log, m.reuse)
-	pooled = pool
+	// Every eviction below (a path moved, a failover, a lagging reader, a fallback over) is one
+	// srv.Evict, which reaches the pool's idle sessions too (proxy.PathEvicter).
 	srv = proxy.NewServer(proxy.Config{
 		Name: lc.Name, Engine: lc.Engine, Listen: lc.Listen, MaxConnections: lc.MaxConnections,
 		HandshakeTimeout: lc.HandshakeTimeout, ConnectTimeout: lc.ConnectTimeout, KillGrace: s.cfg.Shutdown.KillGrace,
@@ -282,8 +276,8 @@ func (s *Sidecar) newListener(lc config.Listener, tokens *auth.TokenCache, m met
 }
 
 // newMonitor is a cluster listener's topology monitor: its instances are the paths, its
-// evictions go to the listener's server (srv, once built).
-func newMonitor(lc config.Listener, region string, paths []health.Path, chk topology.Checker, set *health.Set, srv func() *proxy.Server, evictPooled func(string), log *zap.Logger, m *topology.Metrics) *topology.Monitor {
+// evictions go to the listener's server (srv, once built), and through it to its pool.
+func newMonitor(lc config.Listener, region string, paths []health.Path, chk topology.Checker, set *health.Set, srv func() *proxy.Server, log *zap.Logger, m *topology.Metrics) *topology.Monitor {
 	c := lc.Cluster
 	return topology.New(topology.Config{
 		Listener: lc.Name, Role: topology.Role(lc.Role), Instances: paths, Checker: chk,
@@ -294,9 +288,12 @@ func newMonitor(lc config.Listener, region string, paths []health.Path, chk topo
 		Balance: c.Balance, LocalRegion: region, EndLaggingAtIdle: c.LagAction == config.LagActionEndAtIdle,
 		Sessions: func() map[string]int { return srv().SessionsByPath() },
 		Evict: func(path string, how topology.Eviction) {
-			evictPooled(path)
-			if how == topology.EvictLagging {
+			switch how {
+			case topology.EvictLagging:
 				srv().Evict(path, proxy.CloseLagging, false)
+				return
+			case topology.EvictFallbackOver:
+				srv().Evict(path, proxy.CloseFallback, false)
 				return
 			}
 			srv().Evict(path, proxy.CloseFailover, true)
@@ -463,7 +460,9 @@ func (s *Sidecar) closeListeners() {
 var ErrDraining = errors.New("draining")
 
 // Ready is the readiness verdict: not while draining, and under the healthy-path policy not
-// while any listener has no healthy path.
+// while any listener has no healthy path, nor while a cluster writer listener has had no
+// writer for longer than a failover may take (noWriterLimit): a connection waiting now would
+// fail. Within it (a failover under way: connections wait) it stays ready.
 func (s *Sidecar) Ready() error {
 	if s.draining.Load() {
 		return ErrDraining
@@ -473,9 +472,22 @@ func (s *Sidecar) Ready() error {
 			if !l.paths.AnyUp() {
 				return fmt.Errorf("listener %s has no healthy path", l.cfg.Name)
 			}
+			if l.topo == nil || l.cfg.Role != config.RoleWriter {
+				continue
+			}
+			if d, limit := l.topo.NoWriterFor(), noWriterLimit(l.cfg); d > limit {
+				return fmt.Errorf("listener %s has had no writer for %s (longer than its failover_window and connect_timeout, %s)",
+					l.cfg.Name, d.Round(time.Second), limit)
+			}
 		}
 	}
 	return nil
+}
+
+// noWriterLimit is how long a cluster writer listener may be without a writer and stay ready:
+// the longer of its failover_window and its connect_timeout (a connection waits that long).
+func noWriterLimit(lc config.Listener) time.Duration {
+	return max(lc.Cluster.FailoverWindow, lc.ConnectTimeout)
 }
 
 // ListenerReport is one listener's entry in /paths.

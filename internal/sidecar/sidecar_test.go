@@ -22,6 +22,7 @@ import (
 	"github.com/rdsvalet/rds-valet/internal/auth"
 	"github.com/rdsvalet/rds-valet/internal/config"
 	"github.com/rdsvalet/rds-valet/internal/health"
+	"github.com/rdsvalet/rds-valet/internal/topology"
 )
 
 // refusedAddr is a loopback address nothing listens on: every login there fails at once.
@@ -278,5 +279,50 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond) // polling an observable state, bounded by the deadline
+	}
+}
+
+// Under the healthy-path policy a cluster writer listener without a writer for longer than
+// its failover_window and connect_timeout is not ready, naming the listener; within them (a
+// failover under way) and once a writer answers, it is. A reader listener without a writer,
+// or the process policy, does not care.
+func TestReadyNeedsAWriterPastTheFailoverWindow(t *testing.T) {
+	cfg := testConfig(t)
+	w := &cfg.Listeners[0]
+	w.Name, w.Role = "rw", config.RoleWriter
+	// Set as config's defaults would (the sidecar never runs here: the monitor only records).
+	w.Cluster = config.Cluster{Discovery: config.DiscoveryStatic, RefreshInterval: time.Second,
+		FailoverRefreshInterval: 100 * time.Millisecond, FailoverWindow: 600 * time.Millisecond}
+	w.ConnectTimeout = 300 * time.Millisecond
+	r := &cfg.Listeners[1]
+	r.Engine, r.Name, r.Role = config.EnginePostgres, "ro", config.RoleReader
+	r.Cluster = w.Cluster
+	start := time.Now()
+	s := newSidecar(t, cfg)
+	defer s.Close()
+	if err := s.Ready(); err != nil && time.Since(start) < 600*time.Millisecond {
+		t.Fatalf("Ready() = %v within the failover window", err)
+	}
+	waitFor(t, "readiness to name the writer listener without a writer", func() bool {
+		err := s.Ready()
+		return err != nil && strings.Contains(err.Error(), "listener rw has had no writer for") &&
+			strings.Contains(err.Error(), "failover_window")
+	})
+	if time.Since(start) < 600*time.Millisecond {
+		t.Fatalf("not ready after %v, before the failover window ran out", time.Since(start))
+	}
+	// The writer answers (as the monitor's check records it): ready again.
+	s.listeners[0].topo.Record("db", topology.Report{Role: topology.Writer, LagKnown: true}, nil, time.Millisecond)
+	if err := s.Ready(); err != nil {
+		t.Fatalf("Ready() = %v with a writer", err)
+	}
+	s.listeners[0].topo.Record("db", topology.Report{Role: topology.Reader}, nil, time.Millisecond) // demoted: lost
+	waitFor(t, "readiness to fail again once the writer has been lost past the window", func() bool {
+		err := s.Ready()
+		return err != nil && strings.Contains(err.Error(), "listener rw")
+	})
+	cfg.Admin.Readiness = config.ReadyWhenUp
+	if err := s.Ready(); err != nil {
+		t.Fatalf("process policy: Ready() = %v", err)
 	}
 }

@@ -37,6 +37,10 @@ const (
 	// EvictLagging: the reader fell behind max_replica_lag. Sessions end at their next idle
 	// point, none is cut.
 	EvictLagging
+	// EvictFallbackOver: a reader listener's sessions on the writer, put there by
+	// reader_fallback while no reader was fresh, once one is fresh again. Sessions end at their
+	// next idle point, none is cut.
+	EvictFallbackOver
 )
 
 // Config is one listener's view of a cluster.
@@ -64,7 +68,8 @@ type Config struct {
 	// readers there first, and readers of other Regions (health.Path.Region) only when none
 	// there is fresh ("route to the nearest read replica"). "" = no preference.
 	LocalRegion string
-	// EndLaggingAtIdle ends the sessions of a reader that falls behind at their next idle point.
+	// EndLaggingAtIdle ends the sessions of a reader that falls behind at their next idle point,
+	// and a reader listener's fallback sessions on the writer once a reader is fresh again.
 	EndLaggingAtIdle bool
 	// Sessions counts live sessions per instance (the listener's proxy.Server); nil is none.
 	Sessions func() map[string]int
@@ -112,6 +117,7 @@ type Monitor struct {
 	lostAt               time.Time // when the last writer was lost, zero when not in a failover
 	lost                 string    // the writer lost then
 	fastUntil            time.Time
+	noWriterSince        time.Time // since when there has been no writer, zero while there is one
 	failovers            uint64
 	lastFailoverAt       time.Time
 	lastFailoverDuration time.Duration
@@ -139,7 +145,7 @@ func New(cfg Config) *Monitor {
 		cfg.FailoverRefresh = cfg.Refresh
 	}
 	cfg.Log = cfg.Log.With(zap.String("listener", cfg.Listener))
-	mo := &Monitor{cfg: cfg, m: cfg.Metrics, changed: make(chan struct{}), kicked: make(chan struct{})}
+	mo := &Monitor{cfg: cfg, m: cfg.Metrics, changed: make(chan struct{}), kicked: make(chan struct{}), noWriterSince: cfg.Now()}
 	for _, p := range cfg.Instances {
 		mo.inst = append(mo.inst, &instance{path: p, role: Unknown})
 		mo.m.initInstance(cfg.Listener, p.Name)
@@ -299,6 +305,16 @@ func (mo *Monitor) Record(name string, rep Report, err error, rtt time.Duration)
 			evict = append(evict, evictOrder{name, EvictFailover})
 		case !wasFresh && in.fresh:
 			mo.cfg.Log.Info("reader is fresh: it takes new connections", zap.String("instance", name), zap.Duration("lag", in.lag))
+			if mo.cfg.FallbackToWriter && mo.cfg.EndLaggingAtIdle && !mo.anyFreshExceptLocked(name) {
+				// The fallback is over: sessions it put on the writer go back at their next idle
+				// point (any instance answering as writer: the one they were put on).
+				// The server logs it when there are any.
+				for _, w := range mo.inst {
+					if w.role == Writer {
+						evict = append(evict, evictOrder{w.path.Name, EvictFallbackOver})
+					}
+				}
+			}
 		}
 	}
 	if mo.candidatesKeyLocked() != before {
@@ -362,6 +378,11 @@ func (mo *Monitor) chooseWriterLocked(now time.Time) []evictOrder {
 		return nil
 	}
 	mo.writer = next
+	if next == "" {
+		mo.noWriterSince = now
+	} else {
+		mo.noWriterSince = time.Time{}
+	}
 	var out []evictOrder
 	if old != "" {
 		oldIn := mo.find(old)
@@ -651,6 +672,17 @@ func (mo *Monitor) anyFreshExceptLocked(name string) bool {
 		}
 	}
 	return false
+}
+
+// NoWriterFor is how long the monitor has been without a writer (since it started, or since
+// the writer was lost), 0 while it has one.
+func (mo *Monitor) NoWriterFor() time.Duration {
+	mo.mu.Lock()
+	defer mo.mu.Unlock()
+	if mo.noWriterSince.IsZero() {
+		return 0
+	}
+	return mo.cfg.Now().Sub(mo.noWriterSince)
 }
 
 // Retry is how long a connection waiting for a writer (or a reader) waits before it looks

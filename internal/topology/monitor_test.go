@@ -188,6 +188,12 @@ func TestReaderLagAndFallback(t *testing.T) {
 	f.writer("w")
 	f.reader("r1", 0)
 	f.reader("r2", 200*time.Millisecond)
+	// The first fresh reader ends whatever the fallback (or the login check before any check)
+	// put on the writer.
+	if !slices.Equal(f.evicted, []evicted{{"w", EvictFallbackOver}}) {
+		t.Fatalf("first reader fresh: evicted %v, want the writer's sessions told to end at idle", f.evicted)
+	}
+	f.evicted = nil
 	first := map[string]int{}
 	for range 10 {
 		c := f.mo.Candidates()
@@ -214,15 +220,25 @@ func TestReaderLagAndFallback(t *testing.T) {
 	if err := f.mo.Accept("w", Report{Role: Writer}); err != nil {
 		t.Fatalf("fallback to the writer refused: %v", err)
 	}
+	f.evicted = nil
 	f.reader("r2", 0)
 	if got := names(f.mo.Candidates()); got != "r2" {
 		t.Fatalf("r2 caught up: candidates %q, want r2", got)
+	}
+	if !slices.Equal(f.evicted, []evicted{{"w", EvictFallbackOver}}) {
+		t.Fatalf("r2 caught up after the fallback: evicted %v, want the writer's sessions told to end at idle", f.evicted)
 	}
 	if g := testutil.ToFloat64(f.mo.m.lag.WithLabelValues("l", "r1")); g != -1 {
 		t.Fatalf("unknown lag gauge %v, want -1", g)
 	}
 	if g := testutil.ToFloat64(f.mo.m.lag.WithLabelValues("l", "r2")); g != 0 {
 		t.Fatalf("r2 lag gauge %v, want 0", g)
+	}
+	// Another reader back while r2 is fresh: no fallback was in effect, nothing to move.
+	f.evicted = nil
+	f.reader("r1", 0)
+	if len(f.evicted) != 0 {
+		t.Fatalf("a second reader fresh: evicted %v, want nothing", f.evicted)
 	}
 }
 
@@ -361,5 +377,41 @@ func TestReaderPrefersItsRegion(t *testing.T) {
 	g.reader("west", 0)
 	if got := len(g.mo.Candidates()); got != 2 {
 		t.Fatalf("no local Region: %d candidates, want both readers", got)
+	}
+}
+
+// With lag_action keep, fallback sessions stay on the writer too.
+func TestFallbackKeptWithLagActionKeep(t *testing.T) {
+	f := newFixture(t, Reader, []string{"r1", "w"}, func(c *Config) { c.EndLaggingAtIdle = false })
+	f.writer("w")
+	f.reader("r1", 5*time.Second)
+	f.reader("r1", 0)
+	if len(f.evicted) != 0 {
+		t.Fatalf("lag_action keep: evicted %v, want nothing", f.evicted)
+	}
+}
+
+// How long the monitor has had no writer: since it started, then 0 while it has one, then
+// since the writer was lost.
+func TestNoWriterFor(t *testing.T) {
+	f := newFixture(t, Writer, []string{"a", "b"}, nil)
+	f.now = f.now.Add(3 * time.Second)
+	if d := f.mo.NoWriterFor(); d != 3*time.Second {
+		t.Fatalf("no check yet: %v, want 3s since the start", d)
+	}
+	f.writer("a")
+	f.reader("b", 0)
+	if d := f.mo.NoWriterFor(); d != 0 {
+		t.Fatalf("with a writer: %v", d)
+	}
+	f.fail("a")
+	f.fail("a") // two failed checks: the writer is lost
+	f.now = f.now.Add(5 * time.Second)
+	if d := f.mo.NoWriterFor(); d != 5*time.Second {
+		t.Fatalf("writer lost 5 s ago: %v", d)
+	}
+	f.writer("b")
+	if d := f.mo.NoWriterFor(); d != 0 {
+		t.Fatalf("new writer: %v", d)
 	}
 }

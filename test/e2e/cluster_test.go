@@ -355,13 +355,18 @@ func (r *clusterRig) landings(t *testing.T, n int, fallback bool) map[string]int
 
 // Reader listener, two replicas, one paused past max_replica_lag: new connections all land on
 // the fresh one; resumed, both again; a reader killed: its session ends with a farewell and new
-// ones go to the other; no reader left: the fallback, the writer.
+// ones go to the other; the last reader behind: the fallback, the writer, whose sessions end at
+// idle once the reader is back; no reader left: the fallback again.
 func TestClusterReaderFollowsLag(t *testing.T) {
 	for _, e := range clusterEngines {
 		t.Run(e.name, func(t *testing.T) {
 			r := startClusterRig(t, e, 2, ", max_replica_lag: 1s, reader_fallback: writer")
 			insts := e.instances(r.w)
 			primary, paused, fresh := insts[0], insts[1], insts[2]
+			// A standby's lag is known from its second check: until then the fallback would put
+			// sessions on the writer.
+			r.waitTopology(t, "both readers fresh", r.fresh(t, paused.ID, true))
+			r.waitTopology(t, "both readers fresh", r.fresh(t, fresh.ID, true))
 			if got := r.landings(t, 20, false); got[paused.ID] == 0 || got[fresh.ID] == 0 {
 				t.Fatalf("both readers fresh: sessions landed %v, want both readers used", got)
 			}
@@ -420,6 +425,9 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 			if got := r.landings(t, 20, false); got[paused.ID] != 20 {
 				t.Fatalf("a reader killed: sessions landed %v, want all on %s", got, paused.ID)
 			}
+			// The last reader falls behind: no fresh reader, the fallback puts sessions on the
+			// writer; once it is back, they end at their next idle point and new ones go to it.
+			r.fallbackMovesBack(t, ctx, primary, paused)
 			paused.Kill()
 			if got := r.landings(t, 5, true); got[primary.ID] != 5 {
 				t.Fatalf("no reader left: sessions landed %v, want the fallback %s", got, primary.ID)

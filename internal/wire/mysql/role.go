@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 
@@ -237,4 +238,25 @@ func textQuery(w io.Writer, br *bufio.Reader, sql string, deprecateEOF bool) ([]
 		}
 		rows = append(rows, row)
 	}
+}
+
+// PooledRole is the login's role check on a pooled session (internal/reuse asks it at a
+// checkout that made the round trip, on a cluster listener): the same query, whose answer
+// the app never sees.
+func (p *Protocol) PooledRole(ctx context.Context, conn net.Conn, state any) (topology.Report, error) {
+	ps := state.(*pooledState)
+	defer wire.BindPooled(ctx, conn)()
+	br := bufio.NewReaderSize(conn, 512)
+	_, rows, err := textQuery(conn, br, roleQuery, ps.caps&gm.CLIENT_DEPRECATE_EOF != 0)
+	if err != nil {
+		return topology.Report{}, fmt.Errorf("role check: %w", wire.CtxErr(ctx, err))
+	}
+	if br.Buffered() > 0 {
+		return topology.Report{}, errors.New("role check: the server sent more than the answer")
+	}
+	if len(rows) != 1 || len(rows[0]) != 2 {
+		return topology.Report{}, errors.New("role check: unexpected result shape")
+	}
+	role, err := topology.ParseMySQLRole(rows[0][0], rows[0][1])
+	return topology.Report{Role: role}, err
 }

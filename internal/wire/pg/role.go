@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -247,4 +248,34 @@ func decodeDataRow(body []byte) ([]*string, error) {
 		row = append(row, &v)
 	}
 	return row, nil
+}
+
+// PooledRole is the login's role check on a pooled session (internal/reuse asks it at a
+// checkout that made the round trip, on a cluster listener): in_hot_standby as the server
+// last reported it (PostgreSQL 14 on reports its change after a promotion at the next
+// ReadyForQuery, which the checkout's Sync just brought), else one pg_is_in_recovery().
+func (p *Protocol) PooledRole(ctx context.Context, conn net.Conn, state any) (topology.Report, error) {
+	ps := state.(*pooledState)
+	if v, ok := ps.current["in_hot_standby"]; ok {
+		if role, err := topology.InHotStandby(v); err == nil {
+			return topology.Report{Role: role}, nil
+		}
+	}
+	defer wire.BindPooled(ctx, conn)()
+	out, _ := (&pgproto3.Query{String: roleQuery}).Encode(nil)
+	if _, err := conn.Write(out); err != nil {
+		return topology.Report{}, fmt.Errorf("role check: %w", wire.CtxErr(ctx, err))
+	}
+	br := bufio.NewReaderSize(conn, 512)
+	row, err := readUntilReady(br, ps)
+	if err != nil {
+		return topology.Report{}, fmt.Errorf("role check: %w", wire.CtxErr(ctx, err))
+	}
+	if br.Buffered() > 0 {
+		return topology.Report{}, errors.New("role check: the server sent more than the answer")
+	}
+	if len(row) != 1 || row[0] == nil {
+		return topology.Report{}, errors.New("role check: pg_is_in_recovery() returned no value")
+	}
+	return topology.ParsePGRole(*row[0], nil)
 }

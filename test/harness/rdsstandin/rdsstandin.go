@@ -67,6 +67,9 @@ type Options struct {
 	// mysql_clear_password, as RDS does. Tests set another one to see how a client copes
 	// with a plugin it does not speak.
 	MySQLSwitchPlugin string
+	// Listener, when set, is where the stand-in accepts (it takes it over and closes it);
+	// nil listens on a random 127.0.0.1 port.
+	Listener net.Listener
 	// HandshakeTimeout bounds everything before the session is relayed; 0 means 10s.
 	HandshakeTimeout time.Duration
 	// Logf receives one line per event; tokens are never logged.
@@ -126,9 +129,12 @@ func start(o Options) (*Server, error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("rdsstandin: listen: %w", err)
+	ln := o.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("rdsstandin: listen: %w", err)
+		}
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{opts: o, ln: ln, ctx: ctx, stop: stop, conns: map[net.Conn]bool{}, sessions: map[net.Conn]net.Conn{},

@@ -12,6 +12,7 @@ import (
 	"github.com/rdsvalet/rds-valet/test/harness/mariadb"
 	"github.com/rdsvalet/rds-valet/test/harness/pgserver"
 	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
+	"github.com/rdsvalet/rds-valet/test/harness/testdns"
 	"github.com/rdsvalet/rds-valet/test/harness/topology"
 )
 
@@ -128,6 +129,12 @@ func instanceDomain(region string) string { return "c1uster7test." + region + ".
 // replicas, an instance stand-in each, and the topology stand-ins.
 // The two engines start side by side (a cluster start is mostly waiting for servers).
 func (w *World) startCluster(ctx context.Context, o Options) error {
+	if o.ResolvableInstances && (o.Replicas > 0 || o.MySQLReplicas > 0) {
+		var err error
+		if w.DNS, err = testdns.Start(); err != nil {
+			return err
+		}
+	}
 	pgErr := make(chan error, 1)
 	go func() { pgErr <- w.startPGCluster(ctx, o) }()
 	myErr := w.startMySQLCluster(ctx, o)
@@ -137,22 +144,28 @@ func (w *World) startCluster(ctx context.Context, o Options) error {
 func (w *World) startPGCluster(ctx context.Context, o Options) error {
 	domain := instanceDomain(o.Region)
 	if o.Replicas > 0 {
-		w.InstanceTemplate = "?." + domain + ":" + rdsPort
+		port, lns, err := w.instanceListeners(o, "127.0.0.", o.Replicas+1, rdsPort)
+		if err != nil {
+			return err
+		}
+		w.InstanceTemplate = "?." + domain + ":" + port
 		ids := clusterIDs(o.ClusterID, o.Replicas)
 		w.Instances = append(w.Instances, &Instance{ID: ids[0], Engine: Postgres, PG: w.PG})
 		for _, id := range ids[1:] {
 			sb, err := w.PG.StartStandby(ctx, pgserver.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
 			if err != nil {
+				closeListeners(lns)
 				return err
 			}
 			w.Instances = append(w.Instances, &Instance{ID: id, Engine: Postgres, PG: sb})
 		}
 		var members []topology.PGMember
-		for _, i := range w.Instances {
-			if err := w.startInstanceStandin(i, domain, rdsPort, o); err != nil {
+		for n, i := range w.Instances {
+			if err := w.startInstanceStandin(i, domain, port, lns[n], o); err != nil {
+				closeListeners(lns[n+1:])
 				return err
 			}
-			members = append(members, topology.PGMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 5432}, Server: i.PG})
+			members = append(members, topology.PGMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: atoi(port)}, Server: i.PG})
 		}
 		if err := topology.InstallPostgres(ctx, w.PG, []string{"postgres", o.DB}, members); err != nil {
 			return err
@@ -169,24 +182,29 @@ func (w *World) startPGCluster(ctx context.Context, o Options) error {
 func (w *World) startMySQLCluster(ctx context.Context, o Options) error {
 	domain := instanceDomain(o.Region)
 	if o.MySQL && o.MySQLReplicas > 0 {
-		w.MySQLInstanceTemplate = "?." + domain + ":" + rdsMySQLPort
+		port, lns, err := w.instanceListeners(o, "127.0.1.", o.MySQLReplicas+1, rdsMySQLPort)
+		if err != nil {
+			return err
+		}
+		w.MySQLInstanceTemplate = "?." + domain + ":" + port
 		ids := clusterIDs(o.ClusterID+"-mysql", o.MySQLReplicas)
 		w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: ids[0], Engine: MySQL, MariaDB: w.MariaDB})
 		for _, id := range ids[1:] {
 			r, err := w.MariaDB.StartReplica(ctx, mariadb.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
 			if err != nil {
+				closeListeners(lns)
 				return err
 			}
 			w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: id, Engine: MySQL, MariaDB: r})
 		}
 		var members []topology.MySQLMember
-		for _, i := range w.MySQLInstances {
-			if err := w.startInstanceStandin(i, domain, rdsMySQLPort, o); err != nil {
+		for n, i := range w.MySQLInstances {
+			if err := w.startInstanceStandin(i, domain, port, lns[n], o); err != nil {
+				closeListeners(lns[n+1:])
 				return err
 			}
-			members = append(members, topology.MySQLMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 3306}, Server: i.MariaDB})
+			members = append(members, topology.MySQLMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: atoi(port)}, Server: i.MariaDB})
 		}
-		var err error
 		if w.MySQLTopology, err = topology.StartMySQL(ctx, topology.MySQLOptions{Schema: o.MySQLTopologySchema, Members: members, Logf: o.Logf}); err != nil {
 			return err
 		}
@@ -203,7 +221,50 @@ func clusterIDs(base string, replicas int) []string {
 	return ids
 }
 
-func (w *World) startInstanceStandin(i *Instance, domain, port string, o Options) error {
+// instanceListeners are the n instances' stand-in listeners: nil each (random 127.0.0.1 ports)
+// and the engine's RDS port for the endpoints, or with ResolvableInstances one port on n
+// loopback addresses net+"2", net+"3", ... (a few tries find a port free on all).
+func (w *World) instanceListeners(o Options, network string, n int, defaultPort string) (string, []net.Listener, error) {
+	lns := make([]net.Listener, n)
+	if !o.ResolvableInstances {
+		return defaultPort, lns, nil
+	}
+	var err error
+	for range 20 {
+		if lns[0], err = net.Listen("tcp", network+"2:0"); err != nil {
+			return "", nil, fmt.Errorf("world: listen on %s2: %w", network, err)
+		}
+		_, port, _ := net.SplitHostPort(lns[0].Addr().String())
+		k := 1
+		for ; k < n; k++ {
+			if lns[k], err = net.Listen("tcp", net.JoinHostPort(network+strconv.Itoa(k+2), port)); err != nil {
+				break
+			}
+		}
+		if k == n {
+			return port, lns, nil
+		}
+		for _, ln := range lns[:k] {
+			_ = ln.Close()
+		}
+	}
+	return "", nil, fmt.Errorf("world: no port free on %d loopback addresses: %w", n, err)
+}
+
+func closeListeners(lns []net.Listener) {
+	for _, ln := range lns {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
+
+func (w *World) startInstanceStandin(i *Instance, domain, port string, ln net.Listener, o Options) error {
 	i.TLSServerName = i.ID + "." + domain
 	i.TokenHost = net.JoinHostPort(i.TLSServerName, port)
 	srvTLS, err := w.CA.ServerTLSConfig(i.TLSServerName)
@@ -213,6 +274,7 @@ func (w *World) startInstanceStandin(i *Instance, domain, port string, o Options
 	// One db user resource for the whole cluster, as Aurora's IAM resource is the cluster's
 	// (arn:...:dbuser:cluster-ID/user), so the world's policy covers every instance.
 	so := rdsstandin.Options{
+		Listener:       ln,
 		TLS:            srvTLS,
 		Verify:         rdsstandin.IAMVerifier(iamtoken.Options{ExpectHost: i.TokenHost, Region: o.Region, Lookup: w.STS.Lookup}),
 		Authorize:      w.AuthorizeDBConnect,
@@ -227,9 +289,16 @@ func (w *World) startInstanceStandin(i *Instance, domain, port string, o Options
 		i.Standin, err = rdsstandin.StartMySQL(so)
 	}
 	if err != nil {
+		if ln != nil {
+			_ = ln.Close()
+		}
 		return err
 	}
 	i.Address = i.Standin.Addr()
+	if w.DNS != nil && ln != nil {
+		host, _, _ := net.SplitHostPort(i.Address)
+		w.DNS.Set(i.TLSServerName, host)
+	}
 	o.Logf("world: instance %s (%s) stand-in %s (tls %s, token host %s)", i.ID, i.Engine, i.Address, i.TLSServerName, i.TokenHost)
 	return nil
 }
@@ -239,6 +308,9 @@ func (w *World) closeCluster(ctx context.Context) error {
 	var errs []error
 	if w.MySQLTopology != nil {
 		w.MySQLTopology.Close()
+	}
+	if w.DNS != nil {
+		w.DNS.Close()
 	}
 	for _, i := range append(append([]*Instance(nil), w.Instances...), w.MySQLInstances...) {
 		if i.Standin != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/rdsvalet/rds-valet/test/harness/pgserver"
 	"github.com/rdsvalet/rds-valet/test/harness/pki"
 	"github.com/rdsvalet/rds-valet/test/harness/rdsstandin"
+	"github.com/rdsvalet/rds-valet/test/harness/testdns"
 	"github.com/rdsvalet/rds-valet/test/harness/topology"
 )
 
@@ -80,6 +81,13 @@ type Options struct {
 	// MySQLTopologySchema holds the replica_host_status view; default
 	// topology.DefaultMySQLSchema.
 	MySQLTopologySchema string
+	// ResolvableInstances makes the instance endpoints resolve, as they do in AWS: each
+	// instance's stand-in listens on its own loopback address (127.0.0.2, ... for PostgreSQL,
+	// 127.0.1.2, ... for MySQL) at one port shared by the cluster's instances, and World.DNS
+	// resolves each endpoint name to it, so that the instance template (with that port, also
+	// the token hosts') names a reachable instance: a sidecar with dns.server = DNS.Addr
+	// reaches instances it discovers and was never configured with.
+	ResolvableInstances bool
 	// Logf receives every component's log lines.
 	Logf func(format string, args ...any)
 }
@@ -132,6 +140,8 @@ type World struct {
 	MySQLInstanceTemplate string
 	// MySQLTopology refreshes the MySQL topology tables from the servers' state.
 	MySQLTopology *topology.MySQL
+	// DNS resolves the instance endpoints (Options.ResolvableInstances), else nil.
+	DNS *testdns.Server
 
 	// Env is the sidecar's AWS environment as KEY=VALUE, IRSA-style, with every other
 	// credential source neutralised (empty values count as unset for the SDK).
