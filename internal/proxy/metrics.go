@@ -79,6 +79,57 @@ func (m *Metrics) ObserveLogin(listener, path, result string, seconds float64) {
 	m.upstreamDur.WithLabelValues(listener, path, result).Observe(seconds)
 }
 
+// serverMetrics are one listener's series, looked up once: a label lookup hashes the labels
+// and takes the vector's lock, several times per app connection otherwise.
+type serverMetrics struct {
+	m                  *Metrics
+	listener, engine   string
+	active             prometheus.Gauge
+	bytesUp, bytesDown prometheus.Counter
+	totalOK            prometheus.Counter
+	handshakeOK        prometheus.Observer
+	closedBy           map[string]prometheus.Counter
+}
+
+func (m *Metrics) forListener(listener, engine string) serverMetrics {
+	sm := serverMetrics{
+		m: m, listener: listener, engine: engine,
+		active:      m.active.WithLabelValues(listener, engine),
+		bytesUp:     m.bytes.WithLabelValues(listener, "upstream"),
+		bytesDown:   m.bytes.WithLabelValues(listener, "downstream"),
+		totalOK:     m.total.WithLabelValues(listener, engine, ResultOK),
+		handshakeOK: m.handshake.WithLabelValues(listener, engine, ResultOK),
+		closedBy:    map[string]prometheus.Counter{},
+	}
+	for _, r := range closeReasons {
+		sm.closedBy[r] = m.closed.WithLabelValues(listener, r)
+	}
+	return sm
+}
+
+func (sm *serverMetrics) total(result string) prometheus.Counter {
+	if result == ResultOK {
+		return sm.totalOK
+	}
+	return sm.m.total.WithLabelValues(sm.listener, sm.engine, result)
+}
+
+func (sm *serverMetrics) handshake(result string) prometheus.Observer {
+	if result == ResultOK {
+		return sm.handshakeOK
+	}
+	return sm.m.handshake.WithLabelValues(sm.listener, sm.engine, result)
+}
+
+func (sm *serverMetrics) closed(reason string) prometheus.Counter {
+	if c, ok := sm.closedBy[reason]; ok {
+		return c
+	}
+	return sm.m.closed.WithLabelValues(sm.listener, reason)
+}
+
+var closeReasons = []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseSilent, CloseFailover, CloseLagging, CloseFallback, CloseBothDone}
+
 func (m *Metrics) init(listener, engine string) {
 	m.active.WithLabelValues(listener, engine)
 	for _, r := range []string{ResultOK, ResultCancel, ResultRefusedLimit, ResultRefusedDraining, ResultClientError, ResultUpstreamRefused, ResultNoPath} {
@@ -87,7 +138,7 @@ func (m *Metrics) init(listener, engine string) {
 	for _, d := range []string{"upstream", "downstream"} {
 		m.bytes.WithLabelValues(listener, d)
 	}
-	for _, r := range []string{CloseClient, CloseUpstream, CloseDrain, CloseCut, ClosePathDown, CloseSilent, CloseFailover, CloseLagging, CloseFallback, CloseBothDone} {
+	for _, r := range closeReasons {
 		m.closed.WithLabelValues(listener, r)
 	}
 }

@@ -53,6 +53,7 @@ type Server struct {
 	source Source
 	log    *zap.Logger
 	m      *Metrics
+	mc     serverMetrics // m's series for this listener, looked up once
 
 	ln   net.Listener
 	unix *net.UnixListener // nil without a unix socket
@@ -75,7 +76,7 @@ func NewServer(cfg Config, proto Protocol, source Source, log *zap.Logger, m *Me
 	ctx, cancel := context.WithCancel(context.Background())
 	m.init(cfg.Name, cfg.Engine)
 	return &Server{
-		cfg: cfg, proto: proto, source: source, m: m, ctx: ctx, cancel: cancel,
+		cfg: cfg, proto: proto, source: source, m: m, mc: m.forListener(cfg.Name, cfg.Engine), ctx: ctx, cancel: cancel,
 		log:      log.With(zap.String("listener", cfg.Name), zap.String("engine", cfg.Engine)),
 		sessions: map[*session]struct{}{},
 	}
@@ -222,7 +223,13 @@ func (s *Server) endSilent(now time.Time) {
 
 // Listen binds the listener's address.
 func (s *Server) Listen() error {
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	var lc net.ListenConfig
+	if loopback(s.cfg.Listen) {
+		// TCP keep-alive means nothing on loopback (the kernel ends a dead app's connections
+		// itself), and Go would set it up with four setsockopt calls per app connection.
+		lc.KeepAlive = -1
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
 	}
@@ -234,6 +241,19 @@ func (s *Server) Listen() error {
 		}
 	}
 	return nil
+}
+
+// loopback reports whether a listen address is on the loopback interface only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // UnixAddr is the bound unix socket, nil without one.
@@ -398,7 +418,7 @@ func (s *Server) connDone() {
 
 func (s *Server) handle(c net.Conn) {
 	start := time.Now()
-	active := s.m.active.WithLabelValues(s.cfg.Name, s.cfg.Engine)
+	active := s.mc.active
 	active.Inc()
 	done := func() {
 		_ = c.Close()
@@ -442,8 +462,8 @@ func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) boo
 	if err == nil && up == nil {
 		result = ResultCancel
 	}
-	s.m.total.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Inc()
-	s.m.handshake.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Observe(time.Since(start).Seconds())
+	s.mc.total(result).Inc()
+	s.mc.handshake(result).Observe(time.Since(start).Seconds())
 	if err != nil {
 		lvl := log.Warn
 		if result == ResultClientError {
@@ -467,15 +487,15 @@ func (s *Server) startSession(ss *session, start time.Time, log *zap.Logger) boo
 	}
 	log.Debug("session started", zap.Duration("handshake", time.Since(start)))
 	ss.log = log
-	ss.toUpstream.c = s.m.bytes.WithLabelValues(s.cfg.Name, "upstream")
-	ss.toApp.c = s.m.bytes.WithLabelValues(s.cfg.Name, "downstream")
+	ss.toUpstream.c = s.mc.bytesUp
+	ss.toApp.c = s.mc.bytesDown
 	r, err := s.cfg.Loops.Start(c, up.Conn, up.Leftover, ss)
 	if err != nil {
 		log.Error("cannot relay the session", zap.Error(err))
 		if up.OnClose != nil {
 			up.OnClose()
 		}
-		s.m.closed.WithLabelValues(s.cfg.Name, CloseCut).Inc()
+		s.mc.closed(CloseCut).Inc()
 		return false
 	}
 	ss.relayed(r)
@@ -520,7 +540,7 @@ func (s *Server) sessionEnded(ss *session, reason string, e sockloop.End) {
 		// source for the next app; else the source hears why it is gone.
 		ss.up.Release(e.Upstream, ss.up.Tracker, reason)
 	}
-	s.m.closed.WithLabelValues(s.cfg.Name, reason).Inc()
+	s.mc.closed(reason).Inc()
 	ss.log.Debug("session ended", zap.String("reason", reason), zap.Int64("bytes_from_app", e.FromApp), zap.Int64("bytes_to_app", e.ToApp))
 	ss.finish()
 }
@@ -529,7 +549,7 @@ func (s *Server) refuse(c net.Conn, reason error, result string, log *zap.Logger
 	d := min(s.cfg.HandshakeTimeout, refuseTimeout)
 	_ = c.SetDeadline(time.Now().Add(d))
 	// Counted before the client is told, so that whoever sees the refusal sees it counted.
-	s.m.total.WithLabelValues(s.cfg.Name, s.cfg.Engine, result).Inc()
+	s.mc.total(result).Inc()
 	log.Warn("connection refused", zap.String("result", result), zap.Error(reason))
 	ctx, cancel := context.WithTimeout(s.ctx, d)
 	s.proto.Refuse(ctx, c, reason)

@@ -135,6 +135,9 @@ type Pool struct {
 	eng   Engine
 	inner proxy.Source
 	idleG prometheus.Gauge
+	// The series counted on every app connection, looked up once.
+	hits, misses, unpooled prometheus.Counter
+	discardBy              map[string]prometheus.Counter
 
 	ctx    context.Context // ended by Close: resets and spares stop
 	cancel context.CancelFunc
@@ -143,9 +146,18 @@ type Pool struct {
 	mu     sync.Mutex
 	closed bool
 	idle   map[slot][]*held // most recently pooled last
-	warm   map[string]*identity
-	tick   uint64
+	// resetting counts the sessions of each slot being reset now; waiters are the checkouts
+	// waiting for one of them (never more than resetting), each handed a session or nil.
+	resetting map[slot]int
+	waiters   map[slot][]chan *held
+	warm      map[string]*identity
+	tick      uint64
 }
+
+// maxResetWait bounds how long a checkout waits for a session of its identity that is being
+// reset, rather than logging in: a reset is one round trip, a login a TLS handshake, a token
+// verification and a token of the login budget.
+const maxResetWait = 100 * time.Millisecond
 
 var (
 	_ proxy.Source      = (*Pool)(nil)
@@ -189,15 +201,21 @@ func New(cfg Config, eng Engine, inner proxy.Source) *Pool {
 	for _, r := range []string{"hit", "miss", "unpooled"} {
 		cfg.Metrics.checkouts.WithLabelValues(cfg.Listener, r)
 	}
+	discardBy := map[string]prometheus.Counter{}
 	for _, r := range allReasons {
-		cfg.Metrics.discards.WithLabelValues(cfg.Listener, r)
+		discardBy[r] = cfg.Metrics.discards.WithLabelValues(cfg.Listener, r)
 	}
 	for _, r := range []string{"ok", "failed"} {
 		cfg.Metrics.spares.WithLabelValues(cfg.Listener, r)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Pool{cfg: cfg, eng: eng, inner: inner, idleG: cfg.Metrics.idle.WithLabelValues(cfg.Listener),
-		ctx: ctx, cancel: cancel, idle: map[slot][]*held{}, warm: map[string]*identity{}}
+		hits:      cfg.Metrics.checkouts.WithLabelValues(cfg.Listener, "hit"),
+		misses:    cfg.Metrics.checkouts.WithLabelValues(cfg.Listener, "miss"),
+		unpooled:  cfg.Metrics.checkouts.WithLabelValues(cfg.Listener, "unpooled"),
+		discardBy: discardBy,
+		ctx:       ctx, cancel: cancel, idle: map[slot][]*held{}, warm: map[string]*identity{},
+		resetting: map[slot]int{}, waiters: map[slot][]chan *held{}}
 }
 
 func (p *Pool) credentials() string {
@@ -213,13 +231,16 @@ func (p *Pool) credentials() string {
 func (p *Pool) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, error) {
 	key := p.eng.Key(st)
 	if key == "" {
-		p.cfg.Metrics.checkouts.WithLabelValues(p.cfg.Listener, "unpooled").Inc()
+		p.unpooled.Inc()
 		return p.inner.Open(ctx, st)
 	}
 	p.remember(key, st)
 	at := slot{key: key, path: p.cfg.Best()}
 	for {
-		h := p.take(at)
+		h, wait := p.take(at)
+		if wait != nil {
+			h = p.await(ctx, at, wait)
+		}
 		if h == nil {
 			break
 		}
@@ -233,10 +254,10 @@ func (p *Pool) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, err
 			continue
 		}
 		sess.Path, sess.Release = h.path, p.releaser(h)
-		p.cfg.Metrics.checkouts.WithLabelValues(p.cfg.Listener, "hit").Inc()
+		p.hits.Inc()
 		return sess, nil
 	}
-	p.cfg.Metrics.checkouts.WithLabelValues(p.cfg.Listener, "miss").Inc()
+	p.misses.Inc()
 	sess, err := p.inner.Open(ctx, st)
 	if err != nil {
 		return nil, err
@@ -262,7 +283,9 @@ func (p *Pool) check(ctx context.Context, h *held) string {
 	if p.cfg.PathDown != nil && p.cfg.PathDown(h.path) {
 		return ReasonPathDown
 	}
-	if err := quiet(h.conn); err != nil {
+	// The TLS connection was found empty when the session was pooled (put), and nothing has
+	// read it since: what arrived while idle is on the socket.
+	if err := quietSocket(h.conn); err != nil {
 		return ReasonCheckFailed
 	}
 	if now.Sub(h.idleSince) >= p.cfg.CheckAfter {
@@ -294,7 +317,7 @@ func (p *Pool) releaser(h *held) func(net.Conn, proxy.Tracker, string) {
 			if reason == proxy.CloseClient {
 				r = ReasonAppLeftBusy
 			}
-			p.cfg.Metrics.discards.WithLabelValues(p.cfg.Listener, r).Inc()
+			p.discarded(r)
 			return
 		}
 		h.conn = conn
@@ -305,6 +328,7 @@ func (p *Pool) releaser(h *held) func(net.Conn, proxy.Tracker, string) {
 			return
 		}
 		p.wg.Add(1)
+		p.resetting[h.slot]++
 		p.mu.Unlock()
 		go func() {
 			defer p.wg.Done()
@@ -315,6 +339,7 @@ func (p *Pool) releaser(h *held) func(net.Conn, proxy.Tracker, string) {
 
 func (p *Pool) reset(h *held, t proxy.Tracker) {
 	if p.cfg.MaxLifetime > 0 && time.Since(h.born) >= p.cfg.MaxLifetime {
+		p.resetDone(h.slot)
 		p.discard(h, ReasonLifetime, nil)
 		return
 	}
@@ -326,24 +351,65 @@ func (p *Pool) reset(h *held, t proxy.Tracker) {
 		if p.ctx.Err() != nil {
 			reason, err = ReasonShutdown, nil
 		}
+		p.resetDone(h.slot)
 		p.discard(h, reason, err)
 		return
 	}
 	h.state = state
-	p.put(h)
+	p.put(h, true)
 }
 
-// put pools h, or discards it when it may not stay.
-func (p *Pool) put(h *held) {
-	reason := ""
+// resetDone ends a reset of at that pooled nothing: a checkout waiting for it logs in.
+func (p *Pool) resetDone(at slot) {
 	p.mu.Lock()
+	p.endResetLocked(at)
+	p.mu.Unlock()
+}
+
+func (p *Pool) endResetLocked(at slot) {
+	if p.resetting[at]--; p.resetting[at] <= 0 {
+		delete(p.resetting, at)
+	}
+	for len(p.waiters[at]) > p.resetting[at] {
+		p.popWaiterLocked(at) <- nil
+	}
+}
+
+func (p *Pool) popWaiterLocked(at slot) chan *held {
+	list := p.waiters[at]
+	ch := list[0]
+	if list = list[1:]; len(list) == 0 {
+		delete(p.waiters, at)
+	} else {
+		p.waiters[at] = list
+	}
+	return ch
+}
+
+// put pools h (or hands it to a checkout waiting for its slot), or discards it when it may
+// not stay; fromReset says h is the end of one of the slot's resets.
+func (p *Pool) put(h *held, fromReset bool) {
+	reason := ""
+	if err := quiet(h.conn); err != nil {
+		reason = ReasonCheckFailed
+	}
+	p.mu.Lock()
+	if fromReset {
+		if p.resetting[h.slot]--; p.resetting[h.slot] <= 0 {
+			delete(p.resetting, h.slot)
+		}
+	}
 	switch {
+	case reason != "":
 	case p.closed:
 		reason = ReasonShutdown
 	case p.cfg.PathDown != nil && p.cfg.PathDown(h.path):
 		reason = ReasonPathDown
 	case h.creds != p.credentials():
 		reason = ReasonCredentials
+	case len(p.waiters[h.slot]) > 0:
+		h.idleSince = time.Now()
+		p.popWaiterLocked(h.slot) <- h
 	case len(p.idle[h.slot]) >= p.cfg.MaxIdle:
 		reason = ReasonFull
 	default:
@@ -351,19 +417,28 @@ func (p *Pool) put(h *held) {
 		p.idle[h.slot] = append(p.idle[h.slot], h)
 		p.idleG.Inc()
 	}
+	for len(p.waiters[h.slot]) > p.resetting[h.slot] {
+		p.popWaiterLocked(h.slot) <- nil
+	}
 	p.mu.Unlock()
 	if reason != "" {
 		p.discard(h, reason, nil)
 	}
 }
 
-// take removes the most recently pooled session of at, nil if none.
-func (p *Pool) take(at slot) *held {
+// take removes the most recently pooled session of at. With none pooled but one being reset
+// that no other checkout waits for, it returns a channel that session (or nil) comes on.
+func (p *Pool) take(at slot) (*held, chan *held) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	list := p.idle[at]
 	if len(list) == 0 {
-		return nil
+		if p.closed || p.resetting[at] <= len(p.waiters[at]) {
+			return nil, nil
+		}
+		ch := make(chan *held, 1)
+		p.waiters[at] = append(p.waiters[at], ch)
+		return nil, ch
 	}
 	h := list[len(list)-1]
 	list[len(list)-1] = nil
@@ -373,18 +448,60 @@ func (p *Pool) take(at slot) *held {
 		p.idle[at] = list
 	}
 	p.idleG.Dec()
+	return h, nil
+}
+
+// await waits, up to maxResetWait and within ctx, for the session take promised on ch.
+func (p *Pool) await(ctx context.Context, at slot, ch chan *held) *held {
+	t := time.NewTimer(maxResetWait)
+	defer t.Stop()
+	select {
+	case h := <-ch:
+		return h
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	list := p.waiters[at]
+	for i, c := range list {
+		if c == ch {
+			if list = append(list[:i], list[i+1:]...); len(list) == 0 {
+				delete(p.waiters, at)
+			} else {
+				p.waiters[at] = list
+			}
+			p.mu.Unlock()
+			return nil
+		}
+	}
+	p.mu.Unlock()
+	// Handed over as it gave up: the session is in ch already (sent under the lock).
+	h := <-ch
+	if h != nil && ctx.Err() != nil {
+		p.put(h, false)
+		return nil
+	}
 	return h
 }
 
 // discard closes a session the pool will not keep.
 func (p *Pool) discard(h *held, reason string, err error) {
-	p.cfg.Metrics.discards.WithLabelValues(p.cfg.Listener, reason).Inc()
+	p.discarded(reason)
 	if err != nil {
 		p.cfg.Log.Debug("upstream session not reused", zap.String("path", h.path), zap.String("reason", reason), zap.Error(err))
 	}
 	if h.conn != nil {
 		p.eng.Close(h.conn, h.state)
 	}
+}
+
+// discarded counts a discard.
+func (p *Pool) discarded(reason string) {
+	if c, ok := p.discardBy[reason]; ok {
+		c.Inc()
+		return
+	}
+	p.cfg.Metrics.discards.WithLabelValues(p.cfg.Listener, reason).Inc()
 }
 
 // remember notes st's identity for warm spares, forgetting the least recently used past
@@ -552,7 +669,7 @@ func (p *Pool) spares() {
 			p.discard(h, ReasonResetFailed, nil)
 			continue
 		}
-		p.put(h)
+		p.put(h, false)
 	}
 }
 
@@ -572,6 +689,11 @@ func (p *Pool) Idle() int {
 func (p *Pool) Close() {
 	p.mu.Lock()
 	p.closed = true
+	for at := range p.waiters {
+		for len(p.waiters[at]) > 0 {
+			p.popWaiterLocked(at) <- nil
+		}
+	}
 	var out []*held
 	for _, list := range p.idle {
 		out = append(out, list...)

@@ -14,9 +14,10 @@ import (
 // it is, the session is not reused.
 var errNotQuiet = errors.New("the pooled session received bytes while idle")
 
-// quiet checks, without a round trip and without waiting, that a pooled upstream connection
-// has nothing to read: nothing buffered inside its TLS connection, nothing (and no EOF) on its
-// socket.
+// quiet checks, without a round trip and without waiting, that an upstream connection about
+// to be pooled has nothing to read: nothing buffered inside its TLS connection, nothing (and
+// no EOF) on its socket. While it is pooled nothing reads the TLS connection, so whatever
+// arrives later is on the socket: quietSocket is the check at checkout.
 func quiet(c net.Conn) error {
 	// A read with its deadline already past returns what the TLS connection holds, or a
 	// timeout at once without touching the socket; crypto/tls keeps the connection usable
@@ -34,6 +35,11 @@ func quiet(c net.Conn) error {
 	default:
 		return err
 	}
+	return quietSocket(c)
+}
+
+// quietSocket checks that nothing (and no EOF) waits on c's socket: one recv with MSG_PEEK.
+func quietSocket(c net.Conn) error {
 	raw := c
 	if tc, ok := c.(*tls.Conn); ok {
 		raw = tc.NetConn()
@@ -46,11 +52,12 @@ func quiet(c net.Conn) error {
 	if err != nil {
 		return err
 	}
+	var b [1]byte
 	var pn int
 	var perr error
-	if err := rc.Read(func(fd uintptr) bool {
+	// Control, not Read: a non-blocking peek needs nothing of the poller.
+	if err := rc.Control(func(fd uintptr) {
 		pn, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true
 	}); err != nil {
 		return err
 	}

@@ -74,7 +74,7 @@ func (e *faultEnv) login() (time.Duration, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := pgx.Connect(ctx, e.dsn())
+	c, err := pgx.Connect(ctx, e.loginDSN())
 	if err != nil {
 		return time.Since(start), err
 	}

@@ -278,6 +278,15 @@ func (e *faultEnv) dsn() string {
 	return fmt.Sprintf("host=%s port=%s user=app dbname=app sslmode=disable", host, port)
 }
 
+// loginDSN is dsn with a startup parameter of its own (a work_mem no other connection asks
+// for): part of the pool's identity, so that with reuse on (RDSVALET_E2E_POOL) the connection
+// is a real upstream login, not a pooled session, for the tests whose faults are in the login.
+func (e *faultEnv) loginDSN() string {
+	return fmt.Sprintf("%s work_mem=%dkB", e.dsn(), 4096+loginSeq.Add(1))
+}
+
+var loginSeq atomic.Int64
+
 // within runs f and fails the test if it takes longer than bound; f must itself be bounded
 // (its context), so that a hang shows up as this failure rather than as a stuck test.
 func within(t *testing.T, bound time.Duration, what string, f func() error) (time.Duration, error) {
@@ -557,7 +566,7 @@ func TestFaultResetMidHandshake(t *testing.T) {
 		var c *pgx.Conn
 		d, err := within(t, faultConnectTimeout+faultSlack, f.name, func() error {
 			var err error
-			c, err = pgx.Connect(ctxTimeout(t, time.Minute), e.dsn())
+			c, err = pgx.Connect(ctxTimeout(t, time.Minute), e.loginDSN())
 			return err
 		})
 		if err := e.net.Restore("pg"); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -269,28 +270,57 @@ func TestReusePostgresNoStateLeaks(t *testing.T) {
 	}
 }
 
-// TestReuseLoginBudgetHoldsAt500ConnectsPerSecond: apps connect, SELECT 1 and close at 500/s
-// through a reusing listener whose login budget is 20/s (burst 5); every connect succeeds, and
-// the logins that reach the RDS stand-in stay within the budget (counts, not timings).
+// TestReuseLoginBudgetHoldsAt500ConnectsPerSecond: apps connect, SELECT 1 and close, paced at
+// up to 500/s for a bounded time, through a reusing listener whose login budget is 20/s (burst
+// 5) and whose pool keeps fewer sessions than the apps have in flight at peaks (so some
+// connects miss and log in); every connect succeeds, and the logins that reach the RDS
+// stand-in (counted there) stay within the budget over the run and over every second of it.
+//
+// Under the race detector on a small machine the apps reach well under 500/s; the test asserts
+// the budget at whatever rate it reaches and logs it. make bench-login-budget runs it with a
+// sidecar and test built without the race detector and RDSVALET_E2E_MIN_RATE=500, which also
+// fails it below that rate (a figure for the benchmark, not for make test).
 func TestReuseLoginBudgetHoldsAt500ConnectsPerSecond(t *testing.T) {
 	const (
 		rate, burst = 20, 5
-		workers     = 20
-		connects    = 1000 // 2 s at 500/s
+		workers     = 64
 		perSecond   = 500
+		runFor      = 3 * time.Second
 	)
 	w := startWorld(t)
-	cfg := strings.Replace(iamConfig(w, "    pool: {max_idle: 30}"), "listeners:",
+	cfg := strings.Replace(iamConfig(w, "    pool: {max_idle: 24}"), "listeners:",
 		fmt.Sprintf("login_budget: {per_second: %d, burst: %d}\nlisteners:", rate, burst), 1)
 	s := startSidecar(t, cfg, w.SidecarEnv)
 	host, port, _ := net.SplitHostPort(s.pgAddr)
-	dsn := fmt.Sprintf("host=%s port=%s user=app dbname=app sslmode=disable connect_timeout=10", host, port)
+	dsn := fmt.Sprintf("host=%s port=%s user=app dbname=app sslmode=disable connect_timeout=15", host, port)
 	before := w.StandinLoginsOK()
+
+	// The stand-in's login count, sampled every 50 ms while the apps run.
+	type sampleAt struct {
+		at     time.Time
+		logins int
+	}
+	var samples []sampleAt
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			samples = append(samples, sampleAt{time.Now(), w.StandinLoginsOK()})
+			select {
+			case <-stopSampling:
+				samples = append(samples, sampleAt{time.Now(), w.StandinLoginsOK()})
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+
 	start := time.Now()
-	tick := time.NewTicker(time.Second / perSecond)
-	defer tick.Stop()
 	jobs := make(chan struct{})
-	var failed atomic.Int64
+	var failed, done atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	for range workers {
@@ -298,13 +328,14 @@ func TestReuseLoginBudgetHoldsAt500ConnectsPerSecond(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range jobs {
-				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				c, err := pgx.Connect(ctx, dsn)
 				if err == nil {
 					_, err = c.Exec(ctx, "SELECT 1")
 					_ = c.Close(ctx)
 				}
 				cancel()
+				done.Add(1)
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -312,18 +343,45 @@ func TestReuseLoginBudgetHoldsAt500ConnectsPerSecond(t *testing.T) {
 			}
 		}()
 	}
-	for range connects {
-		<-tick.C
+	// Connect i is due at start + i/500 s; one that could not start on time (every worker
+	// busy) starts as soon as a worker is free, so the apps catch up when the sidecar does.
+	issued := 0
+	for {
+		due := start.Add(time.Duration(issued) * time.Second / perSecond)
+		if due.Sub(start) >= runFor {
+			break
+		}
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d) // pacing the load generator, not synchronisation
+		}
 		jobs <- struct{}{}
+		issued++
 	}
+	// The apps' connect rate: connects started per second (each one started is waited for).
+	issuing := time.Since(start)
 	close(jobs)
 	wg.Wait()
 	took := time.Since(start)
+	close(stopSampling)
+	<-sampled
+	connects := done.Load()
 	logins := w.StandinLoginsOK() - before
 	allowed := burst + int(float64(rate)*took.Seconds()) + 1
 	hits := s.metric("rdsvalet_reuse_checkouts_total", `listener="pg"`, `result="hit"`)
-	t.Logf("%d connects in %v (%.0f/s): %d failed, %d logins reached the stand-in (budget allows %d), %v reuse hits, %v budget waits",
-		connects, took.Round(time.Millisecond), connects/took.Seconds(), failed.Load(), logins, allowed, hits,
+	achieved := float64(issued) / issuing.Seconds()
+	// Over any second: the bucket's rate and burst, plus the logins granted in the half second
+	// before the window that reached the stand-in inside it (a token is spent before the dial
+	// and TLS handshake), plus one for the 50 ms sampling.
+	perWindow := rate + burst + rate/2 + 1
+	worst := 0
+	for i := range samples {
+		for j := i + 1; j < len(samples) && samples[j].at.Sub(samples[i].at) <= time.Second; j++ {
+			worst = max(worst, samples[j].logins-samples[i].logins)
+		}
+	}
+	t.Logf("%d connects in %v (started at %.0f/s, %d issued): %d failed, %d logins reached the stand-in (budget allows %d; worst second %d, allowed %d), %v reuse hits, %v misses, %v budget waits",
+		connects, took.Round(time.Millisecond), achieved, issued, failed.Load(), logins, allowed, worst, perWindow, hits,
+		s.metric("rdsvalet_reuse_checkouts_total", `listener="pg"`, `result="miss"`),
 		s.metric("rdsvalet_reuse_login_budget_waits_total"))
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d of %d connects failed; first: %v", n, connects, firstErr.Load())
@@ -331,8 +389,19 @@ func TestReuseLoginBudgetHoldsAt500ConnectsPerSecond(t *testing.T) {
 	if logins > allowed {
 		t.Errorf("%d logins reached the stand-in in %v; the budget allows %d", logins, took, allowed)
 	}
-	if hits < connects-float64(allowed) {
+	if worst > perWindow {
+		t.Errorf("%d logins reached the stand-in within one second; the budget allows %d", worst, perWindow)
+	}
+	if hits < float64(connects)-float64(allowed) {
 		t.Errorf("%v reuse hits of %d connects", hits, connects)
+	}
+	if logins < 2 {
+		t.Errorf("%d logins: the pool never missed, so the budget was not put to the test", logins)
+	}
+	if want := os.Getenv("RDSVALET_E2E_MIN_RATE"); want != "" {
+		if floor, err := strconv.ParseFloat(want, 64); err != nil || achieved < floor {
+			t.Errorf("apps connected at %.0f/s, want at least %s/s (RDSVALET_E2E_MIN_RATE)", achieved, want)
+		}
 	}
 }
 

@@ -85,27 +85,80 @@ func (c *Conn) detach() error {
 	return nil
 }
 
-// reattach gives a detached socket back to Go's poller: a fresh descriptor for it becomes
-// the wrapped connection (blocking Read and Write, deadlines), and the loop's one is closed.
-// The caller has taken it out of its epoll set. On error nothing has changed.
+// reattach gives a detached socket back to Go's poller: the loop's descriptor becomes an
+// *os.File in Go's poller (blocking Read and Write, deadlines), dressed as a net.Conn
+// (pollConn). The caller has taken it out of its epoll set. On error nothing has changed.
+//
+// Not net.FileConn: that duplicates the descriptor again, asks the socket its type and both
+// addresses, and sets TCP_NODELAY and keep-alive afresh (replacing the dialer's keep-alive
+// settings with Go's defaults): some fifteen system calls per pooled session handed back,
+// on the path of every app connection reuse serves. os.NewFile takes the descriptor as it
+// is (already non-blocking): one fcntl and one epoll_ctl.
 func (c *Conn) reattach() error {
 	if !c.detached.Load() || c.closed {
 		return errors.New("sockloop: the connection is not a detached open socket")
 	}
-	nfd, err := dupCloexec(c.fd)
-	if err != nil {
-		return os.NewSyscallError("dup", err)
+	f := os.NewFile(uintptr(c.fd), "sockloop-upstream")
+	if f == nil {
+		return errors.New("sockloop: invalid descriptor")
 	}
-	f := os.NewFile(uintptr(nfd), "sockloop-upstream")
-	nc, err := net.FileConn(f) // duplicates it again, into Go's poller
-	_ = f.Close()
-	if err != nil {
-		return err
-	}
-	_ = syscall.Close(c.fd)
-	c.inner, c.fd, c.armed, c.out = nc, -1, false, nil
+	c.inner, c.fd, c.armed, c.out = &pollConn{f: f, local: c.local, remote: c.remote}, -1, false, nil
 	c.detached.Store(false)
 	return nil
+}
+
+// pollConn is a socket a loop handed back: an *os.File in Go's poller, as a net.Conn. Its
+// errors are the ones a net.Conn gives (a *net.OpError, net.ErrClosed, io.EOF), so that
+// crypto/tls sees a deadline as a temporary net.Error and keeps the connection usable, and
+// callers' errors.Is(err, net.ErrClosed) holds.
+type pollConn struct {
+	f             *os.File
+	local, remote net.Addr
+}
+
+func (c *pollConn) Read(p []byte) (int, error) {
+	n, err := c.f.Read(p)
+	return n, c.netErr("read", err)
+}
+
+func (c *pollConn) Write(p []byte) (int, error) {
+	n, err := c.f.Write(p)
+	return n, c.netErr("write", err)
+}
+
+func (c *pollConn) Close() error                      { return c.netErr("close", c.f.Close()) }
+func (c *pollConn) LocalAddr() net.Addr               { return c.local }
+func (c *pollConn) RemoteAddr() net.Addr              { return c.remote }
+func (c *pollConn) SetDeadline(t time.Time) error     { return c.netErr("set", c.f.SetDeadline(t)) }
+func (c *pollConn) SetReadDeadline(t time.Time) error { return c.netErr("set", c.f.SetReadDeadline(t)) }
+func (c *pollConn) SetWriteDeadline(t time.Time) error {
+	return c.netErr("set", c.f.SetWriteDeadline(t))
+}
+func (c *pollConn) SyscallConn() (syscall.RawConn, error) {
+	return c.f.SyscallConn()
+}
+
+// netErr turns an *os.File error into the one net.Conn gives for it.
+func (c *pollConn) netErr(op string, err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	inner := err
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		inner = pe.Err
+	}
+	switch {
+	case errors.Is(inner, os.ErrClosed):
+		inner = net.ErrClosed
+	case errors.Is(inner, os.ErrDeadlineExceeded):
+	default:
+		var errno syscall.Errno
+		if errors.As(inner, &errno) {
+			inner = os.NewSyscallError(op, errno)
+		}
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.remote, Err: inner}
 }
 
 func (c *Conn) opError(op string, e syscall.Errno) error {

@@ -5,6 +5,9 @@ package sockloop
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
+	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -45,6 +48,13 @@ func TestRelayHandsTheUpstreamBack(t *testing.T) {
 		if k.farewells.Load() != 0 {
 			t.Errorf("round %d: a kept upstream's app got a farewell", round)
 		}
+		// A read past its deadline is a temporary net.Error that leaves the TLS connection
+		// usable (internal/reuse's check at checkout relies on it).
+		_ = up.SetReadDeadline(time.Unix(1, 0))
+		var ne net.Error
+		if n, err := up.Read(make([]byte, 1)); n != 0 || !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("round %d: a read past its deadline gave %d, %v; want a timeout", round, n, err)
+		}
 		_ = up.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := up.Write([]byte("after\n")); err != nil {
 			t.Fatalf("round %d: write on the handed-back upstream: %v", round, err)
@@ -54,6 +64,13 @@ func TestRelayHandsTheUpstreamBack(t *testing.T) {
 			t.Fatalf("round %d: read %q, %v on the handed-back upstream", round, line, err)
 		}
 		_ = up.SetDeadline(time.Time{})
+	}
+	// Closed, it says so as a net.Conn does.
+	if err := up.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("close the handed-back upstream: %v", err)
+	}
+	if _, err := up.NetConn().Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("a write after close gave %v, want net.ErrClosed", err)
 	}
 }
 

@@ -93,24 +93,35 @@ func (p *Protocol) Adopt(_ context.Context, s *proxy.Session, st *proxy.Startup)
 	return ps, true
 }
 
-// Reset implements reuse.Engine: DISCARD ALL, then the reported parameters' values read back
-// (the app's session may have changed any of them, and a promotion in_hot_standby).
-func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, _ proxy.Tracker) (any, error) {
+// Reset implements reuse.Engine: DISCARD ALL, and the reported parameters' values read back
+// when the app's session may have changed them out of the sidecar's sight.
+//
+// The server reports every change of a reported parameter (ParameterStatus, at the latest
+// before the next ReadyForQuery), so the sidecar knows their values as long as it sees every
+// ParameterStatus: those of the login, of its own set_config (Reuse) and of the DISCARD ALL,
+// which the reset reads. Only those the relay passed to the app are out of its sight: when
+// the tracker t saw one (SET, SET ROLE, a promotion's in_hot_standby...), or t is not the
+// relay's tracker, the values are read back with current_setting in the same round trip.
+func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, t proxy.Tracker) (any, error) {
 	ps := state.(*pooledState)
 	defer wire.BindPooled(ctx, conn)()
-	var q strings.Builder
-	q.WriteString("SELECT ")
-	for i, name := range ps.reported {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		fmt.Fprintf(&q, "current_setting(%s, true)", quoteLiteral(name))
-	}
-	if len(ps.reported) == 0 {
-		q.WriteString("1")
-	}
+	tr, ok := t.(*tracker)
+	readBack := !ok || tr.params
 	out, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
-	out, _ = (&pgproto3.Query{String: q.String()}).Encode(out)
+	if readBack {
+		var q strings.Builder
+		q.WriteString("SELECT ")
+		for i, name := range ps.reported {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			fmt.Fprintf(&q, "current_setting(%s, true)", quoteLiteral(name))
+		}
+		if len(ps.reported) == 0 {
+			q.WriteString("1")
+		}
+		out, _ = (&pgproto3.Query{String: q.String()}).Encode(out)
+	}
 	if _, err := conn.Write(out); err != nil {
 		return nil, fmt.Errorf("send DISCARD ALL: %w", wire.CtxErr(ctx, err))
 	}
@@ -118,16 +129,18 @@ func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, _ proxy.
 	if _, err := readUntilReady(br, ps); err != nil {
 		return nil, fmt.Errorf("DISCARD ALL: %w", wire.CtxErr(ctx, err))
 	}
-	values, err := readUntilReady(br, ps)
-	if err != nil {
-		return nil, fmt.Errorf("read the parameters back: %w", wire.CtxErr(ctx, err))
-	}
-	if len(ps.reported) > 0 && len(values) != len(ps.reported) {
-		return nil, fmt.Errorf("read %d parameters back, want %d", len(values), len(ps.reported))
-	}
-	for i, name := range ps.reported {
-		if values[i] != nil {
-			ps.current[name] = *values[i]
+	if readBack {
+		values, err := readUntilReady(br, ps)
+		if err != nil {
+			return nil, fmt.Errorf("read the parameters back: %w", wire.CtxErr(ctx, err))
+		}
+		if len(ps.reported) > 0 && len(values) != len(ps.reported) {
+			return nil, fmt.Errorf("read %d parameters back, want %d", len(values), len(ps.reported))
+		}
+		for i, name := range ps.reported {
+			if values[i] != nil {
+				ps.current[name] = *values[i]
+			}
 		}
 	}
 	if br.Buffered() > 0 {

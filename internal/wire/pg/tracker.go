@@ -12,6 +12,9 @@ type tracker struct {
 	received  uint64
 	status    byte
 	wantState bool // the next server body byte is a ReadyForQuery status
+	// params: a ParameterStatus went to the app, so a reported parameter may differ from what
+	// the sidecar last saw of it (a pooled session's reset reads them back then).
+	params bool
 }
 
 // frames is the framing state of one direction: a 5-byte header (type, length) then a body.
@@ -65,8 +68,11 @@ func (t *tracker) FromServer(p []byte) {
 		if !ok {
 			return
 		}
-		if typ == 'Z' && f.remain == 1 {
+		switch {
+		case typ == 'Z' && f.remain == 1:
 			t.wantState = true
+		case typ == 'S':
+			t.params = true
 		}
 	}
 }

@@ -107,3 +107,23 @@ func BenchmarkTrackerFromServer(b *testing.B) {
 		tr.FromServer(chunk)
 	}
 }
+
+// TestTrackerSeesParameterStatus: a ParameterStatus relayed to the app (in any chunking) is
+// noted, so that a pooled session's reset reads the parameters back; a session without one,
+// a client Sync ('S' the other way) included, is not.
+func TestTrackerSeesParameterStatus(t *testing.T) {
+	quiet := cat(msg('T', "rowdesc"), msg('D', "S row"), msg('C', "SELECT 1\x00"), msg('Z', "I"))
+	changed := cat(msg('C', "SET\x00"), msg('S', "DateStyle\x00German, DMY\x00"), msg('Z', "I"))
+	for _, n := range []int{0, 1, 3} {
+		tr := newTracker('I')
+		feed(tr.FromClient, cat(msg('Q', "SELECT 1\x00"), msg('S', "")), n)
+		feed(tr.FromServer, quiet, n)
+		if tr.params {
+			t.Fatalf("chunks of %d: ParameterStatus noted in a session without one", n)
+		}
+		feed(tr.FromServer, changed, n)
+		if !tr.params {
+			t.Fatalf("chunks of %d: the ParameterStatus relayed to the app was not noted", n)
+		}
+	}
+}

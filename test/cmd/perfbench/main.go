@@ -132,7 +132,12 @@ func (b *bench) want(suite, name string, clients int) bool {
 // profiled starts a CPU profile of the sidecar for d when --profile is set and this case has
 // none yet; the returned func waits for it to be written.
 func (b *bench) profiled(key string, d time.Duration) func() {
-	if b.o.profile == "" || b.pprof == "" || b.profiledKeys[key] || d < 2*time.Second {
+	return b.profiledAt(b.pprof, key, d)
+}
+
+// profiledAt is profiled for the sidecar whose pprof listener is addr.
+func (b *bench) profiledAt(addr, key string, d time.Duration) func() {
+	if b.o.profile == "" || addr == "" || b.profiledKeys[key] || d < 2*time.Second {
 		return func() {}
 	}
 	b.profiledKeys[key] = true
@@ -140,7 +145,7 @@ func (b *bench) profiled(key string, d time.Duration) func() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", b.pprof, int(d.Seconds())-1), file); err != nil {
+		if err := fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())-1), file); err != nil {
 			b.logf("profile %s: %v", key, err)
 		}
 	}()

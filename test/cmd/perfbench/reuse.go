@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +27,7 @@ const reusePath = "sidecar-reuse"
 type reuseSidecar struct {
 	cmd          *exec.Cmd
 	pg, my, admn string
+	pprof        string // its pprof listener with --profile
 }
 
 // reuseAddr is the second sidecar's listener for engine, when path is reusePath.
@@ -71,6 +75,10 @@ func (b *bench) startReuseSidecar() error {
 	}
 	r.cmd = exec.Command(b.o.sidecar, "--config", file)
 	r.cmd.Env = append(os.Environ(), strings.Fields(b.o.sideEnv)...)
+	if b.o.profile != "" && b.profiledKeys != nil {
+		r.pprof = fmt.Sprintf("127.0.0.1:%d", freePort())
+		r.cmd.Env = append(r.cmd.Env, "RDSVALET_PPROF_LISTEN="+r.pprof)
+	}
 	r.cmd.Stdout, r.cmd.Stderr = logf, logf
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := r.cmd.Start(); err != nil {
@@ -94,6 +102,39 @@ func (b *bench) startReuseSidecar() error {
 		}
 		time.Sleep(100 * time.Millisecond) // polling a separate process's readiness endpoint
 	}
+}
+
+// reuseCounters reads the second sidecar's reuse and login-budget counters from its /metrics.
+func (b *bench) reuseCounters() map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get("http://" + b.reuse.admn + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && strings.HasPrefix(f[0], "rdsvalet_reuse_") && !strings.Contains(f[0], "_bucket") {
+			out[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return out
+}
+
+// logReuseCounters logs what the reuse counters did during one run (hits, misses, discards
+// by reason, budget waits), so that a slow run says whether it was logging in.
+func (b *bench) logReuseCounters(name string, before map[string]float64) {
+	after := b.reuseCounters()
+	var parts []string
+	for k, v := range after {
+		if d := v - before[k]; d != 0 && !strings.Contains(k, "idle_sessions") {
+			parts = append(parts, fmt.Sprintf("%s %+g", strings.TrimPrefix(k, "rdsvalet_reuse_"), d))
+		}
+	}
+	sort.Strings(parts)
+	b.logf("%s %s counters: %s", name, reusePath, strings.Join(parts, ", "))
 }
 
 func (b *bench) stopReuseSidecar() {
@@ -148,7 +189,22 @@ func (b *bench) runReuse() error {
 		for r := 0; r < b.o.reps; r++ {
 			for i := range c.paths {
 				p := c.paths[(i+r)%len(c.paths)]
+				wait := func() {}
+				switch p {
+				case reusePath:
+					wait = b.profiledAt(b.reuse.pprof, c.suite+"/"+c.name+"/"+reusePath, b.o.dur)
+				case "sidecar":
+					wait = b.profiled(c.suite+"/"+c.name+"/sidecar", b.o.dur)
+				}
+				var before map[string]float64
+				if p == reusePath {
+					before = b.reuseCounters()
+				}
 				s, err := c.run(p)
+				wait()
+				if p == reusePath {
+					b.logReuseCounters(c.name, before)
+				}
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", c.name, p, err)
 				}
