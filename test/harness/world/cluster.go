@@ -61,6 +61,18 @@ func (i *Instance) Kill() {
 	i.MariaDB.Kill()
 }
 
+// Stop shuts the instance's server down as an operator or the host's shutdown does, so that
+// it speaks its own last words to the sessions it has, if any: PostgreSQL's fast shutdown
+// (each backend says FATAL 57P01 "terminating connection due to administrator command");
+// MariaDB's shutdown (SIGTERM; 10.11 closes its connections without an ERR). It returns
+// once the server has exited; its stand-in stays up and fails logins, as Kill leaves it.
+func (i *Instance) Stop(ctx context.Context) error {
+	if i.PG != nil {
+		return i.PG.Stop(ctx)
+	}
+	return i.MariaDB.Stop(ctx)
+}
+
 // PauseReplication makes a replica fall behind for real: pg_wal_replay_pause(), or STOP
 // SLAVE SQL_THREAD.
 func (i *Instance) PauseReplication(ctx context.Context) error {
@@ -135,63 +147,78 @@ func (w *World) startCluster(ctx context.Context, o Options) error {
 }
 
 func (w *World) startPGCluster(ctx context.Context, o Options) error {
-	domain := instanceDomain(o.Region)
-	if o.Replicas > 0 {
-		w.InstanceTemplate = "?." + domain + ":" + rdsPort
-		ids := clusterIDs(o.ClusterID, o.Replicas)
-		w.Instances = append(w.Instances, &Instance{ID: ids[0], Engine: Postgres, PG: w.PG})
-		for _, id := range ids[1:] {
+	if o.Replicas == 0 {
+		return nil
+	}
+	w.InstanceTemplate = "?." + instanceDomain(o.Region) + ":" + rdsPort
+	insts, err := w.startInstances(o, o.ClusterID, o.Replicas, rdsPort,
+		func(id string) *Instance { return &Instance{ID: id, Engine: Postgres, PG: w.PG} },
+		func(id string) (*Instance, error) {
 			sb, err := w.PG.StartStandby(ctx, pgserver.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
-			if err != nil {
-				return err
-			}
-			w.Instances = append(w.Instances, &Instance{ID: id, Engine: Postgres, PG: sb})
-		}
-		var members []topology.PGMember
-		for _, i := range w.Instances {
-			if err := w.startInstanceStandin(i, domain, rdsPort, o); err != nil {
-				return err
-			}
-			members = append(members, topology.PGMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 5432}, Server: i.PG})
-		}
-		if err := topology.InstallPostgres(ctx, w.PG, []string{"postgres", o.DB}, members); err != nil {
+			return &Instance{ID: id, Engine: Postgres, PG: sb}, err
+		})
+	w.Instances = insts
+	if err != nil {
+		return err
+	}
+	var members []topology.PGMember
+	for _, i := range insts {
+		members = append(members, topology.PGMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 5432}, Server: i.PG})
+	}
+	if err := topology.InstallPostgres(ctx, w.PG, []string{"postgres", o.DB}, members); err != nil {
+		return err
+	}
+	for _, i := range insts[1:] {
+		if err := i.PG.WaitCaughtUp(ctx); err != nil {
 			return err
-		}
-		for _, i := range w.Instances[1:] {
-			if err := i.PG.WaitCaughtUp(ctx); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
 }
 
 func (w *World) startMySQLCluster(ctx context.Context, o Options) error {
-	domain := instanceDomain(o.Region)
-	if o.MySQL && o.MySQLReplicas > 0 {
-		w.MySQLInstanceTemplate = "?." + domain + ":" + rdsMySQLPort
-		ids := clusterIDs(o.ClusterID+"-mysql", o.MySQLReplicas)
-		w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: ids[0], Engine: MySQL, MariaDB: w.MariaDB})
-		for _, id := range ids[1:] {
+	if !o.MySQL || o.MySQLReplicas == 0 {
+		return nil
+	}
+	w.MySQLInstanceTemplate = "?." + instanceDomain(o.Region) + ":" + rdsMySQLPort
+	insts, err := w.startInstances(o, o.ClusterID+"-mysql", o.MySQLReplicas, rdsMySQLPort,
+		func(id string) *Instance { return &Instance{ID: id, Engine: MySQL, MariaDB: w.MariaDB} },
+		func(id string) (*Instance, error) {
 			r, err := w.MariaDB.StartReplica(ctx, mariadb.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
-			if err != nil {
-				return err
-			}
-			w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: id, Engine: MySQL, MariaDB: r})
+			return &Instance{ID: id, Engine: MySQL, MariaDB: r}, err
+		})
+	w.MySQLInstances = insts
+	if err != nil {
+		return err
+	}
+	var members []topology.MySQLMember
+	for _, i := range insts {
+		members = append(members, topology.MySQLMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 3306}, Server: i.MariaDB})
+	}
+	w.MySQLTopology, err = topology.StartMySQL(ctx, topology.MySQLOptions{Schema: o.MySQLTopologySchema, Members: members, Logf: o.Logf})
+	return err
+}
+
+// startInstances is one engine's cluster: the primary (as primary makes it, id base-1) and
+// replicas more (each from replica), every instance behind its own stand-in answering as
+// ID.<instance domain> on port. What started is returned even on error, for Close to stop.
+func (w *World) startInstances(o Options, base string, replicas int, port string,
+	primary func(id string) *Instance, replica func(id string) (*Instance, error)) ([]*Instance, error) {
+	ids := clusterIDs(base, replicas)
+	insts := []*Instance{primary(ids[0])}
+	for _, id := range ids[1:] {
+		i, err := replica(id)
+		if err != nil {
+			return insts, err
 		}
-		var members []topology.MySQLMember
-		for _, i := range w.MySQLInstances {
-			if err := w.startInstanceStandin(i, domain, rdsMySQLPort, o); err != nil {
-				return err
-			}
-			members = append(members, topology.MySQLMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: 3306}, Server: i.MariaDB})
-		}
-		var err error
-		if w.MySQLTopology, err = topology.StartMySQL(ctx, topology.MySQLOptions{Schema: o.MySQLTopologySchema, Members: members, Logf: o.Logf}); err != nil {
-			return err
+		insts = append(insts, i)
+	}
+	for _, i := range insts {
+		if err := w.startInstanceStandin(i, instanceDomain(o.Region), port, o); err != nil {
+			return insts, err
 		}
 	}
-	return nil
+	return insts, nil
 }
 
 // clusterIDs are base-1 (the primary) to base-(1+replicas).

@@ -18,7 +18,8 @@ func TestClassify(t *testing.T) {
 	}{
 		{nil, Committed},
 		{fmt.Errorf("%w: commit: %w", errInTx, &pgconn.PgError{Code: "08007", Message: "the outcome is unknown"}), OutcomeUnknown},
-		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 2013, SQLState: [5]byte{'0', '8', '0', '0', '7'}}), OutcomeUnknown},
+		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 2013, SQLState: [5]byte{'0', '8', '0', '0', '7'}, Message: "its outcome is unknown"}), OutcomeUnknown},
+		{fmt.Errorf("%w: %w", errInTx, &pgconn.PgError{Severity: "FATAL", Code: "08007", Message: "not the sidecar's words"}), ServerFatal},
 		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 2013, SQLState: [5]byte{'H', 'Y', '0', '0', '0'}}), Cut},
 		{fmt.Errorf("%w: %w", errInTx, &pgconn.PgError{Code: "25006"}), ReadOnlyRefused},
 		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 1290}), ReadOnlyRefused},
