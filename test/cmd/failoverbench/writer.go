@@ -314,8 +314,8 @@ time is a write the new writer acknowledged before the harness's own poll saw th
 Transactions through the sidecar, over all runs (every one that did not commit, by how it
 ended; "not begun" is a connect or BEGIN that failed, nothing sent inside a transaction):
 
-| engine | committed | outcome unknown (08007) | refused read-only (database's answer) | not begun | in flight, not told outcome unknown (must be 0): the database's own FATAL / cut with no word |
-|---|---|---|---|---|---|
+| engine | committed | outcome unknown (08007) | refused read-only (database's answer) | not begun | not sent (driver: bad connection) | in flight, not told outcome unknown (must be 0): the database's own FATAL / cut with no word |
+|---|---|---|---|---|---|---|
 `)
 	for _, e := range writerEngines {
 		var sum [writeloop.Cut + 1]int
@@ -324,8 +324,9 @@ ended; "not begun" is a connect or BEGIN that failed, nothing sent inside a tran
 				sum[o] += x.sidecarRes.Outcomes[o]
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d: %d / %d |\n", e, sum[writeloop.Committed], sum[writeloop.OutcomeUnknown],
-			sum[writeloop.ReadOnlyRefused], sum[writeloop.NotBegun], sum[writeloop.ServerFatal]+sum[writeloop.Cut], sum[writeloop.ServerFatal], sum[writeloop.Cut])
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d: %d / %d |\n", e, sum[writeloop.Committed], sum[writeloop.OutcomeUnknown],
+			sum[writeloop.ReadOnlyRefused], sum[writeloop.NotBegun], sum[writeloop.Unsent], sum[writeloop.ServerFatal]+sum[writeloop.Cut],
+			sum[writeloop.ServerFatal], sum[writeloop.Cut])
 	}
 	b.WriteString("\n" + writerReading)
 	return b.String()
@@ -349,7 +350,10 @@ error (PostgreSQL ` + "`08007`" + `, MySQL ` + "`2013`" + ` with SQL state ` + "
 when the upstream went silent, or the dying server's own last words replaced by it (a PostgreSQL
 backend whose postmaster was killed says ` + "`FATAL 57P01`" + ` "terminating connection due to unexpected
 postmaster exit" before it closes), the server's words kept in the error's detail. "Not begun" are BEGINs or connects that failed on a
-session the failover had ended between transactions, with nothing written. The last column
+session the failover had ended between transactions, with nothing written; "not sent" are
+statements or COMMITs the MySQL driver refused to send on a connection it found closed
+(` + "`driver.ErrBadConn`" + `, returned only when the server cannot have performed them: nothing
+committed; its liveness check drops the sidecar's farewell unread). The last column
 counts in-flight transactions that heard anything else (the database's FATAL as is, or a bare
 disconnect), which must stay 0. ` + "`make bench-failover WRITER_RUNS=n`" + ` sets the runs; ` + "`--runs 0`" + ` keeps the path section.
 `

@@ -8,6 +8,7 @@ package writeloop
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net"
@@ -206,11 +207,16 @@ const (
 	OutcomeUnknown                 // the sidecar's farewell: PostgreSQL 08007, MySQL 2013/08007
 	ReadOnlyRefused                // the database's own refusal (25006, 1290): nothing written
 	NotBegun                       // no transaction was open: the connect or BEGIN failed
-	ServerFatal                    // in a transaction, the database's own FATAL ended the session (e.g. 57P01, its postmaster died)
-	Cut                            // in a transaction, the connection broke with no word on the outcome
+	// Unsent: in a transaction, the driver did not send the next statement or the COMMIT, on a
+	// connection it found closed (database/sql's driver.ErrBadConn, which a driver returns only
+	// when the server cannot have performed the operation): nothing committed. go-sql-driver's
+	// liveness check before each command does this, dropping a farewell unread.
+	Unsent
+	ServerFatal // in a transaction, the database's own FATAL ended the session (e.g. 57P01, its postmaster died)
+	Cut         // in a transaction, the connection broke with no word on the outcome
 )
 
-var outcomeNames = [...]string{"committed", "outcome unknown", "refused read-only", "not begun", "server's own FATAL", "cut, no word"}
+var outcomeNames = [...]string{"committed", "outcome unknown", "refused read-only", "not begun", "unsent (bad connection)", "server's own FATAL", "cut, no word"}
 
 func (o Outcome) String() string { return outcomeNames[o] }
 
@@ -227,6 +233,8 @@ func Classify(err error) Outcome {
 		return ReadOnlyRefused
 	case !errors.Is(err, errInTx):
 		return NotBegun
+	case errors.Is(err, driver.ErrBadConn):
+		return Unsent
 	case errors.As(err, &pe) && pe.Severity == "FATAL":
 		return ServerFatal
 	}

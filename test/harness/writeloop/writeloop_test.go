@@ -1,6 +1,7 @@
 package writeloop
 
 import (
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,8 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("%w: %w", errBegin, io.EOF), NotBegun},
 		{errors.New("dial tcp 127.0.0.1:1: connection refused"), NotBegun},
 		{fmt.Errorf("%w: commit: %w", errInTx, io.ErrUnexpectedEOF), Cut},
+		{fmt.Errorf("%w: %w", errInTx, driver.ErrBadConn), Unsent},
+		{fmt.Errorf("%w: %w", errBegin, driver.ErrBadConn), NotBegun},
 		{fmt.Errorf("%w: commit: %w", errInTx, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), ServerFatal},
 		{fmt.Errorf("%w: %w", errBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), NotBegun},
 	} {
