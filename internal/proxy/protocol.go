@@ -123,6 +123,16 @@ type Tracker interface {
 	Idle() bool
 }
 
+// Rewriter is a Tracker that may change what the app reads from the server: the relay calls
+// Rewrite in place of FromServer with each chunk, under the session's lock, and delivers what
+// it returns (p itself, or other bytes; what it holds back comes out with a later chunk or
+// not at all). It lets an engine replace a dying server's last words while a transaction is in
+// flight with the outcome-unknown error (docs/cluster.md). The returned slice may be reused at
+// the next call.
+type Rewriter interface {
+	Rewrite(p []byte) []byte
+}
+
 // Goodbye is a Tracker that knows its protocol's goodbye (PostgreSQL Terminate, MySQL
 // COM_QUIT): a session whose upstream can be reused (Upstream.Release) keeps that message from
 // the server, which would end the session.

@@ -166,12 +166,17 @@ func (ss *session) FromApp(p []byte) bool {
 }
 
 // FromUpstream implements sockloop.Handler.
-func (ss *session) FromUpstream(p []byte) {
+func (ss *session) FromUpstream(p []byte) []byte {
 	ss.mu.Lock()
-	ss.up.Tracker.FromServer(p)
+	if rw, ok := ss.up.Tracker.(Rewriter); ok {
+		p = rw.Rewrite(p)
+	} else {
+		ss.up.Tracker.FromServer(p)
+	}
 	ss.lastFromUpstream = time.Now().UnixNano()
 	ss.mu.Unlock()
 	ss.toApp.add(len(p))
+	return p
 }
 
 // Check implements sockloop.Handler: a draining or evicted session ends when it is idle, a

@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,10 +12,10 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rdsvalet/rds-valet/test/harness/world"
+	"github.com/rdsvalet/rds-valet/test/harness/writeloop"
 )
 
 // The cluster suites (docs/cluster.md): a sidecar with a writer listener ({{PG}}) and a reader
@@ -25,90 +23,32 @@ import (
 // replicated cluster from the harness (a pg_basebackup standby or a MariaDB GTID replica per
 // replica, each behind its own RDS stand-in), for both engines.
 
-// clusterEngine is what the cluster tests need of one engine: the world, and a client session.
+// clusterEngine is what the cluster tests need of one engine: the world and its cluster. A
+// client session is writeloop's (one way to open a session for every cluster test and the
+// failover benchmark).
 type clusterEngine struct {
-	name string
+	name string // world.Postgres or world.MySQL
 	opts func(replicas int) world.Options
 	// instances of the world's cluster, the primary first.
 	instances func(w *testWorld) []*world.Instance
-	connect   func(ctx context.Context, addr string) (clusterSession, error)
-	// serverID is what a session's server says identifies it (its port), per instance.
-	serverID func(i *world.Instance) string
-	// prepare runs once on the primary before the sidecar starts.
-	prepare func(ctx context.Context, w *testWorld) error
-}
-
-// clusterSession is one app session through the sidecar.
-type clusterSession interface {
-	// whoami returns the session's server (its port) and whether it answers as the writer.
-	whoami(ctx context.Context) (server string, writer bool, err error)
-	// write runs one transaction inserting n, returning the server that acknowledged it; err
-	// says where it failed (committed is true once COMMIT was answered OK).
-	write(ctx context.Context, n int) (server string, committed bool, err error)
-	close()
 }
 
 var clusterEngines = []clusterEngine{
 	{
-		name: "postgres",
-		opts: func(r int) world.Options { return world.Options{Replicas: r} },
-		instances: func(w *testWorld) []*world.Instance {
-			return w.Instances
-		},
-		connect: func(ctx context.Context, addr string) (clusterSession, error) {
-			host, port, _ := strings.Cut(addr, ":")
-			c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=app dbname=app sslmode=disable connect_timeout=20", host, port))
-			if err != nil {
-				return nil, err
-			}
-			return &pgSession{c: c}, nil
-		},
-		serverID: func(i *world.Instance) string { return strconv.Itoa(i.PG.Port) },
-		prepare: func(ctx context.Context, w *testWorld) error {
-			return pgExecApp(ctx, w, "CREATE TABLE IF NOT EXISTS writes (n int PRIMARY KEY); GRANT ALL ON writes TO app")
-		},
+		name:      world.Postgres,
+		opts:      func(r int) world.Options { return world.Options{Replicas: r} },
+		instances: func(w *testWorld) []*world.Instance { return w.Instances },
 	},
 	{
-		name: "mysql",
-		opts: func(r int) world.Options { return world.Options{MySQL: true, MySQLReplicas: r} },
-		instances: func(w *testWorld) []*world.Instance {
-			return w.MySQLInstances
-		},
-		connect: func(ctx context.Context, addr string) (clusterSession, error) {
-			c := mysql.NewConfig()
-			c.User, c.Net, c.Addr, c.DBName = "app", "tcp", addr, "app"
-			c.Timeout, c.ReadTimeout, c.WriteTimeout = 20*time.Second, 30*time.Second, 30*time.Second
-			conn, err := mysql.NewConnector(c)
-			if err != nil {
-				return nil, err
-			}
-			db := sql.OpenDB(conn)
-			db.SetMaxOpenConns(1)
-			sc, err := db.Conn(ctx)
-			if err != nil {
-				_ = db.Close()
-				return nil, err
-			}
-			return &mySession{db: db, c: sc}, nil
-		},
-		serverID: func(i *world.Instance) string { return strconv.Itoa(i.MariaDB.Port) },
-		prepare: func(ctx context.Context, w *testWorld) error {
-			// The monitor reads SHOW REPLICA STATUS as the probe user (docs/cluster.md):
-			// MariaDB asks for SLAVE MONITOR. Granted on each instance (not replicated: the
-			// replicas are read-only to the replication stream's view of grants too).
-			for _, i := range w.MySQLInstances {
-				if err := i.MariaDB.Exec(ctx, "SET SESSION sql_log_bin=0; GRANT SLAVE MONITOR ON *.* TO 'app'@'%'"); err != nil {
-					return err
-				}
-			}
-			return w.MariaDB.Exec(ctx, "CREATE TABLE IF NOT EXISTS app.writes (n int PRIMARY KEY)")
-		},
+		name:      world.MySQL,
+		opts:      func(r int) world.Options { return world.Options{MySQL: true, MySQLReplicas: r} },
+		instances: func(w *testWorld) []*world.Instance { return w.MySQLInstances },
 	},
 }
 
 // pgExecApp runs sql as the superuser in the app's database on the primary.
 func pgExecApp(ctx context.Context, w *testWorld, sql string) error {
-	c, err := w.PG.Connect(ctx, w.PG.Superuser(), "app")
+	c, err := w.PG.Connect(ctx, w.PG.Superuser(), world.DefaultDB)
 	if err != nil {
 		return err
 	}
@@ -117,94 +57,9 @@ func pgExecApp(ctx context.Context, w *testWorld, sql string) error {
 	return err
 }
 
-type pgSession struct{ c *pgx.Conn }
-
-func (s *pgSession) whoami(ctx context.Context) (string, bool, error) {
-	var port string
-	var rec bool
-	err := s.c.QueryRow(ctx, "SELECT current_setting('port'), pg_is_in_recovery()").Scan(&port, &rec)
-	return port, !rec, err
-}
-
-func (s *pgSession) write(ctx context.Context, n int) (string, bool, error) {
-	tx, err := s.c.Begin(ctx)
-	if err != nil {
-		return "", false, err
-	}
-	var port string
-	if err := tx.QueryRow(ctx, "INSERT INTO writes VALUES ($1) RETURNING current_setting('port')", n).Scan(&port); err != nil {
-		_ = tx.Rollback(context.Background())
-		return "", false, fmt.Errorf("in transaction: %w", err)
-	}
-	if _, err := tx.Exec(ctx, "SELECT pg_sleep(0.03)"); err != nil {
-		_ = tx.Rollback(context.Background())
-		return "", false, fmt.Errorf("in transaction: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return "", false, fmt.Errorf("in transaction: commit: %w", err)
-	}
-	return port, true, nil
-}
-
-func (s *pgSession) close() { _ = s.c.Close(context.Background()) }
-
-type mySession struct {
-	db *sql.DB
-	c  *sql.Conn
-}
-
-func (s *mySession) whoami(ctx context.Context) (string, bool, error) {
-	var port string
-	var ro, iro int
-	err := s.c.QueryRowContext(ctx, "SELECT @@port, @@global.read_only, @@global.innodb_read_only").Scan(&port, &ro, &iro)
-	return port, ro == 0 && iro == 0, err
-}
-
-func (s *mySession) write(ctx context.Context, n int) (string, bool, error) {
-	tx, err := s.c.BeginTx(ctx, nil)
-	if err != nil {
-		return "", false, err
-	}
-	if _, err := tx.ExecContext(ctx, "INSERT INTO writes VALUES (?)", n); err != nil {
-		_ = tx.Rollback()
-		return "", false, fmt.Errorf("in transaction: %w", err)
-	}
-	var port string
-	if err := tx.QueryRowContext(ctx, "SELECT @@port FROM (SELECT SLEEP(0.03)) s").Scan(&port); err != nil {
-		_ = tx.Rollback() // database/sql's Conn.Close waits for an open Tx
-		return "", false, fmt.Errorf("in transaction: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return "", false, fmt.Errorf("in transaction: commit: %w", err)
-	}
-	return port, true, nil
-}
-
-func (s *mySession) close() {
-	_ = s.c.Close()
-	_ = s.db.Close()
-}
-
-// outcomeUnknown reports whether err is the sidecar's "transaction outcome unknown" farewell:
-// PostgreSQL 08007, MySQL ERR 2013 with SQL state 08007.
-func outcomeUnknown(err error) bool {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code == "08007" && strings.Contains(pe.Message, "outcome is unknown")
-	}
-	var me *mysql.MySQLError
-	if errors.As(err, &me) {
-		return me.Number == 2013 && string(me.SQLState[:]) == "08007" && strings.Contains(me.Message, "outcome is unknown")
-	}
-	return false
-}
-
-// readOnlyRefusal reports whether err is the database refusing a write as read-only
-// (PostgreSQL 25006, MySQL 1290 --read-only).
-func readOnlyRefusal(err error) bool {
-	var pe *pgconn.PgError
-	var me *mysql.MySQLError
-	return errors.As(err, &pe) && pe.Code == "25006" || errors.As(err, &me) && me.Number == 1290
+// connect opens an app session to addr, a listener of the sidecar.
+func (e clusterEngine) connect(ctx context.Context, addr string) (writeloop.Session, error) {
+	return writeloop.Dial(ctx, e.name, addr)
 }
 
 // clusterRig is a cluster world and a sidecar over it.
@@ -221,15 +76,22 @@ type clusterRig struct {
 func startClusterRig(t *testing.T, e clusterEngine, replicas int, cluster string) *clusterRig {
 	t.Helper()
 	w := startWorldWith(t, e.opts(replicas))
-	if err := e.prepare(ctxTimeout(t, 30*time.Second), w); err != nil {
+	if err := writeloop.Prepare(ctxTimeout(t, 30*time.Second), w.World, e.name); err != nil {
 		t.Fatalf("prepare the cluster: %v", err)
 	}
 	insts := e.instances(w)
+	// The table is on every replica before anything fails: a replica promoted after a crash has
+	// what it had received, and the write loops must find their table there.
+	for _, i := range insts[1:] {
+		if err := i.WaitCaughtUp(ctxTimeout(t, 30*time.Second)); err != nil {
+			t.Fatalf("%s catching up: %v", i.ID, err)
+		}
+	}
 	r := &clusterRig{e: e, w: w, ids: map[string]string{}}
 	var paths strings.Builder
 	for _, i := range append(append([]*world.Instance(nil), insts[1:]...), insts[0]) {
 		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", i.ID, i.Address, i.TLSServerName, i.TokenHost)
-		r.ids[e.serverID(i)] = i.ID
+		r.ids[writeloop.ServerID(i)] = i.ID
 	}
 	r.paths = paths.String()
 	r.s = r.startSidecar(t, cluster)
@@ -241,6 +103,10 @@ func startClusterRig(t *testing.T, e clusterEngine, replicas int, cluster string
 func (r *clusterRig) startSidecar(t *testing.T, cluster string) *sidecar {
 	t.Helper()
 	w, e := r.w, r.e
+	refresh := "refresh_interval: 300ms, " // unless cluster sets its own
+	if strings.Contains(cluster, " refresh_interval:") {
+		refresh = ""
+	}
 	listener := func(name, role, addr string) string {
 		return fmt.Sprintf(`
   - name: %s
@@ -251,9 +117,9 @@ func (r *clusterRig) startSidecar(t *testing.T, cluster string) *sidecar {
     auth: {user: app}
     tls: {ca_file: %q}
     health: {interval: 500ms, timeout: 400ms, tls_interval: 500ms, rise: 2, fall: 2}
-    cluster: {refresh_interval: 300ms, failover_refresh_interval: 50ms, failover_window: 10s%s}
+    cluster: {%sfailover_refresh_interval: 50ms, failover_window: 10s%s}
     paths:
-%s`, name, e.name, addr, role, w.CAFile, cluster, r.paths)
+%s`, name, e.name, addr, role, w.CAFile, refresh, cluster, r.paths)
 	}
 	cfg := fmt.Sprintf(`
 log: {level: debug}
@@ -282,7 +148,9 @@ type topologyListener struct {
 	Listener  string  `json:"listener"`
 	Writer    string  `json:"writer"`
 	Failovers float64 `json:"failovers"`
-	Instances []struct {
+	// WritersAnswering lists the instances answering as writer when more than one does.
+	WritersAnswering []string `json:"writers_answering"`
+	Instances        []struct {
 		Name       string   `json:"name"`
 		Discovered bool     `json:"discovered"`
 		Role       string   `json:"role"`
@@ -340,8 +208,8 @@ func (r *clusterRig) landings(t *testing.T, n int, fallback bool) map[string]int
 		if err != nil {
 			t.Fatalf("connect to the reader listener: %v", err)
 		}
-		srv, writer, err := s.whoami(ctx)
-		s.close()
+		srv, writer, err := s.WhoAmI(ctx)
+		s.Close()
 		if err != nil {
 			t.Fatalf("query on the reader listener: %v", err)
 		}
@@ -373,7 +241,7 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 			ctx := ctxTimeout(t, 2*time.Minute)
 			// A session on the reader about to lag: with lag_action end-at-idle it ends at idle.
 			lagging := r.readerSessionOn(t, ctx, paused.ID)
-			defer lagging.close()
+			defer lagging.Close()
 			if err := paused.PauseReplication(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -385,7 +253,7 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 			if got := r.landings(t, 100, false); got[fresh.ID] != 100 {
 				t.Fatalf("one reader past max_replica_lag: 100 sessions landed %v, want all on %s", got, fresh.ID)
 			}
-			if _, _, err := lagging.whoami(ctx); err == nil || !strings.Contains(err.Error(), "max_replica_lag") {
+			if _, _, err := lagging.WhoAmI(ctx); err == nil || !strings.Contains(err.Error(), "max_replica_lag") {
 				t.Fatalf("the lagging reader's idle session: %v, want its farewell naming max_replica_lag", err)
 			}
 			close(stop)
@@ -401,10 +269,10 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 			}
 			// Kill a reader under an idle session on it.
 			onFresh := r.readerSessionOn(t, ctx, fresh.ID)
-			defer onFresh.close()
+			defer onFresh.Close()
 			fresh.Kill()
 			waitFor(t, 20*time.Second, "the killed reader's session to end with the sidecar's farewell", func() error {
-				_, _, err := onFresh.whoami(ctx)
+				_, _, err := onFresh.WhoAmI(ctx)
 				if err == nil {
 					return errors.New("still answers")
 				}
@@ -438,17 +306,17 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 
 // readerSessionOn opens reader-listener sessions until one runs on instance (the balance
 // rotates, so a few tries do).
-func (r *clusterRig) readerSessionOn(t *testing.T, ctx context.Context, instance string) clusterSession {
+func (r *clusterRig) readerSessionOn(t *testing.T, ctx context.Context, instance string) writeloop.Session {
 	t.Helper()
 	for range 10 {
 		s, err := r.e.connect(ctx, r.s.myAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if srv, _, err := s.whoami(ctx); err == nil && r.ids[srv] == instance {
+		if srv, _, err := s.WhoAmI(ctx); err == nil && r.ids[srv] == instance {
 			return s
 		}
-		s.close()
+		s.Close()
 	}
 	t.Fatalf("no reader-listener session landed on %s in 10 tries", instance)
 	return nil
@@ -460,10 +328,10 @@ func keepWriting(ctx context.Context, e clusterEngine, w *testWorld, stop <-chan
 	defer t.Stop()
 	for n := 1_000_000; ; n++ {
 		var err error
-		if e.name == "postgres" {
-			err = pgExecApp(ctx, w, fmt.Sprintf("INSERT INTO writes VALUES (%d)", n))
+		if e.name == world.Postgres {
+			err = pgExecApp(ctx, w, fmt.Sprintf("INSERT INTO %s (n) VALUES (%d)", writeloop.Table, n))
 		} else {
-			err = w.MariaDB.Exec(ctx, fmt.Sprintf("INSERT INTO app.writes VALUES (%d)", n))
+			err = w.MariaDB.Exec(ctx, fmt.Sprintf("INSERT INTO %s.%s (n) VALUES (%d)", world.DefaultDB, writeloop.Table, n))
 		}
 		if err != nil {
 			return fmt.Errorf("write on the primary: %w", err)
@@ -477,37 +345,40 @@ func keepWriting(ctx context.Context, e clusterEngine, w *testWorld, stop <-chan
 }
 
 // A session on the writer listener never runs on a reader, and one on the reader listener
-// never on the writer, across many connects while the cluster fails over twice (promote a
-// standby, kill the old writer; then again). Role changes and connects are ordered by a lock so
-// that no role changes between a session's login and its query (that race belongs to the
-// monitor, which ends such sessions after the fact): what is tested is that each login is
-// checked, while the monitor's view is stale right after each change.
+// never on the writer, across 1,000 connects (each a fresh login and role check: the rig has no
+// pool) while the cluster fails over three times, spread across the connects (promote a standby
+// while the old writer still runs, so two writers answer for a moment, then kill the old one;
+// MariaDB's remaining replicas then follow the new writer, or they would stop being fresh).
+// Role changes and connects are ordered by a lock so that no role changes between a session's
+// login and its query (that race belongs to the monitor, which ends such sessions after the
+// fact): what is tested is that each login is checked, while the monitor's view is stale right
+// after each change.
 func TestClusterRolesAcrossFailovers(t *testing.T) {
 	const (
-		maxConnects = 1000
-		budget      = 25 * time.Second
+		connects   = 1000 // sessions that ran their role query, both listeners together
+		failovers  = 3
+		connectors = 4               // per listener, at once
+		window     = 3 * time.Minute // fewer connects by then fails the test
 	)
 	for _, e := range clusterEngines {
 		t.Run(e.name, func(t *testing.T) {
-			r := startClusterRig(t, e, 2, ", max_replica_lag: 30s, reader_fallback: none")
+			// The monitor checks slowly in steady state, so that after each promotion its view
+			// stays stale for a while and only the login's role check keeps sessions right.
+			r := startClusterRig(t, e, failovers+1, ", refresh_interval: 2s, max_replica_lag: 30s, reader_fallback: none")
 			insts := e.instances(r.w)
-			ctx := ctxTimeout(t, 2*time.Minute)
+			ctx := ctxTimeout(t, window+2*time.Minute)
+			deadline := time.Now().Add(window)
 			var mu sync.RWMutex
 			type tally struct{ ok, refused, wrong int }
 			var wmu sync.Mutex
 			counts := map[string]*tally{"rw": {}, "ro": {}}
 			var wrong []string
-			total := atomic.Int64{}
-			stop := make(chan struct{})
+			var served atomic.Int64
+			done := func() bool { return served.Load() >= connects || time.Now().After(deadline) }
 			var wg sync.WaitGroup
 			loop := func(listener, addr string, wantWriter bool) {
 				defer wg.Done()
-				for total.Load() < maxConnects {
-					select {
-					case <-stop:
-						return
-					default:
-					}
+				for !done() {
 					mu.RLock()
 					// A reader listener left without a reader waits connect_timeout: the
 					// client gives up sooner so that the loop goes on.
@@ -520,12 +391,11 @@ func TestClusterRolesAcrossFailovers(t *testing.T) {
 					var srv string
 					var writer bool
 					if err == nil {
-						srv, writer, err = s.whoami(cctx)
-						s.close()
+						srv, writer, err = s.WhoAmI(cctx)
+						s.Close()
 					}
 					cancel()
 					mu.RUnlock()
-					total.Add(1)
 					wmu.Lock()
 					c := counts[listener]
 					switch {
@@ -537,184 +407,254 @@ func TestClusterRolesAcrossFailovers(t *testing.T) {
 					default:
 						c.ok++
 					}
+					if err == nil {
+						served.Add(1)
+					}
 					wmu.Unlock()
 				}
 			}
-			wg.Add(2)
-			go loop("rw", r.s.pgAddr, true)
-			go loop("ro", r.s.myAddr, false)
+			for range connectors {
+				wg.Add(2)
+				go loop("rw", r.s.pgAddr, true)
+				go loop("ro", r.s.myAddr, false)
+			}
 			start := time.Now()
-			failover := func(next, old *world.Instance) {
-				time.Sleep(time.Duration(budget.Nanoseconds() / 4)) // connects run between failovers
-				mu.Lock()
-				if err := next.Promote(ctx); err != nil {
-					t.Errorf("promote %s: %v", next.ID, err)
+			done1 := 0
+			for k := 1; k <= failovers; k++ {
+				// The k-th failover once k/(failovers+1) of the connects have run.
+				at := int64(connects * k / (failovers + 1))
+				for served.Load() < at && !done() {
+					time.Sleep(20 * time.Millisecond) // polling the counter
 				}
+				if done() {
+					break
+				}
+				old, next := insts[k-1], insts[k]
+				mu.Lock()
+				err := next.Promote(ctx)
 				mu.Unlock()
-				time.Sleep(200 * time.Millisecond) // two writers for a moment: the current one is kept
+				if err != nil {
+					t.Errorf("promote %s: %v", next.ID, err)
+					break
+				}
+				// Two writers answer: the current one is kept until it is gone.
+				r.waitTopology(t, "the monitor sees two writers", func(ls map[string]topologyListener) error {
+					if n := len(ls["rw"].WritersAnswering); n != 2 {
+						return fmt.Errorf("%d writers answering", n)
+					}
+					return nil
+				})
 				mu.Lock()
 				old.Kill()
 				mu.Unlock()
+				done1 = k
+				if e.name == world.MySQL {
+					for _, i := range insts[k+1:] {
+						if err := i.Follow(ctx, next); err != nil {
+							t.Errorf("%s follows %s: %v", i.ID, next.ID, err)
+						}
+					}
+				}
 			}
-			failover(insts[1], insts[0])
-			failover(insts[2], insts[1])
-			time.Sleep(time.Duration(budget.Nanoseconds() / 4))
-			close(stop)
 			wg.Wait()
-			t.Logf("%d connects in %v: writer listener %+v, reader listener %+v", total.Load(), time.Since(start).Round(time.Millisecond), *counts["rw"], *counts["ro"])
+			t.Logf("%d connects served in %v (%d failovers): writer listener %+v, reader listener %+v",
+				served.Load(), time.Since(start).Round(time.Millisecond), done1, *counts["rw"], *counts["ro"])
 			if len(wrong) > 0 {
 				t.Fatalf("%d sessions ran on the wrong role: %v", len(wrong), wrong)
 			}
-			if counts["rw"].ok < 30 || counts["ro"].ok < 10 {
-				t.Fatalf("too few sessions served to show anything: writer %+v, reader %+v", *counts["rw"], *counts["ro"])
+			if served.Load() < connects || done1 < failovers {
+				t.Fatalf("%d connects and %d failovers in %v, want %d and %d", served.Load(), done1, window, connects, failovers)
+			}
+			if counts["rw"].ok < connects/10 || counts["ro"].ok < connects/10 {
+				t.Fatalf("one listener hardly served: writer %+v, reader %+v", *counts["rw"], *counts["ro"])
 			}
 			if counts["rw"].refused > 0 {
 				t.Fatalf("%d writer-listener connects failed: new connections must wait for the new writer within connect_timeout", counts["rw"].refused)
 			}
-			if n := r.s.metric("rdsvalet_topology_failovers_total", `listener="rw"`); n != 2 {
-				t.Fatalf("rdsvalet_topology_failovers_total{listener=rw} = %v, want 2", n)
+			if n := r.s.metric("rdsvalet_topology_failovers_total", `listener="rw"`); n != failovers {
+				t.Fatalf("rdsvalet_topology_failovers_total{listener=rw} = %v, want %d", n, failovers)
 			}
-			if w := r.topology(t)["rw"].Writer; w != insts[2].ID {
-				t.Fatalf("/topology writer %q, want %s", w, insts[2].ID)
+			if w := r.topology(t)["rw"].Writer; w != insts[failovers].ID {
+				t.Fatalf("/topology writer %q, want %s", w, insts[failovers].ID)
 			}
 		})
 	}
 }
 
-// A write loop through the writer listener while the primary is killed and the replica
-// promoted (a crash failover: the old writer's host gone): every transaction either committed or failed with the outcome-unknown error (or failed
-// before it began, on a session the failover ended between transactions); no write was
-// acknowledged by an instance after it stopped being the writer; writes resume on the new one.
+// A write loop through the writer listener while the old writer goes and the replica is
+// promoted, in two ways: the host dies (its connections vanish without a word, then the server
+// is killed), and the server is stopped as an operator does, so that it speaks its own last
+// words if it has any (PostgreSQL's fast shutdown: FATAL 57P01 from each backend, which the
+// sidecar replaces; MariaDB 10.11 closes its connections without a word, as it does on KILL,
+// and the sidecar's farewell speaks). Either way every transaction either committed or failed with the
+// outcome-unknown error (the sidecar's farewell, or the server's own words replaced by it), or
+// failed before it began (on a session the failover ended between transactions), or had a
+// statement the driver did not send (database/sql's ErrBadConn: nothing committed); none heard
+// the server's FATAL or a bare disconnect. No write was acknowledged by the old writer after it
+// was gone; writes resume on the new one.
 func TestClusterWriteLoopAcrossFailover(t *testing.T) {
 	const loops = 4
-	for _, e := range clusterEngines {
-		t.Run(e.name, func(t *testing.T) {
-			r := startClusterRig(t, e, 1, "")
-			insts := e.instances(r.w)
-			old, next := insts[0], insts[1]
-			ctx := ctxTimeout(t, 2*time.Minute)
-			type ack struct {
-				server string
-				at     time.Time
-			}
-			var mu sync.Mutex
-			var acks []ack
-			var unknown, beforeBegin, refusedRO int
-			var bad []string
-			var n atomic.Int64
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			for range loops {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					var s clusterSession
-					defer func() {
-						if s != nil {
-							s.close()
-						}
-					}()
-					for {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						if s == nil {
-							var err error
-							if s, err = e.connect(ctx, r.s.pgAddr); err != nil {
-								mu.Lock()
-								bad = append(bad, "connect: "+err.Error())
-								mu.Unlock()
-								return
-							}
-						}
-						srv, committed, err := s.write(ctx, int(n.Add(1)))
-						now := time.Now()
-						mu.Lock()
-						switch {
-						case committed:
-							acks = append(acks, ack{srv, now})
-						case outcomeUnknown(err):
-							unknown++
-						case readOnlyRefusal(err):
-							refusedRO++ // a read-only instance's own refusal: nothing written
-						case !strings.Contains(err.Error(), "in transaction"):
-							beforeBegin++ // the session was ended between transactions
-						default:
-							bad = append(bad, err.Error())
-						}
-						mu.Unlock()
-						if err != nil {
-							s.close()
-							s = nil
-						}
-					}
-				}()
-			}
-			count := func() int {
-				mu.Lock()
-				defer mu.Unlock()
-				return len(acks)
-			}
-			waitFor(t, 20*time.Second, "writes before the failover", func() error {
-				if c := count(); c < 20 {
-					return fmt.Errorf("%d acknowledged", c)
-				}
-				return nil
-			})
-			// The host dies: its connections vanish without a word (a dying PostgreSQL would
-			// otherwise say its own FATAL first), then the server is gone.
+	ways := []struct {
+		name string
+		fail func(ctx context.Context, old *world.Instance) error
+	}{
+		{"host dies", func(_ context.Context, old *world.Instance) error {
 			old.Standin.DropSessions()
 			old.Kill()
-			demotedAt := time.Now()
-			if err := next.Promote(ctx); err != nil {
-				t.Fatal(err)
-			}
-			promotedAt := time.Now()
-			before := count()
-			waitFor(t, 20*time.Second, "writes on the new writer", func() error {
-				mu.Lock()
-				defer mu.Unlock()
-				for _, a := range acks[before:] {
-					if r.ids[a.server] == next.ID {
-						return nil
+			return nil
+		}},
+		{"server stopped", func(ctx context.Context, old *world.Instance) error { return old.Stop(ctx) }},
+	}
+	for _, e := range clusterEngines {
+		for _, way := range ways {
+			t.Run(e.name+"/"+way.name, func(t *testing.T) {
+				r := startClusterRig(t, e, 1, "")
+				insts := e.instances(r.w)
+				old, next := insts[0], insts[1]
+				ctx := ctxTimeout(t, 2*time.Minute)
+				l := writeloop.Start(ctx, loops, 0, 20*time.Second, func(ctx context.Context) (writeloop.Session, error) {
+					return e.connect(ctx, r.s.pgAddr)
+				})
+				waitFor(t, 20*time.Second, "writes before the failover", func() error {
+					if c := l.Acks(); c < 20 {
+						return fmt.Errorf("%d acknowledged", c)
+					}
+					return nil
+				})
+				if err := way.fail(ctx, old); err != nil {
+					l.Stop()
+					t.Fatal(err)
+				}
+				gone := time.Now()
+				if err := next.Promote(ctx); err != nil {
+					l.Stop()
+					t.Fatal(err)
+				}
+				promotedAt := time.Now()
+				wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				first, err := l.FirstAck(wctx, writeloop.ServerID(next), time.Time{})
+				cancel()
+				res := l.Stop()
+				if err != nil {
+					t.Fatalf("writes on the new writer: %v (%s)", err, res)
+				}
+				firstWrite := first.Sub(promotedAt)
+				onOld, onNext := 0, 0
+				for _, a := range res.Acks {
+					switch a.Server {
+					case writeloop.ServerID(old):
+						onOld++
+					case writeloop.ServerID(next):
+						onNext++
+					default:
+						t.Errorf("a write acknowledged by unknown server %q", a.Server)
 					}
 				}
-				return errors.New("none yet")
+				t.Logf("%s; %d acknowledged by %s, %d by %s; first write on the new writer %v after promotion",
+					res, onOld, old.ID, onNext, next.ID, firstWrite.Round(time.Millisecond))
+				if n := res.AckedBy(writeloop.ServerID(old), gone); n > 0 {
+					t.Errorf("%d writes acknowledged by %s whose COMMIT was sent after it was gone", n, old.ID)
+				}
+				if bad := res.Outcomes[writeloop.ServerFatal] + res.Outcomes[writeloop.Cut]; bad > 0 {
+					t.Fatalf("%d transactions failed otherwise than committed or outcome unknown: %v", bad, res.Samples)
+				}
+				if res.Outcomes[writeloop.OutcomeUnknown] == 0 {
+					t.Fatalf("no transaction was in flight at the failover (%d loops in 20 ms transactions): the test shows nothing", loops)
+				}
+				if firstWrite > 5*time.Second {
+					t.Fatalf("first write on the new writer %v after promotion; want well within connect_timeout", firstWrite)
+				}
 			})
-			firstWrite := time.Since(promotedAt)
-			time.Sleep(500 * time.Millisecond)
-			close(stop)
-			wg.Wait()
-			mu.Lock()
-			defer mu.Unlock()
-			onOld, onNext := 0, 0
-			for _, a := range acks {
-				switch r.ids[a.server] {
-				case old.ID:
-					onOld++
-					if a.at.After(demotedAt.Add(time.Second)) {
-						t.Errorf("a write acknowledged by %s at %v, %v after it was demoted", old.ID, a.at.Format("15:04:05.000"), a.at.Sub(demotedAt))
-					}
-				case next.ID:
-					onNext++
-				default:
-					t.Errorf("a write acknowledged by unknown server %q", a.server)
-				}
+		}
+	}
+}
+
+// A MySQL writer demoted with read_only while it keeps running (no kill): the replica is
+// promoted, then the old writer made read-only, as a planned switchover does. New connections
+// go to the new writer; the old writer's idle session ends with the failover farewell, its
+// busy ones at their transaction's end (none is cut: no outcome-unknown error, no bare
+// disconnect); no write is accepted by the demoted instance through the sidecar (a COMMIT sent
+// after the demotion is refused, 1290); the write loop resumes on the new writer. PostgreSQL
+// has no such case: a running primary cannot be made read-only (default_transaction_read_only
+// is a default a session can undo; only a restart as a standby demotes it), so its failovers
+// are the kills and stops of TestClusterWriteLoopAcrossFailover.
+func TestClusterWriterDemotedReadOnly(t *testing.T) {
+	const loops = 4
+	e := clusterEngines[1]
+	r := startClusterRig(t, e, 1, "")
+	insts := e.instances(r.w)
+	old, next := insts[0], insts[1]
+	ctx := ctxTimeout(t, 2*time.Minute)
+	idle, err := e.connect(ctx, r.s.pgAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if srv, writer, err := idle.WhoAmI(ctx); err != nil || r.ids[srv] != old.ID || !writer {
+		t.Fatalf("the idle session: on %q writer %v (%v), want on the writer %s", r.ids[srv], writer, err, old.ID)
+	}
+	l := writeloop.Start(ctx, loops, 0, 20*time.Second, func(ctx context.Context) (writeloop.Session, error) {
+		return e.connect(ctx, r.s.pgAddr)
+	})
+	waitFor(t, 20*time.Second, "writes before the switchover", func() error {
+		if c := l.Acks(); c < 20 {
+			return fmt.Errorf("%d acknowledged", c)
+		}
+		return nil
+	})
+	if err := next.Promote(ctx); err != nil {
+		l.Stop()
+		t.Fatal(err)
+	}
+	if err := old.MariaDB.SetReadOnly(ctx, true); err != nil {
+		l.Stop()
+		t.Fatal(err)
+	}
+	demoted := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	_, err = l.FirstAck(wctx, writeloop.ServerID(next), demoted)
+	cancel()
+	// The idle session on the demoted writer ends with the failover farewell.
+	waitFor(t, 20*time.Second, "the idle session on the demoted writer to end", func() error {
+		_, _, err := idle.WhoAmI(ctx)
+		if err == nil {
+			return errors.New("still answers")
+		}
+		var me *mysql.MySQLError
+		if !errors.As(err, &me) || !strings.Contains(me.Message, "failover") || !strings.Contains(me.Message, old.ID) {
+			t.Fatalf("the idle session on the demoted writer: %v; want the failover farewell naming %s", err, old.ID)
+		}
+		return nil
+	})
+	r.waitTopology(t, "no session left on the demoted writer", func(ls map[string]topologyListener) error {
+		for _, in := range ls["rw"].Instances {
+			if in.Name == old.ID && in.Sessions != 0 {
+				return fmt.Errorf("%d sessions on %s", in.Sessions, old.ID)
 			}
-			t.Logf("%d writes acknowledged (%d by %s, %d by %s), %d outcome unknown, %d refused read-only, %d ended between transactions; first write on the new writer %v after promotion",
-				len(acks), onOld, old.ID, onNext, next.ID, unknown, refusedRO, beforeBegin, firstWrite.Round(time.Millisecond))
-			if len(bad) > 0 {
-				t.Fatalf("%d transactions failed otherwise than committed or outcome unknown: %v", len(bad), bad)
-			}
-			if unknown == 0 {
-				t.Fatalf("no transaction was in flight at the failover (%d loops in 30 ms transactions): the test shows nothing", loops)
-			}
-			if firstWrite > 5*time.Second {
-				t.Fatalf("first write on the new writer %v after promotion; want well within connect_timeout", firstWrite)
-			}
-		})
+		}
+		return nil
+	})
+	res := l.Stop()
+	t.Logf("%s", res)
+	if err != nil {
+		t.Fatalf("writes on the new writer: %v", err)
+	}
+	if n := res.AckedBy(writeloop.ServerID(old), demoted); n > 0 {
+		t.Errorf("%d writes acknowledged by the demoted %s, COMMIT sent after its read_only was set", n, old.ID)
+	}
+	if cut := res.Outcomes[writeloop.OutcomeUnknown] + res.Outcomes[writeloop.ServerFatal] + res.Outcomes[writeloop.Cut]; cut > 0 {
+		t.Fatalf("%d transactions cut (the demoted writer's busy sessions must end at their transaction's end): %v", cut, res.Samples)
+	}
+	for range 10 {
+		s, err := e.connect(ctx, r.s.pgAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, writer, err := s.WhoAmI(ctx)
+		s.Close()
+		if err != nil || r.ids[srv] != next.ID || !writer {
+			t.Fatalf("a new session after the switchover: on %q writer %v (%v), want the new writer %s", r.ids[srv], writer, err, next.ID)
+		}
 	}
 }
 

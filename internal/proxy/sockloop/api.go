@@ -23,8 +23,11 @@ type Handler interface {
 	// FromApp sees each chunk read from the app before it goes upstream; false drops the chunk
 	// and ends the relay.
 	FromApp(p []byte) bool
-	// FromUpstream sees each chunk read from the upstream before it goes to the app.
-	FromUpstream(p []byte)
+	// FromUpstream sees each chunk read from the upstream before it goes to the app, and
+	// returns what the app gets instead: p itself, or other bytes (a protocol holding back a
+	// message until it is whole, or replacing it). The loop is done with what it returns when
+	// FromUpstream is next called (it copies what the app's socket does not take at once).
+	FromUpstream(p []byte) []byte
 	// Check reports whether the relay should end: it is asked when the relay starts, after
 	// each chunk to the app, and whenever the relay is poked. What was already read for the
 	// app is still delivered before the sockets are closed.

@@ -490,10 +490,12 @@ func (r *Relay) readUpstream() {
 
 // deliver passes bytes from the upstream to the app.
 func (r *Relay) deliver(p []byte) {
-	r.h.FromUpstream(p)
-	if _, err := r.app.Write(p); err != nil {
-		r.end(ByApp, nil)
-		return
+	p = r.h.FromUpstream(p)
+	if len(p) > 0 {
+		if _, err := r.app.Write(p); err != nil {
+			r.end(ByApp, nil)
+			return
+		}
 	}
 	r.toApp += int64(len(p))
 	if r.h.Check() {

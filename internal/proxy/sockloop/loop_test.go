@@ -44,9 +44,9 @@ func (h *recorder) FromApp(p []byte) bool {
 	h.fromApp.Add(int64(len(p)))
 	return true
 }
-func (h *recorder) FromUpstream(p []byte) { h.fromUp.Add(int64(len(p))) }
-func (h *recorder) Check() bool           { h.checks.Add(1); return h.stop.Load() }
-func (h *recorder) Ended(e End)           { h.ended <- e }
+func (h *recorder) FromUpstream(p []byte) []byte { h.fromUp.Add(int64(len(p))); return p }
+func (h *recorder) Check() bool                  { h.checks.Add(1); return h.stop.Load() }
+func (h *recorder) Ended(e End)                  { h.ended <- e }
 func (h *recorder) Farewell(Side) []byte {
 	h.farewells.Add(1)
 	return h.farewell

@@ -14,7 +14,7 @@ import "github.com/rdsvalet/rds-valet/internal/proxy"
 // open or a command outstanding) is told ERR 2013 with SQL state 08007 and words saying its
 // transaction's outcome is unknown: its COMMIT may have reached the old writer, or not.
 func farewell(t *tracker, reason, path string, outcomeUnknown bool) []byte {
-	if !t.betweenCommands() && !t.awaitingAnswer() {
+	if t.serverEnded || !t.betweenCommands() && !t.awaitingAnswer() {
 		return nil
 	}
 	code := uint16(codeServerLost)

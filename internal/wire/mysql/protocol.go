@@ -46,7 +46,8 @@ type Config struct {
 	// ProbeUser and ProbeDatabase are what login probes log in as.
 	ProbeUser, ProbeDatabase string
 	// OutcomeUnknown makes the farewell of a session that ends busy say its transaction's
-	// outcome is unknown (SQL state 08007): set on a cluster's writer listener.
+	// outcome is unknown (SQL state 08007), and replaces a dying server's own ERR on a busy
+	// session with it (dying.go): set on a cluster's writer listener.
 	OutcomeUnknown bool
 	// TopologySchema is where Aurora MySQL's replica_host_status view is read
 	// ("information_schema" when empty).
@@ -249,10 +250,19 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 	tr := newTracker(app.caps, up.status)
 	path := s.Path
 	return &proxy.Upstream{
-		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
+		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: p.trackerFor(tr, path),
 		Farewell: func(reason string) []byte { return farewell(tr, reason, path, p.cfg.OutcomeUnknown) },
 		User:     app.user, Database: app.resp.Database,
 	}, nil
+}
+
+// trackerFor is what the relay follows a session with: tr, which on a cluster's writer
+// listener also replaces a dying server's ERR on a busy session (dying.go).
+func (p *Protocol) trackerFor(tr *tracker, path string) proxy.Tracker {
+	if p.cfg.OutcomeUnknown {
+		return newDying(tr, path)
+	}
+	return tr
 }
 
 // Reject implements proxy.Protocol: an ERR as the answer to the app's last packet.

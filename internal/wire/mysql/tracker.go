@@ -66,6 +66,9 @@ type tracker struct {
 	quit         bool // the app sent COM_QUIT
 	answering    bool // a packet of the answer to cmds[0] has arrived
 	cliSeq       byte // the sequence id of the app's last packet
+	// serverEnded: the server's last words were relayed (a dying server's ERR, replaced by
+	// the outcome-unknown one, dying.go): no farewell follows them.
+	serverEnded bool
 }
 
 // framer splits one direction into packets, keeping the head of each payload.

@@ -53,7 +53,8 @@ type Config struct {
 	// ProbeUser and ProbeDatabase are what login probes log in as.
 	ProbeUser, ProbeDatabase string
 	// OutcomeUnknown makes the farewell of a session that ends busy say 08007 (its
-	// transaction's outcome is unknown): set on a cluster's writer listener.
+	// transaction's outcome is unknown), and replaces the server's own FATAL on a busy
+	// session with it (dying.go): set on a cluster's writer listener.
 	OutcomeUnknown bool
 	Log            *zap.Logger
 	Metrics        *Metrics
@@ -199,11 +200,20 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 	tr := newTracker(up.status)
 	path := s.Path
 	return &proxy.Upstream{
-		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: tr,
+		Conn: s.Conn, Leftover: s.Leftover, Path: path, Tracker: p.trackerFor(tr, path),
 		OnClose:  forget,
 		Farewell: func(reason string) []byte { return farewell(tr, reason, path, p.cfg.OutcomeUnknown) },
 		User:     st.User, Database: st.Database,
 	}, nil
+}
+
+// trackerFor is what the relay follows a session with: tr, which on a cluster's writer
+// listener also replaces a dying server's FATAL on a busy session (dying.go).
+func (p *Protocol) trackerFor(tr *tracker, path string) proxy.Tracker {
+	if p.cfg.OutcomeUnknown {
+		return newDying(tr, path)
+	}
+	return tr
 }
 
 // Reject implements proxy.Protocol.

@@ -59,8 +59,8 @@ func runWriter(ctx context.Context, runs int, sidecarBin string) (map[string][]w
 		for _, e := range writerEngines {
 			s := samples[e]
 			out[e] = append(out[e], s)
-			fmt.Fprintf(os.Stderr, "writer run %d/%d %-8s promoted in %5.2fs; first write: sidecar %+6.2fs, dns %+6.2fs; demoted writes %d/%d; sidecar %s\n",
-				i+1, runs, e, s.promote.Seconds(), s.sidecar.Seconds(), s.dns.Seconds(), s.demotedSidecar, s.demDNS, s.sidecarRes)
+			fmt.Fprintf(os.Stderr, "writer run %d/%d %-8s promoted in %5.2fs; first write: sidecar %+6.2fs, dns %+6.2fs; demoted writes %d/%d; in flight not told outcome unknown %d; sidecar %s\n",
+				i+1, runs, e, s.promote.Seconds(), s.sidecar.Seconds(), s.dns.Seconds(), s.demotedSidecar, s.demDNS, untold(s.sidecarRes), s.sidecarRes)
 			for _, m := range s.sidecarRes.Samples {
 				fmt.Fprintf(os.Stderr, "  sidecar transaction ended without the outcome-unknown error: %s\n", m)
 			}
@@ -187,6 +187,13 @@ func writerEngineRun(ctx context.Context, engine string, insts []*world.Instance
 	}, nil
 }
 
+// untold counts the transactions in flight at the failover that were not told their outcome
+// is unknown: ended by the database's own FATAL, or cut with no word. Through the sidecar it
+// must be 0.
+func untold(r writeloop.Result) int {
+	return r.Outcomes[writeloop.ServerFatal] + r.Outcomes[writeloop.Cut]
+}
+
 func serverAddr(i *world.Instance) string {
 	if i.PG != nil {
 		return i.PG.Addr()
@@ -307,7 +314,7 @@ time is a write the new writer acknowledged before the harness's own poll saw th
 Transactions through the sidecar, over all runs (every one that did not commit, by how it
 ended; "not begun" is a connect or BEGIN that failed, nothing sent inside a transaction):
 
-| engine | committed | outcome unknown (08007) | refused read-only (database's answer) | not begun | the database's own FATAL, in a transaction | cut with no word on the outcome |
+| engine | committed | outcome unknown (08007) | refused read-only (database's answer) | not begun | not sent (driver: bad connection) | in flight, not told outcome unknown (must be 0): the database's own FATAL / cut with no word |
 |---|---|---|---|---|---|---|
 `)
 	for _, e := range writerEngines {
@@ -317,8 +324,9 @@ ended; "not begun" is a connect or BEGIN that failed, nothing sent inside a tran
 				sum[o] += x.sidecarRes.Outcomes[o]
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d |\n", e, sum[writeloop.Committed], sum[writeloop.OutcomeUnknown],
-			sum[writeloop.ReadOnlyRefused], sum[writeloop.NotBegun], sum[writeloop.ServerFatal], sum[writeloop.Cut])
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d: %d / %d |\n", e, sum[writeloop.Committed], sum[writeloop.OutcomeUnknown],
+			sum[writeloop.ReadOnlyRefused], sum[writeloop.NotBegun], sum[writeloop.Unsent], sum[writeloop.ServerFatal]+sum[writeloop.Cut],
+			sum[writeloop.ServerFatal], sum[writeloop.Cut])
 	}
 	b.WriteString("\n" + writerReading)
 	return b.String()
@@ -338,12 +346,14 @@ propagation would come on top. The last column counts writes a demoted writer ac
 a writer listener greets a session only on an instance that answered as writer at login, and
 MariaDB's read-only demotion refuses the app user's writes (1290) on sessions that were already
 there. The transactions in flight when the writer died ended with the sidecar's outcome-unknown
-error (PostgreSQL ` + "`08007`" + `, MySQL ` + "`2013`" + ` with SQL state ` + "`08007`" + `); "not begun" are BEGINs or
-connects that failed on a session the failover had ended between transactions, with nothing
-written. "The database's own FATAL" is PostgreSQL's: a backend whose postmaster was killed
-notices it and ends its session with ` + "`FATAL 57P01`" + ` ("terminating connection due to unexpected
-postmaster exit") before the upstream connection closes; the sidecar relays the database's
-answer as the session's farewell and does not replace it. Sent before COMMIT it means rolled
-back; as the answer to COMMIT it leaves the outcome unknown without saying so (see the run's
-stderr for which). ` + "`make bench-failover WRITER_RUNS=n`" + ` sets the runs; ` + "`--runs 0`" + ` keeps the path section.
+error (PostgreSQL ` + "`08007`" + `, MySQL ` + "`2013`" + ` with SQL state ` + "`08007`" + `): the sidecar's farewell
+when the upstream went silent, or the dying server's own last words replaced by it (a PostgreSQL
+backend whose postmaster was killed says ` + "`FATAL 57P01`" + ` "terminating connection due to unexpected
+postmaster exit" before it closes), the server's words kept in the error's detail. "Not begun" are BEGINs or connects that failed on a
+session the failover had ended between transactions, with nothing written; "not sent" are
+statements or COMMITs the MySQL driver refused to send on a connection it found closed
+(` + "`driver.ErrBadConn`" + `, returned only when the server cannot have performed them: nothing
+committed; its liveness check drops the sidecar's farewell unread). The last column
+counts in-flight transactions that heard anything else (the database's FATAL as is, or a bare
+disconnect), which must stay 0. ` + "`make bench-failover WRITER_RUNS=n`" + ` sets the runs; ` + "`--runs 0`" + ` keeps the path section.
 `

@@ -298,7 +298,7 @@ func floorSession(loops *sockloop.Loops, app net.Conn, upstream string, tcfg *tl
 type floorHandler struct{}
 
 func (floorHandler) FromApp([]byte) bool           { return true }
-func (floorHandler) FromUpstream([]byte)           {}
+func (floorHandler) FromUpstream(p []byte) []byte  { return p }
 func (floorHandler) Check() bool                   { return false }
 func (floorHandler) Farewell(sockloop.Side) []byte { return nil }
 func (floorHandler) Ended(sockloop.End)            {}

@@ -62,6 +62,18 @@ func (i *Instance) Kill() {
 	i.MariaDB.Kill()
 }
 
+// Stop shuts the instance's server down as an operator or the host's shutdown does, so that
+// it speaks its own last words to the sessions it has, if any: PostgreSQL's fast shutdown
+// (each backend says FATAL 57P01 "terminating connection due to administrator command");
+// MariaDB's shutdown (SIGTERM; 10.11 closes its connections without an ERR). It returns
+// once the server has exited; its stand-in stays up and fails logins, as Kill leaves it.
+func (i *Instance) Stop(ctx context.Context) error {
+	if i.PG != nil {
+		return i.PG.Stop(ctx)
+	}
+	return i.MariaDB.Stop(ctx)
+}
+
 // PauseReplication makes a replica fall behind for real: pg_wal_replay_pause(), or STOP
 // SLAVE SQL_THREAD.
 func (i *Instance) PauseReplication(ctx context.Context) error {
@@ -142,74 +154,89 @@ func (w *World) startCluster(ctx context.Context, o Options) error {
 }
 
 func (w *World) startPGCluster(ctx context.Context, o Options) error {
-	domain := instanceDomain(o.Region)
-	if o.Replicas > 0 {
-		port, lns, err := w.instanceListeners(o, "127.0.0.", o.Replicas+1, rdsPort)
-		if err != nil {
-			return err
-		}
-		w.InstanceTemplate = "?." + domain + ":" + port
-		ids := clusterIDs(o.ClusterID, o.Replicas)
-		w.Instances = append(w.Instances, &Instance{ID: ids[0], Engine: Postgres, PG: w.PG})
-		for _, id := range ids[1:] {
+	if o.Replicas == 0 {
+		return nil
+	}
+	port, lns, err := w.instanceListeners(o, "127.0.0.", o.Replicas+1, rdsPort)
+	if err != nil {
+		return err
+	}
+	w.InstanceTemplate = "?." + instanceDomain(o.Region) + ":" + port
+	insts, err := w.startInstances(o, o.ClusterID, port, lns,
+		func(id string) *Instance { return &Instance{ID: id, Engine: Postgres, PG: w.PG} },
+		func(id string) (*Instance, error) {
 			sb, err := w.PG.StartStandby(ctx, pgserver.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
-			if err != nil {
-				closeListeners(lns)
-				return err
-			}
-			w.Instances = append(w.Instances, &Instance{ID: id, Engine: Postgres, PG: sb})
-		}
-		var members []topology.PGMember
-		for n, i := range w.Instances {
-			if err := w.startInstanceStandin(i, domain, port, lns[n], o); err != nil {
-				closeListeners(lns[n+1:])
-				return err
-			}
-			members = append(members, topology.PGMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: atoi(port)}, Server: i.PG})
-		}
-		if err := topology.InstallPostgres(ctx, w.PG, []string{"postgres", o.DB}, members); err != nil {
+			return &Instance{ID: id, Engine: Postgres, PG: sb}, err
+		})
+	w.Instances = insts
+	if err != nil {
+		return err
+	}
+	var members []topology.PGMember
+	for _, i := range insts {
+		members = append(members, topology.PGMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: atoi(port)}, Server: i.PG})
+	}
+	if err := topology.InstallPostgres(ctx, w.PG, []string{"postgres", o.DB}, members); err != nil {
+		return err
+	}
+	for _, i := range insts[1:] {
+		if err := i.PG.WaitCaughtUp(ctx); err != nil {
 			return err
-		}
-		for _, i := range w.Instances[1:] {
-			if err := i.PG.WaitCaughtUp(ctx); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
 }
 
 func (w *World) startMySQLCluster(ctx context.Context, o Options) error {
-	domain := instanceDomain(o.Region)
-	if o.MySQL && o.MySQLReplicas > 0 {
-		port, lns, err := w.instanceListeners(o, "127.0.1.", o.MySQLReplicas+1, rdsMySQLPort)
-		if err != nil {
-			return err
-		}
-		w.MySQLInstanceTemplate = "?." + domain + ":" + port
-		ids := clusterIDs(o.ClusterID+"-mysql", o.MySQLReplicas)
-		w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: ids[0], Engine: MySQL, MariaDB: w.MariaDB})
-		for _, id := range ids[1:] {
+	if !o.MySQL || o.MySQLReplicas == 0 {
+		return nil
+	}
+	port, lns, err := w.instanceListeners(o, "127.0.1.", o.MySQLReplicas+1, rdsMySQLPort)
+	if err != nil {
+		return err
+	}
+	w.MySQLInstanceTemplate = "?." + instanceDomain(o.Region) + ":" + port
+	insts, err := w.startInstances(o, o.ClusterID+"-mysql", port, lns,
+		func(id string) *Instance { return &Instance{ID: id, Engine: MySQL, MariaDB: w.MariaDB} },
+		func(id string) (*Instance, error) {
 			r, err := w.MariaDB.StartReplica(ctx, mariadb.Options{Dir: w.Dir, CA: w.CA, Logf: o.Logf})
-			if err != nil {
-				closeListeners(lns)
-				return err
-			}
-			w.MySQLInstances = append(w.MySQLInstances, &Instance{ID: id, Engine: MySQL, MariaDB: r})
+			return &Instance{ID: id, Engine: MySQL, MariaDB: r}, err
+		})
+	w.MySQLInstances = insts
+	if err != nil {
+		return err
+	}
+	var members []topology.MySQLMember
+	for _, i := range insts {
+		members = append(members, topology.MySQLMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: atoi(port)}, Server: i.MariaDB})
+	}
+	w.MySQLTopology, err = topology.StartMySQL(ctx, topology.MySQLOptions{Schema: o.MySQLTopologySchema, Members: members, Logf: o.Logf})
+	return err
+}
+
+// startInstances is one engine's cluster: the primary (as primary makes it, id base-1) and
+// len(lns)-1 replicas (each from replica), every instance behind its own stand-in answering as
+// ID.<instance domain> on port (on lns[n] when the world bound them: ResolvableInstances).
+// What started is returned even on error, for Close to stop; unused listeners are closed.
+func (w *World) startInstances(o Options, base, port string, lns []net.Listener,
+	primary func(id string) *Instance, replica func(id string) (*Instance, error)) ([]*Instance, error) {
+	ids := clusterIDs(base, len(lns)-1)
+	insts := []*Instance{primary(ids[0])}
+	for _, id := range ids[1:] {
+		i, err := replica(id)
+		if err != nil {
+			closeListeners(lns)
+			return insts, err
 		}
-		var members []topology.MySQLMember
-		for n, i := range w.MySQLInstances {
-			if err := w.startInstanceStandin(i, domain, port, lns[n], o); err != nil {
-				closeListeners(lns[n+1:])
-				return err
-			}
-			members = append(members, topology.MySQLMember{Instance: topology.Instance{ID: i.ID, Endpoint: i.TLSServerName, Port: atoi(port)}, Server: i.MariaDB})
-		}
-		if w.MySQLTopology, err = topology.StartMySQL(ctx, topology.MySQLOptions{Schema: o.MySQLTopologySchema, Members: members, Logf: o.Logf}); err != nil {
-			return err
+		insts = append(insts, i)
+	}
+	for n, i := range insts {
+		if err := w.startInstanceStandin(i, instanceDomain(o.Region), port, lns[n], o); err != nil {
+			closeListeners(lns[n+1:])
+			return insts, err
 		}
 	}
-	return nil
+	return insts, nil
 }
 
 // clusterIDs are base-1 (the primary) to base-(1+replicas).

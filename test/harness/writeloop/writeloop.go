@@ -8,6 +8,7 @@ package writeloop
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net"
@@ -83,6 +84,9 @@ type Session interface {
 	// (ServerID) and when its COMMIT was sent. An error names where it failed: "begin"
 	// (nothing sent inside a transaction) or "in transaction".
 	Write(ctx context.Context, n int64) (server string, commitSent time.Time, err error)
+	// WhoAmI returns the session's server (ServerID) and whether it answers as the writer
+	// (pg_is_in_recovery() false; MySQL read_only and innodb_read_only off).
+	WhoAmI(ctx context.Context) (server string, writer bool, err error)
 	Close()
 }
 
@@ -149,6 +153,13 @@ func (s *pgSession) Write(ctx context.Context, n int64) (string, time.Time, erro
 	return port, sent, nil
 }
 
+func (s *pgSession) WhoAmI(ctx context.Context) (string, bool, error) {
+	var port string
+	var rec bool
+	err := s.c.QueryRow(ctx, "SELECT current_setting('port'), pg_is_in_recovery()").Scan(&port, &rec)
+	return port, !rec, err
+}
+
 func (s *pgSession) Close() { _ = s.c.Close(context.Background()) }
 
 type mySession struct {
@@ -176,6 +187,13 @@ func (s *mySession) Write(ctx context.Context, n int64) (string, time.Time, erro
 	return port, sent, nil
 }
 
+func (s *mySession) WhoAmI(ctx context.Context) (string, bool, error) {
+	var port string
+	var ro, iro int
+	err := s.c.QueryRowContext(ctx, "SELECT @@port, @@global.read_only, @@global.innodb_read_only").Scan(&port, &ro, &iro)
+	return port, ro == 0 && iro == 0, err
+}
+
 func (s *mySession) Close() {
 	_ = s.c.Close()
 	_ = s.db.Close()
@@ -189,11 +207,16 @@ const (
 	OutcomeUnknown                 // the sidecar's farewell: PostgreSQL 08007, MySQL 2013/08007
 	ReadOnlyRefused                // the database's own refusal (25006, 1290): nothing written
 	NotBegun                       // no transaction was open: the connect or BEGIN failed
-	ServerFatal                    // in a transaction, the database's own FATAL ended the session (e.g. 57P01, its postmaster died)
-	Cut                            // in a transaction, the connection broke with no word on the outcome
+	// Unsent: in a transaction, the driver did not send the next statement or the COMMIT, on a
+	// connection it found closed (database/sql's driver.ErrBadConn, which a driver returns only
+	// when the server cannot have performed the operation): nothing committed. go-sql-driver's
+	// liveness check before each command does this, dropping a farewell unread.
+	Unsent
+	ServerFatal // in a transaction, the database's own FATAL ended the session (e.g. 57P01, its postmaster died)
+	Cut         // in a transaction, the connection broke with no word on the outcome
 )
 
-var outcomeNames = [...]string{"committed", "outcome unknown", "refused read-only", "not begun", "server's own FATAL", "cut, no word"}
+var outcomeNames = [...]string{"committed", "outcome unknown", "refused read-only", "not begun", "unsent (bad connection)", "server's own FATAL", "cut, no word"}
 
 func (o Outcome) String() string { return outcomeNames[o] }
 
@@ -204,16 +227,32 @@ func Classify(err error) Outcome {
 	switch {
 	case err == nil:
 		return Committed
-	case errors.As(err, &pe) && pe.Code == "08007", errors.As(err, &me) && me.Number == 2013 && string(me.SQLState[:]) == "08007":
+	case IsOutcomeUnknown(err):
 		return OutcomeUnknown
 	case errors.As(err, &pe) && pe.Code == "25006", errors.As(err, &me) && me.Number == 1290:
 		return ReadOnlyRefused
 	case !errors.Is(err, errInTx):
 		return NotBegun
+	case errors.Is(err, driver.ErrBadConn):
+		return Unsent
 	case errors.As(err, &pe) && pe.Severity == "FATAL":
 		return ServerFatal
 	}
 	return Cut
+}
+
+// IsOutcomeUnknown reports whether err is the sidecar's "transaction outcome unknown" error:
+// PostgreSQL 08007, MySQL ERR 2013 with SQL state 08007, saying so in words.
+func IsOutcomeUnknown(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "08007" && strings.Contains(pe.Message, "outcome is unknown")
+	}
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number == 2013 && string(me.SQLState[:]) == "08007" && strings.Contains(me.Message, "outcome is unknown")
+	}
+	return false
 }
 
 // Ack is one acknowledged transaction: the server, when its COMMIT was sent and when the

@@ -1,6 +1,7 @@
 package writeloop
 
 import (
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io"
@@ -18,13 +19,16 @@ func TestClassify(t *testing.T) {
 	}{
 		{nil, Committed},
 		{fmt.Errorf("%w: commit: %w", errInTx, &pgconn.PgError{Code: "08007", Message: "the outcome is unknown"}), OutcomeUnknown},
-		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 2013, SQLState: [5]byte{'0', '8', '0', '0', '7'}}), OutcomeUnknown},
+		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 2013, SQLState: [5]byte{'0', '8', '0', '0', '7'}, Message: "its outcome is unknown"}), OutcomeUnknown},
+		{fmt.Errorf("%w: %w", errInTx, &pgconn.PgError{Severity: "FATAL", Code: "08007", Message: "not the sidecar's words"}), ServerFatal},
 		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 2013, SQLState: [5]byte{'H', 'Y', '0', '0', '0'}}), Cut},
 		{fmt.Errorf("%w: %w", errInTx, &pgconn.PgError{Code: "25006"}), ReadOnlyRefused},
 		{fmt.Errorf("%w: %w", errInTx, &mysql.MySQLError{Number: 1290}), ReadOnlyRefused},
 		{fmt.Errorf("%w: %w", errBegin, io.EOF), NotBegun},
 		{errors.New("dial tcp 127.0.0.1:1: connection refused"), NotBegun},
 		{fmt.Errorf("%w: commit: %w", errInTx, io.ErrUnexpectedEOF), Cut},
+		{fmt.Errorf("%w: %w", errInTx, driver.ErrBadConn), Unsent},
+		{fmt.Errorf("%w: %w", errBegin, driver.ErrBadConn), NotBegun},
 		{fmt.Errorf("%w: commit: %w", errInTx, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), ServerFatal},
 		{fmt.Errorf("%w: %w", errBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), NotBegun},
 	} {
