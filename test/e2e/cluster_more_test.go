@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rdsvalet/rds-valet/test/harness/world"
+	"github.com/rdsvalet/rds-valet/test/harness/writeloop"
 )
 
 // fallbackMovesBack pauses the rig's only live reader past max_replica_lag so that the reader
@@ -22,13 +23,13 @@ func (r *clusterRig) fallbackMovesBack(t *testing.T, ctx context.Context, primar
 	}
 	stop := make(chan struct{})
 	writesDone := make(chan error, 1)
-	go func() { writesDone <- keepWritingFrom(ctx, r.e, r.w, 2_000_000, stop) }()
+	go func() { writesDone <- keepWriting(ctx, r.e, r.w, 2_000_000, stop) }()
 	r.waitTopology(t, "the last reader left out", r.fresh(t, reader.ID, false))
 	if got := r.landings(t, 5, true); got[primary.ID] != 5 {
 		t.Fatalf("no fresh reader: sessions landed %v, want the fallback %s", got, primary.ID)
 	}
 	onWriter := r.readerSessionOn(t, ctx, primary.ID)
-	defer onWriter.close()
+	defer onWriter.Close()
 	before := r.s.metric("rdsvalet_proxy_sessions_closed_total", `listener="ro"`, `reason="fallback_over"`)
 	close(stop)
 	if err := <-writesDone; err != nil {
@@ -39,7 +40,7 @@ func (r *clusterRig) fallbackMovesBack(t *testing.T, ctx context.Context, primar
 	}
 	r.waitTopology(t, "the reader back", r.fresh(t, reader.ID, true))
 	waitFor(t, 20*time.Second, "the fallback session on the writer to end with its farewell", func() error {
-		_, _, err := onWriter.whoami(ctx)
+		_, _, err := onWriter.WhoAmI(ctx)
 		if err == nil {
 			return fmt.Errorf("still answers on %s", primary.ID)
 		}
@@ -56,29 +57,6 @@ func (r *clusterRig) fallbackMovesBack(t *testing.T, ctx context.Context, primar
 	}
 }
 
-// keepWritingFrom inserts n, n+1, ... on the primary directly until stop, so a paused replica
-// falls behind.
-func keepWritingFrom(ctx context.Context, e clusterEngine, w *testWorld, n int, stop <-chan struct{}) error {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for ; ; n++ {
-		var err error
-		if e.name == "postgres" {
-			err = pgExecApp(ctx, w, fmt.Sprintf("INSERT INTO writes VALUES (%d)", n))
-		} else {
-			err = w.MariaDB.Exec(ctx, fmt.Sprintf("INSERT INTO app.writes VALUES (%d)", n))
-		}
-		if err != nil {
-			return fmt.Errorf("write on the primary: %w", err)
-		}
-		select {
-		case <-stop:
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
 // Discovered instances end to end: the sidecar's config names only the primary (by its
 // endpoint name, resolved through dns.server); discovery reads the Aurora stand-in view on it,
 // the instance template names the replica, its name resolves through the world's DNS to the
@@ -90,14 +68,14 @@ func TestClusterDiscoversUnconfiguredInstance(t *testing.T) {
 			o := e.opts(1)
 			o.ResolvableInstances = true
 			w := startWorldWith(t, o)
-			if err := e.prepare(ctxTimeout(t, 30*time.Second), w); err != nil {
+			if err := writeloop.Prepare(ctxTimeout(t, 30*time.Second), w.World, e.name); err != nil {
 				t.Fatalf("prepare the cluster: %v", err)
 			}
 			insts := e.instances(w)
 			primary, replica := insts[0], insts[1]
 			r := &clusterRig{e: e, w: w, ids: map[string]string{}}
 			for _, i := range insts {
-				r.ids[e.serverID(i)] = i.ID
+				r.ids[writeloop.ServerID(i)] = i.ID
 			}
 			tmpl, cluster := w.InstanceTemplate, "discovery: aurora-postgresql"
 			if e.name == "mysql" {
@@ -156,7 +134,7 @@ listeners:%s%s`, w.Region, w.DNS.Addr, listener("rw", "writer", "{{PG}}"), liste
 				return nil
 			})
 			if got := r.landings(t, 10, false); got[replica.ID] != 10 {
-				t.Fatalf("reader sessions landed %v, want all 10 on the discovered %s (server %s)", got, replica.ID, e.serverID(replica))
+				t.Fatalf("reader sessions landed %v, want all 10 on the discovered %s (server %s)", got, replica.ID, writeloop.ServerID(replica))
 			}
 			// The writer listener still goes to the configured primary.
 			ctx := ctxTimeout(t, 30*time.Second)
@@ -164,8 +142,8 @@ listeners:%s%s`, w.Region, w.DNS.Addr, listener("rw", "writer", "{{PG}}"), liste
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer s.close()
-			if srv, writer, err := s.whoami(ctx); err != nil || !writer || r.ids[srv] != primary.ID {
+			defer s.Close()
+			if srv, writer, err := s.WhoAmI(ctx); err != nil || !writer || r.ids[srv] != primary.ID {
 				t.Fatalf("writer session on %s (writer %v, %v), want %s", r.ids[srv], writer, err, primary.ID)
 			}
 		})
@@ -217,7 +195,7 @@ listeners:%s%s`, top, r.w.Region, listener("rw", "writer", "{{PG}}"), listener("
 func TestClusterPooledCheckoutAndReadiness(t *testing.T) {
 	e := clusterEngines[1]
 	w := startWorldWith(t, e.opts(1))
-	if err := e.prepare(ctxTimeout(t, 30*time.Second), w); err != nil {
+	if err := writeloop.Prepare(ctxTimeout(t, 30*time.Second), w.World, e.name); err != nil {
 		t.Fatalf("prepare the cluster: %v", err)
 	}
 	insts := e.instances(w)
@@ -226,7 +204,7 @@ func TestClusterPooledCheckoutAndReadiness(t *testing.T) {
 	var paths strings.Builder
 	for _, i := range insts {
 		fmt.Fprintf(&paths, "      - {name: %s, address: %q, tls_server_name: %q, token_host: %q}\n", i.ID, i.Address, i.TLSServerName, i.TokenHost)
-		r.ids[e.serverID(i)] = i.ID
+		r.ids[writeloop.ServerID(i)] = i.ID
 	}
 	r.paths = paths.String()
 	ctx := ctxTimeout(t, 3*time.Minute)
@@ -238,10 +216,10 @@ func TestClusterPooledCheckoutAndReadiness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if srv, writer, err := app.whoami(ctx); err != nil || !writer || r.ids[srv] != primary.ID {
+	if srv, writer, err := app.WhoAmI(ctx); err != nil || !writer || r.ids[srv] != primary.ID {
 		t.Fatalf("first writer session on %s (writer %v, %v), want %s", r.ids[srv], writer, err, primary.ID)
 	}
-	app.close()
+	app.Close()
 	waitFor(t, 10*time.Second, "the session pooled", func() error {
 		if n := s.metric("rdsvalet_reuse_idle_sessions", `listener="rw"`); n != 1 {
 			return fmt.Errorf("%v pooled", n)
@@ -261,8 +239,8 @@ func TestClusterPooledCheckoutAndReadiness(t *testing.T) {
 	if err != nil {
 		t.Fatalf("connect after the demotion: %v", err)
 	}
-	srv, writer, err := app.whoami(ctx)
-	app.close()
+	srv, writer, err := app.WhoAmI(ctx)
+	app.Close()
 	if err != nil || !writer || r.ids[srv] != replica.ID {
 		t.Fatalf("writer session after the demotion on %s (writer %v, %v), want the new writer %s", r.ids[srv], writer, err, replica.ID)
 	}

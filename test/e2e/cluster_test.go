@@ -248,7 +248,7 @@ func TestClusterReaderFollowsLag(t *testing.T) {
 			// Lag is made for real: writes on the primary that the paused replica does not replay.
 			stop := make(chan struct{})
 			writesDone := make(chan error, 1)
-			go func() { writesDone <- keepWriting(ctx, e, r.w, stop) }()
+			go func() { writesDone <- keepWriting(ctx, e, r.w, 1_000_000, stop) }()
 			r.waitTopology(t, "the paused reader left out", r.fresh(t, paused.ID, false))
 			if got := r.landings(t, 100, false); got[fresh.ID] != 100 {
 				t.Fatalf("one reader past max_replica_lag: 100 sessions landed %v, want all on %s", got, fresh.ID)
@@ -322,11 +322,12 @@ func (r *clusterRig) readerSessionOn(t *testing.T, ctx context.Context, instance
 	return nil
 }
 
-// keepWriting inserts on the primary directly until stop, so a paused replica falls behind.
-func keepWriting(ctx context.Context, e clusterEngine, w *testWorld, stop <-chan struct{}) error {
+// keepWriting inserts n, n+1, ... on the primary directly until stop, so a paused replica
+// falls behind.
+func keepWriting(ctx context.Context, e clusterEngine, w *testWorld, n int, stop <-chan struct{}) error {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
-	for n := 1_000_000; ; n++ {
+	for ; ; n++ {
 		var err error
 		if e.name == world.Postgres {
 			err = pgExecApp(ctx, w, fmt.Sprintf("INSERT INTO %s (n) VALUES (%d)", writeloop.Table, n))
