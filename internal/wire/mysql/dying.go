@@ -36,9 +36,13 @@ type dying struct {
 	holding bool   // a message is being held back
 	buf     []byte // held's storage, reused
 	out     []byte // what Rewrite returned last, reused
+	// replaced is told the server's error code each time its words are replaced.
+	replaced func(code uint16)
 }
 
-func newDying(t *tracker, path string) *dying { return &dying{tracker: t, path: path} }
+func newDying(t *tracker, path string, replaced func(code uint16)) *dying {
+	return &dying{tracker: t, path: path, replaced: replaced}
+}
 
 // Rewrite implements proxy.Rewriter. The tracker follows what the app gets.
 func (d *dying) Rewrite(p []byte) []byte {
@@ -126,5 +130,8 @@ func (d *dying) verdict() []byte {
 		d.path, fmt.Sprintf("ERROR %d (%s): %s", srv.Code, srv.State, srv.Message))
 	e.State = stateTransactionResolutionUnknown
 	d.serverEnded = true
+	if d.replaced != nil {
+		d.replaced(code)
+	}
 	return AppendPacket(nil, d.held[3], e.Encode())
 }

@@ -2,6 +2,7 @@ package mysql
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -42,7 +43,8 @@ func TestDyingServerErr(t *testing.T) {
 		for _, chunk := range []int{0, 1, 3, 4, 5, 7, 64} {
 			t.Run(tt.name, func(t *testing.T) {
 				tr := newTracker(caps, tt.status)
-				d := newDying(tr, "orders-1")
+				var replaced []uint16
+				d := newDying(tr, "orders-1", func(code uint16) { replaced = append(replaced, code) })
 				d.FromClient(tt.client)
 				var got []byte
 				feed(func(p []byte) { got = append(got, d.Rewrite(p)...) }, bytes.Clone(tt.server), chunk)
@@ -53,7 +55,13 @@ func TestDyingServerErr(t *testing.T) {
 					if !bytes.Equal(got, tt.server) {
 						t.Fatalf("chunks of %d: the app got %q, want the server's bytes %q", chunk, got, tt.server)
 					}
+					if len(replaced) != 0 {
+						t.Fatalf("chunks of %d: replacements reported %v for bytes passed as they are", chunk, replaced)
+					}
 					return
+				}
+				if len(replaced) != 1 || !strings.Contains(tt.wantInMsg, strconv.Itoa(int(replaced[0]))) {
+					t.Fatalf("chunks of %d: replacements reported %v, want one naming the server's code (%q)", chunk, replaced, tt.wantInMsg)
 				}
 				// Everything up to the last packet as the server sent it, then the replacement.
 				r := bytes.NewReader(got)
@@ -87,7 +95,7 @@ func TestDyingServerErr(t *testing.T) {
 // farewell says the outcome is unknown.
 func TestDyingServerCutMidErr(t *testing.T) {
 	tr := newTracker(uint32(gm.CLIENT_PROTOCOL_41|gm.CLIENT_DEPRECATE_EOF), inTrans)
-	d := newDying(tr, "orders-1")
+	d := newDying(tr, "orders-1", nil)
 	d.FromClient(query("COMMIT"))
 	if got := d.Rewrite(serverErr(1, 1053, "08S01", "Server shutdown in progress")[:9]); len(got) != 0 {
 		t.Fatalf("the app got %q of a partial ERR", got)

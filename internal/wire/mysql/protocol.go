@@ -10,6 +10,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,8 @@ type Config struct {
 // Metrics are the MySQL protocol's own metrics, shared by every MySQL listener.
 type Metrics struct {
 	handshakeErrors *prometheus.CounterVec
+	// dying counts a dying server's ERR replaced by the outcome-unknown error (dying.go).
+	dying *prometheus.CounterVec
 }
 
 // Reasons of rdsvalet_mysql_app_handshake_errors_total.
@@ -77,9 +80,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{handshakeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rdsvalet_mysql_app_handshake_errors_total",
 		Help: "App-side MySQL handshakes that failed, by reason (bad_packet, timeout, closed, tls_requested, local_auth, no_user, unsupported_client, user_name_too_long, database_name_too_long, connect_attrs_too_long).",
-	}, []string{"listener", "reason"})}
+	}, []string{"listener", "reason"}),
+		dying: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rdsvalet_mysql_server_error_replaced_total",
+			Help: "A dying server's ERR (1053, 1927, 3169, 4031) on a busy session of a cluster's writer listener, replaced by the outcome-unknown error (2013, 08007), by the server's error code.",
+		}, []string{"listener", "code"})}
 	if reg != nil {
-		reg.MustRegister(m.handshakeErrors)
+		reg.MustRegister(m.handshakeErrors, m.dying)
 	}
 	return m
 }
@@ -260,7 +267,13 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 // listener also replaces a dying server's ERR on a busy session (dying.go).
 func (p *Protocol) trackerFor(tr *tracker, path string) proxy.Tracker {
 	if p.cfg.OutcomeUnknown {
-		return newDying(tr, path)
+		return newDying(tr, path, func(code uint16) {
+			p.cfg.Metrics.dying.WithLabelValues(p.cfg.Listener, strconv.Itoa(int(code))).Inc()
+			if p.cfg.Log != nil {
+				p.cfg.Log.Warn("the database ended a busy session with its own error: the app is told the outcome is unknown (08007)",
+					zap.String("path", path), zap.Uint16("error_code", code))
+			}
+		})
 	}
 	return tr
 }

@@ -26,9 +26,13 @@ type dying struct {
 	holding bool   // a message is being held back
 	buf     []byte // held's storage, reused
 	out     []byte // what Rewrite returned last, reused
+	// replaced is told the server's severity and SQLSTATE each time its words are replaced.
+	replaced func(severity, code string)
 }
 
-func newDying(t *tracker, path string) *dying { return &dying{tracker: t, path: path} }
+func newDying(t *tracker, path string, replaced func(severity, code string)) *dying {
+	return &dying{tracker: t, path: path, replaced: replaced}
+}
 
 // Rewrite implements proxy.Rewriter. The tracker follows what the app gets.
 func (d *dying) Rewrite(p []byte) []byte {
@@ -125,6 +129,9 @@ func (d *dying) verdict() []byte {
 	b, err := encodeError(r)
 	if err != nil {
 		return d.held
+	}
+	if d.replaced != nil {
+		d.replaced(sev, e.Code)
 	}
 	return b
 }

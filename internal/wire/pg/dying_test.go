@@ -68,7 +68,8 @@ func TestDyingServerFatal(t *testing.T) {
 		for _, chunk := range []int{0, 1, 3, 7, 64} {
 			t.Run(tt.name, func(t *testing.T) {
 				tr := newTracker('I')
-				d := newDying(tr, "orders-1")
+				var replaced []string
+				d := newDying(tr, "orders-1", func(sev, code string) { replaced = append(replaced, sev+" "+code) })
 				d.FromClient(tt.client)
 				var got []byte
 				feed(func(p []byte) { got = append(got, d.Rewrite(p)...) }, bytes.Clone(tt.server), chunk)
@@ -79,7 +80,13 @@ func TestDyingServerFatal(t *testing.T) {
 					if !bytes.Equal(got, tt.server) {
 						t.Fatalf("chunks of %d: the app got %.300q, want the server's bytes %.300q", chunk, got, tt.server)
 					}
+					if len(replaced) != 0 {
+						t.Fatalf("chunks of %d: replacements reported %v for bytes passed as they are", chunk, replaced)
+					}
 					return
+				}
+				if len(replaced) != 1 || !strings.Contains(tt.wantInMsg, strings.Fields(replaced[0])[1]) {
+					t.Fatalf("chunks of %d: replacements reported %v, want one naming the server's SQLSTATE (%q)", chunk, replaced, tt.wantInMsg)
 				}
 				msgs := decodeAll(t, got)
 				last := msgs[len(msgs)-1]
@@ -111,7 +118,7 @@ func TestDyingServerFatal(t *testing.T) {
 // farewell says the outcome is unknown.
 func TestDyingServerCutMidFatal(t *testing.T) {
 	tr := newTracker('I')
-	d := newDying(tr, "orders-1")
+	d := newDying(tr, "orders-1", nil)
 	d.FromClient(msg('Q', "COMMIT\x00"))
 	fatal := serverError(t, "FATAL", "57P01", "terminating connection due to administrator command")
 	if got := d.Rewrite(bytes.Clone(fatal[:9])); len(got) != 0 {

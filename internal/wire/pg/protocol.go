@@ -64,6 +64,8 @@ type Config struct {
 type Metrics struct {
 	cancels *prometheus.CounterVec
 	limits  *prometheus.CounterVec // startups refused by checkLimits (limits.go)
+	// dying counts a dying server's FATAL replaced by the outcome-unknown error (dying.go).
+	dying *prometheus.CounterVec
 }
 
 // NewMetrics registers the Postgres protocol metrics on reg.
@@ -71,9 +73,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rdsvalet_pg_cancel_requests_total",
 		Help: "CancelRequests from apps, by result (forwarded, unknown_key, failed).",
-	}, []string{"listener", "result"}), limits: newLimitRefusals()}
+	}, []string{"listener", "result"}), limits: newLimitRefusals(),
+		dying: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rdsvalet_pg_server_fatal_replaced_total",
+			Help: "A dying server's FATAL or PANIC on a busy session of a cluster's writer listener, replaced by the outcome-unknown error (08007), by the server's SQLSTATE.",
+		}, []string{"listener", "code"})}
 	if reg != nil {
-		reg.MustRegister(m.cancels, m.limits)
+		reg.MustRegister(m.cancels, m.limits, m.dying)
 	}
 	return m
 }
@@ -211,7 +217,13 @@ func (p *Protocol) Greet(client net.Conn, st *proxy.Startup, s *proxy.Session) (
 // listener also replaces a dying server's FATAL on a busy session (dying.go).
 func (p *Protocol) trackerFor(tr *tracker, path string) proxy.Tracker {
 	if p.cfg.OutcomeUnknown {
-		return newDying(tr, path)
+		return newDying(tr, path, func(severity, code string) {
+			p.cfg.Metrics.dying.WithLabelValues(p.cfg.Listener, code).Inc()
+			if p.cfg.Log != nil {
+				p.cfg.Log.Warn("the database ended a busy session with its own error: the app is told the outcome is unknown (08007)",
+					zap.String("path", path), zap.String("severity", severity), zap.String("sqlstate", code))
+			}
+		})
 	}
 	return tr
 }
