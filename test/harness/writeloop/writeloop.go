@@ -210,7 +210,9 @@ const (
 	// Unsent: in a transaction, the driver did not send the next statement or the COMMIT, on a
 	// connection it found closed (database/sql's driver.ErrBadConn, which a driver returns only
 	// when the server cannot have performed the operation): nothing committed. go-sql-driver's
-	// liveness check before each command does this, dropping a farewell unread.
+	// liveness check before each command does this, dropping a farewell unread; and its
+	// mysql.ErrBusyBuffer, returned before anything is written when bytes it has not read (a
+	// farewell that came right behind the last answer) are still in its buffer.
 	Unsent
 	ServerFatal // in a transaction, the database's own FATAL ended the session (e.g. 57P01, its postmaster died)
 	Cut         // in a transaction, the connection broke with no word on the outcome
@@ -233,7 +235,7 @@ func Classify(err error) Outcome {
 		return ReadOnlyRefused
 	case !errors.Is(err, errInTx):
 		return NotBegun
-	case errors.Is(err, driver.ErrBadConn):
+	case errors.Is(err, driver.ErrBadConn), errors.Is(err, mysql.ErrBusyBuffer):
 		return Unsent
 	case errors.As(err, &pe) && pe.Severity == "FATAL":
 		return ServerFatal

@@ -28,6 +28,7 @@ func TestClassify(t *testing.T) {
 		{errors.New("dial tcp 127.0.0.1:1: connection refused"), NotBegun},
 		{fmt.Errorf("%w: commit: %w", errInTx, io.ErrUnexpectedEOF), Cut},
 		{fmt.Errorf("%w: %w", errInTx, driver.ErrBadConn), Unsent},
+		{fmt.Errorf("%w: %w", errInTx, mysql.ErrBusyBuffer), Unsent},
 		{fmt.Errorf("%w: %w", errBegin, driver.ErrBadConn), NotBegun},
 		{fmt.Errorf("%w: commit: %w", errInTx, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), ServerFatal},
 		{fmt.Errorf("%w: %w", errBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}), NotBegun},
