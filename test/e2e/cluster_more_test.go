@@ -173,16 +173,7 @@ admin: {listen: "{{ADMIN}}"%s}
 aws: {region: %s}
 listeners:%s%s`, top, r.w.Region, listener("rw", "writer", "{{PG}}"), listener("ro", "reader", "{{MYSQL}}")), r.w.SidecarEnv)
 	r.s = s
-	r.waitTopology(t, "every instance checked", func(ls map[string]topologyListener) error {
-		for _, l := range ls {
-			for _, in := range l.Instances {
-				if in.Role == "unknown" {
-					return fmt.Errorf("%s: %s not checked yet (%s)", l.Listener, in.Name, in.LastError)
-				}
-			}
-		}
-		return nil
-	})
+	r.waitTopology(t, "every instance checked", everyInstanceChecked)
 	return s
 }
 

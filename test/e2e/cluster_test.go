@@ -131,16 +131,7 @@ listeners:%s%s`, w.Region, listener("rw", "writer", "{{PG}}"), listener("ro", "r
 	prev := r.s
 	r.s = s
 	defer func() { r.s = prev }()
-	r.waitTopology(t, "every instance checked", func(ls map[string]topologyListener) error {
-		for _, l := range ls {
-			for _, in := range l.Instances {
-				if in.Role == "unknown" {
-					return fmt.Errorf("%s: %s not checked yet (%s)", l.Listener, in.Name, in.LastError)
-				}
-			}
-		}
-		return nil
-	})
+	r.waitTopology(t, "every instance checked", everyInstanceChecked)
 	return s
 }
 
@@ -704,4 +695,16 @@ func TestClusterDiscoveryViews(t *testing.T) {
 			}
 		})
 	}
+}
+
+// everyInstanceChecked holds once the monitor has a role for every instance of every listener.
+func everyInstanceChecked(ls map[string]topologyListener) error {
+	for _, l := range ls {
+		for _, in := range l.Instances {
+			if in.Role == "unknown" {
+				return fmt.Errorf("%s: %s not checked yet (%s)", l.Listener, in.Name, in.LastError)
+			}
+		}
+	}
+	return nil
 }
