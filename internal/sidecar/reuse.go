@@ -95,24 +95,41 @@ func credentialsDigest(lc config.Listener) func() string {
 	if lc.Auth.Mode != config.AuthPassword {
 		return nil
 	}
-	file := lc.Auth.PasswordFile
+	return passwordDigest(lc.Auth.PasswordFile, time.Now)
+}
+
+// credentialsRecheck is how long a password file's digest is trusted before the file is
+// looked at again: the pool asks at every checkout and checkin, and a stat per app
+// connection is a system call on the hot path for a rotation that takes effect within this.
+const credentialsRecheck = time.Second
+
+// passwordDigest is credentialsDigest's work, on the clock now: the file is stat'ed at most
+// once per credentialsRecheck, and read again only when its stat changed.
+func passwordDigest(file string, now func() time.Time) func() string {
 	var mu sync.Mutex
 	var seen os.FileInfo
+	var checked time.Time
 	digest := ""
 	return func() string {
-		// Asked at every checkout: the file is read again only when its stat changes.
-		fi, err := os.Stat(file)
-		if err != nil {
-			return "unreadable"
-		}
 		mu.Lock()
 		defer mu.Unlock()
+		t := now()
+		if d := t.Sub(checked); !checked.IsZero() && d >= 0 && d < credentialsRecheck {
+			return digest
+		}
+		checked = t
+		fi, err := os.Stat(file)
+		if err != nil {
+			seen, digest = nil, "unreadable"
+			return digest
+		}
 		if seen != nil && fi.ModTime().Equal(seen.ModTime()) && fi.Size() == seen.Size() && os.SameFile(fi, seen) {
 			return digest
 		}
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return "unreadable"
+			seen, digest = nil, "unreadable"
+			return digest
 		}
 		sum := sha256.Sum256(b)
 		seen, digest = fi, hex.EncodeToString(sum[:8])
