@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 )
 
 // A connection goes through three steps, each with one owner (docs/architecture.md):
@@ -89,6 +90,22 @@ type Session struct {
 	// closed (CloseClient: the app left it busy). It is called from the relay loop, so it
 	// must not block.
 	Release func(conn net.Conn, t Tracker, reason string)
+	// Reset, when set with Release, resets the session inside the relay loop when its app
+	// leaves it idle; Release then gets conn only if the reset succeeded, with its socket
+	// parked (see sockloop.Resetter).
+	Reset Resetter
+}
+
+// Resetter resets an upstream session its app left idle from inside the relay loop (a Source
+// that reuses sessions, for an engine that can), so that a reuse needs no goroutine and no
+// trip through Go's poller. The relay calls it from its loop; it must not block.
+type Resetter interface {
+	// ResetRequest returns the bytes that reset the session t tracked and how long their
+	// answer may take; nil leaves the reset to Release.
+	ResetRequest(t Tracker) ([]byte, time.Duration)
+	// ResetReply sees each chunk of the answer: done once it is whole, ok if the session may
+	// serve another app.
+	ResetReply(p []byte) (done, ok bool)
 }
 
 // Upstream is a logged-in upstream session, ready for the relay.
@@ -113,6 +130,8 @@ type Upstream struct {
 	// Release is the Session's (Handshake copies it): set, an app that leaves the session
 	// idle leaves the upstream to it.
 	Release func(conn net.Conn, t Tracker, reason string)
+	// Reset is the Session's (Handshake copies it).
+	Reset Resetter
 }
 
 // Tracker follows a session's framing to tell when it is idle: no request outstanding and no

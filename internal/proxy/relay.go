@@ -226,6 +226,22 @@ func (ss *session) Keep(by sockloop.Side) bool {
 	return ss.up.Tracker.Idle()
 }
 
+// ResetRequest implements sockloop.Resetter: the source's reset, if it has one (Keep has said
+// the upstream is kept).
+func (ss *session) ResetRequest() ([]byte, time.Duration) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.up.Reset == nil {
+		return nil, 0
+	}
+	return ss.up.Reset.ResetRequest(ss.up.Tracker)
+}
+
+// ResetReply implements sockloop.Resetter.
+func (ss *session) ResetReply(p []byte) (done, ok bool) {
+	return ss.up.Reset.ResetReply(p)
+}
+
 // Ended implements sockloop.Handler.
 func (ss *session) Ended(e sockloop.End) {
 	ss.mu.Lock()

@@ -521,7 +521,7 @@ func Handshake(ctx context.Context, proto Protocol, source Source, c net.Conn) (
 	}
 	up, err := proto.Greet(c, st, sess)
 	if up != nil {
-		up.Release = sess.Release
+		up.Release, up.Reset = sess.Release, sess.Reset
 	}
 	return up, err
 }

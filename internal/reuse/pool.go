@@ -181,6 +181,7 @@ type held struct {
 	creds     string
 	born      time.Time
 	idleSince time.Time
+	lr        *loopReset // the relay loop's reset, for a LoopEngine
 }
 
 // New returns the pool for one listener over inner (the listener's logins, through the
@@ -253,7 +254,7 @@ func (p *Pool) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, err
 			p.discard(h, ReasonReuseFailed, err)
 			continue
 		}
-		sess.Path, sess.Release = h.path, p.releaser(h)
+		sess.Path, sess.Release, sess.Reset = h.path, p.releaser(h), p.resetter(h)
 		p.hits.Inc()
 		return sess, nil
 	}
@@ -264,7 +265,7 @@ func (p *Pool) Open(ctx context.Context, st *proxy.Startup) (*proxy.Session, err
 	}
 	if state, ok := p.eng.Adopt(ctx, sess, st); ok {
 		h := &held{slot: slot{key: key, path: sess.Path}, state: state, creds: p.credentials(), born: time.Now()}
-		sess.Release = p.releaser(h)
+		sess.Release, sess.Reset = p.releaser(h), p.resetter(h)
 	}
 	return sess, nil
 }
@@ -312,6 +313,14 @@ func (p *Pool) check(ctx context.Context, h *held) string {
 // from its loop, so the reset runs on a goroutine of the pool's.
 func (p *Pool) releaser(h *held) func(net.Conn, proxy.Tracker, string) {
 	return func(conn net.Conn, t proxy.Tracker, reason string) {
+		if h.lr != nil && h.lr.started {
+			// The relay loop reset the session (or failed to).
+			if conn != nil {
+				h.conn = conn
+			}
+			h.lr.released(conn)
+			return
+		}
 		if conn == nil {
 			r := ReasonSessionEnded
 			if reason == proxy.CloseClient {
@@ -356,7 +365,7 @@ func (p *Pool) reset(h *held, t proxy.Tracker) {
 		return
 	}
 	h.state = state
-	p.put(h, true)
+	p.put(h, true, false)
 }
 
 // resetDone ends a reset of at that pooled nothing: a checkout waiting for it logs in.
@@ -387,11 +396,14 @@ func (p *Pool) popWaiterLocked(at slot) chan *held {
 }
 
 // put pools h (or hands it to a checkout waiting for its slot), or discards it when it may
-// not stay; fromReset says h is the end of one of the slot's resets.
-func (p *Pool) put(h *held, fromReset bool) {
+// not stay; fromReset says h is the end of one of the slot's resets, checked that the relay
+// loop found nothing after the reset's answer (so its socket, parked, is not read here).
+func (p *Pool) put(h *held, fromReset, checked bool) {
 	reason := ""
-	if err := quiet(h.conn); err != nil {
-		reason = ReasonCheckFailed
+	if !checked {
+		if err := quiet(h.conn); err != nil {
+			reason = ReasonCheckFailed
+		}
 	}
 	p.mu.Lock()
 	if fromReset {
@@ -478,7 +490,7 @@ func (p *Pool) await(ctx context.Context, at slot, ch chan *held) *held {
 	// Handed over as it gave up: the session is in ch already (sent under the lock).
 	h := <-ch
 	if h != nil && ctx.Err() != nil {
-		p.put(h, false)
+		p.put(h, false, false)
 		return nil
 	}
 	return h
@@ -669,7 +681,7 @@ func (p *Pool) spares() {
 			p.discard(h, ReasonResetFailed, nil)
 			continue
 		}
-		p.put(h, false)
+		p.put(h, false, false)
 	}
 }
 

@@ -3,6 +3,7 @@ package sockloop
 import (
 	"errors"
 	"net"
+	"time"
 )
 
 // ErrClosed is what Start returns once the Loops are being closed.
@@ -52,12 +53,30 @@ type Keeper interface {
 	Keep(by Side) bool
 }
 
+// Resetter is a Keeper whose upstream the loop readies for the next app itself: once Keep
+// says yes, the loop closes the app's socket, sends the upstream the bytes ResetRequest
+// returns and feeds ResetReply what comes back, with no goroutine and no trip through Go's
+// poller. A reset that succeeds leaves the upstream parked: out of the epoll set and not in
+// Go's poller either, ready to be handed to Start again with no system call, and taken back
+// into Go's poller by the first blocking Read, Write or deadline on it (End.Upstream). Any
+// failure (ResetReply not ok, bytes after the answer, the upstream closing, timeout passing,
+// the loops closing) closes the upstream, and Ended reports no Upstream.
+type Resetter interface {
+	Keeper
+	// ResetRequest is asked once, after Keep said yes: the bytes that reset the session and how
+	// long its answer may take. nil hands the upstream back as a Keeper's is, unreset.
+	ResetRequest() (req []byte, timeout time.Duration)
+	// ResetReply sees each chunk the upstream sends after the request, until it reports the
+	// answer done; ok says the session may serve another app.
+	ResetReply(p []byte) (done, ok bool)
+}
+
 // End says how a relay ended.
 type End struct {
 	By Side
 	// Upstream, when the handler kept it (Keeper), is the upstream connection, open and no
 	// longer the loop's: a *tls.Conn as Start was given, or the *Conn. It is the handler's to
-	// close.
+	// close. After a reset in the loop (Resetter) its socket is parked (see Resetter).
 	Upstream net.Conn
 	// UpstreamErr is the upstream read error that ended the relay (io.EOF for a clean close),
 	// for passive health checks.

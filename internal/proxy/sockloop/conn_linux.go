@@ -18,6 +18,14 @@ type Conn struct {
 	detached atomic.Bool
 	fd       int
 	closed   bool
+	// parked: detached but no loop's, after a reset in the loop (Resetter). Start takes it back
+	// as it is; a blocking Read, Write or deadline gives it back to Go's poller first. Only its
+	// owner of the moment (the pool, then a checkout) touches it, one at a time.
+	parked bool
+	// unread: the TLS connection may hold bytes the socket will not signal again (a login's
+	// or a round trip's), so a loop taking the socket over reads it once at the start. Not so
+	// for a socket taken over as it was parked: its loop found it empty.
+	unread bool
 	// armed lets Read call read(2). The loop arms it when epoll reports the socket readable;
 	// a short, empty or failed read disarms it. So a TLS connection that asks for more bytes
 	// than have arrived gets "would block" without a read that returns EAGAIN.
@@ -56,8 +64,11 @@ func isWouldBlock(err error) bool { return errors.Is(err, errWouldBlock) }
 // original (which drops only that reference; the socket stays open, nothing is sent).
 func (c *Conn) detach() error {
 	if c.detached.Load() {
+		c.unread = !c.parked
+		c.parked = false
 		return nil
 	}
+	c.unread = true
 	sc, ok := c.inner.(syscall.Conn)
 	if !ok {
 		return errors.New("sockloop: connection has no socket")
@@ -74,14 +85,30 @@ func (c *Conn) detach() error {
 	if derr != nil {
 		return os.NewSyscallError("dup", derr)
 	}
-	if err := syscall.SetNonblock(nfd, true); err != nil {
-		_ = syscall.Close(nfd)
-		return os.NewSyscallError("setnonblock", err)
-	}
+	// No fcntl: a duplicate shares the file's status flags, and Go's poller made the socket
+	// non-blocking when it took it (every *net.TCPConn and *net.UnixConn is).
 	c.local, c.remote = c.inner.LocalAddr(), c.inner.RemoteAddr()
 	_ = c.inner.Close()
 	c.fd = nfd
 	c.detached.Store(true)
+	return nil
+}
+
+// park takes a detached socket the loop is done with out of its hands without giving it to
+// Go's poller (Resetter): the caller has taken it out of its epoll set.
+func (c *Conn) park() {
+	c.parked, c.armed = true, false
+}
+
+// unpark gives a parked socket to Go's poller before a blocking call on it.
+func (c *Conn) unpark() error {
+	if !c.parked || c.closed {
+		return nil
+	}
+	if err := c.reattach(); err != nil {
+		return err
+	}
+	c.parked = false
 	return nil
 }
 
@@ -167,6 +194,9 @@ func (c *Conn) opError(op string, e syscall.Errno) error {
 
 // Read reads the wrapped connection, or once detached, the socket without blocking.
 func (c *Conn) Read(p []byte) (int, error) {
+	if err := c.unpark(); err != nil {
+		return 0, err
+	}
 	if !c.detached.Load() {
 		return c.inner.Read(p)
 	}
@@ -197,6 +227,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 // Write writes the wrapped connection, or once detached, sends what the socket takes now and
 // queues the rest (in order, after anything already queued) for the loop to send.
 func (c *Conn) Write(p []byte) (int, error) {
+	if err := c.unpark(); err != nil {
+		return 0, err
+	}
 	if !c.detached.Load() {
 		return c.inner.Write(p)
 	}
@@ -274,8 +307,12 @@ func (c *Conn) RemoteAddr() net.Addr {
 }
 
 // Deadlines apply until the connection is detached; the loop never blocks, so they mean
-// nothing after (crypto/tls sets one around its close_notify).
+// nothing after (crypto/tls sets one around its close_notify). A parked socket goes back to
+// Go's poller, where they do.
 func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.unpark(); err != nil {
+		return err
+	}
 	if c.detached.Load() {
 		return nil
 	}
@@ -283,6 +320,9 @@ func (c *Conn) SetDeadline(t time.Time) error {
 }
 
 func (c *Conn) SetReadDeadline(t time.Time) error {
+	if err := c.unpark(); err != nil {
+		return err
+	}
 	if c.detached.Load() {
 		return nil
 	}
@@ -290,6 +330,9 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 }
 
 func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if err := c.unpark(); err != nil {
+		return err
+	}
 	if c.detached.Load() {
 		return nil
 	}
@@ -297,11 +340,25 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 }
 
 // SyscallConn is the socket's raw access while the connection is Go's (before it is handed to
-// a loop, or after a loop handed it back): internal/reuse peeks at a pooled session's socket.
+// a loop, or after a loop handed it back) or parked (Control only): internal/reuse peeks at
+// a pooled session's socket.
 func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	if c.detached.Load() && c.parked && !c.closed {
+		return parkedRaw{fd: c.fd}, nil
+	}
 	sc, ok := c.inner.(syscall.Conn)
 	if c.detached.Load() || !ok {
 		return nil, errors.New("sockloop: the socket is not Go's now")
 	}
 	return sc.SyscallConn()
 }
+
+// parkedRaw is a parked socket's raw access: Control runs f on the descriptor; Read and Write
+// (which wait in Go's poller) are refused, as the socket is in no poller.
+type parkedRaw struct{ fd int }
+
+var errParkedRaw = errors.New("sockloop: a parked socket has no poller to wait in")
+
+func (r parkedRaw) Control(f func(fd uintptr)) error { f(uintptr(r.fd)); return nil }
+func (parkedRaw) Read(func(fd uintptr) bool) error   { return errParkedRaw }
+func (parkedRaw) Write(func(fd uintptr) bool) error  { return errParkedRaw }

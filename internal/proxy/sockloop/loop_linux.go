@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Relay is a session being relayed by a loop.
@@ -30,8 +31,13 @@ type Relay struct {
 	// appMask and upMask are the epoll interest each socket is registered with (0: not).
 	appMask, upMask uint32
 	// closing: the handler asked to end; the relay ends once the app has what was read for it.
-	closing        bool
-	ended          bool
+	closing bool
+	ended   bool
+	// resetting: the app is gone and the upstream is being reset for the next (Resetter);
+	// resetBy is how the relay ended, for Ended.
+	resetting      bool
+	resetBy        Side
+	resetTimer     *time.Timer
 	fromApp, toApp int64
 	pokeQueued     atomic.Bool
 }
@@ -103,7 +109,7 @@ func (r *Relay) Poke() {
 		// Refused once the loop is stopping: Close ends every relay anyway.
 		r.loop.enqueue(func() {
 			r.pokeQueued.Store(false)
-			if !r.ended && r.h.Check() {
+			if !r.ended && !r.resetting && r.h.Check() {
 				r.closeSoon()
 				r.sync()
 			}
@@ -414,14 +420,20 @@ func (l *loop) start(r *Relay) {
 		return
 	}
 	// The login may have left decrypted bytes inside the TLS connection, which the socket
-	// will not signal again.
-	r.up.armed = true
-	r.readUpstream()
+	// will not signal again (unless it comes parked: nothing is inside, and what is on the
+	// socket epoll reports).
+	if r.up.unread {
+		r.up.armed = true
+		r.readUpstream()
+	}
 	r.sync()
 }
 
 func (r *Relay) onEvent(side int, ev uint32) {
 	if side == sideApp {
+		if r.resetting {
+			return // an event from before the app's socket closed
+		}
 		if ev&(evOut|evEnd) != 0 && len(r.app.out) > 0 {
 			r.flushApp()
 		}
@@ -469,7 +481,12 @@ func (r *Relay) readUpstream() {
 	buf := r.loop.buf
 	for range maxUpstreamReads {
 		n, err := r.upR.Read(buf)
-		if n > 0 {
+		if n > 0 && r.resetting {
+			r.resetReply(buf[:n])
+			if r.ended {
+				return
+			}
+		} else if n > 0 {
 			r.deliver(buf[:n])
 			if r.ended || r.closing || len(r.app.out) > 0 {
 				return
@@ -541,14 +558,20 @@ func (r *Relay) sync() {
 		return
 	}
 	var app, up uint32
-	if !r.closing && len(r.up.out) == 0 {
-		app |= evIn
-	}
-	if len(r.app.out) > 0 {
-		app |= evOut
-	}
-	if !r.closing && len(r.app.out) == 0 {
-		up |= evIn
+	switch {
+	case r.resetting:
+		// Only the upstream's answer to the reset is awaited; the app's socket is closed.
+		up = evIn
+	default:
+		if !r.closing && len(r.up.out) == 0 {
+			app |= evIn
+		}
+		if len(r.app.out) > 0 {
+			app |= evOut
+		}
+		if !r.closing && len(r.app.out) == 0 {
+			up |= evIn
+		}
 	}
 	if len(r.up.out) > 0 {
 		up |= evOut
@@ -589,8 +612,19 @@ func (r *Relay) end(by Side, upErr error) {
 	if r.ended {
 		return
 	}
+	if r.resetting {
+		r.finishReset(false)
+		return
+	}
+	keep := r.wantsKeep(by)
+	if keep && r.startReset(by) {
+		return
+	}
 	r.ended = true
-	kept := r.keep(by)
+	var kept net.Conn
+	if keep {
+		kept = r.keep()
+	}
 	if kept == nil {
 		_ = r.closeUpstream()
 	}
@@ -605,13 +639,91 @@ func (r *Relay) end(by Side, upErr error) {
 	r.h.Ended(End{By: by, UpstreamErr: upErr, FromApp: r.fromApp, ToApp: r.toApp, Upstream: kept})
 }
 
-// keep hands the upstream back to a handler that wants it (Keeper): out of the epoll set,
-// back in Go's poller. nil when it stays the loop's to close.
-func (r *Relay) keep(by Side) net.Conn {
+// wantsKeep asks a handler that may keep the upstream (Keeper) whether it does, when the
+// relay ends by the app or the handler with nothing queued for the upstream.
+func (r *Relay) wantsKeep(by Side) bool {
 	k, ok := r.h.(Keeper)
-	if !ok || (by != ByApp && by != ByHandler) || len(r.up.out) > 0 || !k.Keep(by) {
-		return nil
+	return ok && (by == ByApp || by == ByHandler) && len(r.up.out) == 0 && k.Keep(by)
+}
+
+// startReset begins a Resetter's reset of the upstream: the app's socket closes (its epoll
+// registration goes with it), the request is sent and the answer awaited, for at most the
+// handler's timeout. false when the handler resets nothing here.
+func (r *Relay) startReset(by Side) bool {
+	rs, ok := r.h.(Resetter)
+	if !ok {
+		return false
 	}
+	req, timeout := rs.ResetRequest()
+	if req == nil {
+		return false
+	}
+	r.resetting, r.resetBy = true, by
+	_ = r.app.Close()
+	r.appMask = 0
+	if _, err := r.upW.Write(req); err != nil {
+		r.finishReset(false)
+		return true
+	}
+	l := r.loop
+	r.resetTimer = time.AfterFunc(timeout, func() {
+		// Refused once the loop is stopping: its last task ends every relay anyway.
+		l.enqueue(func() {
+			if r.resetting {
+				r.finishReset(false)
+			}
+		})
+	})
+	r.sync()
+	return true
+}
+
+// resetReply hands the handler a chunk of the answer to the reset; once it is whole, the
+// session is kept if the handler says so and nothing follows the answer.
+func (r *Relay) resetReply(p []byte) {
+	done, ok := r.h.(Resetter).ResetReply(p)
+	if done {
+		r.finishReset(ok && r.upstreamQuiet())
+	}
+}
+
+// upstreamQuiet reports whether the TLS connection holds nothing more for the app: one more
+// read, which costs no system call once the socket is drained (the Conn is not armed). A
+// partial record left inside the TLS connection means more is on its way to the socket,
+// which the check at checkout sees.
+func (r *Relay) upstreamQuiet() bool {
+	n, err := r.upR.Read(r.loop.buf[:1])
+	return n == 0 && isWouldBlock(err)
+}
+
+// finishReset ends a relay whose upstream was being reset: kept (parked) if ok, else closed.
+func (r *Relay) finishReset(ok bool) {
+	r.resetting, r.ended = false, true
+	if r.resetTimer != nil {
+		r.resetTimer.Stop()
+		r.resetTimer = nil
+	}
+	var kept net.Conn
+	if ok && len(r.up.out) == 0 && r.upMask != 0 {
+		if err := r.loop.register(r.up.fd, r.slot, sideUp, r.upMask, 0); err == nil {
+			r.upMask = 0
+			r.up.park()
+			kept = r.up
+			if r.tls != nil {
+				kept = r.tls
+			}
+		}
+	}
+	if kept == nil {
+		_ = r.closeUpstream()
+	}
+	r.loop.retired = append(r.loop.retired, r.slot)
+	r.h.Ended(End{By: r.resetBy, FromApp: r.fromApp, ToApp: r.toApp, Upstream: kept})
+}
+
+// keep hands the upstream back to a handler that kept it (wantsKeep): out of the epoll set,
+// back in Go's poller. nil when it stays the loop's to close.
+func (r *Relay) keep() net.Conn {
 	if r.upMask != 0 {
 		if err := r.loop.register(r.up.fd, r.slot, sideUp, r.upMask, 0); err != nil {
 			return nil

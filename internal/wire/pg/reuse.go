@@ -105,23 +105,7 @@ func (p *Protocol) Adopt(_ context.Context, s *proxy.Session, st *proxy.Startup)
 func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, t proxy.Tracker) (any, error) {
 	ps := state.(*pooledState)
 	defer wire.BindPooled(ctx, conn)()
-	tr, ok := t.(*tracker)
-	readBack := !ok || tr.params
-	out, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
-	if readBack {
-		var q strings.Builder
-		q.WriteString("SELECT ")
-		for i, name := range ps.reported {
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			fmt.Fprintf(&q, "current_setting(%s, true)", quoteLiteral(name))
-		}
-		if len(ps.reported) == 0 {
-			q.WriteString("1")
-		}
-		out, _ = (&pgproto3.Query{String: q.String()}).Encode(out)
-	}
+	out, readBack := resetRequest(ps, t)
 	if _, err := conn.Write(out); err != nil {
 		return nil, fmt.Errorf("send DISCARD ALL: %w", wire.CtxErr(ctx, err))
 	}
@@ -137,16 +121,122 @@ func (p *Protocol) Reset(ctx context.Context, conn net.Conn, state any, t proxy.
 		if len(ps.reported) > 0 && len(values) != len(ps.reported) {
 			return nil, fmt.Errorf("read %d parameters back, want %d", len(values), len(ps.reported))
 		}
-		for i, name := range ps.reported {
-			if values[i] != nil {
-				ps.current[name] = *values[i]
-			}
-		}
+		applyReadBack(ps, values)
 	}
 	if br.Buffered() > 0 {
 		return nil, errors.New("the server sent more than the reset's answers")
 	}
 	return ps, nil
+}
+
+// discardAll is the reset's first request, the same for every session.
+var discardAll, _ = (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
+
+// resetRequest is Reset's request: DISCARD ALL, and when the session's parameters may have
+// changed out of the sidecar's sight (see Reset) a query reading them back.
+func resetRequest(ps *pooledState, t proxy.Tracker) (out []byte, readBack bool) {
+	tr, ok := t.(*tracker)
+	if ok && !tr.params {
+		return discardAll, false
+	}
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i, name := range ps.reported {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(&q, "current_setting(%s, true)", quoteLiteral(name))
+	}
+	if len(ps.reported) == 0 {
+		q.WriteString("1")
+	}
+	out, _ = (&pgproto3.Query{String: q.String()}).Encode(slices.Clone(discardAll))
+	return out, true
+}
+
+// applyReadBack records the parameter values read back after a reset (NULL: left as known).
+func applyReadBack(ps *pooledState, values []*string) {
+	for i, name := range ps.reported {
+		if values[i] != nil {
+			ps.current[name] = *values[i]
+		}
+	}
+}
+
+// LoopReset implements reuse.LoopEngine: Reset's request and the parser of its answers, for
+// the relay loop to run. The answers are held until each message is whole (at most
+// maxReuseMsgLength); anything past the last ReadyForQuery fails the reset.
+func (p *Protocol) LoopReset(state any, t proxy.Tracker) ([]byte, func([]byte) (bool, any, error)) {
+	ps := state.(*pooledState)
+	out, readBack := resetRequest(ps, t)
+	answers := 1
+	if readBack {
+		answers = 2
+	}
+	var held []byte
+	var a answer
+	return out, func(b []byte) (bool, any, error) {
+		in := b
+		if len(held) > 0 {
+			held = append(held, b...)
+			in = held
+		}
+		for len(in) > 0 {
+			if answers == 0 {
+				return true, nil, errors.New("the server sent more than the reset's answers")
+			}
+			typ, body, rest, ok, err := splitMessage(in, maxReuseMsgLength)
+			if err != nil {
+				return true, nil, err
+			}
+			if !ok {
+				break
+			}
+			in = rest
+			ready, err := a.step(typ, body, ps)
+			if err != nil {
+				return true, nil, fmt.Errorf("DISCARD ALL: %w", err)
+			}
+			if !ready {
+				continue
+			}
+			if answers--; answers == 1 {
+				a = answer{}
+				continue
+			}
+			if readBack {
+				if len(ps.reported) > 0 && len(a.row) != len(ps.reported) {
+					return true, nil, fmt.Errorf("read %d parameters back, want %d", len(a.row), len(ps.reported))
+				}
+				applyReadBack(ps, a.row)
+			}
+		}
+		if answers == 0 {
+			if len(in) > 0 {
+				return true, nil, errors.New("the server sent more than the reset's answers")
+			}
+			return true, ps, nil
+		}
+		// Keep the incomplete message (a copy: b is the relay's buffer).
+		held = append(held[:0:0], in...)
+		return false, nil, nil
+	}
+}
+
+// splitMessage cuts the first whole message off b: ok false when b holds only part of one;
+// an error when its length is outside 4..max.
+func splitMessage(b []byte, max int) (typ byte, body, rest []byte, ok bool, err error) {
+	if len(b) < 5 {
+		return 0, nil, b, false, nil
+	}
+	n := binary.BigEndian.Uint32(b[1:5])
+	if n < 4 || int64(n) > int64(max) {
+		return 0, nil, nil, false, fmt.Errorf("message %q with length %d is outside 4..%d", b[0], n, max)
+	}
+	if int64(len(b)) < 1+int64(n) {
+		return 0, nil, b, false, nil
+	}
+	return b[0], b[5 : 1+n], b[1+n:], true, nil
 }
 
 // Ping implements reuse.Engine: a Sync, answered by ReadyForQuery.
@@ -224,47 +314,62 @@ func (p *Protocol) Close(conn net.Conn, _ any) {
 // ParameterStatus updates ps; the first DataRow's columns are returned (nil for NULL);
 // notices and notifications are dropped; an ErrorResponse or anything unexpected fails.
 func readUntilReady(br *bufio.Reader, ps *pooledState) ([]*string, error) {
-	var row []*string
-	seenRow := false
+	var a answer
 	for {
 		typ, body, err := readMessage(br, maxReuseMsgLength)
 		if err != nil {
 			return nil, err
 		}
-		switch typ {
-		case 'Z':
-			if len(body) != 1 || body[0] != 'I' {
-				return nil, fmt.Errorf("ReadyForQuery with status %q, want idle", body)
-			}
-			return row, nil
-		case 'S':
-			name, value, ok := parameterStatus(body)
-			if !ok {
-				return nil, errors.New("malformed ParameterStatus")
-			}
-			if _, known := ps.current[name]; !known {
-				ps.reported = append(ps.reported, name)
-			}
-			ps.current[name] = value
-		case 'E':
-			var e pgproto3.ErrorResponse
-			if err := e.Decode(body); err != nil {
-				return nil, errors.New("malformed ErrorResponse")
-			}
-			return nil, fmt.Errorf("the server answered %s %s: %s", e.Severity, e.Code, e.Message)
-		case 'D':
-			if seenRow {
-				return nil, errors.New("more than one row")
-			}
-			seenRow = true
-			if row, err = dataRow(body); err != nil {
-				return nil, err
-			}
-		case 'C', 'T', 'N', 'A':
-		default:
-			return nil, fmt.Errorf("unexpected message %q", typ)
+		if ready, err := a.step(typ, body, ps); err != nil || ready {
+			return a.row, err
 		}
 	}
+}
+
+// answer follows the messages of the answer to one request (readUntilReady).
+type answer struct {
+	row     []*string
+	seenRow bool
+}
+
+// step takes the answer's next message; true at its ReadyForQuery.
+func (a *answer) step(typ byte, body []byte, ps *pooledState) (bool, error) {
+	switch typ {
+	case 'Z':
+		if len(body) != 1 || body[0] != 'I' {
+			return false, fmt.Errorf("ReadyForQuery with status %q, want idle", body)
+		}
+		return true, nil
+	case 'S':
+		name, value, ok := parameterStatus(body)
+		if !ok {
+			return false, errors.New("malformed ParameterStatus")
+		}
+		if _, known := ps.current[name]; !known {
+			ps.reported = append(ps.reported, name)
+		}
+		ps.current[name] = value
+	case 'E':
+		var e pgproto3.ErrorResponse
+		if err := e.Decode(body); err != nil {
+			return false, errors.New("malformed ErrorResponse")
+		}
+		return false, fmt.Errorf("the server answered %s %s: %s", e.Severity, e.Code, e.Message)
+	case 'D':
+		if a.seenRow {
+			return false, errors.New("more than one row")
+		}
+		a.seenRow = true
+		row, err := dataRow(body)
+		if err != nil {
+			return false, err
+		}
+		a.row = row
+	case 'C', 'T', 'N', 'A':
+	default:
+		return false, fmt.Errorf("unexpected message %q", typ)
+	}
+	return false, nil
 }
 
 // dataRow decodes a DataRow's columns as text.
