@@ -67,6 +67,7 @@ func (lr *loopReset) ResetRequest(t proxy.Tracker) ([]byte, time.Duration) {
 	}
 	// A checkout of the slot may wait for this session as for one reset on a goroutine.
 	p.resetting[h.slot]++
+	h.gen = p.evictions[h.path]
 	p.mu.Unlock()
 	lr.started, lr.reply = true, reply
 	return req, p.cfg.ResetTimeout

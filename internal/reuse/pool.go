@@ -152,6 +152,9 @@ type Pool struct {
 	waiters   map[slot][]chan *held
 	warm      map[string]*identity
 	tick      uint64
+	// evictions counts each path's evictions (EvictPath), so that a session whose reset was
+	// under way when its path was evicted is not pooled after it (held.gen).
+	evictions map[string]uint64
 }
 
 // maxResetWait bounds how long a checkout waits for a session of its identity that is being
@@ -182,6 +185,7 @@ type held struct {
 	born      time.Time
 	idleSince time.Time
 	lr        *loopReset // the relay loop's reset, for a LoopEngine
+	gen       uint64     // its path's evictions when its reset began
 }
 
 // New returns the pool for one listener over inner (the listener's logins, through the
@@ -216,7 +220,7 @@ func New(cfg Config, eng Engine, inner proxy.Source) *Pool {
 		unpooled:  cfg.Metrics.checkouts.WithLabelValues(cfg.Listener, "unpooled"),
 		discardBy: discardBy,
 		ctx:       ctx, cancel: cancel, idle: map[slot][]*held{}, warm: map[string]*identity{},
-		resetting: map[slot]int{}, waiters: map[slot][]chan *held{}}
+		resetting: map[slot]int{}, waiters: map[slot][]chan *held{}, evictions: map[string]uint64{}}
 }
 
 func (p *Pool) credentials() string {
@@ -338,6 +342,7 @@ func (p *Pool) releaser(h *held) func(net.Conn, proxy.Tracker, string) {
 		}
 		p.wg.Add(1)
 		p.resetting[h.slot]++
+		h.gen = p.evictions[h.path]
 		p.mu.Unlock()
 		go func() {
 			defer p.wg.Done()
@@ -417,6 +422,9 @@ func (p *Pool) put(h *held, fromReset, checked bool) {
 		reason = ReasonShutdown
 	case p.cfg.PathDown != nil && p.cfg.PathDown(h.path):
 		reason = ReasonPathDown
+	case fromReset && p.evictions[h.path] != h.gen:
+		// Evicted while it was being reset: the eviction missed it, as it was in nobody's hands.
+		reason = ReasonEvicted
 	case h.creds != p.credentials():
 		reason = ReasonCredentials
 	case len(p.waiters[h.slot]) > 0:
@@ -548,6 +556,7 @@ func (p *Pool) EvictPath(path, reason string) {
 		why = ReasonPathDown
 	}
 	p.mu.Lock()
+	p.evictions[path]++
 	var out []*held
 	for at, list := range p.idle {
 		if at.path == path {

@@ -192,3 +192,80 @@ func TestEvictPathReasons(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// gatedEngine is a lineEngine whose resets, on a goroutine (Reset) or in the relay loop
+// (LoopReset), finish only when the test says.
+type gatedEngine struct {
+	lineEngine
+	gate chan struct{}
+}
+
+func (e gatedEngine) Reset(_ context.Context, _ net.Conn, state any, _ proxy.Tracker) (any, error) {
+	<-e.gate
+	return state, nil
+}
+
+// loopEngine is a lineEngine whose reset the relay loop runs: any one byte answers it.
+type loopEngine struct{ lineEngine }
+
+func (loopEngine) LoopReset(state any, _ proxy.Tracker) ([]byte, func([]byte) (bool, any, error)) {
+	return []byte("reset"), func(p []byte) (bool, any, error) { return len(p) > 0, state, nil }
+}
+
+// A session whose reset is under way when its path is evicted (a failover, a lagging reader)
+// is not pooled after the reset: the eviction could not reach it, so the pool remembers it.
+func TestEvictionDuringResetIsNotMissed(t *testing.T) {
+	for _, inLoop := range []bool{false, true} {
+		r := newPoolRig(t)
+		gate := make(chan struct{})
+		if inLoop {
+			r.p.eng = loopEngine{}
+		} else {
+			r.p.eng = gatedEngine{gate: gate}
+		}
+		open := func() *proxy.Session {
+			s, err := r.p.Open(context.Background(), &proxy.Startup{User: "app"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		// release gives the session back as the relay does, with an eviction of its path while
+		// the reset runs when evict is set.
+		release := func(s *proxy.Session, evict bool) {
+			if inLoop {
+				if req, _ := s.Reset.ResetRequest(nil); req == nil {
+					t.Fatal("the loop engine's session has no reset for the loop")
+				}
+				if evict {
+					r.p.EvictPath("a", proxy.CloseFailover)
+				}
+				if done, ok := s.Reset.ResetReply([]byte("ok")); !done || !ok {
+					t.Fatalf("reset answer: done %v ok %v", done, ok)
+				}
+				s.Release(s.Conn, nil, proxy.CloseClient)
+				return
+			}
+			s.Release(s.Conn, nil, proxy.CloseClient)
+			if evict {
+				r.p.EvictPath("a", proxy.CloseFailover)
+			}
+			gate <- struct{}{}
+		}
+		s := open()
+		release(s, true)
+		deadline := time.Now().Add(5 * time.Second)
+		for r.discards(ReasonEvicted) != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("in loop %v: evicted discards %v, want 1", inLoop, r.discards(ReasonEvicted))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if r.p.Idle() != 0 {
+			t.Fatalf("in loop %v: a session reset across an eviction was pooled", inLoop)
+		}
+		// Without an eviction, the next one is pooled as usual.
+		release(open(), false)
+		r.waitIdle(t, 1)
+	}
+}
