@@ -56,8 +56,8 @@ type Server struct {
 	mc     serverMetrics // m's series for this listener, looked up once
 
 	ln   net.Listener
-	unix *net.UnixListener // nil without a unix socket
-	live atomic.Int64      // connections accepted and not yet closed
+	unix net.Listener // nil without a unix socket
+	live atomic.Int64 // connections accepted and not yet closed
 	wg   sync.WaitGroup
 
 	ctx    context.Context // cancelled by Close: aborts handshakes in flight
@@ -234,11 +234,19 @@ func (s *Server) Listen() error {
 		return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
 	}
 	s.ln = ln
+	if lc.KeepAlive < 0 {
+		// No keep-alive to set up: accepted outside Go's poller (sockloop.Listener), so that
+		// the loop takes each socket over as it is.
+		s.ln = sockloop.NewListener(ln)
+	}
 	if s.cfg.Unix.Path != "" {
-		if s.unix, err = listenUnix(s.cfg.Unix); err != nil {
-			_ = ln.Close()
+		ul, err := listenUnix(s.cfg.Unix)
+		if err != nil {
+			_ = s.ln.Close()
 			return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
 		}
+		// A unix socket never has keep-alive: always accepted outside Go's poller.
+		s.unix = sockloop.NewListener(ul)
 	}
 	return nil
 }

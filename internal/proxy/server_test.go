@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -405,5 +406,44 @@ func TestEvictReachesTheSource(t *testing.T) {
 	}
 	if v := ts.closed(CloseFailover); v != 1 {
 		t.Errorf("failover closes = %v, want 1", v)
+	}
+}
+
+// The listeners accept outside Go's poller through a duplicate of each socket
+// (sockloop.Listener): StopAccepting must close that too, or the kernel would keep taking
+// connections that nobody accepts, and Serve would never return.
+func TestStopAcceptingRefusesNewConnectionsOnBothSockets(t *testing.T) {
+	up := startUpstream(t)
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	s := startServer(t, up, Config{Unix: UnixSocket{Path: sock}})
+	if _, greeting := dialApp(t, s); greeting != "WELCOME\n" {
+		t.Fatalf("greeting %q over TCP", greeting)
+	}
+	uc, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = uc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := uc.Write([]byte("HELLO\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(uc).ReadString('\n'); err != nil || line != "WELCOME\n" {
+		t.Fatalf("greeting %q, %v over the unix socket", line, err)
+	}
+	uc.Close()
+
+	s.StopAccepting()
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after StopAccepting")
+	}
+	if c, err := net.Dial("tcp", s.Addr().String()); err == nil {
+		c.Close()
+		t.Fatal("the TCP listener still takes connections after StopAccepting")
+	}
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Close()
+		t.Fatal("the unix socket still takes connections after StopAccepting")
 	}
 }

@@ -73,11 +73,16 @@ func (ls *Loops) Start(app, up net.Conn, leftover []byte, h Handler) (*Relay, er
 
 func newRelay(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
 	r := &Relay{h: h, leftover: leftover}
-	ac, ok := Wrap(app).(*Conn)
-	if !ok {
-		return nil, fmt.Errorf("sockloop: the app connection is a %T, not a TCP or unix connection", app)
+	var takeApp func() error
+	if a, ok := app.(*Accepted); ok {
+		takeApp = func() (err error) { r.app, err = a.handOver(); return err }
+	} else {
+		ac, ok := Wrap(app).(*Conn)
+		if !ok {
+			return nil, fmt.Errorf("sockloop: the app connection is a %T, not a TCP or unix connection", app)
+		}
+		r.app, takeApp = ac, ac.detach
 	}
-	r.app = ac
 	switch u := up.(type) {
 	case *tls.Conn:
 		uc, ok := u.NetConn().(*Conn)
@@ -93,7 +98,7 @@ func newRelay(app, up net.Conn, leftover []byte, h Handler) (*Relay, error) {
 	default:
 		return nil, fmt.Errorf("sockloop: the upstream connection is a %T, not a TCP or TLS connection", up)
 	}
-	if err := r.app.detach(); err != nil {
+	if err := takeApp(); err != nil {
 		return nil, fmt.Errorf("sockloop: take over the app socket: %w", err)
 	}
 	if err := r.up.detach(); err != nil {
