@@ -310,9 +310,12 @@ func (s *Server) accept(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		s.live.Add(1)
+		// Judged against the limit here, by the count at accept: a goroutine that looked at
+		// the count later would see every connection of a burst accepted before it ran, and
+		// refuse them all.
+		over := s.live.Add(1) > int64(s.cfg.MaxConnections) && s.cfg.MaxConnections > 0
 		s.wg.Add(1)
-		go s.handle(c)
+		go s.handle(c, over)
 	}
 }
 
@@ -424,7 +427,7 @@ func (s *Server) connDone() {
 	s.wg.Done()
 }
 
-func (s *Server) handle(c net.Conn) {
+func (s *Server) handle(c net.Conn, overLimit bool) {
 	start := time.Now()
 	active := s.mc.active
 	active.Inc()
@@ -437,7 +440,7 @@ func (s *Server) handle(c net.Conn) {
 	// a 1 KiB buffer that an idle session would pin for its whole life.
 	log := s.log.WithLazy(zap.Stringer("client", clientAddr(c)))
 
-	if s.cfg.MaxConnections > 0 && s.live.Load() > int64(s.cfg.MaxConnections) {
+	if overLimit {
 		s.refuse(c, ErrTooManyConnections, ResultRefusedLimit, log)
 		done()
 		return
