@@ -174,7 +174,16 @@ func startServer(t *testing.T, up *upstream, cfg Config) *testServer {
 	}
 	ts := &testServer{Server: s, paths: set, reg: reg, done: make(chan struct{})}
 	go func() { _ = s.Serve(); close(ts.done) }()
-	t.Cleanup(func() { s.Close(); <-ts.done })
+	t.Cleanup(func() {
+		s.Close()
+		// Bounded, so that a listener left accepting fails the test with its message rather
+		// than hanging it until go test's timeout.
+		select {
+		case <-ts.done:
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+	})
 	return ts
 }
 

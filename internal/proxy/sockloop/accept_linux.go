@@ -1,7 +1,6 @@
 package sockloop
 
 import (
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -147,11 +146,10 @@ func (c *Accepted) pollable() (net.Conn, error) {
 	if c.inner != nil {
 		return c.inner, nil
 	}
-	f := os.NewFile(uintptr(c.fd), "sockloop-app")
-	if f == nil {
-		return nil, errors.New("sockloop: invalid descriptor")
+	pc, err := newPollConn(c.fd, "sockloop-app", c.local, c.remote)
+	if err != nil {
+		return nil, err
 	}
-	pc := &pollConn{f: f, local: c.local, remote: c.remote}
 	c.inner, c.fd = pc, -1
 	if !c.rdl.IsZero() {
 		_ = pc.SetReadDeadline(c.rdl)
@@ -176,65 +174,71 @@ func (c *Accepted) usable() (net.Conn, error) {
 
 func (c *Accepted) Read(p []byte) (int, error) {
 	c.mu.Lock()
-	in, err := c.usable()
-	if in == nil && err == nil {
-		if !c.rdl.IsZero() && !time.Now().Before(c.rdl) {
-			c.mu.Unlock()
-			return 0, c.opError("read", os.ErrDeadlineExceeded)
-		}
-		n, e := rawRead(c.fd, p)
-		switch {
-		case e == 0 && n == 0 && len(p) > 0:
-			c.mu.Unlock()
-			return 0, io.EOF
-		case e == 0:
-			c.mu.Unlock()
-			return n, nil
-		case e != syscall.EAGAIN:
-			c.mu.Unlock()
-			return 0, c.opError("read", os.NewSyscallError("read", e))
-		}
-		in, err = c.pollable()
-	}
+	n, in, err := c.readLocked(p)
 	c.mu.Unlock()
-	if err != nil {
-		return 0, err
+	if in == nil {
+		return n, err
 	}
 	return in.Read(p)
 }
 
+// readLocked reads the bare socket; in is the poller's connection to block on instead, when
+// the socket has nothing yet (or already entered the poller).
+func (c *Accepted) readLocked(p []byte) (n int, in net.Conn, err error) {
+	if in, err = c.usable(); in != nil || err != nil {
+		return 0, in, err
+	}
+	if !c.rdl.IsZero() && !time.Now().Before(c.rdl) {
+		return 0, nil, c.opError("read", os.ErrDeadlineExceeded)
+	}
+	n, e := rawRead(c.fd, p)
+	switch {
+	case e == 0 && n == 0 && len(p) > 0:
+		return 0, nil, io.EOF
+	case e == 0:
+		return n, nil, nil
+	case e != syscall.EAGAIN:
+		return 0, nil, c.opError("read", os.NewSyscallError("read", e))
+	}
+	in, err = c.pollable()
+	return 0, in, err
+}
+
 func (c *Accepted) Write(p []byte) (int, error) {
 	c.mu.Lock()
-	in, err := c.usable()
-	done := 0
-	if in == nil && err == nil {
-		if !c.wdl.IsZero() && !time.Now().Before(c.wdl) {
-			c.mu.Unlock()
-			return 0, c.opError("write", os.ErrDeadlineExceeded)
-		}
-		for done < len(p) {
-			n, e := rawSend(c.fd, p[done:])
-			if e == syscall.EAGAIN {
-				break
-			}
-			if e != 0 {
-				c.mu.Unlock()
-				return done, c.opError("write", os.NewSyscallError("write", e))
-			}
-			done += n
-		}
-		if done == len(p) {
-			c.mu.Unlock()
-			return done, nil
-		}
-		in, err = c.pollable()
-	}
+	done, in, err := c.writeLocked(p)
 	c.mu.Unlock()
-	if err != nil {
+	if in == nil {
 		return done, err
 	}
 	n, err := in.Write(p[done:])
 	return done + n, err
+}
+
+// writeLocked writes what the bare socket takes; in is the poller's connection to write the
+// rest through (blocking), when the socket's buffer filled (or it already entered the poller).
+func (c *Accepted) writeLocked(p []byte) (done int, in net.Conn, err error) {
+	if in, err = c.usable(); in != nil || err != nil {
+		return 0, in, err
+	}
+	if !c.wdl.IsZero() && !time.Now().Before(c.wdl) {
+		return 0, nil, c.opError("write", os.ErrDeadlineExceeded)
+	}
+	for done < len(p) {
+		n, e := rawSend(c.fd, p[done:])
+		if e == syscall.EAGAIN {
+			break
+		}
+		if e != 0 {
+			return done, nil, c.opError("write", os.NewSyscallError("write", e))
+		}
+		done += n
+	}
+	if done == len(p) {
+		return done, nil, nil
+	}
+	in, err = c.pollable()
+	return done, in, err
 }
 
 func (c *Accepted) opError(op string, err error) error {
@@ -261,33 +265,31 @@ func (c *Accepted) Close() error {
 func (c *Accepted) LocalAddr() net.Addr  { return c.local }
 func (c *Accepted) RemoteAddr() net.Addr { return c.remote }
 
-func (c *Accepted) SetDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.inner != nil && !c.handed {
-		return c.inner.SetDeadline(t)
-	}
-	c.rdl, c.wdl = t, t
-	return nil
-}
+func (c *Accepted) SetDeadline(t time.Time) error      { return c.setDeadline(true, true, t) }
+func (c *Accepted) SetReadDeadline(t time.Time) error  { return c.setDeadline(true, false, t) }
+func (c *Accepted) SetWriteDeadline(t time.Time) error { return c.setDeadline(false, true, t) }
 
-func (c *Accepted) SetReadDeadline(t time.Time) error {
+// setDeadline passes a deadline to the poller's connection, or keeps it for the bare socket's
+// reads and writes (and for pollable, should the socket enter the poller later).
+func (c *Accepted) setDeadline(read, write bool, t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.inner != nil && !c.handed {
-		return c.inner.SetReadDeadline(t)
+		switch {
+		case read && write:
+			return c.inner.SetDeadline(t)
+		case read:
+			return c.inner.SetReadDeadline(t)
+		default:
+			return c.inner.SetWriteDeadline(t)
+		}
 	}
-	c.rdl = t
-	return nil
-}
-
-func (c *Accepted) SetWriteDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.inner != nil && !c.handed {
-		return c.inner.SetWriteDeadline(t)
+	if read {
+		c.rdl = t
 	}
-	c.wdl = t
+	if write {
+		c.wdl = t
+	}
 	return nil
 }
 

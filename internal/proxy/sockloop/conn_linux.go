@@ -125,11 +125,11 @@ func (c *Conn) reattach() error {
 	if !c.detached.Load() || c.closed {
 		return errors.New("sockloop: the connection is not a detached open socket")
 	}
-	f := os.NewFile(uintptr(c.fd), "sockloop-upstream")
-	if f == nil {
-		return errors.New("sockloop: invalid descriptor")
+	pc, err := newPollConn(c.fd, "sockloop-upstream", c.local, c.remote)
+	if err != nil {
+		return err
 	}
-	c.inner, c.fd, c.armed, c.out = &pollConn{f: f, local: c.local, remote: c.remote}, -1, false, nil
+	c.inner, c.fd, c.armed, c.out = pc, -1, false, nil
 	c.detached.Store(false)
 	return nil
 }
@@ -141,6 +141,17 @@ func (c *Conn) reattach() error {
 type pollConn struct {
 	f             *os.File
 	local, remote net.Addr
+}
+
+// newPollConn puts a non-blocking socket into Go's poller as it is: os.NewFile keeps the
+// descriptor (one fcntl and one epoll_ctl), where net.FileConn would duplicate it and ask
+// the kernel again what it already told us.
+func newPollConn(fd int, name string, local, remote net.Addr) (*pollConn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	if f == nil {
+		return nil, errors.New("sockloop: invalid descriptor")
+	}
+	return &pollConn{f: f, local: local, remote: remote}, nil
 }
 
 func (c *pollConn) Read(p []byte) (int, error) {
