@@ -43,3 +43,17 @@ func TestProfileShares(t *testing.T) {
 		t.Fatalf("crypto/sha256 got %.0f%% of the samples in the crypto category, want most", 100*got)
 	}
 }
+
+func TestPairedRatiosAreMedianAndRangeOfEachRepetition(t *testing.T) {
+	a := []sample{{tps: 90}, {tps: 120}, {tps: 100}}
+	b := []sample{{tps: 100}, {tps: 100}, {tps: 50}}
+	if got, want := pairedRatios(a, b), "; per repetition median 1.20, 0.90–2.00"; got != want {
+		t.Fatalf("pairedRatios = %q, want %q", got, want)
+	}
+	if got, want := pairedRatios(a[:2], b[:2]), "; per repetition median 1.05, 0.90–1.20"; got != want {
+		t.Fatalf("two repetitions: pairedRatios = %q, want %q", got, want)
+	}
+	if got := pairedRatios(a[:1], b[:1]); got != "" {
+		t.Fatalf("one repetition: pairedRatios = %q, want nothing", got)
+	}
+}

@@ -164,8 +164,11 @@ func (b *bench) runReuse() error {
 	var cases []rcase
 	pgLoop := func(path string) (sample, error) { return b.connectLoop("postgres", path, 4, b.o.dur) }
 	cases = append(cases,
-		rcase{"reuse", "postgres connect+SELECT 1", "postgres", 4, []string{"direct-tls", "pgbouncer", "sidecar", reusePath}, pgLoop},
-		rcase{"reuse", "pgbench -S -C", "postgres", 16, []string{"direct-tls", "pgbouncer", "sidecar", reusePath},
+		// PgBouncer just before the sidecar with reuse: the pair the rows are about runs back
+		// to back in most repetitions, so that the ratio of each repetition compares two
+		// runs under the same load on the machine.
+		rcase{"reuse", "postgres connect+SELECT 1", "postgres", 4, []string{"direct-tls", "sidecar", "pgbouncer", reusePath}, pgLoop},
+		rcase{"reuse", "pgbench -S -C", "postgres", 16, []string{"direct-tls", "sidecar", "pgbouncer", reusePath},
 			func(path string) (sample, error) { return b.pgbench(path, []string{"-S", "-C"}, 16, b.o.dur) }})
 	if b.my != nil {
 		cases = append(cases, rcase{"reuse", "mysql connect+SELECT 1", "mysql", 4, []string{"direct-tls", "sidecar", reusePath},
@@ -218,7 +221,7 @@ func (b *bench) runReuse() error {
 			line := fmt.Sprintf("Reuse, %s (%d clients): sidecar with reuse %.0f/s", c.name, c.clients, s.s.tps)
 			for _, p := range c.paths[:len(c.paths)-1] {
 				if o, ok := b.find(c.suite, c.name, p, c.clients); ok {
-					line += fmt.Sprintf(", %s %.0f/s (%s)", p, o.s.tps, ratio(s.s.tps, o.s.tps))
+					line += fmt.Sprintf(", %s %.0f/s (%s%s)", p, o.s.tps, ratio(s.s.tps, o.s.tps), pairedRatios(samples[reusePath], samples[p]))
 				}
 			}
 			b.notes = append(b.notes, line+".")
@@ -226,4 +229,25 @@ func (b *bench) runReuse() error {
 		}
 	}
 	return nil
+}
+
+// pairedRatios describes the ratio a/b repetition by repetition (a[i] and b[i] ran in the same
+// repetition): its median and range, which machine load drifting between repetitions moves
+// less than the ratio of the two medians. Empty for a single repetition.
+func pairedRatios(a, b []sample) string {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		if b[i].tps > 0 {
+			rs = append(rs, a[i].tps/b[i].tps)
+		}
+	}
+	if len(rs) < 2 {
+		return ""
+	}
+	sort.Float64s(rs)
+	med := rs[len(rs)/2]
+	if len(rs)%2 == 0 {
+		med = (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
+	}
+	return fmt.Sprintf("; per repetition median %.2f, %.2f–%.2f", med, rs[0], rs[len(rs)-1])
 }
